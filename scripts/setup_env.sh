@@ -32,6 +32,15 @@ else
   say "virtualenv $VENV exists"
 fi
 PIP=("$VENV/bin/python" -m pip --disable-pip-version-check)
+mkdir -p build
+# pip warns once per package about configured local index folders that do not exist on this
+# machine; keep the set-up output readable by dropping exactly those lines.
+quiet_pip() {
+  local rc=0
+  "${PIP[@]}" "$@" > build/pip.log 2>&1 || rc=$?
+  grep -v "^WARNING: Location '.*' is ignored" build/pip.log || true
+  return $rc
+}
 
 # 2. Python packages (ROS 2 Jazzy wheels, torch CPU, the rest), pinned ------------------------
 REQ_DIGEST=$(digest requirements.txt requirements.lock)
@@ -40,8 +49,8 @@ if stamp_ok requirements "$REQ_DIGEST"; then
 else
   say "installing python packages from requirements.txt (pins: requirements.lock) ..."
   # torch first and alone, so nothing can resolve it to a CUDA build.
-  "${PIP[@]}" install -q "torch==2.13.0"
-  "${PIP[@]}" install -q -r requirements.txt -c requirements.lock
+  quiet_pip install -q "torch==2.13.0"
+  quiet_pip install -q -r requirements.txt -c requirements.lock
   stamp_set requirements "$REQ_DIGEST"
 fi
 if "${PIP[@]}" list 2>/dev/null | grep -qi '^nvidia-'; then

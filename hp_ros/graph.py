@@ -80,3 +80,89 @@ def describe() -> str:
             for t in items:
                 lines.append(f"    {label}  {t}")
     return "\n".join(lines)
+
+
+# --- launch arguments -> concrete node invocations (used by the launch file and the demo) ----
+
+LAUNCH_ARGUMENTS = {
+    # name: (default, description)
+    "camera_namespace": ("/camera/camera", "namespace of the realsense2_camera topics"),
+    "joint_states_topic": (JOINT_STATES, "sensor_msgs/JointState topic of the Allegro driver"),
+    "joint_naming": ("wonik", "joint names: wonik (ah_joint00..ah_joint33) or simlab (joint_0.0..joint_15.0)"),
+    "hand_urdf": ("", "hand description (.urdf or .xacro); empty = the project's URDF"),
+    "object_mesh": ("builtin:cracker_box", "object mesh file (OBJ/PLY/STL/GLB) or builtin:cracker_box|soup_can"),
+    "object_units": ("auto", "object mesh units: m, mm or auto"),
+    "object_frame": ("object", "TF frame name of the object"),
+    "camera_to_hand": ("", "camera->hand-base transform 'x y z qx qy qz qw'; empty = from /tf_static"),
+    "params_file": ("", "parameter YAML; empty = share/hp_ros/config/allegro_tracking.yaml"),
+    "log_level": ("info", "log level of the hp_ros nodes"),
+    "use_sim_time": ("false", "use /clock (bag replay with --clock)"),
+}
+
+# Launch arguments that become parameters of every node (name -> parameter name).
+_SHARED_PARAMETER_ARGS = {
+    "joint_naming": "joint_naming", "hand_urdf": "hand_urdf", "object_mesh": "object_mesh",
+    "object_units": "object_units", "object_frame": "object_frame", "camera_to_hand": "camera_to_hand",
+}
+
+
+def default_params_file() -> str:
+    """The installed ``share/hp_ros/config/allegro_tracking.yaml``, else the source tree's."""
+    from pathlib import Path
+
+    try:
+        from ament_index_python.packages import get_package_share_directory
+
+        p = Path(get_package_share_directory("hp_ros")) / "config" / "allegro_tracking.yaml"
+        if p.exists():
+            return str(p)
+    except Exception:  # not installed through ament (venv / source tree)
+        pass
+    return str(Path(__file__).resolve().parents[1] / "config" / "allegro_tracking.yaml")
+
+
+def remappings(args: dict) -> list:
+    """Topic remappings implied by the launch arguments (``(from, to)`` pairs)."""
+    ns = args.get("camera_namespace", LAUNCH_ARGUMENTS["camera_namespace"][0]).rstrip("/")
+    pairs = []
+    for key, default in CAMERA_TOPICS.items():
+        new = ns + default[len("/camera/camera"):]
+        if new != default:
+            pairs.append((default, new))
+    js = args.get("joint_states_topic", JOINT_STATES)
+    if js != JOINT_STATES:
+        pairs.append((JOINT_STATES, js))
+    return pairs
+
+
+def node_invocations(args: dict | None = None) -> list:
+    """For every node: ``(spec, parameters dict, params_file, remappings, ros_args)``.
+
+    ``args`` holds launch-argument values as strings (missing ones take their defaults).
+    """
+    full = {k: v[0] for k, v in LAUNCH_ARGUMENTS.items()}
+    full.update(args or {})
+    params = {p: full[a] for a, p in _SHARED_PARAMETER_ARGS.items() if full[a] != ""}
+    params["use_sim_time"] = str(full["use_sim_time"]).lower() in ("1", "true", "yes")
+    params_file = full["params_file"] or default_params_file()
+    out = []
+    for spec in NODES:
+        ros_args = ["--log-level", full["log_level"]]
+        out.append((spec, dict(params), params_file, remappings(full), ros_args))
+    return out
+
+
+def process_commands(args: dict | None = None, python: str | None = None) -> list:
+    """The graph as argv lists for separate processes, exactly as the launch file starts it."""
+    import sys
+
+    cmds = []
+    for spec, params, params_file, remaps, ros_args in node_invocations(args):
+        cmd = [python or sys.executable, "-m", spec.module, "--ros-args",
+               "-r", f"__ns:=/{NAMESPACE}", "-r", f"__node:={spec.name}", "--params-file", params_file]
+        for k, v in params.items():
+            cmd += ["-p", f"{k}:={str(v).lower() if isinstance(v, bool) else v}"]
+        for a, b in remaps:
+            cmd += ["-r", f"{a}:={b}"]
+        cmds.append((spec.name, cmd + ros_args))
+    return cmds

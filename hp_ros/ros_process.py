@@ -48,10 +48,12 @@ def loopback_env(domain_id: int | None = None, base: Mapping[str, str] | None = 
 
 def in_private_netns() -> bool:
     """True when this process sees no network interface but ``lo`` (private namespace)."""
+    # /proc/self/net/dev is per network namespace (/sys/class/net shows sysfs's mounter's).
     try:
-        return sorted(os.listdir("/sys/class/net")) == ["lo"]
+        lines = Path("/proc/self/net/dev").read_text().splitlines()[2:]
     except OSError:
         return False
+    return [ln.split(":")[0].strip() for ln in lines] == ["lo"]
 
 
 def can_unshare_net() -> bool:

@@ -1,0 +1,30 @@
+"""Start the hp_ros graph: segmentation, tracking (EKF) and refinement nodes.
+
+    ros2 launch hp_ros allegro_tracking.launch.py object_mesh:=/path/to/mesh.ply object_units:=mm
+
+Nodes, parameters and remappings come from ``hp_ros.graph`` — the same source the demo and
+the end-to-end tests use to start the graph without launch_ros.
+"""
+from launch import LaunchDescription
+from launch.actions import DeclareLaunchArgument, OpaqueFunction
+from launch.substitutions import LaunchConfiguration
+from launch_ros.actions import Node
+
+from hp_ros import graph
+
+
+def _nodes(context):
+    values = {name: LaunchConfiguration(name).perform(context) for name in graph.LAUNCH_ARGUMENTS}
+    actions = []
+    for spec, params, params_file, remaps, ros_args in graph.node_invocations(values):
+        actions.append(Node(
+            package="hp_ros", executable=spec.executable, name=spec.name, namespace=graph.NAMESPACE,
+            parameters=[params_file, params], remappings=remaps, arguments=["--ros-args", *ros_args],
+            output="screen", emulate_tty=True))
+    return actions
+
+
+def generate_launch_description():
+    args = [DeclareLaunchArgument(name, default_value=default, description=text)
+            for name, (default, text) in graph.LAUNCH_ARGUMENTS.items()]
+    return LaunchDescription([*args, OpaqueFunction(function=_nodes)])

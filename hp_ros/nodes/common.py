@@ -1,0 +1,271 @@
+"""Pieces every hp_ros node shares: parameters, QoS, hand/object loading, joint-state and
+camera->hand bookkeeping, and "log once" error reporting.
+
+Nothing here does estimation math: that lives in ``hp_ros.core``. This module only turns
+messages and parameters into core objects and back.
+"""
+from __future__ import annotations
+
+import bisect
+from dataclasses import dataclass
+from typing import Any, Callable, Optional
+
+import numpy as np
+from rcl_interfaces.msg import ParameterDescriptor, SetParametersResult
+from rclpy.node import Node
+from rclpy.qos import DurabilityPolicy, HistoryPolicy, QoSProfile, ReliabilityPolicy
+
+from hp_ros.io import msgs
+
+# Images of 640x480 over Fast DDS: RELIABLE delivers all, BEST_EFFORT lost ~60% (DESIGN.md).
+IMAGE_QOS = QoSProfile(depth=5, reliability=ReliabilityPolicy.RELIABLE, history=HistoryPolicy.KEEP_LAST)
+STATE_QOS = QoSProfile(depth=200, reliability=ReliabilityPolicy.RELIABLE, history=HistoryPolicy.KEEP_LAST)
+OUTPUT_QOS = QoSProfile(depth=10, reliability=ReliabilityPolicy.RELIABLE, history=HistoryPolicy.KEEP_LAST)
+TF_STATIC_QOS = QoSProfile(depth=100, reliability=ReliabilityPolicy.RELIABLE,
+                           durability=DurabilityPolicy.TRANSIENT_LOCAL)
+
+
+# --- parameters -------------------------------------------------------------------------------
+
+@dataclass
+class Param:
+    """A declared parameter: default, description and an optional validator.
+
+    ``check(value)`` returns an error text (or None when the value is valid).
+    """
+
+    default: Any
+    description: str
+    check: Optional[Callable[[Any], Optional[str]]] = None
+    read_only: bool = True
+
+
+def one_of(*choices) -> Callable[[Any], Optional[str]]:
+    return lambda v: None if v in choices else f"must be one of {list(choices)}, got {v!r}"
+
+
+def positive(v) -> Optional[str]:
+    return None if v > 0 else f"must be > 0, got {v!r}"
+
+
+def non_negative(v) -> Optional[str]:
+    return None if v >= 0 else f"must be >= 0, got {v!r}"
+
+
+def length_in(*lengths) -> Callable[[Any], Optional[str]]:
+    return lambda v: None if len(v) in lengths else f"must have {' or '.join(map(str, lengths))} values, got {len(v)}"
+
+
+COMMON_PARAMS = {
+    "camera_frame": Param("camera_color_optical_frame", "camera optical frame (REP-103) of the colour stream"),
+    "hand_base_frame": Param("ah_palm_link", "hand base frame the camera->hand transform refers to"),
+    "joint_naming": Param("wonik", "joint names of the driver: wonik (ah_joint00..33) or simlab (joint_0.0..15.0)",
+                          one_of("wonik", "simlab")),
+    "hand_urdf": Param("", "hand description (.urdf/.xacro); empty = the project's URDF (primitive geometry)"),
+    "mesh_search_path": Param([""], "folders to resolve package:// mesh URIs when ament_index cannot"),
+    "object_mesh": Param("builtin:cracker_box", "object mesh (OBJ/PLY/STL/GLB) or builtin:cracker_box|soup_can"),
+    "object_units": Param("auto", "object mesh units", one_of("m", "mm", "auto")),
+    "object_frame": Param("object", "TF child frame of the object pose"),
+    "camera_to_hand": Param([0.0], "camera->hand-base transform [x y z qx qy qz qw]; [0.0] = take it from /tf_static",
+                            length_in(1, 7)),
+}
+
+
+class ParameterError(ValueError):
+    """A parameter value failed validation (the node refuses to start / to change it)."""
+
+
+def declare_parameters(node: Node, spec: dict) -> dict:
+    """Declare ``spec`` (name -> Param) with descriptors, validate, return ``{name: value}``.
+
+    Invalid start-up values raise :class:`ParameterError` with every problem listed. Later
+    changes through ``ros2 param set`` are validated by the same checks and refused when
+    invalid or read-only.
+    """
+    values, problems = {}, []
+    for name, p in spec.items():
+        node.declare_parameter(name, p.default, ParameterDescriptor(description=p.description, read_only=p.read_only))
+        v = node.get_parameter(name).value
+        if isinstance(p.default, list) and isinstance(v, (tuple, np.ndarray)):
+            v = list(v)
+        err = p.check(v) if p.check else None
+        if err:
+            problems.append(f"{name}: {err}")
+        values[name] = v
+
+    def on_set(params):
+        for prm in params:
+            p = spec.get(prm.name)
+            if p is not None and p.check is not None:
+                err = p.check(prm.value)
+                if err:
+                    return SetParametersResult(successful=False, reason=f"{prm.name}: {err}")
+        return SetParametersResult(successful=True)
+
+    node.add_on_set_parameters_callback(on_set)
+    if problems:
+        raise ParameterError("invalid parameters: " + "; ".join(problems))
+    return values
+
+
+def load_hand(params: dict):
+    """HandModel from the ``hand_urdf`` / ``joint_naming`` / ``mesh_search_path`` parameters."""
+    from hp_ros.core.hand import HandModel
+
+    if params.get("hand_urdf"):
+        search = [p for p in params.get("mesh_search_path", []) if p]
+        return HandModel.from_urdf(params["hand_urdf"], naming=params["joint_naming"], mesh_search_path=search)
+    return HandModel.default(naming=params["joint_naming"])
+
+
+def load_object(params: dict):
+    """ObjectModel from the ``object_mesh`` / ``object_units`` parameters."""
+    from hp_ros.core.objects import ObjectModel
+
+    return ObjectModel.from_spec(params["object_mesh"], units=params["object_units"])
+
+
+def camera_to_hand_from_param(value) -> Optional[np.ndarray]:
+    """``[x y z qx qy qz qw]`` -> (4,4) T_cam_hand; ``[0.0]`` (unset) -> None."""
+    if len(value) != 7:
+        return None
+    import torch
+
+    from hp_ros.core import se3
+
+    T = se3.pose_from_xyz_quat(torch.tensor(value[:3], dtype=torch.float64),
+                               torch.tensor(value[3:], dtype=torch.float64), dtype=torch.float64)
+    return T.numpy()
+
+
+# --- errors: one clear line per problem, not one per message ------------------------------------
+
+class OnceLogger:
+    """Log each distinct problem once (then count repeats), so bad streams don't flood logs."""
+
+    def __init__(self, node: Node):
+        self._node = node
+        self.counts: dict = {}
+
+    def warn(self, key: str, text: str) -> None:
+        n = self.counts.get(key, 0)
+        self.counts[key] = n + 1
+        if n == 0:
+            self._node.get_logger().warning(f"{text} (further occurrences counted in diagnostics, not logged)")
+
+    def total(self) -> int:
+        return sum(self.counts.values())
+
+
+# --- joint states -----------------------------------------------------------------------------
+
+class JointStateBuffer:
+    """Time-ordered joint vectors from JointState messages, interpolated to any stamp.
+
+    ``add`` returns False (and stores nothing) for a message older than the newest one by
+    more than ``reorder_ns`` (late) — it is dropped; messages slightly out of order are
+    inserted in place. A jump back in time by more than ``reset_ns`` (a looping bag, a
+    restarted driver) clears the buffer and sets :attr:`reset_pending`, so the owner can
+    reset its estimate.
+    """
+
+    def __init__(self, mapper, capacity: int = 400, reorder_ns: int = 50_000_000, reset_ns: int = 1_000_000_000):
+        self.mapper = mapper
+        self.capacity = capacity
+        self.reorder_ns = reorder_ns
+        self.reset_ns = reset_ns
+        self.stamps: list = []
+        self.values: list = []
+        self.reset_pending = False
+
+    def clear(self) -> None:
+        self.stamps.clear()
+        self.values.clear()
+
+    def add(self, msg) -> bool:
+        """Store one sensor_msgs/JointState; ValueError for unknown names / NaNs (nothing stored)."""
+        names, positions, stamp_ns = msgs.joint_state_to_numpy(msg)
+        if self.stamps and stamp_ns < self.stamps[-1] - self.reset_ns:
+            self.clear()
+            self.reset_pending = True
+        elif self.stamps and stamp_ns < self.stamps[-1] - self.reorder_ns:
+            return False
+        q = self.mapper.update(names, positions, require_complete=False)
+        if not self.mapper.is_complete:
+            return False
+        i = bisect.bisect_right(self.stamps, stamp_ns)
+        if i > 0 and self.stamps[i - 1] == stamp_ns:
+            self.values[i - 1] = q
+            return True
+        self.stamps.insert(i, stamp_ns)
+        self.values.insert(i, q)
+        if len(self.stamps) > self.capacity:
+            del self.stamps[0], self.values[0]
+        return True
+
+    def latest(self):
+        """``(stamp_ns, q (J,))`` of the newest message, or None."""
+        return (self.stamps[-1], self.values[-1]) if self.stamps else None
+
+    def at(self, stamp_ns: int, max_gap_ns: int = 100_000_000) -> Optional[np.ndarray]:
+        """Joint vector linearly interpolated at ``stamp_ns``; None when the stamp is outside
+        the buffer by more than ``max_gap_ns`` (then the caller waits or skips)."""
+        if not self.stamps:
+            return None
+        i = bisect.bisect_left(self.stamps, stamp_ns)
+        if i < len(self.stamps) and self.stamps[i] == stamp_ns:
+            return self.values[i].copy()
+        if i == 0:
+            return self.values[0].copy() if self.stamps[0] - stamp_ns <= max_gap_ns else None
+        if i == len(self.stamps):
+            return self.values[-1].copy() if stamp_ns - self.stamps[-1] <= max_gap_ns else None
+        t0, t1 = self.stamps[i - 1], self.stamps[i]
+        w = (stamp_ns - t0) / (t1 - t0)
+        return (1 - w) * self.values[i - 1] + w * self.values[i]
+
+
+# --- camera -> hand-base calibration ------------------------------------------------------------
+
+class CameraToHand:
+    """The camera->hand-base transform ``T_cam_hand`` (4,4): from a parameter when given,
+    else from ``/tf_static`` (chaining static transforms from ``camera_frame`` to
+    ``hand_base_frame`` in either direction)."""
+
+    def __init__(self, node: Node, camera_frame: str, hand_frame: str, fixed: Optional[np.ndarray] = None):
+        self.camera_frame, self.hand_frame = camera_frame, hand_frame
+        self.fixed = fixed
+        self._edges: dict = {}  # child -> (parent, T_parent_child)
+        self._value = fixed
+        if fixed is None:
+            try:
+                from tf2_msgs.msg import TFMessage
+            except ImportError as e:  # a real ROS install has tf2_msgs; the venv builds a stand-in
+                raise RuntimeError("tf2_msgs is not importable: set the camera_to_hand parameter") from e
+            node.create_subscription(TFMessage, "/tf_static", self._on_tf_static, TF_STATIC_QOS)
+
+    @property
+    def T_cam_hand(self) -> Optional[np.ndarray]:
+        return self._value
+
+    def _on_tf_static(self, msg) -> None:
+        for T, parent, child, _ in msgs.tf_message_to_list(msg):
+            self._edges[child] = (parent, T)
+        self._value = self._resolve()
+
+    def _chain_to_root(self, frame):
+        T, chain = np.eye(4), [frame]
+        while frame in self._edges:
+            parent, T_pc = self._edges[frame]
+            T = T_pc @ T
+            frame = parent
+            chain.append(frame)
+            if len(chain) > 64:
+                break
+        return chain, T  # T = T_root_frame
+
+    def _resolve(self) -> Optional[np.ndarray]:
+        chain_h, T_root_h = self._chain_to_root(self.hand_frame)
+        chain_c, T_root_c = self._chain_to_root(self.camera_frame)
+        if chain_h[-1] != chain_c[-1]:
+            return None
+        return np.linalg.inv(T_root_c) @ T_root_h

@@ -1,0 +1,95 @@
+"""Node plumbing: joint-state buffering/interpolation, time going backwards, tf_static chains,
+parameter validation."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+rclpy = pytest.importorskip("rclpy")
+from sensor_msgs.msg import JointState  # noqa: E402
+
+from hp_ros.core.hand import HandModel  # noqa: E402
+from hp_ros.nodes.common import CameraToHand, JointStateBuffer, camera_to_hand_from_param  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def hand():
+    return HandModel.default()
+
+
+def js(names, q, t_ns):
+    m = JointState()
+    m.header.stamp.sec, m.header.stamp.nanosec = divmod(int(t_ns), 1_000_000_000)
+    m.name = list(names)
+    m.position = [float(v) for v in q]
+    return m
+
+
+def test_interpolation_and_reordering(hand):
+    buf = JointStateBuffer(hand.joint_state_mapper())
+    names = hand.joint_names
+    assert buf.add(js(names, np.zeros(16), 1_000_000_000))
+    assert buf.add(js(names, np.ones(16), 1_020_000_000))
+    # slightly out of order: inserted in place
+    assert buf.add(js(names, np.full(16, 0.5), 1_010_000_000))
+    np.testing.assert_allclose(buf.at(1_005_000_000), np.full(16, 0.25))
+    np.testing.assert_allclose(buf.at(1_015_000_000), np.full(16, 0.75))
+    assert buf.at(2_000_000_000) is None  # beyond the buffer by more than max_gap
+    # late beyond the reorder window: dropped, nothing changes
+    assert not buf.add(js(names, np.full(16, 9.0), 900_000_000))
+    assert len(buf.stamps) == 3 and not buf.reset_pending
+
+
+def test_time_jump_back_resets(hand):
+    buf = JointStateBuffer(hand.joint_state_mapper())
+    names = hand.joint_names
+    for k in range(5):
+        buf.add(js(names, np.full(16, k * 0.1), 10_000_000_000 + k * 10_000_000))
+    assert buf.add(js(names, np.zeros(16), 1_000_000_000))  # bag looped
+    assert buf.reset_pending and buf.stamps == [1_000_000_000]
+
+
+def test_simlab_subset_messages_and_unknown_names(hand):
+    buf = JointStateBuffer(hand.joint_state_mapper())
+    simlab = [f"joint_{i}.0" for i in range(16)]
+    q = np.linspace(0.0, 0.3, 16)
+    assert not buf.add(js(simlab[:8], q[:8], 1_000_000_000))  # incomplete: not stored yet
+    assert buf.add(js(simlab[8:], q[8:], 1_001_000_000))
+    full = buf.latest()[1]
+    # SimLab index finger joint_0.0 is Wonik ah_joint10
+    assert full[hand.joint_names.index("ah_joint10")] == pytest.approx(q[0])
+    with pytest.raises(ValueError, match="unknown joint names"):
+        buf.add(js(["bogus_joint"], [0.0], 1_002_000_000))
+
+
+def test_tf_static_chain_resolution():
+    from tf2_msgs.msg import TFMessage
+    from geometry_msgs.msg import TransformStamped
+
+    from hp_ros.io import msgs
+
+    def T(x, yaw):
+        c, s = np.cos(yaw), np.sin(yaw)
+        M = np.eye(4)
+        M[:3, :3] = [[c, -s, 0], [s, c, 0], [0, 0, 1]]
+        M[:3, 3] = [x, 0.1, 0.2]
+        return M
+
+    T_world_cam, T_world_base, T_base_palm = T(1.0, 0.3), T(-0.5, -0.2), T(0.0, 0.1)
+    c2h = CameraToHand.__new__(CameraToHand)
+    c2h.camera_frame, c2h.hand_frame, c2h.fixed, c2h._edges, c2h._value = "cam", "ah_palm_link", None, {}, None
+    tfm = msgs.make_tf_message([
+        msgs.make_transform_stamped(T_world_cam, 0, "world", "cam", TransformStamped),
+        msgs.make_transform_stamped(T_world_base, 0, "world", "ah_base_link", TransformStamped),
+        msgs.make_transform_stamped(T_base_palm, 0, "ah_base_link", "ah_palm_link", TransformStamped),
+    ], TFMessage)
+    c2h._on_tf_static(tfm)
+    expected = np.linalg.inv(T_world_cam) @ T_world_base @ T_base_palm
+    np.testing.assert_allclose(c2h.T_cam_hand, expected, atol=1e-9)
+
+
+def test_camera_to_hand_parameter():
+    assert camera_to_hand_from_param([0.0]) is None
+    T = camera_to_hand_from_param([0.1, 0.2, 0.3, 0.0, 0.0, 0.0, 2.0])  # unnormalised quaternion
+    np.testing.assert_allclose(T[:3, 3], [0.1, 0.2, 0.3])
+    np.testing.assert_allclose(T[:3, :3], np.eye(3), atol=1e-12)

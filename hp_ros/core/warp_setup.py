@@ -78,6 +78,8 @@ def get_warp():
             import warp as wp
 
             wp.config.quiet = True
+            # Per-module "load on device 'cpu' took X ms" lines are INFO-level timers.
+            wp.config.log_level = getattr(wp, "LOG_WARNING", 30)
             wp.config.kernel_cache_dir = str(kernel_cache_dir())
             with _silenced_fds():
                 wp.init()

@@ -1,0 +1,690 @@
+"""Extended Kalman Filter tracking of an object held by the hand (HandyPriors filtering, ROS-free).
+
+State and design
+----------------
+The robot hand's joint angles are *measured* (``/joint_states``) and its base pose in the camera
+comes from a calibration ``T_cam_hand_pub`` that may be slightly wrong. The filter therefore keeps
+
+* ``T_hand_obj`` ``(4, 4)``: the object pose in the **hand base frame** (the quasistatic
+  dynamics act here, independent of the calibration), and
+* optionally (``estimate_calibration=True``) ``T_cam_hand`` ``(4, 4)``: the camera->hand
+  transform, initialised with the published calibration and corrected by the observations.
+
+The estimate users get is ``T_cam_obj = T_cam_hand @ T_hand_obj``. Errors are in the
+:func:`hp_ros.core.se3.apply_delta` convention (``xi = (v, w)``, translation error in the parent
+frame, rotation error about the child's origin expressed in the parent frame), for both blocks:
+the internal error state is ``[xi_hand_obj (6), xi_cam_hand (6)]`` (12, or the first 6 when the
+calibration is not estimated). :attr:`EKFTracker.covariance` maps it to the 6x6 covariance of
+``T_cam_obj`` in the same convention (order x, y, z, rx, ry, rz — what PoseWithCovariance wants).
+
+Prediction (control input = joint angles): hand contact candidates (``HandModel.contact_candidates``)
+within ``contact_threshold`` of the object surface (signed distance from :class:`MeshSDF`) are the
+contacts (on at least ``min_contact_bodies`` fingers/palm: one approaching finger pushes, it
+does not carry the object); with >= 3 non-collinear contacts the object follows their Kabsch motion from the previous
+to the current joint configuration (:mod:`hp_ros.core.quasistatic`); with fewer contacts the
+translation of their centroid only; without contacts it holds still (or keeps its last velocity,
+``out_of_contact="constant_velocity"``). ``F = blockdiag(M_R, M_R, I6)`` (closed form). Process
+noise grows with time, with the motion and with the residual of the rigid fit.
+The threshold defaults to 4 mm, not the paper's 1 mm: the tracked pose is itself a few mm off,
+and a too-small threshold finds no contacts and lets the object drift away from the moving hand.
+
+What the observations correct
+-----------------------------
+* **Fingertips (2D pixels or 3D)** are points *of the hand*: ``h = pi(T_cam_hand @ tip(q))``. The
+  joint angles are measured, so the only unknown they can correct is the camera->hand transform:
+  with ``estimate_calibration=True`` they estimate it, and the object (held in the hand frame)
+  moves with it in the camera frame — this is how "fingertips only" improves the object in our
+  robot setting (in the paper the hand pose itself is the state). With ``estimate_calibration=False``
+  fingertip observations carry no information about the object and are ignored (counted).
+* **Object centre**: the mask centroid pixel ``(u, v)`` and the median depth inside the mask.
+  Both belong to the *visible* surface, not to the model centre ``c``: the model is
+  ``h = (pi(c), z(c)) + offset`` with the offset of the visible-surface centroid / median depth
+  from the projected centre computed from back-face-culled, footprint-weighted surface samples at
+  the current estimate (:meth:`EKFTracker.visible_center_offset`; held constant in ``H``). A 3D
+  variant (``update_center_3d``) uses a back-projected point.
+* **Pose** (silhouette refinement / renderer): ``z = T_cam_obj`` measured, residual
+  ``(t_z - t, log(R_z R^T))``, H = the map from the internal error state to the camera error.
+
+All Jacobians are closed form (checked against finite differences in ``test/test_ekf.py``).
+Each update is gated on its normalised innovation squared (chi-square quantile at
+``gate_probability``); the track is LOST after ``lost_after_rejections`` consecutive rejections or
+when the pose covariance trace exceeds ``max_covariance_trace``.
+
+Numerics: the filter algebra is float64 numpy (tiny matrices, no autograd on the hot path); the
+hand model and the SDF are torch/Warp.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field, fields
+from typing import Optional
+
+import numpy as np
+import torch
+from scipy.stats import chi2
+
+from hp_ros.core import se3
+from hp_ros.core.quasistatic import ContactMotion, contact_mask, rigid_motion_from_contacts
+
+__all__ = ["EKFConfig", "EKFTracker", "TrackState", "UpdateResult", "skew", "apply_delta_np",
+           "pose_error", "propagate_jacobian", "point_jacobian", "project", "camera_error_map"]
+
+
+class TrackState:
+    """Tracking states (same values as ``hp_ros_msgs/TrackingStatus``)."""
+
+    INITIALIZING = 0
+    TRACKING = 1
+    LOST = 2
+    NAMES = {0: "INITIALIZING", 1: "TRACKING", 2: "LOST"}
+
+
+@dataclass
+class EKFConfig:
+    """Tuning of :class:`EKFTracker` (units: m, rad, s, pixels)."""
+
+    estimate_calibration: bool = True      # estimate a camera->hand correction (fingertips need it)
+    contact_threshold: float = 0.004       # hand point within this distance of the surface = contact
+    max_penetration: float = 0.02          # deeper "contacts" are ignored (wrong pose)
+    min_contacts: int = 3                  # fewer: translation only
+    min_contact_bodies: int = 2            # contacts on fewer bodies (fingers / palm): a push, not a grasp -> hold
+    min_spread: float = 0.005              # second principal spread of contacts for a rotation [m]
+    out_of_contact: str = "hold"           # hold | constant_velocity
+    velocity_decay: float = 2.0            # 1/s, constant-velocity model decay
+    contact_refresh: float = 0.05          # s between contact-set queries on the SDF (reused in between)
+    # process noise (standard deviations)
+    pos_random_walk: float = 0.0005        # m / sqrt(s)
+    rot_random_walk: float = 0.003         # rad / sqrt(s)
+    pos_motion_fraction: float = 0.05      # x |translation| of the contact motion
+    rot_motion_fraction: float = 0.05      # x |rotation| of the contact motion
+    fit_residual_weight: float = 0.2       # x RMS residual of the rigid contact fit (per step; encoder
+                                           # noise in it largely cancels between steps, so not 1)
+    free_pos_random_walk: float = 0.005    # m / sqrt(s), out of contact
+    free_rot_random_walk: float = 0.02     # rad / sqrt(s), out of contact
+    calib_pos_random_walk: float = 0.0002  # m / sqrt(s)
+    calib_rot_random_walk: float = 0.0005  # rad / sqrt(s)
+    # initial uncertainty
+    init_pos_sigma: float = 0.01
+    init_rot_sigma: float = 0.05
+    calib_pos_sigma: float = 0.002         # prior on the published calibration (per axis)
+    calib_rot_sigma: float = 0.006
+    # observation noise
+    fingertip_px_sigma: float = 3.0
+    fingertip_3d_sigma: float = 0.005
+    fingertip_offset: float = 0.0          # tip point along the fingertip link's z axis [m]
+    center_px_sigma: float = 5.0           # finger occlusion shifts the visible centroid by a few px
+    center_depth_sigma: float = 0.008
+    center_3d_sigma: float = 0.008
+    pose_pos_sigma: float = 0.01
+    pose_rot_sigma: float = 0.05
+    # gating / lost track
+    gate_probability: float = 0.999
+    lost_after_rejections: int = 15
+    max_covariance_trace: float = 0.05     # m^2 + rad^2
+
+    def __post_init__(self):
+        if self.out_of_contact not in ("hold", "constant_velocity"):
+            raise ValueError(f"out_of_contact must be 'hold' or 'constant_velocity', got {self.out_of_contact!r}")
+        if not 0.0 < self.gate_probability < 1.0:
+            raise ValueError(f"gate_probability must be in (0, 1), got {self.gate_probability}")
+        for f in fields(self):
+            v = getattr(self, f.name)
+            if isinstance(v, float) and f.name != "fingertip_offset" and not (v >= 0 and math.isfinite(v)):
+                raise ValueError(f"{f.name} must be a finite value >= 0, got {v}")
+        if self.contact_threshold <= 0:
+            raise ValueError("contact_threshold must be > 0")
+
+    @classmethod
+    def from_dict(cls, values: dict) -> "EKFConfig":
+        """Config from a dict, ignoring keys that are not config fields."""
+        names = {f.name for f in fields(cls)}
+        return cls(**{k: v for k, v in values.items() if k in names})
+
+
+@dataclass
+class UpdateResult:
+    """Outcome of one measurement update."""
+
+    kind: str
+    accepted: bool
+    nis: float
+    gate: float
+    dim: int
+    reason: str = ""
+
+
+# ----------------------------------------------------------------------------- small SE(3) algebra (numpy)
+
+def skew(a: np.ndarray) -> np.ndarray:
+    """``(3,)`` -> ``(3, 3)`` cross-product matrix."""
+    return np.array([[0.0, -a[2], a[1]], [a[2], 0.0, -a[0]], [-a[1], a[0], 0.0]])
+
+
+def _so3_exp(w: np.ndarray) -> np.ndarray:
+    th = float(np.linalg.norm(w))
+    K = skew(w)
+    if th < 1e-9:
+        return np.eye(3) + K
+    return np.eye(3) + math.sin(th) / th * K + (1 - math.cos(th)) / th ** 2 * (K @ K)
+
+
+def _so3_log(R: np.ndarray) -> np.ndarray:
+    """Rotation vector of ``(3, 3)`` ``R`` (numpy: this runs on every predict; torch/roma calls cost
+    more than the maths for one matrix). Near pi it falls back to :func:`se3.so3_log`."""
+    c = (np.trace(R) - 1.0) / 2.0
+    if c < -0.99:
+        return se3.so3_log(torch.as_tensor(R, dtype=torch.float64)).numpy()
+    th = math.acos(min(1.0, c))
+    v = np.array([R[2, 1] - R[1, 2], R[0, 2] - R[2, 0], R[1, 0] - R[0, 1]])
+    s = th / (2.0 * math.sin(th)) if th > 1e-6 else 0.5 + th * th / 12.0
+    return s * v
+
+
+def apply_delta_np(T: np.ndarray, xi: np.ndarray) -> np.ndarray:
+    """:func:`hp_ros.core.se3.apply_delta` on ``(4, 4)`` float64: ``R' = exp(w) R``, ``t' = t + v``."""
+    out = np.eye(4)
+    out[:3, :3] = _so3_exp(xi[3:6]) @ T[:3, :3]
+    out[:3, 3] = T[:3, 3] + xi[:3]
+    return out
+
+
+def pose_error(T_true: np.ndarray, T_est: np.ndarray) -> np.ndarray:
+    """Error ``xi`` ``(6,)`` with ``T_true = apply_delta(T_est, xi)`` (translation, rotation vector)."""
+    return np.concatenate([T_true[:3, 3] - T_est[:3, 3], _so3_log(T_true[:3, :3] @ T_est[:3, :3].T)])
+
+
+def propagate_jacobian(M: np.ndarray) -> np.ndarray:
+    """``F`` ``(6, 6)`` of ``T' = M @ T`` w.r.t. the apply_delta error of ``T``: blockdiag(R_M, R_M)."""
+    F = np.zeros((6, 6))
+    F[:3, :3] = M[:3, :3]
+    F[3:, 3:] = M[:3, :3]
+    return F
+
+
+def point_jacobian(T: np.ndarray, p_child: np.ndarray) -> np.ndarray:
+    """``d (T p) / d xi`` ``(3, 6)`` for ``T`` perturbed by apply_delta, ``p_child`` ``(3,)``."""
+    J = np.zeros((3, 6))
+    J[:, :3] = np.eye(3)
+    J[:, 3:] = -skew(T[:3, :3] @ p_child)
+    return J
+
+
+def project(K: np.ndarray, p: np.ndarray):
+    """Pinhole projection of camera points ``(N, 3)`` -> pixels ``(N, 2)`` and ``d uv / d p`` ``(N, 2, 3)``."""
+    x, y, z = p[:, 0], p[:, 1], p[:, 2]
+    fx, fy, cx, cy = K[0, 0], K[1, 1], K[0, 2], K[1, 2]
+    uv = np.stack([fx * x / z + cx, fy * y / z + cy], -1)
+    J = np.zeros((p.shape[0], 2, 3))
+    J[:, 0, 0] = fx / z
+    J[:, 0, 2] = -fx * x / z ** 2
+    J[:, 1, 1] = fy / z
+    J[:, 1, 2] = -fy * y / z ** 2
+    return uv, J
+
+
+def camera_error_map(T_cam_hand: np.ndarray, T_hand_obj: np.ndarray, with_calibration: bool) -> np.ndarray:
+    """``G`` ``(6, 6 or 12)``: error of ``T_cam_obj = T_cam_hand T_hand_obj`` from the internal errors.
+
+    Object block: ``(v, w)_cam = (R_ch v, R_ch w)``; calibration block:
+    ``v_cam = v_c - [R_ch t_ho]x w_c``, ``w_cam = w_c``.
+    """
+    R = T_cam_hand[:3, :3]
+    G = np.zeros((6, 12 if with_calibration else 6))
+    G[:3, :3] = R
+    G[3:, 3:6] = R
+    if with_calibration:
+        G[:3, 6:9] = np.eye(3)
+        G[:3, 9:12] = -skew(R @ T_hand_obj[:3, 3])
+        G[3:, 9:12] = np.eye(3)
+    return G
+
+
+# ----------------------------------------------------------------------------- the filter
+
+class EKFTracker:
+    """EKF on the object pose (+ camera->hand correction). See the module docstring.
+
+    ``hand``: :class:`hp_ros.core.hand.HandModel`; ``obj``: :class:`hp_ros.core.objects.ObjectModel`;
+    ``K`` ``(3, 3)`` camera matrix (may be set later with :meth:`set_camera`);
+    ``T_cam_hand`` ``(4, 4)`` published calibration; ``object_sdf``: a prebuilt
+    :class:`hp_ros.core.sdf.MeshSDF` (built from ``obj`` when None).
+    """
+
+    def __init__(self, hand, obj, K: Optional[np.ndarray], T_cam_hand: np.ndarray,
+                 config: Optional[EKFConfig] = None, object_sdf=None):
+        from hp_ros.core.sdf import MeshSDF
+
+        self.hand, self.obj = hand, obj
+        self.cfg = config or EKFConfig()
+        self.K = None if K is None else self._check_K(K)
+        self.T_cam_hand_pub = self._check_pose(T_cam_hand, "T_cam_hand")
+        self.sdf = object_sdf if object_sdf is not None else MeshSDF(obj.vertices, obj.faces)
+        v = obj.vertices.double()
+        self.center_obj = ((v.min(0).values + v.max(0).values) / 2).numpy()  # model (bbox) centre
+        self._diameter = float((v.max(0).values - v.min(0).values).norm())
+        self._vis_pts, self._vis_nrm, self._vis_area = self._visibility_samples(obj)
+        cand = hand.contact_candidates
+        self._cand_pts = hand.local_surface_points[cand].double().numpy()   # (K, 3) in their links
+        self._cand_links = hand.point_link_ids[cand].numpy()                # (K,)
+        # body of each candidate: finger 0-3 (thumb, index, middle, ring), -1 palm/base
+        finger = np.full(hand.num_links, -1)
+        for i, ln in enumerate(hand.link_names):
+            f = hand.naming.parse_link(ln)
+            if isinstance(f, tuple):
+                finger[i] = f[0]
+        self._cand_body = finger[self._cand_links]
+        self.n = 12 if self.cfg.estimate_calibration else 6
+        self.reset()
+
+    # ------------------------------------------------------------------ set-up
+    @staticmethod
+    def _check_K(K) -> np.ndarray:
+        K = np.asarray(K, dtype=np.float64)
+        if K.shape != (3, 3) or not np.all(np.isfinite(K)) or K[0, 0] <= 0 or K[1, 1] <= 0:
+            raise ValueError(f"K must be a finite (3, 3) camera matrix with fx, fy > 0, got {K.tolist()}")
+        return K
+
+    @staticmethod
+    def _check_pose(T, name) -> np.ndarray:
+        T = np.asarray(T.detach().cpu() if hasattr(T, "detach") else T, dtype=np.float64)
+        if T.shape != (4, 4) or not np.all(np.isfinite(T)):
+            raise ValueError(f"{name} must be a finite (4, 4) pose, got shape {T.shape}")
+        R = T[:3, :3]
+        if not np.allclose(R @ R.T, np.eye(3), atol=1e-4) or np.linalg.det(R) < 0:
+            raise ValueError(f"{name} has no proper rotation block")
+        return T
+
+    def set_camera(self, K) -> None:
+        self.K = self._check_K(K)
+
+    def set_calibration(self, T_cam_hand) -> None:
+        """New published camera->hand transform (keeps the object's camera pose)."""
+        T = self._check_pose(T_cam_hand, "T_cam_hand")
+        T_co = self.T_cam_obj if self.initialized else None
+        self.T_cam_hand_pub = T
+        self.T_ch = T.copy()
+        if T_co is not None:
+            self.T_ho = np.linalg.inv(self.T_ch) @ T_co
+
+    def reset(self) -> None:
+        """Forget the estimate (state INITIALIZING)."""
+        self.state = TrackState.INITIALIZING
+        self.message = "waiting for an initial pose"
+        self.T_ch = self.T_cam_hand_pub.copy()
+        self.T_ho = np.eye(4)
+        self.P = np.eye(self.n)
+        self._q_prev = None
+        self._link_poses = None   # (1, L, 4, 4) torch, at the last joint vector
+        self._T_links = None      # (L, 4, 4) float64 numpy copy
+        self._velocity = np.zeros(6)  # hand-frame twist (v, w) per second, constant-velocity model
+        self.center_consider_cov = np.zeros((3, 3))
+        self._offset_jac = None       # cached (T_cam_obj, d offset / d xi (3, 6), eps), see center_model
+        self._mask = None             # cached contact set and its age [s]
+        self._mask_age = math.inf
+        self.rejections = 0
+        self.contact_count = 0
+        self.last_motion: Optional[ContactMotion] = None
+        self.last_nis = float("nan")
+        self.last_gate = float("nan")
+
+    @property
+    def initialized(self) -> bool:
+        return self.state != TrackState.INITIALIZING
+
+    def initialize(self, T_cam_obj, q=None, pos_sigma: Optional[float] = None, rot_sigma: Optional[float] = None,
+                   keep_calibration: bool = True) -> None:
+        """Start tracking from ``T_cam_obj`` ``(4, 4)`` (joint vector ``q`` ``(J,)`` optional)."""
+        T_co = self._check_pose(T_cam_obj, "T_cam_obj")
+        c = self.cfg
+        if not keep_calibration or self.state == TrackState.INITIALIZING:
+            self.T_ch = self.T_cam_hand_pub.copy()
+            P_cal = np.diag([c.calib_pos_sigma ** 2] * 3 + [c.calib_rot_sigma ** 2] * 3)
+        else:
+            P_cal = self.P[6:, 6:].copy() if self.n == 12 else None
+        ps = c.init_pos_sigma if pos_sigma is None else pos_sigma
+        rs = c.init_rot_sigma if rot_sigma is None else rot_sigma
+        self.T_ho = np.linalg.inv(self.T_ch) @ T_co
+        P_cam = np.diag([ps ** 2] * 3 + [rs ** 2] * 3)
+        # the object prior is given in the camera frame: rotate it into the hand frame
+        Rb = np.zeros((6, 6))
+        Rb[:3, :3] = Rb[3:, 3:] = self.T_ch[:3, :3].T
+        self.P = np.zeros((self.n, self.n))
+        self.P[:6, :6] = Rb @ P_cam @ Rb.T
+        if self.n == 12:
+            self.P[6:, 6:] = P_cal
+            # T_cam_obj is given: a calibration error must not move the object in the camera
+            G = camera_error_map(self.T_ch, self.T_ho, True)
+            A = np.linalg.solve(G[:, :6], G[:, 6:])  # xi_ho = -A xi_ch keeps xi_cam = 0
+            Pc = self.P[6:, 6:]
+            self.P[:6, :6] += A @ Pc @ A.T
+            self.P[:6, 6:] = -A @ Pc
+            self.P[6:, :6] = self.P[:6, 6:].T
+        self._velocity[:] = 0
+        self._mask = None
+        self.rejections = 0
+        self.state = TrackState.TRACKING
+        self.message = "initialised"
+        if q is not None:
+            self._set_q(q)
+
+    # ------------------------------------------------------------------ outputs
+    @property
+    def T_cam_obj(self) -> np.ndarray:
+        """Object pose in the camera ``(4, 4)`` float64."""
+        return self.T_ch @ self.T_ho
+
+    @property
+    def covariance(self) -> np.ndarray:
+        """``(6, 6)`` covariance of ``T_cam_obj`` (apply_delta convention; x, y, z, rx, ry, rz)."""
+        G = camera_error_map(self.T_ch, self.T_ho, self.n == 12)
+        S = G @ self.P @ G.T
+        return (S + S.T) / 2
+
+    @property
+    def covariance_trace(self) -> float:
+        return float(np.trace(self.covariance))
+
+    # ------------------------------------------------------------------ prediction
+    def _as_q(self, q) -> torch.Tensor:
+        q = torch.as_tensor(np.asarray(q, dtype=np.float64), dtype=self.hand.dtype).reshape(1, -1)
+        if q.shape[1] != self.hand.num_joints or not torch.isfinite(q).all():
+            raise ValueError(f"joint vector must have {self.hand.num_joints} finite values, got {q.shape[1]}")
+        return q
+
+    def _set_q(self, q) -> None:
+        qt = self._as_q(q)
+        self._link_poses = self.hand.forward_kinematics(qt)
+        self._T_links = self._link_poses[0].double().numpy()
+        self._q_prev = qt
+
+    def _candidate_points(self, ids: Optional[np.ndarray] = None) -> np.ndarray:
+        """Contact-candidate points ``(K or len(ids), 3)`` in the hand frame at the last joint vector."""
+        pts, links = (self._cand_pts, self._cand_links) if ids is None else (self._cand_pts[ids], self._cand_links[ids])
+        T = self._T_links[links]
+        return np.einsum("kij,kj->ki", T[:, :3, :3], pts) + T[:, :3, 3]
+
+    def contacts(self) -> torch.Tensor:
+        """Bool ``(K,)``: which contact candidates touch the object at the current estimate."""
+        T_oh = np.linalg.inv(self.T_ho)
+        p_obj = self._candidate_points() @ T_oh[:3, :3].T + T_oh[:3, 3]
+        sdf, _ = self.sdf.query(torch.as_tensor(p_obj, dtype=torch.float32)[None])
+        return contact_mask(sdf[0], self.cfg.contact_threshold, self.cfg.max_penetration)
+
+    def predict(self, q, dt: float) -> ContactMotion:
+        """Propagate with the joint vector ``q`` ``(J,)`` measured ``dt`` seconds after the previous one."""
+        if not self.initialized:
+            raise RuntimeError("predict() before initialize()")
+        if not (dt >= 0 and math.isfinite(dt)):
+            raise ValueError(f"dt must be finite and >= 0, got {dt}")
+        if self._q_prev is None:
+            self._set_q(q)
+            return ContactMotion(np.eye(4), 0, False, 0.0, 0.0)
+        c = self.cfg
+        # the contact set changes slowly: query the SDF every contact_refresh seconds only
+        if self._mask is None or self._mask_age >= c.contact_refresh:
+            self._mask, self._mask_age = self.contacts(), 0.0
+        self._mask_age += dt
+        ids = np.nonzero(self._mask.numpy())[0]
+        if len(np.unique(self._cand_body[ids])) < c.min_contact_bodies:
+            ids = ids[:0]  # one finger near the object (approach) does not carry it
+        p_prev = self._candidate_points(ids)
+        self._set_q(q)
+        motion = rigid_motion_from_contacts(p_prev, self._candidate_points(ids), min_contacts=c.min_contacts,
+                                            min_spread=c.min_spread)
+        self.contact_count = motion.n_contacts
+        self.last_motion = motion
+        M = motion.M
+        if motion.n_contacts == 0:
+            if c.out_of_contact == "constant_velocity" and dt > 0:
+                self._velocity *= math.exp(-c.velocity_decay * dt)
+                M = np.eye(4)
+                M[:3, :3] = _so3_exp(self._velocity[3:] * dt)
+                M[:3, 3] = self._velocity[:3] * dt
+            sp2 = c.free_pos_random_walk ** 2 * dt
+            sr2 = c.free_rot_random_walk ** 2 * dt
+        else:
+            if dt > 0:
+                self._velocity = np.concatenate([M[:3, 3], _so3_log(M[:3, :3])]) / dt
+            trans = float(np.linalg.norm(M[:3, 3]))
+            ang = float(np.linalg.norm(_so3_log(M[:3, :3])))
+            res = c.fit_residual_weight * motion.residual_rms
+            sp2 = c.pos_random_walk ** 2 * dt + (c.pos_motion_fraction * trans) ** 2 + res ** 2
+            sr2 = c.rot_random_walk ** 2 * dt + (c.rot_motion_fraction * ang) ** 2
+            if motion.rotation_ok:
+                sr2 += (res / max(motion.spread, 1e-3)) ** 2
+            else:  # rotation unobserved by the contacts: it may turn about them
+                sr2 += (c.rot_motion_fraction * trans / max(motion.spread, 0.01)) ** 2 + c.free_rot_random_walk ** 2 * dt
+        # x' = M x ; F = blockdiag(R_M, R_M, I)
+        self.T_ho = M @ self.T_ho
+        F = np.eye(self.n)
+        F[:6, :6] = propagate_jacobian(M)
+        Q = np.zeros((self.n, self.n))
+        Q[:6, :6] = np.diag([sp2] * 3 + [sr2] * 3)
+        if self.n == 12:
+            Q[6:, 6:] = np.diag([c.calib_pos_random_walk ** 2 * dt] * 3 + [c.calib_rot_random_walk ** 2 * dt] * 3)
+        self.P = F @ self.P @ F.T + Q
+        self._check_lost()
+        return motion
+
+    # ------------------------------------------------------------------ measurement models
+    def fingertip_points_hand(self, q=None) -> np.ndarray:
+        """Fingertip points ``(4, 3)`` in the hand frame (link origin + ``fingertip_offset`` along z)."""
+        T = self.hand.forward_kinematics(self._as_q(q)) if q is not None else self._link_poses
+        if T is None:
+            raise RuntimeError("no joint state yet: call predict() or initialize(q=...) first")
+        Tt = T[0, self.hand._tip_idx].double().numpy()
+        return Tt[:, :3, 3] + self.cfg.fingertip_offset * Tt[:, :3, 2]
+
+    def _hand_point_model(self, p_hand: np.ndarray):
+        """Camera points ``(N, 3)`` of hand points and ``d p / d state`` ``(N, 3, n)``."""
+        p = p_hand @ self.T_ch[:3, :3].T + self.T_ch[:3, 3]
+        H = np.zeros((len(p_hand), 3, self.n))
+        if self.n == 12:
+            for i in range(len(p_hand)):
+                H[i, :, 6:] = point_jacobian(self.T_ch, p_hand[i])
+        return p, H
+
+    def _object_point_model(self, p_obj: np.ndarray):
+        """Camera point ``(3,)`` of an object-frame point and ``d p / d state`` ``(3, n)``."""
+        p_h = self.T_ho[:3, :3] @ p_obj + self.T_ho[:3, 3]
+        p = self.T_ch[:3, :3] @ p_h + self.T_ch[:3, 3]
+        H = np.zeros((3, self.n))
+        H[:, :6] = self.T_ch[:3, :3] @ point_jacobian(self.T_ho, p_obj)
+        if self.n == 12:
+            H[:, 6:] = point_jacobian(self.T_ch, p_h)
+        return p, H
+
+    @staticmethod
+    def _visibility_samples(obj, pieces: int = 24):
+        """Surface elements of the object: centroids ``(n, 3)``, unit normals ``(n, 3)``, areas ``(n,)``
+        of its faces subdivided to edges <= diameter / ``pieces`` (deterministic, ~1e4 elements)."""
+        import trimesh
+
+        v, f = obj.vertices.double().numpy(), obj.faces.numpy()
+        size = float(np.linalg.norm(v.max(0) - v.min(0))) / pieces
+        v, f = trimesh.remesh.subdivide_to_size(v, f, max_edge=size, max_iter=20)
+        m = trimesh.Trimesh(v, f, process=False)
+        return np.asarray(m.triangles_center), np.asarray(m.face_normals), np.asarray(m.area_faces)
+
+    def visible_center_offset(self, T_cam_obj: Optional[np.ndarray] = None) -> np.ndarray:
+        """``(du, dv, dz)``: visible-surface centroid pixel and median depth minus the projected
+        model centre and its depth, at the current estimate.
+
+        The segmentation measures the centroid of the *visible* mask and the median depth of the
+        *visible* surface; both differ from the model centre (a can's visible half-cylinder lies
+        in front of its axis, a box seen obliquely shows its nearer faces). Visibility is back-face
+        culling of small surface elements (exact for convex objects), each weighted by its pixel
+        footprint ``area cos(theta) / z^2``; the median is interpolated (smooth in the pose). Hand
+        occlusion is not modelled (observation noise). ``T_cam_obj`` ``(4, 4)``: the pose to
+        evaluate at (default: the estimate).
+        """
+        T = self.T_cam_obj if T_cam_obj is None else T_cam_obj
+        p = self._vis_pts @ T[:3, :3].T + T[:3, 3]
+        n = self._vis_nrm @ T[:3, :3].T
+        dist = np.linalg.norm(p, axis=1)
+        cos = -(n * p).sum(1) / dist
+        w = np.where(cos > 0, self._vis_area * cos / p[:, 2] ** 2, 0.0)
+        if w.sum() <= 0:
+            return np.zeros(3)
+        w = w / w.sum()
+        uv, _ = project(self.K, p)
+        c = T[:3, :3] @ self.center_obj + T[:3, 3]
+        uv_c, _ = project(self.K, c[None])
+        order = np.argsort(p[:, 2])
+        cw = np.cumsum(w[order])
+        z_med = float(np.interp(0.5, cw - 0.5 * w[order], p[order, 2]))
+        return np.array([*(w @ uv - uv_c[0]), z_med - c[2]])
+
+    def center_model(self, offset_eps: float = 1e-3):
+        """``h = (u, v, depth)`` ``(3,)`` expected for the visible mask centroid / median depth, and
+        ``H`` ``(3, n)``.
+
+        The visible-surface offset depends on the pose (a turning box shows other faces; perspective):
+        its derivative w.r.t. the camera pose error is taken by forward differences (step
+        ``offset_eps``; 0 = held constant) and cached until the pose moved by more than 0.03 rad /
+        5 mm (it changes slowly; each evaluation costs ~0.5 ms). The translation part enters ``H``;
+        the rotation part only inflates the noise (:attr:`center_consider_cov` ``(3, 3)``, added by
+        :meth:`update_center`)."""
+        p, Hp = self._object_point_model(self.center_obj)
+        uv, Jp = project(self.K, p[None])
+        T = self.T_cam_obj
+        off = self.visible_center_offset(T)
+        h = np.array([uv[0, 0], uv[0, 1], p[2]]) + off
+        H = np.vstack([Jp[0] @ Hp, Hp[2:3]])
+        if offset_eps > 0:
+            cache = self._offset_jac
+            if (cache is None or cache[2] != offset_eps or np.linalg.norm(pose_error(T, cache[0])[:3]) > 0.005
+                    or np.linalg.norm(pose_error(T, cache[0])[3:]) > 0.03):
+                D = np.zeros((3, 6))  # d offset / d xi_cam (apply_delta convention)
+                for k in range(6):
+                    d = np.zeros(6)
+                    d[k] = offset_eps
+                    D[:, k] = (self.visible_center_offset(apply_delta_np(T, d)) - off) / offset_eps
+                self._offset_jac = cache = (T.copy(), D, offset_eps)
+            G = camera_error_map(self.T_ch, self.T_ho, self.n == 12)
+            D = cache[1]
+            H = H + D[:, :3] @ G[:3]
+            # the rotation dependence is "considered", not used: the centre carries little rotation
+            # information, and unmodelled biases (finger occlusion) would be explained by turning
+            # the object; instead the rotation uncertainty inflates the observation noise
+            Dr = D[:, 3:] @ G[3:]
+            self.center_consider_cov = Dr @ self.P @ Dr.T
+        else:
+            self.center_consider_cov = np.zeros((3, 3))
+        return h, H
+
+    # ------------------------------------------------------------------ updates
+    def _update(self, kind: str, r: np.ndarray, H: np.ndarray, R: np.ndarray) -> UpdateResult:
+        if not self.initialized:
+            return UpdateResult(kind, False, float("nan"), float("nan"), len(r), "not initialised")
+        if not (np.all(np.isfinite(r)) and np.all(np.isfinite(H))):
+            return UpdateResult(kind, False, float("nan"), float("nan"), len(r), "non-finite innovation")
+        S = H @ self.P @ H.T + R
+        try:
+            Sinv_r = np.linalg.solve(S, r)
+        except np.linalg.LinAlgError:
+            return UpdateResult(kind, False, float("nan"), float("nan"), len(r), "singular innovation covariance")
+        nis = float(r @ Sinv_r)
+        gate = float(chi2.ppf(self.cfg.gate_probability, len(r)))
+        self.last_nis, self.last_gate = nis, gate
+        if nis > gate:
+            self.rejections += 1
+            self._check_lost()
+            return UpdateResult(kind, False, nis, gate, len(r), "gated")
+        Kg = np.linalg.solve(S, H @ self.P).T  # P H^T S^-1 (S symmetric)
+        dx = Kg @ r
+        A = np.eye(self.n) - Kg @ H
+        self.P = A @ self.P @ A.T + Kg @ R @ Kg.T  # Joseph form
+        self.P = (self.P + self.P.T) / 2
+        self.T_ho = apply_delta_np(self.T_ho, dx[:6])
+        if self.n == 12:
+            self.T_ch = apply_delta_np(self.T_ch, dx[6:])
+        self.rejections = 0
+        self._check_lost()
+        return UpdateResult(kind, True, nis, gate, len(r))
+
+    def _check_lost(self) -> None:
+        if self.state != TrackState.TRACKING:
+            return
+        c = self.cfg
+        if self.rejections >= c.lost_after_rejections:
+            self.state, self.message = TrackState.LOST, f"{self.rejections} consecutive observations rejected"
+        elif self.covariance_trace > c.max_covariance_trace:
+            self.state, self.message = TrackState.LOST, f"covariance trace {self.covariance_trace:.3g} too large"
+
+    def update_fingertips_2d(self, uv, q=None, sigma_px: Optional[float] = None) -> UpdateResult:
+        """Observed fingertip pixels ``(4, 2)`` (thumb, index, middle, ring; NaN rows = not seen)."""
+        uv = np.asarray(uv, dtype=np.float64).reshape(-1, 2)
+        if self.K is None:
+            return UpdateResult("fingertips_2d", False, float("nan"), float("nan"), 0, "no camera intrinsics")
+        if self.n == 6:
+            return UpdateResult("fingertips_2d", False, float("nan"), float("nan"), 0,
+                                "fingertips need estimate_calibration")
+        seen = np.all(np.isfinite(uv), axis=1)
+        if uv.shape[0] != 4 or seen.sum() < 1:
+            return UpdateResult("fingertips_2d", False, float("nan"), float("nan"), 0, "no fingertip seen")
+        p, Hp = self._hand_point_model(self.fingertip_points_hand(q)[seen])
+        if np.any(p[:, 2] <= 1e-3):
+            return UpdateResult("fingertips_2d", False, float("nan"), float("nan"), 0, "fingertip behind the camera")
+        h, Jp = project(self.K, p)
+        H = np.einsum("nij,njk->nik", Jp, Hp).reshape(-1, self.n)
+        s = self.cfg.fingertip_px_sigma if sigma_px is None else sigma_px
+        return self._update("fingertips_2d", (uv[seen] - h).reshape(-1), H, np.eye(H.shape[0]) * s ** 2)
+
+    def update_fingertips_3d(self, p_cam, q=None, sigma: Optional[float] = None) -> UpdateResult:
+        """Observed fingertip points ``(4, 3)`` in the camera frame (NaN rows = not seen)."""
+        z = np.asarray(p_cam, dtype=np.float64).reshape(-1, 3)
+        if self.n == 6:
+            return UpdateResult("fingertips_3d", False, float("nan"), float("nan"), 0,
+                                "fingertips need estimate_calibration")
+        seen = np.all(np.isfinite(z), axis=1)
+        if z.shape[0] != 4 or seen.sum() < 1:
+            return UpdateResult("fingertips_3d", False, float("nan"), float("nan"), 0, "no fingertip seen")
+        p, Hp = self._hand_point_model(self.fingertip_points_hand(q)[seen])
+        s = self.cfg.fingertip_3d_sigma if sigma is None else sigma
+        H = Hp.reshape(-1, self.n)
+        return self._update("fingertips_3d", (z[seen] - p).reshape(-1), H, np.eye(H.shape[0]) * s ** 2)
+
+    def update_center(self, u: float, v: float, depth: float = float("nan"),
+                      sigma_px: Optional[float] = None, sigma_depth: Optional[float] = None) -> UpdateResult:
+        """Mask centroid pixel ``(u, v)`` and median depth [m] inside the mask (NaN: pixel only)."""
+        if self.K is None:
+            return UpdateResult("center", False, float("nan"), float("nan"), 0, "no camera intrinsics")
+        if not (math.isfinite(u) and math.isfinite(v)):
+            return UpdateResult("center", False, float("nan"), float("nan"), 0, "non-finite centroid")
+        h, H = self.center_model()
+        sp = self.cfg.center_px_sigma if sigma_px is None else sigma_px
+        sd = self.cfg.center_depth_sigma if sigma_depth is None else sigma_depth
+        R = np.diag([sp ** 2, sp ** 2, sd ** 2]) + self.center_consider_cov
+        if math.isfinite(depth) and depth > 0:
+            r = np.array([u, v, depth]) - h
+            return self._update("center", r, H, R)
+        return self._update("center", np.array([u, v]) - h[:2], H[:2], R[:2, :2])
+
+    def update_center_3d(self, p_cam, sigma: Optional[float] = None) -> UpdateResult:
+        """Back-projected visible centre ``(3,)`` (camera frame, e.g. the centroid pixel at the median
+        depth): compared with the model centre moved by the visible-surface offset."""
+        z = np.asarray(p_cam, dtype=np.float64).reshape(3)
+        if self.K is None:
+            return UpdateResult("center_3d", False, float("nan"), float("nan"), 0, "no camera intrinsics")
+        h_uvz, _ = self.center_model()
+        Ki = np.linalg.inv(self.K)
+        h = h_uvz[2] * (Ki @ np.array([h_uvz[0], h_uvz[1], 1.0]))
+        p, Hp = self._object_point_model(self.center_obj)
+        s = self.cfg.center_3d_sigma if sigma is None else sigma
+        return self._update("center_3d", z - h, Hp, np.eye(3) * s ** 2)
+
+    def update_pose(self, T_cam_obj_meas, covariance: Optional[np.ndarray] = None) -> UpdateResult:
+        """Pose measurement ``(4, 4)`` of the object in the camera (covariance ``(6, 6)`` optional)."""
+        T = self._check_pose(T_cam_obj_meas, "T_cam_obj_meas")
+        r = pose_error(T, self.T_cam_obj)
+        H = camera_error_map(self.T_ch, self.T_ho, self.n == 12)
+        c = self.cfg
+        R = (np.asarray(covariance, dtype=np.float64) if covariance is not None
+             else np.diag([c.pose_pos_sigma ** 2] * 3 + [c.pose_rot_sigma ** 2] * 3))
+        return self._update("pose", r, H, R)
+
+    def nees(self, T_cam_obj_true: np.ndarray) -> float:
+        """Normalised estimation error squared of the 6-DoF camera pose against ground truth."""
+        e = pose_error(np.asarray(T_cam_obj_true, dtype=np.float64), self.T_cam_obj)
+        return float(e @ np.linalg.solve(self.covariance, e))

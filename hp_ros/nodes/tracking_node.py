@@ -1,0 +1,391 @@
+"""tracking_node: the EKF tracker (hp_ros.core.ekf) between ROS messages.
+
+In: /joint_states (control), camera_info, /hp_ros/object_observation, /hp_ros/fingertips,
+/tf_static or the ``camera_to_hand`` parameter, /hp_ros/initial_pose, /hp_ros/refined_pose.
+Out: /hp_ros/object_pose (PoseWithCovarianceStamped, EKF covariance), /tf (camera -> object),
+/hp_ros/tracking_status, /diagnostics. Service /hp_ros/reset_tracking; client /hp_ros/refine_pose
+(asked asynchronously when the track is LOST).
+
+Frames: observations of one image share its header stamp. They are collected per stamp and the
+frame is processed, in stamp order, once a joint state at or after its stamp has arrived and all
+observation kinds seen recently have arrived (or a newer frame has), or at the latest
+``pairing_timeout`` after its first observation: predict from the last
+processed stamp to this one with the joint states interpolated at both stamps, then update with
+each observation, then publish one pose for the frame. Messages older than the last processed
+frame are dropped (counted); a stamp jumping back by more than 1 s (looping bag, restarted
+driver) resets the tracker to INITIALIZING and re-arms the initial pose.
+"""
+from __future__ import annotations
+
+import math
+import time
+
+import numpy as np
+import rclpy
+from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
+from geometry_msgs.msg import PoseStamped, PoseWithCovarianceStamped, TransformStamped
+from hp_ros_msgs.msg import FingertipObservations, ObjectObservation, TrackingStatus
+from hp_ros_msgs.srv import RefinePose
+from rclpy.node import Node
+from sensor_msgs.msg import CameraInfo, JointState
+from std_srvs.srv import Trigger
+
+from hp_ros import graph
+from hp_ros.core.ekf import EKFConfig, EKFTracker, TrackState
+from hp_ros.io import msgs
+from hp_ros.nodes.common import (COMMON_PARAMS, OUTPUT_QOS, STATE_QOS, CameraToHand, JointStateBuffer, OnceLogger,
+                                 Param, ParameterError, camera_to_hand_from_param, declare_parameters, length_in,
+                                 load_hand, load_object, non_negative, one_of, positive)
+
+_D = EKFConfig()
+OWN_PARAMS = {
+    "initial_pose": Param([0.0], "initial object pose in the camera frame [x y z qx qy qz qw]; [0.0] = wait for "
+                                 "/hp_ros/initial_pose or a refinement result", length_in(1, 7)),
+    "estimate_calibration": Param(_D.estimate_calibration, "estimate a camera->hand correction (needed for fingertips)"),
+    "use_fingertips": Param(True, "update with /hp_ros/fingertips"),
+    "use_object_center": Param(True, "update with /hp_ros/object_observation (centroid + median depth)"),
+    "contact_threshold": Param(_D.contact_threshold, "hand point within this distance [m] of the object = contact", positive),
+    "out_of_contact": Param(_D.out_of_contact, "motion without contacts", one_of("hold", "constant_velocity")),
+    "fingertip_px_sigma": Param(_D.fingertip_px_sigma, "fingertip observation noise [px]", positive),
+    "fingertip_offset": Param(_D.fingertip_offset, "observed tip point along the fingertip link z axis [m]"),
+    "calib_pos_sigma": Param(_D.calib_pos_sigma, "std. dev. [m] per axis of the camera->hand calibration error", positive),
+    "calib_rot_sigma": Param(_D.calib_rot_sigma, "std. dev. [rad] per axis of the camera->hand calibration error", positive),
+    "center_px_sigma": Param(_D.center_px_sigma, "object centroid noise [px]", positive),
+    "center_depth_sigma": Param(_D.center_depth_sigma, "object median depth noise [m]", positive),
+    "gate_probability": Param(_D.gate_probability, "chi-square probability of the NIS gate",
+                              lambda v: None if 0 < v < 1 else f"must be in (0, 1), got {v}"),
+    "lost_after_rejections": Param(_D.lost_after_rejections, "consecutive rejected updates -> LOST", positive),
+    "max_covariance_trace": Param(_D.max_covariance_trace, "pose covariance trace [m^2+rad^2] above which -> LOST", positive),
+    "min_confidence": Param(0.3, "ignore observations with a lower confidence", non_negative),
+    "pairing_timeout": Param(0.1, "process a frame at the latest this long [s] after its first observation "
+                                  "(normally earlier: once its observations and the joint states after it arrived)",
+                             positive),
+    "max_joint_gap": Param(0.1, "max distance [s] from an image stamp to the joint states around it", positive),
+    "publish_on_joint_states": Param(False, "also publish a predicted pose for every joint state"),
+    "request_refinement": Param(True, "when LOST, ask /hp_ros/refine_pose (if available) and re-initialise"),
+}
+
+
+def _sec_pose_cov(cov: np.ndarray) -> tuple:
+    d = np.sqrt(np.clip(np.diag(cov), 0, None))
+    return float(d[:3].mean()), float(d[3:].mean())
+
+
+class TrackingNode(Node):
+    def __init__(self):
+        super().__init__("tracking_node")
+        p = declare_parameters(self, {**COMMON_PARAMS, **OWN_PARAMS})
+        self.p = p
+        self.cfg = EKFConfig.from_dict({k: p[k] for k in OWN_PARAMS if k in EKFConfig.__dataclass_fields__})
+        self.hand = load_hand(p)
+        self.obj = load_object(p)
+        from hp_ros.core.sdf import MeshSDF
+
+        self.sdf = MeshSDF(self.obj.vertices, self.obj.faces)
+        self._warm_up()
+        self.errors = OnceLogger(self)
+        self.joints = JointStateBuffer(self.hand.joint_state_mapper())
+        self.calib = CameraToHand(self, p["camera_frame"], p["hand_base_frame"], camera_to_hand_from_param(p["camera_to_hand"]))
+        self.ekf: EKFTracker | None = None
+        self.K = None
+        self.pending_init = self._param_initial_pose()  # (T, sigmas or None)
+        self.frames: dict = {}       # stamp_ns -> {"object": msg, "fingertips": msg, "t_first": wall}
+        self.kinds_seen: dict = {}   # kind -> wall time last seen
+        self.last_stamp: int | None = None
+        self.last_q = None
+        self.last_joint_wall = -math.inf  # monotonic time of the last joint state received
+        self.counts = {"frames": 0, "late": 0, "resets": 0, "updates_accepted": 0, "updates_rejected": 0,
+                       "refine_requests": 0}
+        self.last_status = None
+        self.refine_future = None
+
+        self.pose_pub = self.create_publisher(PoseWithCovarianceStamped, graph.TOPICS["object_pose"], OUTPUT_QOS)
+        self.status_pub = self.create_publisher(TrackingStatus, graph.TOPICS["tracking_status"], OUTPUT_QOS)
+        self.diag_pub = self.create_publisher(DiagnosticArray, "/diagnostics", OUTPUT_QOS)
+        from hp_ros.nodes.tf_out import TfPublisher
+
+        self.tf = TfPublisher(self)
+        self.create_subscription(JointState, graph.JOINT_STATES, self.on_joint_state, STATE_QOS)
+        self.create_subscription(CameraInfo, graph.CAMERA_TOPICS["color_info"], self.on_camera_info, OUTPUT_QOS)
+        self.create_subscription(ObjectObservation, graph.TOPICS["object_observation"],
+                                 lambda m: self.on_observation("object", m), STATE_QOS)
+        self.create_subscription(FingertipObservations, graph.TOPICS["fingertips"],
+                                 lambda m: self.on_observation("fingertips", m), STATE_QOS)
+        self.create_subscription(PoseStamped, graph.TOPICS["initial_pose"], self.on_initial_pose, OUTPUT_QOS)
+        self.create_subscription(PoseWithCovarianceStamped, graph.TOPICS["refined_pose"], self.on_refined_pose, OUTPUT_QOS)
+        self.create_service(Trigger, graph.SERVICES["reset_tracking"], self.on_reset)
+        self.refine_client = self.create_client(RefinePose, graph.SERVICES["refine_pose"])
+        self.create_timer(0.01, self.on_timer)
+        self.create_timer(1.0, self.publish_diagnostics)
+        self.get_logger().info(f"tracking {self.obj.name} (tf via {self.tf.backend}, "
+                               f"calibration {'estimated' if self.cfg.estimate_calibration else 'fixed'})")
+
+    def _warm_up(self) -> None:
+        """Compile/load the Warp SDF kernels and run the hand FK once before subscribing: the first
+        query takes seconds, and a node that stalls on its first frame overflows its input queues
+        (observed: a 3 s bag replayed while the first frame compiled -> ~8 poses out of 91)."""
+        import torch
+
+        with torch.no_grad():
+            self.sdf.query(torch.zeros(1, 1, 3, dtype=torch.float32))
+            self.hand.surface_points(self.hand.zero_q())
+
+    # ------------------------------------------------------------------ inputs
+    def _param_initial_pose(self):
+        v = self.p["initial_pose"]
+        if len(v) != 7:
+            return None
+        from hp_ros.nodes.common import camera_to_hand_from_param as as_pose  # same [x y z q] layout
+
+        return as_pose(v), None
+
+    def on_camera_info(self, msg) -> None:
+        try:
+            self.K = msgs.camera_info_to_intrinsics(msg).K
+            if self.ekf is not None:
+                self.ekf.set_camera(self.K)
+        except ValueError as e:
+            self.errors.warn("camera_info", f"camera_info ignored: {e}")
+
+    def on_joint_state(self, msg) -> None:
+        try:
+            added = self.joints.add(msg)
+        except ValueError as e:
+            self.errors.warn("joint_state", f"joint state ignored: {e}")
+            return
+        if self.joints.reset_pending:
+            self.joints.reset_pending = False
+            self.reset("time went backwards in /joint_states")
+            return
+        self.last_joint_wall = time.monotonic()
+        if added and self.frames:
+            self.drain_frames()
+        if added and self.p["publish_on_joint_states"] and self.ekf is not None and self.ekf.initialized:
+            stamp, _ = self.joints.latest()
+            if self.last_stamp is not None and stamp > self.last_stamp:
+                self.process_frame(stamp, {})
+
+    def on_observation(self, kind: str, msg) -> None:
+        stamp = msgs.header_stamp_ns(msg)
+        if self.last_stamp is not None and stamp < self.last_stamp - 1_000_000_000:
+            self.reset("time went backwards in the observations")
+        if self.last_stamp is not None and stamp <= self.last_stamp:
+            self.counts["late"] += 1
+            return
+        if kind == "object" and msg.valid and not (math.isfinite(msg.centroid_u) and math.isfinite(msg.centroid_v)):
+            self.errors.warn("nan_object", "object observation with a non-finite centroid ignored")
+            return
+        now = time.monotonic()
+        self.kinds_seen[kind] = now
+        self.frames.setdefault(stamp, {"t_first": now})[kind] = msg
+        self.drain_frames()
+
+    def drain_frames(self) -> None:
+        """Process pending frames in stamp order. A frame is ready when the joint states cover its
+        stamp (a joint state at or after it has arrived: topics arrive independently) and it has
+        every observation kind seen recently or a newer frame exists; after ``pairing_timeout`` it
+        is processed with what it has (without joint states only when they stopped arriving)."""
+        now = time.monotonic()
+        expected = {k for k, t in self.kinds_seen.items() if now - t < 1.0}
+        newest = self.joints.latest()
+        stamps = sorted(self.frames)
+        for i, s in enumerate(stamps):
+            frame = self.frames[s]
+            joints_ready = newest is not None and newest[0] >= s
+            complete = expected <= set(frame) or i + 1 < len(stamps)
+            # wait for joint states while they keep coming (a busy executor lags behind its queue)
+            joints_stalled = now - self.last_joint_wall >= self.p["pairing_timeout"]
+            timed_out = now - frame["t_first"] >= self.p["pairing_timeout"] and (joints_ready or joints_stalled)
+            if (joints_ready and complete) or timed_out:
+                self.process_frame(s, self.frames.pop(s))
+            else:
+                break  # keep the frames in order
+
+    def on_timer(self) -> None:
+        self.drain_frames()
+        if self.refine_future is not None and self.refine_future.done():
+            fut, self.refine_future = self.refine_future, None
+            try:
+                res = fut.result()
+            except Exception as e:  # noqa: BLE001 - a failed service call must not stop tracking
+                self.errors.warn("refine", f"refine_pose call failed: {e}")
+                return
+            if res is not None and res.success:
+                self.pending_init = (msgs.pose_to_matrix(res.pose), msgs.covariance_from_msg(res.pose))
+                self.get_logger().info("re-initialising from the refinement result")
+
+    def on_initial_pose(self, msg) -> None:
+        try:
+            self.pending_init = (msgs.pose_to_matrix(msg), None)
+        except (ValueError, TypeError) as e:
+            self.errors.warn("initial_pose", f"initial pose ignored: {e}")
+
+    def on_refined_pose(self, msg) -> None:
+        try:
+            self.pending_init = (msgs.pose_to_matrix(msg), msgs.covariance_from_msg(msg))
+        except (ValueError, TypeError) as e:
+            self.errors.warn("refined_pose", f"refined pose ignored: {e}")
+
+    def on_reset(self, request, response):
+        self.reset("reset service")
+        response.success = True
+        response.message = "tracker reset" + (" (initial pose re-armed from the parameter)" if self.pending_init else "")
+        return response
+
+    def reset(self, why: str) -> None:
+        self.counts["resets"] += 1
+        self.get_logger().info(f"reset: {why}")
+        if self.ekf is not None:
+            self.ekf.reset()
+        self.frames.clear()
+        self.last_stamp = None
+        self.last_q = None
+        self.pending_init = self._param_initial_pose() or self.pending_init
+
+    # ------------------------------------------------------------------ processing
+    def _ensure_tracker(self) -> bool:
+        T_ch = self.calib.T_cam_hand
+        if T_ch is None:
+            self.errors.warn("no_calibration", "no camera->hand transform yet (parameter camera_to_hand or /tf_static)")
+            return False
+        if self.ekf is None:
+            self.ekf = EKFTracker(self.hand, self.obj, self.K, T_ch, self.cfg, object_sdf=self.sdf)
+        elif not np.allclose(T_ch, self.ekf.T_cam_hand_pub):
+            self.ekf.set_calibration(T_ch)
+        return True
+
+    def process_frame(self, stamp: int, frame: dict) -> None:
+        if not self._ensure_tracker():
+            return
+        ekf = self.ekf
+        q = self.joints.at(stamp, int(self.p["max_joint_gap"] * 1e9))
+        if q is None:
+            self.errors.warn("no_joints", "no joint states around the observation stamp: frame skipped")
+            return
+        if self.pending_init is not None:
+            T, cov = self.pending_init
+            self.pending_init = None
+            if cov is not None and np.all(np.isfinite(cov)) and np.all(np.diag(cov) > 0):
+                ps, rs = _sec_pose_cov(cov)
+                ekf.initialize(T, q=q, pos_sigma=ps, rot_sigma=rs)
+            else:
+                ekf.initialize(T, q=q)
+            self.last_stamp, self.last_q = stamp, q
+        elif not ekf.initialized:
+            self.publish_status(stamp, None)
+            return
+        else:
+            dt = (stamp - self.last_stamp) * 1e-9 if self.last_stamp is not None else 0.0
+            # the joint states between the two stamps: predict through each of them
+            for s, qj in zip(list(self.joints.stamps), list(self.joints.values)):
+                if self.last_stamp is not None and self.last_stamp < s < stamp:
+                    ekf.predict(qj, (s - self.last_stamp) * 1e-9)
+                    self.last_stamp = s
+                    dt = (stamp - s) * 1e-9
+            ekf.predict(q, max(dt, 0.0))
+            self.last_stamp, self.last_q = stamp, q
+        if self.K is not None:
+            ekf.set_camera(self.K)
+        results = []
+        obj_msg = frame.get("object")
+        if obj_msg is not None and self.p["use_object_center"]:
+            if obj_msg.valid and obj_msg.confidence >= self.p["min_confidence"]:
+                results.append(ekf.update_center(obj_msg.centroid_u, obj_msg.centroid_v, obj_msg.median_depth))
+        tips_msg = frame.get("fingertips")
+        if tips_msg is not None and self.p["use_fingertips"]:
+            uv = np.full((4, 2), np.nan)
+            for name, u, v, c in zip(tips_msg.names, tips_msg.u, tips_msg.v, tips_msg.confidence):
+                if name in self.hand.fingertip_links and c >= self.p["min_confidence"]:
+                    uv[self.hand.fingertip_links.index(name)] = (u, v)
+                elif name not in self.hand.fingertip_links:
+                    self.errors.warn("tip_name", f"unknown fingertip name {name!r} ignored")
+            if np.any(np.all(np.isfinite(uv), axis=1)):
+                results.append(ekf.update_fingertips_2d(uv))
+        for r in results:
+            self.counts["updates_accepted" if r.accepted else "updates_rejected"] += 1
+        self.counts["frames"] += 1
+        self.publish(stamp)
+        if ekf.state == TrackState.LOST:
+            self.request_refinement(stamp)
+
+    def request_refinement(self, stamp: int) -> None:
+        if (not self.p["request_refinement"] or self.refine_future is not None
+                or not self.refine_client.service_is_ready()):
+            return
+        req = RefinePose.Request()
+        req.stamp = msgs.ns_to_stamp(stamp, type(req.stamp))
+        req.use_initial_pose = True
+        req.initial_pose = msgs.make_pose_stamped(self.ekf.T_cam_obj, stamp, self.p["camera_frame"], PoseStamped)
+        self.refine_future = self.refine_client.call_async(req)
+        self.counts["refine_requests"] += 1
+
+    # ------------------------------------------------------------------ outputs
+    def publish(self, stamp: int) -> None:
+        ekf = self.ekf
+        cam = self.p["camera_frame"]
+        cov = ekf.covariance
+        self.pose_pub.publish(msgs.make_pose_with_covariance_stamped(ekf.T_cam_obj, cov, stamp, cam,
+                                                                     PoseWithCovarianceStamped))
+        self.tf.send(msgs.make_transform_stamped(ekf.T_cam_obj, stamp, cam, self.p["object_frame"], TransformStamped))
+        self.publish_status(stamp, ekf)
+
+    def publish_status(self, stamp: int, ekf) -> None:
+        st = TrackingStatus()
+        st.header = msgs.make_header(type(st.header), stamp, self.p["camera_frame"])
+        state = TrackState.INITIALIZING if ekf is None else ekf.state
+        st.state = state
+        st.state_name = TrackState.NAMES[state]
+        st.nis = float(ekf.last_nis) if ekf is not None else float("nan")
+        st.nis_gate = float(ekf.last_gate) if ekf is not None else float("nan")
+        st.rejected_updates = int(ekf.rejections) if ekf is not None else 0
+        st.contact_count = int(ekf.contact_count) if ekf is not None else 0
+        st.covariance_trace = float(ekf.covariance_trace) if ekf is not None else float("nan")
+        st.latency_ms = (self.get_clock().now().nanoseconds - stamp) * 1e-6
+        st.message = ekf.message if ekf is not None else "waiting for an initial pose"
+        self.status_pub.publish(st)
+        self.last_status = st
+
+    def publish_diagnostics(self) -> None:
+        arr = DiagnosticArray()
+        arr.header.stamp = self.get_clock().now().to_msg()
+        s = DiagnosticStatus()
+        s.name = "hp_ros: tracking_node"
+        s.hardware_id = self.p["object_frame"]
+        st = self.last_status
+        if st is None or st.state == TrackState.INITIALIZING:
+            s.level, s.message = DiagnosticStatus.WARN, "initialising"
+        elif st.state == TrackState.LOST:
+            s.level, s.message = DiagnosticStatus.ERROR, f"lost: {st.message}"
+        else:
+            s.level, s.message = DiagnosticStatus.OK, "tracking"
+        vals = dict(self.counts)
+        vals.update({f"input_errors.{k}": v for k, v in self.errors.counts.items()})
+        if st is not None:
+            vals.update(nis=st.nis, covariance_trace=st.covariance_trace, contacts=st.contact_count,
+                        latency_ms=round(st.latency_ms, 2))
+        s.values = [KeyValue(key=str(k), value=str(v)) for k, v in vals.items()]
+        arr.status = [s]
+        self.diag_pub.publish(arr)
+
+
+def main(args=None):
+    rclpy.init(args=args)
+    node = None
+    try:
+        node = TrackingNode()
+        rclpy.spin(node)
+    except KeyboardInterrupt:
+        pass
+    except (ParameterError, FileNotFoundError, ValueError) as e:
+        print(f"tracking_node: {e}")
+        return 2
+    finally:
+        if node is not None:
+            node.destroy_node()
+        if rclpy.ok():
+            rclpy.shutdown()
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,254 @@
+"""EKF tracker: Jacobians against finite differences, Kabsch against known motions, the
+visible-centre model against an exact ray cast, gating, lost-track detection, and accuracy /
+consistency on short sequences from hp_ros.core.synth (the full 10 s table: benchmarks/bench_ekf.py)."""
+from __future__ import annotations
+
+import importlib.util
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from hp_ros.core import metrics, se3
+from hp_ros.core.ekf import (EKFConfig, EKFTracker, TrackState, apply_delta_np, camera_error_map, pose_error,
+                             project, propagate_jacobian)
+from hp_ros.core.hand import HandModel
+from hp_ros.core.objects import ObjectModel
+from hp_ros.core.quasistatic import contact_mask, rigid_motion_from_contacts
+
+_spec = importlib.util.spec_from_file_location("bench_ekf", Path(__file__).resolve().parents[1] / "benchmarks" / "bench_ekf.py")
+bench = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(bench)
+
+
+K_CAM = np.array([[615.0, 0.0, 322.0], [0.0, 615.0, 247.0], [0.0, 0.0, 1.0]])
+# camera ~45 cm in front of the palm, looking at it: camera z = -hand x, image up = hand +z (fingers)
+T_CAM_HAND = np.array([[0.0, 1.0, 0.0, 0.0], [0.0, 0.0, -1.0, 0.07], [-1.0, 0.0, 0.0, 0.5], [0, 0, 0, 1.0]])
+
+
+@pytest.fixture(scope="module")
+def hand():
+    return HandModel.default()
+
+
+@pytest.fixture(scope="module")
+def box():
+    return ObjectModel.builtin("cracker_box")
+
+
+def _random_pose(rng, scale=0.3):
+    T = np.eye(4)
+    T[:3, :3] = se3.so3_exp(torch.tensor(rng.normal(size=3))).numpy()
+    T[:3, 3] = rng.normal(size=3) * scale + np.array([0, 0, 0.5])
+    return T
+
+
+def test_apply_delta_matches_se3_and_pose_error_inverts_it():
+    rng = np.random.default_rng(0)
+    T = _random_pose(rng)
+    xi = rng.normal(size=6) * 0.1
+    ref = se3.apply_delta(torch.tensor(T), torch.tensor(xi)).numpy()
+    np.testing.assert_allclose(apply_delta_np(T, xi), ref, atol=1e-12)
+    np.testing.assert_allclose(pose_error(ref, T), xi, atol=1e-10)
+
+
+def test_kabsch_recovers_known_motion_and_flags_degenerate():
+    rng = np.random.default_rng(1)
+    p = torch.tensor(rng.normal(size=(20, 3)) * 0.05)
+    M = _random_pose(rng, 0.02)
+    q = p @ torch.tensor(M[:3, :3]).T + torch.tensor(M[:3, 3])
+    mo = rigid_motion_from_contacts(p, q)
+    assert mo.rotation_ok and mo.n_contacts == 20
+    np.testing.assert_allclose(mo.M, M, atol=1e-9)
+    assert mo.residual_rms < 1e-9
+    # collinear points: rotation about the line unobservable -> translation only
+    line = torch.tensor(np.outer(np.linspace(-0.05, 0.05, 10), [1.0, 0, 0]))
+    mo = rigid_motion_from_contacts(line, line + torch.tensor([0.01, 0.0, 0.0]))
+    assert not mo.rotation_ok
+    np.testing.assert_allclose(mo.M[:3, 3], [0.01, 0, 0], atol=1e-12)
+    np.testing.assert_allclose(mo.M[:3, :3], np.eye(3))
+    assert rigid_motion_from_contacts(p[:0], q[:0]).n_contacts == 0
+    with pytest.raises(ValueError, match="contact points"):
+        rigid_motion_from_contacts(p, q[:3])
+    m = contact_mask(torch.tensor([-0.03, -0.001, 0.002, 0.01]), 0.004)
+    assert m.tolist() == [False, True, True, False]
+
+
+def _fd(f, x0_state, n, eps=1e-6):
+    """Central finite differences of f(delta (n,)) -> (m,)."""
+    cols = []
+    for k in range(n):
+        d = np.zeros(n)
+        d[k] = eps
+        cols.append((f(d) - f(-d)) / (2 * eps))
+    return np.stack(cols, 1)
+
+
+def test_propagation_jacobian_matches_finite_differences():
+    rng = np.random.default_rng(2)
+    T, M = _random_pose(rng), _random_pose(rng, 0.05)
+    T1 = M @ T
+    F_fd = _fd(lambda d: pose_error(M @ apply_delta_np(T, d), T1), None, 6)
+    np.testing.assert_allclose(propagate_jacobian(M), F_fd, atol=1e-6)
+
+
+def _perturbed(ekf, d):
+    T_ho, T_ch = ekf.T_ho.copy(), ekf.T_ch.copy()
+    ekf.T_ho = apply_delta_np(T_ho, d[:6])
+    ekf.T_ch = apply_delta_np(T_ch, d[6:])
+    return T_ho, T_ch
+
+
+def _tracker(hand, box, rng, calib=True):
+    seq_T_ch = T_CAM_HAND
+    ekf = EKFTracker(hand, box, K_CAM, seq_T_ch, EKFConfig(estimate_calibration=calib))
+    T_co = seq_T_ch @ np.array([[0, 0, 1, 0.06], [0, 1, 0, 0.0], [-1, 0, 0, 0.07], [0, 0, 0, 1.0]])
+    ekf.initialize(apply_delta_np(T_co, rng.normal(size=6) * 0.02), q=hand.zero_q()[0].numpy())
+    return ekf
+
+
+def test_measurement_jacobians_match_finite_differences(hand, box):
+    rng = np.random.default_rng(3)
+    ekf = _tracker(hand, box, rng)
+    ekf.T_ch = apply_delta_np(ekf.T_ch, rng.normal(size=6) * 0.01)
+    # centre (pixels + visible depth): the visible-surface offset's derivative is a forward
+    # difference inside center_model; compare with central differences of the whole model
+
+    def center(d):
+        saved = _perturbed(ekf, d)
+        h, _ = ekf.center_model()
+        ekf.T_ho, ekf.T_ch = saved
+        return h
+
+    _, H = ekf.center_model(offset_eps=1e-5)
+    H_fd = _fd(center, None, 12, eps=1e-5)
+    # H holds the translation part of the offset's derivative; the rotation part goes to the noise
+    G = camera_error_map(ekf.T_ch, ekf.T_ho, True)
+    C = ekf.center_consider_cov
+    Dr = (H_fd - H) @ np.linalg.pinv(G[3:6])  # what H left out, per camera rotation component
+    np.testing.assert_allclose((H_fd - H) - Dr @ G[3:6], 0, atol=0.05)  # ... is only rotation
+    np.testing.assert_allclose(C, Dr @ G[3:6] @ ekf.P @ (Dr @ G[3:6]).T, rtol=0.05, atol=1e-3)
+    ekf.visible_center_offset = lambda T=None: np.zeros(3)  # without the offset: exact
+    _, H = ekf.center_model(offset_eps=0.0)
+    np.testing.assert_allclose(H, _fd(center, None, 12), rtol=1e-4, atol=1e-4)
+    del ekf.visible_center_offset
+    # fingertips: only the calibration block
+    tips_h = ekf.fingertip_points_hand()
+
+    def tips(d):
+        saved = _perturbed(ekf, d)
+        p, _ = ekf._hand_point_model(tips_h)
+        ekf.T_ho, ekf.T_ch = saved
+        return project(ekf.K, p)[0].reshape(-1)
+
+    p, Hp = ekf._hand_point_model(tips_h)
+    _, Jp = project(ekf.K, p)
+    H = np.einsum("nij,njk->nik", Jp, Hp).reshape(-1, 12)
+    np.testing.assert_allclose(H, _fd(tips, None, 12), rtol=1e-4, atol=1e-3)
+    assert np.all(H[:, :6] == 0)
+    # camera error map (pose measurement H): error of T_cam_obj vs internal perturbations
+    T0 = ekf.T_cam_obj
+
+    def cam(d):
+        saved = _perturbed(ekf, d)
+        e = pose_error(ekf.T_cam_obj, T0)
+        ekf.T_ho, ekf.T_ch = saved
+        return e
+
+    np.testing.assert_allclose(camera_error_map(ekf.T_ch, ekf.T_ho, True), _fd(cam, None, 12), atol=1e-6)
+
+
+@pytest.mark.parametrize("name", ["cracker_box", "soup_can"])
+def test_visible_center_matches_an_exact_ray_cast(hand, name):
+    """Centroid and median depth of the visible surface vs a full-resolution ray cast (independent)."""
+    from hp_ros.core.raycast import MeshInstance, RayCaster
+
+    obj = ObjectModel.builtin(name)
+    ekf = EKFTracker(hand, obj, K_CAM, np.eye(4), EKFConfig(estimate_calibration=False))
+    rc = RayCaster(K_CAM, 640, 480)
+    rng = np.random.default_rng(11)
+    v, f = obj.vertices.double().numpy(), obj.faces.numpy()
+    vv, uu = np.mgrid[0:480, 0:640]
+    for _ in range(3):
+        T = _random_pose(rng, 0.0)
+        T[:3, 3] = [rng.normal() * 0.03, rng.normal() * 0.03, 0.45]
+        ekf.initialize(T)
+        h, _ = ekf.center_model()
+        out = rc.render([MeshInstance(v @ T[:3, :3].T + T[:3, 3], f, None)])
+        m = out.instance == 0
+        ref = np.array([uu[m].mean(), vv[m].mean(), np.median(out.depth[m])])
+        np.testing.assert_allclose(h[:2], ref[:2], atol=1.0)
+        assert abs(h[2] - ref[2]) < 0.0015, (h, ref)
+        c = T[:3, 3]  # model centre (the built-ins are centred): the offset is not negligible
+        assert ref[2] < c[2] - 0.015
+
+
+def test_initial_covariance_is_the_camera_prior(hand, box):
+    ekf = _tracker(hand, box, np.random.default_rng(4))
+    c = ekf.cfg
+    np.testing.assert_allclose(ekf.covariance, np.diag([c.init_pos_sigma ** 2] * 3 + [c.init_rot_sigma ** 2] * 3),
+                               atol=1e-12)
+
+
+def test_gating_rejects_outliers_and_lost_after_rejections(hand, box):
+    ekf = _tracker(hand, box, np.random.default_rng(5))
+    h, _ = ekf.center_model()
+    r = ekf.update_center(h[0] + 1.0, h[1] - 1.0, h[2] + 0.002)
+    assert r.accepted and r.nis < r.gate
+    T_before = ekf.T_cam_obj.copy()
+    for k in range(ekf.cfg.lost_after_rejections):
+        assert ekf.state == TrackState.TRACKING
+        r = ekf.update_center(h[0] + 300.0, h[1], h[2])
+        assert not r.accepted and r.reason == "gated" and r.nis > r.gate
+    assert ekf.state == TrackState.LOST and "rejected" in ekf.message
+    np.testing.assert_allclose(ekf.T_cam_obj, T_before)  # outliers did not move the estimate
+    # NaN observation: refused, no state change
+    assert not ekf.update_center(float("nan"), 1.0).accepted
+    ekf.initialize(T_before)
+    assert ekf.state == TrackState.TRACKING and ekf.rejections == 0
+
+
+def test_bad_inputs_raise_readable_errors(hand, box):
+    with pytest.raises(ValueError, match="K must be"):
+        EKFTracker(hand, box, np.eye(2), np.eye(4))
+    with pytest.raises(ValueError, match="out_of_contact"):
+        EKFConfig(out_of_contact="fly")
+    ekf = _tracker(hand, box, np.random.default_rng(6))
+    with pytest.raises(ValueError, match="joint vector"):
+        ekf.predict(np.zeros(5), 0.01)
+    with pytest.raises(ValueError, match="dt"):
+        ekf.predict(np.zeros(16), -1.0)
+    with pytest.raises(ValueError, match="T_cam_obj"):
+        ekf.initialize(np.full((4, 4), np.nan))
+
+
+@pytest.fixture(scope="module", params=["cracker_box", "soup_can"])
+def sequence(request):
+    """A 3 s synthetic sequence (approach, grasp, lift, rotation start) with its observations."""
+    seq = bench.make_sequence(request.param, seconds=3.0, seed=1)
+    return request.param, seq, bench.make_observations(seq, seed=1)
+
+
+def test_dynamics_follow_the_contacts_with_exact_inputs(hand, sequence):
+    """Exact joints and calibration: the quasistatic prediction alone tracks the object moved by
+    the fingers (the generator's GT motion is the Kabsch motion of its own 1 mm contact set)."""
+    name, seq, obs = sequence
+    obj = ObjectModel.builtin(name)
+    T, _ = bench.run_filter(seq, obs, "dynamics", hand, obj, exact_inputs=True)
+    travel = np.linalg.norm(seq.T_cam_obj[:, :3, 3] - seq.T_cam_obj[0, :3, 3], axis=1)
+    assert travel.max() > 0.004  # the object really moved
+    err = np.linalg.norm(T[:, :3, 3] - seq.T_cam_obj[:, :3, 3], axis=1)
+    assert err.max() < 0.3 * travel.max() and err.max() < 0.003, (err.max(), travel.max())
+
+
+def test_accuracy_both_observations_and_nees(hand, sequence):
+    """Noisy sequence: fingertips + centre within the acceptance; NEES of a plausible size."""
+    name, seq, obs = sequence
+    obj = ObjectModel.builtin(name)
+    pts = obj.surface_points(500)
+    T, nees = bench.run_filter(seq, obs, "both", hand, obj, seed=1)
+    e = metrics.add_s(seq.T_cam_obj, T, pts)
+    assert e.mean() < 0.01 and e.max() < 0.03, (e.mean(), e.max())
+    assert np.isfinite(nees).all() and 1.0 < nees.mean() < 15.0, nees.mean()

@@ -1,0 +1,168 @@
+"""tracking_node over DDS: replay a synthetic bag (joint states + observations computed from ground
+truth), compare the published pose/TF with ground truth, check covariance, latency, bad input and
+time going backwards (the bag replayed a second time)."""
+from __future__ import annotations
+
+import importlib.util
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from hp_ros import graph
+from hp_ros.core import metrics
+from hp_ros.io import bag as B
+from hp_ros.io import msgs as M
+from hp_ros.ros_process import python_module_cmd
+
+REPO = Path(__file__).resolve().parents[1]
+_spec = importlib.util.spec_from_file_location("bench_ekf", REPO / "benchmarks" / "bench_ekf.py")
+bench = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(bench)
+
+TIPS = ["ah_link_04", "ah_link_14", "ah_link_24", "ah_link_34"]
+
+
+def _write_bag(path, seq, obs):
+    """Joint states, camera_info, observations (from ground truth + noise) and the GT pose."""
+    extra = {f"hp_ros_msgs/msg/{n}": (REPO / "hp_ros_msgs" / "msg" / f"{n}.msg").read_text()
+             for n in ("ObjectObservation", "FingertipObservations")}
+    events = sorted([(int(t), 0, k) for k, t in enumerate(seq.joint_stamps_ns)]
+                    + [(int(t), 1, k) for k, t in enumerate(seq.frame_stamps_ns)])
+    with B.BagWriter(path, extra_msgs=extra) as bag:
+        JS, CI = bag.msg_class("sensor_msgs/msg/JointState"), bag.msg_class("sensor_msgs/msg/CameraInfo")
+        OO, FO = bag.msg_class("hp_ros_msgs/msg/ObjectObservation"), bag.msg_class("hp_ros_msgs/msg/FingertipObservations")
+        PS = bag.msg_class("geometry_msgs/msg/PoseStamped")
+        Hdr, Roi = M.field_class(OO, "header"), M.field_class(OO, "bbox")
+        Pt = M.field_class(OO, "center_3d")
+        for t, kind, k in events:
+            if kind == 0:
+                bag.write(graph.JOINT_STATES, "sensor_msgs/msg/JointState",
+                          M.make_joint_state(seq.joint_names, seq.joint_positions[k], t, JS), t)
+                continue
+            bag.write(graph.CAMERA_TOPICS["color_info"], "sensor_msgs/msg/CameraInfo",
+                      M.make_camera_info(seq.K, seq.width, seq.height, CI, stamp_ns=t), t)
+            c = obs.center[k]
+            ok = bool(np.all(np.isfinite(c)))
+            hdr = M.make_header(Hdr, t, graph.CAMERA_FRAME)
+            bag.write(graph.TOPICS["object_observation"], "hp_ros_msgs/msg/ObjectObservation", OO(
+                header=hdr, valid=ok, confidence=1.0 if ok else 0.0, centroid_u=float(c[0]) if ok else math.nan,
+                centroid_v=float(c[1]) if ok else math.nan,
+                bbox=Roi(x_offset=0, y_offset=0, height=0, width=0, do_rectify=False), area=1000,
+                median_depth=float(c[2]) if ok else math.nan, has_center_3d=False, center_3d=Pt(x=0.0, y=0.0, z=0.0),
+                backend="ground_truth"), t)
+            uv = obs.tips_px[k]
+            seen = np.all(np.isfinite(uv), axis=1)
+            bag.write(graph.TOPICS["fingertips"], "hp_ros_msgs/msg/FingertipObservations", FO(
+                header=hdr, names=TIPS, u=uv[:, 0].copy(), v=uv[:, 1].copy(), confidence=seen.astype(float),
+                fk_u=np.zeros(4), fk_v=np.zeros(4)), t)
+            bag.write(graph.TOPICS["ground_truth"], "geometry_msgs/msg/PoseStamped",
+                      M.make_pose_stamped(seq.T_cam_obj[k], t, graph.CAMERA_FRAME, PS), t)
+
+
+def _param(values):
+    return "[" + ",".join(f"{float(v):.9f}" for v in values) + "]"
+
+
+@pytest.mark.ros
+@pytest.mark.slow
+def test_tracking_node_follows_ground_truth_and_recovers(tmp_path, ros_node, start_process):
+    from diagnostic_msgs.msg import DiagnosticArray
+    from geometry_msgs.msg import PoseWithCovarianceStamped
+    from hp_ros_msgs.msg import ObjectObservation, TrackingStatus
+    from rclpy.qos import QoSProfile, ReliabilityPolicy
+    from sensor_msgs.msg import JointState
+    from tf2_msgs.msg import TFMessage
+
+    from rostest_utils import spin_until, wait_for_publishers, wait_for_subscribers
+
+    from hp_ros.core.objects import ObjectModel
+    from hp_ros.core.se3 import matrix_to_quat
+    import torch
+
+    seq = bench.make_sequence("cracker_box", seconds=3.0, seed=3)
+    obs = bench.make_observations(seq, seed=3)
+    path = tmp_path / "synth"
+    _write_bag(path, seq, obs)
+    T_first = seq.T_cam_obj[0]
+    q = matrix_to_quat(torch.tensor(T_first[:3, :3])).numpy()
+    T_ch = seq.T_cam_hand_published
+    q_ch = matrix_to_quat(torch.tensor(T_ch[:3, :3])).numpy()
+    node = start_process(python_module_cmd(
+        "hp_ros.nodes.tracking_node", "--ros-args", "-r", "__ns:=/hp_ros",
+        "-p", f"initial_pose:={_param(list(T_first[:3, 3]) + list(q))}",
+        "-p", f"camera_to_hand:={_param(list(T_ch[:3, 3]) + list(q_ch))}"), name="tracking_node")
+
+    qos = QoSProfile(depth=500, reliability=ReliabilityPolicy.RELIABLE)
+    poses, tfs, status = [], [], []
+    ros_node.create_subscription(PoseWithCovarianceStamped, graph.TOPICS["object_pose"],
+                                 lambda m, info: poses.append((info["received_timestamp"], m)), qos)
+    ros_node.create_subscription(TFMessage, "/tf", lambda m: tfs.extend(m.transforms), qos)
+    ros_node.create_subscription(TrackingStatus, graph.TOPICS["tracking_status"], status.append, qos)
+    diags = []
+    ros_node.create_subscription(DiagnosticArray, "/diagnostics", diags.append, qos)
+    js_pub = ros_node.create_publisher(JointState, graph.JOINT_STATES, qos)
+    obs_pub = ros_node.create_publisher(ObjectObservation, graph.TOPICS["object_observation"], qos)
+    # the node subscribes after its warm-up (Warp kernels): wait for its observation subscriptions
+    assert wait_for_subscribers(ros_node, graph.TOPICS["fingertips"], timeout=60), node.log_text()
+    assert wait_for_subscribers(ros_node, graph.TOPICS["object_observation"], timeout=10), node.log_text()
+    assert wait_for_publishers(ros_node, graph.TOPICS["object_pose"], timeout=10), node.log_text()
+
+    replay = start_process(python_module_cmd("hp_ros.tools.replay", str(path), "--wait-subscribers", "4",
+                                             "--wait-timeout", "30"), name="replay")
+    n_frames = seq.num_frames
+    spin_until(ros_node, lambda: not replay.alive() and len(poses) >= n_frames - 2, timeout=60)
+    spin_until(ros_node, lambda: False, timeout=0.5)
+    diag = {kv.key: kv.value for kv in diags[-1].status[0].values} if diags else {}
+    assert len(poses) >= n_frames - 2, (f"{len(poses)} poses for {n_frames} frames, {len(status)} status, "
+                                        f"alive={node.alive()}, diagnostics {diag}\n{node.log_text()}")
+
+    stamps = {int(t): i for i, t in enumerate(seq.frame_stamps_ns)}
+    idx = [stamps[M.header_stamp_ns(m)] for _, m in poses]
+    T_est = np.stack([M.pose_to_matrix(m) for _, m in poses])
+    pts = ObjectModel.builtin("cracker_box").surface_points(500)
+    e = metrics.add_s(seq.T_cam_obj[idx], T_est, pts)
+    assert e.mean() < 0.01 and e.max() < 0.03, (e.mean(), e.max())
+    for _, m in poses:
+        cov = M.covariance_from_msg(m)
+        assert np.all(np.diag(cov) > 0) and np.all(np.linalg.eigvalsh(cov) > 0)
+    # TF carries the same poses
+    tf_obj = [t for t in tfs if t.child_frame_id == "object" and t.header.frame_id == graph.CAMERA_FRAME]
+    assert len(tf_obj) >= n_frames - 2
+    np.testing.assert_allclose(M.pose_to_matrix(tf_obj[-1]), T_est[-1], atol=1e-6)
+    # latency: receive time - header stamp (wall vs bag time: compare offsets), no growth
+    recv = np.array([r for r, _ in poses], float) * 1e-9
+    hdr = np.array([M.header_stamp_ns(m) for _, m in poses], float) * 1e-9
+    lat = (recv - recv[0]) - (hdr - hdr[0])
+    third = len(lat) // 3
+    assert lat[-third:].mean() - lat[:third].mean() < 0.05, lat
+    assert all(s.state_name in ("TRACKING", "INITIALIZING") for s in status)
+    assert status[-1].state_name == "TRACKING" and status[-1].covariance_trace > 0
+
+    # bad input: unknown joint names and a NaN observation -> logged, the node keeps running
+    js = JointState(name=["not_a_joint"] * 16, position=[0.0] * 16)
+    js_pub.publish(js)
+    js_pub.publish(js)
+    bad = ObjectObservation(valid=True, confidence=1.0, centroid_u=math.nan, centroid_v=1.0, median_depth=math.nan)
+    bad.header.stamp.sec = int((int(seq.frame_stamps_ns[-1]) + 10 ** 9) // 10 ** 9)
+    obs_pub.publish(bad)
+    spin_until(ros_node, lambda: False, timeout=1.0)
+    assert node.alive(), node.log_text()
+    log = node.log_text()
+    assert log.count("joint state ignored") == 1 and "not_a_joint" in log, log  # logged once, named
+    assert log.count("non-finite centroid") == 1, log
+
+    # time going backwards: replay again -> reset, re-initialised from the parameter, tracking again
+    n_before = len(poses)
+    replay2 = start_process(python_module_cmd("hp_ros.tools.replay", str(path), "--wait-subscribers", "0"),
+                            name="replay2")
+    spin_until(ros_node, lambda: not replay2.alive() and len(poses) >= n_before + n_frames - 5, timeout=60)
+    second = poses[n_before:]
+    assert len(second) >= n_frames - 5, node.log_text()
+    T2 = np.stack([M.pose_to_matrix(m) for _, m in second])
+    idx2 = [stamps[M.header_stamp_ns(m)] for _, m in second]
+    e2 = metrics.add_s(seq.T_cam_obj[idx2], T2, pts)
+    assert e2.mean() < 0.01, e2.mean()
+    assert "reset" in node.log_text() and node.alive()
+    assert status[-1].state_name == "TRACKING"

@@ -2,14 +2,21 @@
 
 Prints per-object figures; the LAST line is one JSON object with keys
 ``gen_10s_norender_s`` (10 s sequence without rendering, models cached), ``render_frame_ms``
-(one 640x480 frame: ray cast + shading + depth noise), ``max_penetration_mm`` (over seeds and
-both built-in objects), ``min_contacts`` (hand samples in contact, min over held frames).
+(one 640x480 frame: ray cast + shading + depth noise, wall clock, mean over 20 frames),
+``render_frame_cpu_ms`` (process CPU time per frame summed over all threads: the wall time to
+expect on an idle machine with one core; divide the ray-cast share by ``render_threads`` for
+more cores), ``render_threads`` (concurrent ray-cast launches), ``load_avg_1m`` (system load
+when rendering was measured: on this 2-core machine a load of N makes wall times ~N/2 x the idle
+figure), ``max_penetration_mm`` (over seeds and both built-in objects), ``min_contacts`` (hand
+samples in contact, min over held frames).
 """
 import json
+import os
 import time
 
 import numpy as np
 
+from hp_ros.core.raycast import default_threads
 from hp_ros.core.synth import SynthConfig, generate_sequence, iter_rendered_frames
 
 
@@ -28,15 +35,21 @@ def main():
                   f"motion scale {s.scene['motion_scale']:.2f}")
     s = generate_sequence(SynthConfig(seed=0, render=False))
     frames = iter_rendered_frames(s)
-    next(frames)
-    t = time.perf_counter()
-    n = 10
+    next(frames)  # first frame: renderer set-up and the cached background layer
+    n = 20
+    load = os.getloadavg()[0]
+    t, c = time.perf_counter(), time.process_time()
     for _ in range(n):
         next(frames)
     render_ms = (time.perf_counter() - t) / n * 1e3
-    print(f"render 640x480: {render_ms:.1f} ms per frame")
+    render_cpu_ms = (time.process_time() - c) / n * 1e3
+    load = (load + os.getloadavg()[0]) / 2
+    print(f"render 640x480: {render_ms:.1f} ms per frame wall, {render_cpu_ms:.1f} ms CPU "
+          f"({default_threads()} ray-cast threads, load average {load:.1f})")
     print(json.dumps({"gen_10s_norender_s": round(float(np.median(gen)), 3), "render_frame_ms": round(render_ms, 1),
-                      "max_penetration_mm": round(max(pen), 2), "min_contacts": int(min(ncont))}))
+                      "render_frame_cpu_ms": round(render_cpu_ms, 1), "render_threads": default_threads(),
+                      "load_avg_1m": round(load, 2), "max_penetration_mm": round(max(pen), 2),
+                      "min_contacts": int(min(ncont))}))
 
 
 if __name__ == "__main__":

@@ -808,7 +808,14 @@ def _unit_sphere():
 
 
 class _FrameRenderer:
-    """Ray-casts the frames of one sequence (keeps the BVH for refits)."""
+    """Renders the frames of one sequence.
+
+    Speed: the camera and the background plane are fixed over a sequence, so the background's
+    depth, ids and shaded colour are ray-cast once (:func:`_background_layer`, cached). Each frame
+    then finds the nearest hits of the object, hand and markers alone (the background excluded)
+    with :meth:`~hp_ros.core.raycast.RayCaster.render_hits` (rasterised primary visibility:
+    cost ~ their image area), and keeps a foreground hit where it is nearer than the background:
+    the same ids and depth as ray-casting everything together."""
 
     def __init__(self, seq: SynthSequence):
         from hp_ros.core.raycast import RayCaster
@@ -827,7 +834,7 @@ class _FrameRenderer:
         self.marker_v = sv * seq.marker_radius
         self.marker_f = np.concatenate([sf + k * len(sv) for k in range(4)])
         self.marker_c = np.repeat(np.asarray(seq.marker_colors, float), len(sv), axis=0)
-        self.bg = _background_mesh(seq) if cfg.background else None
+        self.bg = _background_layer(seq)
         self.T_base = torch.as_tensor(seq.T_cam_hand_true)[None]
 
     def render(self, k: int) -> dict:
@@ -835,38 +842,116 @@ class _FrameRenderer:
 
         seq, cfg = self.seq, self.seq.config
         T = seq.T_cam_obj[k]
-        inst = [MeshInstance(self.obj_v @ T[:3, :3].T + T[:3, 3], self.obj_f, self.obj_c)]
+        obj_v = self.obj_v @ T[:3, :3].T + T[:3, 3]
         hv, _, _ = self.hand.posed_mesh(torch.as_tensor(seq.q_frames_true[k])[None], base=self.T_base)
-        inst.append(MeshInstance(hv[0].numpy(), self.hand_f, self.hand_c))
-        empty = (np.zeros((3, 3)), np.zeros((0, 3), dtype=np.int64), None)
+        hand_v = hv[0].numpy().astype(np.float64)
+        inst = [MeshInstance(obj_v, self.obj_f, self.obj_c), MeshInstance(hand_v, self.hand_f, self.hand_c)]
         if cfg.markers:
             mv = (self.marker_v[None] + seq.fingertips_cam_true[k][:, None]).reshape(-1, 3)
             inst.append(MeshInstance(mv, self.marker_f, self.marker_c))
         else:
-            inst.append(MeshInstance(*empty))
-        if self.bg is not None:
-            inst.append(MeshInstance(*self.bg))
-        out = self.rc.render(inst)
+            inst.append(MeshInstance(np.zeros((3, 3)), np.zeros((0, 3), dtype=np.int64), None))
+        pix, out = self.rc.render_hits(inst)
+        # z-test against the cached background: a foreground hit wins where it is nearer
+        bg_z = self.bg["depth"][pix]
+        front = (out.depth > 0) & ((bg_z == 0) | (out.depth < bg_z))
+        sel = pix[front]
+        depth = self.bg["depth"].copy()
+        depth[sel] = out.depth[front]
+        instance = self.bg["instance"].copy()
+        instance[sel] = out.instance[front]
+        lin = self.bg["linear_rgb"].copy()
+        lin[sel] = _shade_linear(out.normal[front], out.color[front], seq.scene)
+        H, W = seq.height, seq.width
+        depth, instance = depth.reshape(H, W), instance.reshape(H, W)
         rng = np.random.default_rng([int(cfg.seed), 7919, int(k)])  # per-frame stream: order independent
-        return dict(rgb=_shade(out, seq.scene, cfg, rng), depth_mm=_depth_mm(out.depth, cfg, rng),
-                    object_mask=out.instance == INSTANCE_OBJECT,
-                    hand_mask=(out.instance == INSTANCE_HAND) | (out.instance == INSTANCE_MARKERS),
-                    instance=out.instance, depth_true=out.depth)
+        return dict(rgb=_noisy_rgb(lin.reshape(H, W, 3), cfg, rng), depth_mm=_depth_mm(depth, cfg, rng),
+                    object_mask=instance == INSTANCE_OBJECT,
+                    hand_mask=(instance == INSTANCE_HAND) | (instance == INSTANCE_MARKERS),
+                    instance=instance, depth_true=depth)
 
 
-def _shade(out, scene: dict, cfg: SynthConfig, rng) -> np.ndarray:
-    lam = np.clip(out.normal @ scene["light_dir"], 0.0, None)[..., None]
-    img = out.color * (scene["ambient"] + scene["diffuse"] * lam) * scene["light_color"]
-    img = img * 255.0
+_BACKGROUND_CACHE: dict = {}
+
+
+def _background_layer(seq: SynthSequence) -> dict:
+    """The background plane alone, ray-cast through every pixel: flat ``depth`` ``(H*W,)``
+    float32 (0 = no hit), ``instance`` ``(H*W,)`` int32 (INSTANCE_BACKGROUND or -1) and
+    ``linear_rgb`` ``(H*W, 3)`` float32 (shaded, 0..255, before noise and rounding). Identical for
+    every frame of a sequence (fixed camera, plane and light), so cached per scene."""
+    from hp_ros.core.raycast import MeshInstance, RayCaster
+
+    cfg, sc = seq.config, seq.scene
+    key = (bool(cfg.background), seq.width, seq.height, np.asarray(seq.K, np.float64).tobytes(),
+           np.concatenate([np.ravel(np.asarray(sc[n], np.float64)) for n in
+                           ("bg_distance", "bg_tilt", "bg_colors", "light_dir", "ambient", "diffuse",
+                            "light_color")]).tobytes())
+    hit = _BACKGROUND_CACHE.get(key)
+    if hit is not None:
+        return hit
+    n = seq.width * seq.height
+    if cfg.background:
+        out = RayCaster(seq.K, seq.width, seq.height, max_depth=20.0).render([MeshInstance(*_background_mesh(seq))])
+        depth = out.depth.reshape(n)
+        layer = dict(depth=depth, instance=np.where(depth > 0, INSTANCE_BACKGROUND, -1).astype(np.int32),
+                     linear_rgb=_shade_linear(out.normal.reshape(n, 3), out.color.reshape(n, 3), sc))
+    else:
+        layer = dict(depth=np.zeros(n, np.float32), instance=np.full(n, -1, np.int32),
+                     linear_rgb=np.zeros((n, 3), np.float32))
+    for v in layer.values():
+        v.setflags(write=False)  # shared between renderers: frames work on copies
+    if len(_BACKGROUND_CACHE) >= 4:
+        _BACKGROUND_CACHE.pop(next(iter(_BACKGROUND_CACHE)))
+    _BACKGROUND_CACHE[key] = layer
+    return layer
+
+
+def _shade_linear(normal: np.ndarray, color: np.ndarray, scene: dict) -> np.ndarray:
+    """Lambert shading of ray hits: ``normal``/``color`` ``(..., 3)`` -> ``(..., 3)`` float32 in
+    0..255 (before noise and rounding); misses (zero colour) stay black."""
+    lam = np.clip(normal @ np.asarray(scene["light_dir"], np.float32), 0.0, None)[..., None]
+    gain = (np.asarray(scene["light_color"], np.float64) * 255.0).astype(np.float32)
+    return color * (np.float32(scene["ambient"]) + np.float32(scene["diffuse"]) * lam) * gain
+
+
+@functools.lru_cache(maxsize=1)
+def _normal_quantiles() -> np.ndarray:
+    """``(65536,)`` float32 standard-normal quantiles at (i + 0.5) / 65536 (tails to +-4.3 sigma)."""
+    from scipy.special import ndtri
+
+    return ndtri((np.arange(65536) + 0.5) / 65536).astype(np.float32)
+
+
+def _standard_normal(rng, shape) -> np.ndarray:
+    """Standard-normal noise ``shape`` float32 by table lookup of 16-bit uniform draws: ~5x faster
+    than ``rng.standard_normal`` and indistinguishable after mm / 8-bit rounding."""
+    return _normal_quantiles()[rng.integers(0, 65536, size=shape, dtype=np.uint16)]
+
+
+def _noisy_rgb(linear_rgb: np.ndarray, cfg: SynthConfig, rng) -> np.ndarray:
+    """``(H, W, 3)`` float32 0..255 -> uint8 with Gaussian sensor noise (``cfg.rgb_noise_std``).
+    Consumes ``linear_rgb`` (modified in place)."""
+    img = linear_rgb
     if cfg.rgb_noise_std > 0:
-        img = img + rng.normal(0.0, cfg.rgb_noise_std, size=img.shape)
-    return np.clip(np.round(img), 0, 255).astype(np.uint8)
+        noise = _standard_normal(rng, img.shape)
+        noise *= np.float32(cfg.rgb_noise_std)
+        img += noise
+    np.rint(img, out=img)
+    np.clip(img, 0, 255, out=img)
+    return img.astype(np.uint8)
 
 
 def _depth_mm(z: np.ndarray, cfg: SynthConfig, rng) -> np.ndarray:
+    """RealSense-like depth ``(H, W)`` uint16 mm from the true z-depth ``z`` ``(H, W)`` metres
+    (0 = no surface): noise growing with z^2, holes at depth edges and small random blobs."""
     H, W = z.shape
+    z = np.asarray(z, np.float32)
     valid = z > 0
-    zn = z + rng.normal(0.0, 1.0, size=z.shape) * cfg.depth_noise_coeff * z * z
+    zn = _standard_normal(rng, z.shape)
+    zn *= np.float32(cfg.depth_noise_coeff)
+    zn *= z
+    zn *= z
+    zn += z
     # holes at depth discontinuities (more than 1 cm between 4-neighbours)
     edge = np.zeros_like(valid)
     dzx = np.abs(np.diff(z, axis=1)) > 0.01
@@ -875,7 +960,9 @@ def _depth_mm(z: np.ndarray, cfg: SynthConfig, rng) -> np.ndarray:
     edge[:, :-1] |= dzx
     edge[1:] |= dzy
     edge[:-1] |= dzy
-    holes = edge & (rng.random(z.shape) < cfg.depth_edge_hole_prob)
+    holes = np.zeros_like(valid)
+    on_edge = np.flatnonzero(edge)
+    holes.flat[on_edge[rng.random(len(on_edge)) < cfg.depth_edge_hole_prob]] = True
     # random small blobs (specular / low-texture dropouts)
     n_blobs = rng.poisson(cfg.depth_hole_blobs) if cfg.depth_hole_blobs > 0 else 0
     for _ in range(n_blobs):
@@ -885,9 +972,12 @@ def _depth_mm(z: np.ndarray, cfg: SynthConfig, rng) -> np.ndarray:
         v0, v1 = max(int(cv - rv), 0), min(int(cv + rv) + 2, H)
         vv, uu = np.mgrid[v0:v1, u0:u1]
         holes[v0:v1, u0:u1] |= ((uu - cu) / ru) ** 2 + ((vv - cv) / rv) ** 2 <= 1.0
-    mm = np.round(zn * 1000.0)
-    mm = np.where(valid & ~holes, np.clip(mm, 1, 65535), 0)
-    return mm.astype(np.uint16)
+    zn *= np.float32(1000.0)
+    np.rint(zn, out=zn)
+    np.clip(zn, 1, 65535, out=zn)
+    mm = zn.astype(np.uint16)
+    mm[~valid | holes] = 0
+    return mm
 
 
 def iter_rendered_frames(seq: SynthSequence) -> Iterator[dict]:

@@ -59,7 +59,8 @@ def make_scene():
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--runs", type=int, default=30)
+    ap.add_argument("--runs", type=int, default=60,
+                    help="timed runs per size (medians; the machine is shared, so many)")
     ap.add_argument("--warmup", type=int, default=5)
     ap.add_argument("--threads", type=int, default=1,
                     help="torch threads (0 = torch default); the renderer runs many small "
@@ -72,7 +73,7 @@ def main() -> int:
     print(f"object: icosphere {obj_f.shape[0]} faces; hand: {hand_name}; "
           f"torch threads {torch.get_num_threads()}")
     weights = RenderLossWeights()
-    results, cpu_med = {}, {}
+    results, cpu_med, cpu_p25 = {}, {}, {}
     for S in (128, 256):
         verts0 = se3.transform_points(T_obj, obj_v[None])
         # RoI around the object (as the refinement does); fingers cross it in front
@@ -107,6 +108,7 @@ def main() -> int:
             cpu.append((time.process_time() - c0) * 1e3)
         med = statistics.median(times)
         cpu_med[S] = statistics.median(cpu)
+        cpu_p25[S] = statistics.quantiles(cpu, n=4)[0]
         visible = out.hard_masks.float().sum((2, 3))[0].tolist()
         results[S] = med
         print(f"{S}x{S}: fwd+bwd median {med:.2f} ms wall (min {min(times):.2f} ms, "
@@ -121,6 +123,8 @@ def main() -> int:
         "speedup_vs_pytorch3d_256": round(PYTORCH3D_MS[256] / results[256], 1),
         "cpu_ms_128": round(cpu_med[128], 3),
         "cpu_ms_256": round(cpu_med[256], 3),
+        "cpu_ms_p25_128": round(cpu_p25[128], 3),
+        "cpu_ms_p25_256": round(cpu_p25[256], 3),
         "load_avg_1min": round(os.getloadavg()[0], 2),
     }))
     return 0

@@ -5,6 +5,14 @@ few quantities that depend continuously on the vertices are recomputed with auto
 steps are vectorised over structure-of-arrays 1-D tensors (contiguous elementwise ops and 1-D
 ``index_select`` are the fast paths of CPU torch).
 
+Speed notes (2-core CPU, ~10^4-element arrays, so per-op cost dominates): the no-grad index
+bookkeeping (nonzero, repeat, integer division, sorting, bucket joins) runs in numpy, whose
+kernels are several times cheaper here than torch's (torch's CPU sort is ~20x slower than
+numpy's above ~4k elements); "unique" is done by marking instead of sorting; the combined
+topology of a mesh list is cached; faces are culled before any per-face work; the interior
+interpolation is one autograd node with a hand-written backward that reduces pixels to
+per-face moments before scattering to vertices.
+
 1. :func:`rasterize` (no grad): back faces of closed meshes are culled; for every remaining
    face and pixel row of its bounding box the exact span of pixel centres inside the face is
    solved from the three edge functions (scanline), spans are expanded to pixels and a z-buffer
@@ -145,6 +153,56 @@ def _topology(faces: torch.Tensor) -> MeshTopology:
     return topo
 
 
+class _Scene:
+    """Concatenated topology of a list of meshes (vertex/face/edge indices offset into the
+    stacked vertex array), cached per (topologies, vertex counts) so that a render call does no
+    per-mesh table building."""
+
+    def __init__(self, topos: Sequence[MeshTopology], nverts: Sequence[int]):
+        self.topos = list(topos)  # keeps the keys' ids alive
+        vstart, faces, edges, opp, always, finst, einst, comp, fopen = [0], [], [], [], [], [], \
+            [], [], []
+        ncomp = 0
+        for m, (topo, nv) in enumerate(zip(topos, nverts)):
+            off = vstart[-1]
+            nf, ne = topo.faces_ref.shape[0], topo.edges.shape[0]
+            faces.append(topo.faces_ref + off)
+            edges.append(topo.edges + off)
+            opp.append(torch.where(topo.opposite >= 0, topo.opposite + off, -1))
+            always.append(topo.always_contour)
+            finst.append(torch.full((nf,), m, dtype=torch.long))
+            einst.append(torch.full((ne,), m, dtype=torch.long))
+            comp.append(topo.face_component + ncomp)
+            fopen.append(torch.full((nf,), not topo.closed, dtype=torch.bool))
+            ncomp += int(topo.n_components)
+            vstart.append(off + int(nv))
+        self.vstart = vstart
+        self.faces = torch.cat(faces)
+        self.edges = torch.cat(edges)
+        self.opposite = torch.cat(opp)
+        self.always = torch.cat(always)
+        self.face_inst = torch.cat(finst)
+        self.face_inst_np = self.face_inst.numpy()
+        self.edge_inst = torch.cat(einst)
+        self.face_component = torch.cat(comp)
+        self.n_components = ncomp
+        self.face_open = torch.cat(fopen)
+        self.any_closed = any(t.closed for t in topos)
+
+
+_SCENE_CACHE: dict = {}
+
+
+def _scene(topos: Sequence[MeshTopology], nverts: Sequence[int]) -> _Scene:
+    key = (tuple(id(t) for t in topos), tuple(int(n) for n in nverts))
+    sc = _SCENE_CACHE.get(key)
+    if sc is None:
+        if len(_SCENE_CACHE) > 32:
+            _SCENE_CACHE.clear()
+        sc = _SCENE_CACHE[key] = _Scene(topos, nverts)
+    return sc
+
+
 @dataclass
 class Fragments:
     """Hard rasterisation result (no autograd).
@@ -188,6 +246,15 @@ def _size_hw(size) -> tuple[int, int]:
     return int(h), int(w)
 
 
+def _gather_index(faces: torch.Tensor, B: int, V: int) -> torch.Tensor:
+    """Flat index ``(k * B * N,)`` into ``(C, B * V)`` vertex data giving ``(C, k, B * N)``
+    gathered data (row ``b * N + n``) for an index table ``faces`` ``(N, k)``."""
+    t = faces.t()
+    if B == 1:
+        return t.reshape(-1)
+    return (torch.arange(B).reshape(1, B, 1) * V + t[:, None, :]).reshape(-1)
+
+
 def rasterize(uv: torch.Tensor, z: torch.Tensor, faces: torch.Tensor, size,
               near: float = 1e-4, face_mask: Optional[torch.Tensor] = None) -> Fragments:
     """Hard z-buffer rasterisation of projected triangles (no autograd).
@@ -203,103 +270,99 @@ def rasterize(uv: torch.Tensor, z: torch.Tensor, faces: torch.Tensor, size,
         :class:`Fragments`. A pixel is covered when its centre is inside the triangle
         (edges inclusive); the nearest covering face wins.
     """
-    H, W = _size_hw(size)
     with torch.no_grad():
-        B, Fn = uv.shape[0], faces.shape[0]
-        # structure-of-arrays (B, F) tensors: contiguous elementwise ops are much faster on
-        # the CPU than broadcasting over small inner dimensions
-        us, vs = uv[..., 0].contiguous(), uv[..., 1].contiguous()
-        f0, f1, f2 = faces[:, 0], faces[:, 1], faces[:, 2]
-        x0, x1, x2 = us.index_select(1, f0), us.index_select(1, f1), us.index_select(1, f2)
-        y0, y1, y2 = vs.index_select(1, f0), vs.index_select(1, f1), vs.index_select(1, f2)
-        z0, z1, z2 = z.index_select(1, f0), z.index_select(1, f1), z.index_select(1, f2)
-        area2 = (x1 - x0) * (y2 - y0) - (x2 - x0) * (y1 - y0)
-        xmin = torch.ceil(torch.minimum(torch.minimum(x0, x1), x2)).clamp(0, W - 1)
-        xmax = torch.floor(torch.maximum(torch.maximum(x0, x1), x2)).clamp(-1, W - 1)
-        ymin = torch.ceil(torch.minimum(torch.minimum(y0, y1), y2)).clamp(0, H - 1)
-        ymax = torch.floor(torch.maximum(torch.maximum(y0, y1), y2)).clamp(-1, H - 1)
-        ok = (z0 > near) & (z1 > near) & (z2 > near) & (area2.abs() > 1e-12) \
-            & (xmax >= xmin) & (ymax >= ymin) & torch.isfinite(area2)
-        if face_mask is not None:
-            ok = ok & face_mask
-        face_buf = torch.full((B * H * W,), _INT64_MAX, dtype=torch.int64)
-        # scanline spans: per (face, row) the exact x-range of pixel centres inside the face,
-        # then one element per covered pixel (no wasted bounding-box candidates)
-        rows_per_face = torch.where(ok, (ymax - ymin + 1).long(), 0).reshape(-1)
-        nrows = int(rows_per_face.sum())
-        if nrows > 0:
-            sgn = torch.sign(area2)
-            # edge functions (edge i opposite vertex i) oriented so that the inside is >= 0
-            a0, b0, c0 = (y1 - y2) * sgn, (x2 - x1) * sgn, (x1 * y2 - x2 * y1) * sgn
-            a1, b1, c1 = (y2 - y0) * sgn, (x0 - x2) * sgn, (x2 * y0 - x0 * y2) * sgn
-            a2, b2, c2 = (y0 - y1) * sgn, (x1 - x0) * sgn, (x0 * y1 - x1 * y0) * sgn
-            rf = torch.repeat_interleave(torch.arange(B * Fn), rows_per_face)
-            roff = torch.arange(nrows) - (torch.cumsum(rows_per_face, 0)
-                                          - rows_per_face).index_select(0, rf)
-            ry = ymin.reshape(-1).index_select(0, rf) + roff.to(uv.dtype)  # row y (float)
-            lo = xmin.reshape(-1).index_select(0, rf)
-            hi = xmax.reshape(-1).index_select(0, rf)
-            for a, b, c in ((a0, b0, c0), (a1, b1, c1), (a2, b2, c2)):
-                a = a.reshape(-1).index_select(0, rf)
-                r = b.reshape(-1).index_select(0, rf) * ry + c.reshape(-1).index_select(0, rf)
-                # a x + r >= 0: x >= -r/a (a > 0), x <= -r/a (a < 0), r >= 0 (a == 0)
-                t = -r / torch.where(a == 0, torch.ones_like(a), a)
-                lo = torch.where(a > 0, torch.maximum(lo, torch.ceil(t)), lo)
-                hi = torch.where(a < 0, torch.minimum(hi, torch.floor(t)), hi)
-                hi = torch.where((a == 0) & (r < 0), lo - 1, hi)
-            span = (hi - lo + 1).clamp(min=0).long()
-            n = int(span.sum())
-            if n > 0:
-                pr = torch.repeat_interleave(torch.arange(nrows), span)
-                px = lo.index_select(0, pr) + (torch.arange(n) - (torch.cumsum(span, 0) - span)
-                                               .index_select(0, pr)).to(uv.dtype)
-                py = ry.index_select(0, pr)
-                fid = rf.index_select(0, pr)
-                # perspective-correct depth: 1/z is affine in the pixel coordinates
-                iz0, iz1, iz2 = 1.0 / z0.clamp_min(near), 1.0 / z1.clamp_min(near), \
-                    1.0 / z2.clamp_min(near)
-                inv_a = 1.0 / (c0 + c1 + c2)
-                zx = ((a0 * iz0 + a1 * iz1 + a2 * iz2) * inv_a).reshape(-1).index_select(0, fid)
-                zy = ((b0 * iz0 + b1 * iz1 + b2 * iz2) * inv_a).reshape(-1).index_select(0, fid)
-                zc = ((c0 * iz0 + c1 * iz1 + c2 * iz2) * inv_a).reshape(-1).index_select(0, fid)
-                zpix = 1.0 / (zx * px + zy * py + zc)
-                key = (zpix.to(torch.float32).view(torch.int32).to(torch.int64) << 32) | fid
-                pix = (fid // Fn) * (H * W) + py.long() * W + px.long()
-                face_buf.scatter_reduce_(0, pix, key, reduce="amin")
-        hit = face_buf != _INT64_MAX
-        face = torch.where(hit, (face_buf & 0xFFFFFFFF) % max(Fn, 1), -1)
-        zbits = (face_buf >> 32).to(torch.int32)
-        zbuf = torch.where(hit, zbits.view(torch.float32).to(uv.dtype),
-                           torch.tensor(math.inf, dtype=uv.dtype))
-        return Fragments(face.reshape(B, H, W), zbuf.reshape(B, H, W))
+        B, V = z.shape
+        uvz = torch.stack([uv[..., 0], uv[..., 1], z]).reshape(3, B * V)
+        corners = uvz.index_select(1, _gather_index(faces, B, V)).reshape(3, 3, -1)
+        return _rasterize_corners(corners, B, faces.shape[0], size, near,
+                                  None if face_mask is None else face_mask.reshape(-1))
 
 
-def _tile_pairs(lo_x, lo_y, hi_x, hi_y, item_b, qx, qy, qb, H: int, W: int, tile: int):
-    """Candidate (query, item) index pairs: items whose box ``[lo, hi]`` (pixels, ``(n,)``
-    each) touches the screen tile of the integer query pixel ``(qx, qy)`` ``(q,)`` of the same
-    batch element. Vectorised bucket join: expand items over their tiles, sort, searchsorted."""
-    ntx, nty = (W + tile - 1) // tile, (H + tile - 1) // tile
-    tx0, tx1 = torch.floor(lo_x / tile).long(), torch.floor(hi_x / tile).long()
-    ty0, ty1 = torch.floor(lo_y / tile).long(), torch.floor(hi_y / tile).long()
-    offscreen = (tx1 < 0) | (tx0 >= ntx) | (ty1 < 0) | (ty0 >= nty)
-    tx0, tx1 = tx0.clamp(0, ntx - 1), tx1.clamp(0, ntx - 1)
-    ty0, ty1 = ty0.clamp(0, nty - 1), ty1.clamp(0, nty - 1)
-    tw = tx1 - tx0 + 1
-    cnt = torch.where(offscreen, 0, tw * (ty1 - ty0 + 1))
-    item = torch.repeat_interleave(torch.arange(cnt.numel()), cnt)
-    off = torch.arange(item.numel()) - (torch.cumsum(cnt, 0) - cnt)[item]
-    twi = tw[item]
-    ty = off // twi
-    tx = tx0[item] + (off - ty * twi)
-    ty = ty + ty0[item]
-    key, order = torch.sort((item_b[item] * nty + ty) * ntx + tx)
-    item = item[order]
-    qkey = (qb * nty + qy // tile) * ntx + qx // tile
-    start = torch.searchsorted(key, qkey, right=False)
-    qcnt = torch.searchsorted(key, qkey, right=True) - start
-    qi = torch.repeat_interleave(torch.arange(qkey.numel()), qcnt)
-    off = torch.arange(qi.numel()) - (torch.cumsum(qcnt, 0) - qcnt)[qi]
-    return qi, item[start[qi] + off]
+def _expand_ranges(counts: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """For ``counts`` ``(n,)``: the owner ``i`` and the position ``0 .. counts[i] - 1`` of each
+    of the ``counts.sum()`` expanded elements (numpy's repeat is much faster than torch's
+    repeat_interleave)."""
+    owner = np.repeat(np.arange(counts.shape[0]), counts)
+    pos = np.arange(owner.shape[0]) - np.repeat(np.cumsum(counts) - counts, counts)
+    return owner, pos
+
+
+def _rasterize_corners(corners: torch.Tensor, B: int, Fn: int, size, near: float,
+                       face_mask: Optional[torch.Tensor]) -> Fragments:
+    """:func:`rasterize` on gathered face corners ``(3 [u, v, z], 3 [vertex], B * F)``
+    (row ``b * F + f``); ``face_mask`` ``(B * F,)`` or None. Float math in torch on 1-D
+    structure-of-arrays tensors, integer bookkeeping in numpy (both the fastest here)."""
+    H, W = _size_hw(size)
+    dtype = corners.dtype
+    (x0, x1, x2), (y0, y1, y2), (z0, z1, z2) = corners
+    xmin = torch.ceil(torch.minimum(torch.minimum(x0, x1), x2)).clamp(0, W - 1)
+    xmax = torch.floor(torch.maximum(torch.maximum(x0, x1), x2)).clamp(-1, W - 1)
+    ymin = torch.ceil(torch.minimum(torch.minimum(y0, y1), y2)).clamp(0, H - 1)
+    ymax = torch.floor(torch.maximum(torch.maximum(y0, y1), y2)).clamp(-1, H - 1)
+    area2 = (x1 - x0) * (y2 - y0) - (x2 - x0) * (y1 - y0)
+    ok = (z0 > near) & (z1 > near) & (z2 > near) & (area2.abs() > 1e-12) \
+        & (xmax >= xmin) & (ymax >= ymin) & torch.isfinite(area2)
+    if face_mask is not None:
+        ok &= face_mask
+    face_buf = torch.full((B * H * W,), _INT64_MAX, dtype=torch.int64)
+    # cull first: the per-face work below runs on the faces that can cover a pixel only
+    sel_np = np.flatnonzero(ok.numpy())
+    if sel_np.shape[0] > 0:
+        sel = torch.from_numpy(sel_np)
+        (x0, x1, x2), (y0, y1, y2), (z0, z1, z2) = corners.index_select(2, sel)
+        xmin, xmax = xmin.index_select(0, sel), xmax.index_select(0, sel)
+        ymin, ymax = ymin.index_select(0, sel), ymax.index_select(0, sel)
+        sgn = torch.sign(area2.index_select(0, sel))
+        # edge functions (edge i opposite vertex i) oriented so that the inside is >= 0
+        a0, b0, c0 = (y1 - y2) * sgn, (x2 - x1) * sgn, (x1 * y2 - x2 * y1) * sgn
+        a1, b1, c1 = (y2 - y0) * sgn, (x0 - x2) * sgn, (x2 * y0 - x0 * y2) * sgn
+        a2, b2, c2 = (y0 - y1) * sgn, (x1 - x0) * sgn, (x0 * y1 - x1 * y0) * sgn
+        # scanline spans: per (face, row) the exact x-range of pixel centres inside the
+        # face, then one element per covered pixel (no wasted bounding-box candidates)
+        rows_per_face = (ymax - ymin + 1).to(torch.int64).numpy()
+        rf_np, roff = _expand_ranges(rows_per_face)
+        rf = torch.from_numpy(rf_np)
+        ry = ymin.index_select(0, rf) + torch.from_numpy(roff).to(dtype)  # row y (float)
+        lo = xmin.index_select(0, rf)
+        hi = xmax.index_select(0, rf)
+        for a, b, c in ((a0, b0, c0), (a1, b1, c1), (a2, b2, c2)):
+            a = a.index_select(0, rf)
+            r = b.index_select(0, rf) * ry + c.index_select(0, rf)
+            # a x + r >= 0: x >= -r/a (a > 0), x <= -r/a (a < 0), r >= 0 (a == 0)
+            t = -r / torch.where(a == 0, torch.ones_like(a), a)
+            lo = torch.where(a > 0, torch.maximum(lo, torch.ceil(t)), lo)
+            hi = torch.where(a < 0, torch.minimum(hi, torch.floor(t)), hi)
+            hi = torch.where((a == 0) & (r < 0), lo - 1, hi)
+        span = (hi - lo + 1).clamp(min=0).to(torch.int64).numpy()
+        pr_np, poff = _expand_ranges(span)
+        if pr_np.shape[0] > 0:
+            pr = torch.from_numpy(pr_np)
+            px = lo.index_select(0, pr) + torch.from_numpy(poff).to(dtype)
+            py = ry.index_select(0, pr)
+            sid_np = rf_np[pr_np]
+            fid_np = sel_np[sid_np]
+            sid = torch.from_numpy(sid_np)
+            # perspective-correct depth: 1/z is affine in the pixel coordinates
+            iz0, iz1, iz2 = 1.0 / z0.clamp_min(near), 1.0 / z1.clamp_min(near), \
+                1.0 / z2.clamp_min(near)
+            inv_a = 1.0 / (c0 + c1 + c2)
+            zx = ((a0 * iz0 + a1 * iz1 + a2 * iz2) * inv_a).index_select(0, sid)
+            zy = ((b0 * iz0 + b1 * iz1 + b2 * iz2) * inv_a).index_select(0, sid)
+            zc = ((c0 * iz0 + c1 * iz1 + c2 * iz2) * inv_a).index_select(0, sid)
+            zpix = (1.0 / (zx * px + zy * py + zc)).to(torch.float32).numpy()
+            key = (zpix.view(np.int32).astype(np.int64) << 32) | fid_np
+            pix = py.to(torch.int64).numpy() * W + px.to(torch.int64).numpy()
+            if B > 1:
+                pix += (fid_np // Fn) * (H * W)
+            face_buf.scatter_reduce_(0, torch.from_numpy(pix), torch.from_numpy(key),
+                                     reduce="amin")
+    fb = face_buf.numpy()
+    hit = fb != _INT64_MAX
+    fid = (fb & 0xFFFFFFFF) if B == 1 else (fb & 0xFFFFFFFF) % max(Fn, 1)
+    face = np.where(hit, fid, -1)
+    zbuf = torch.from_numpy((fb >> 32).astype(np.int32).view(np.float32)).to(dtype)
+    zbuf = torch.where(torch.from_numpy(hit), zbuf, torch.tensor(math.inf, dtype=dtype))
+    return Fragments(torch.from_numpy(face.reshape(B, H, W)), zbuf.reshape(B, H, W))
 
 
 def _poly(t: torch.Tensor) -> torch.Tensor:
@@ -338,146 +401,215 @@ def _find_band(us, vs, z, label, zbuf, edges, opposite, always, edge_inst, M: in
                band: float, near: float, tile: int, piece: float) -> _Band:
     """Locate silhouette crossings, explain each by a contour edge and collect the band pixels
     with their nearest active edge piece per label. No autograd; ``us, vs, z`` are ``(B, V)``.
-    See the module docstring."""
+    See the module docstring.
+
+    Index bookkeeping runs in numpy: for these small arrays its nonzero, integer division,
+    repeat and sort are several times faster than torch's CPU kernels."""
     B, H, W = label.shape
-    dtype = us.dtype
+    lab = label.numpy()
+    usn, vsn, zn = us.numpy(), vs.numpy(), z.numpy()
+    dtype = usn.dtype
     # --- crossings: 4-neighbour pixel pairs with different labels ----------------------------
-    pb, px, py, qx, qy = [], [], [], [], []
-    for dy, dx in ((0, 1), (1, 0)):
-        idx = (label[:, : H - dy, : W - dx] != label[:, dy:, dx:]).nonzero()
-        pb.append(idx[:, 0])
-        py.append(idx[:, 1])
-        px.append(idx[:, 2])
-        qy.append(idx[:, 1] + dy)
-        qx.append(idx[:, 2] + dx)
-    p_b, p_x, p_y, q_x, q_y = (torch.cat(a) for a in (pb, px, py, qx, qy))
+    hb, hy, hx = np.nonzero(lab[:, :, :-1] != lab[:, :, 1:])
+    vb, vy, vx = np.nonzero(lab[:, :-1, :] != lab[:, 1:, :])
+    p_b = np.concatenate([hb, vb])
+    p_x, p_y = np.concatenate([hx, vx]), np.concatenate([hy, vy])
+    q_x, q_y = np.concatenate([hx + 1, vx]), np.concatenate([hy, vy + 1])
     flat_p = (p_b * H + p_y) * W + p_x
     flat_q = (p_b * H + q_y) * W + q_x
-    zflat, lflat = zbuf.reshape(-1), label.reshape(-1)
+    zflat, lflat = zbuf.numpy().reshape(-1), lab.reshape(-1)
     p_front = zflat[flat_p] <= zflat[flat_q]
-    f_x, f_y = torch.where(p_front, p_x, q_x), torch.where(p_front, p_y, q_y)
-    k_x, k_y = torch.where(p_front, q_x, p_x), torch.where(p_front, q_y, p_y)
+    f_x, f_y = np.where(p_front, p_x, q_x), np.where(p_front, p_y, q_y)
+    k_x, k_y = np.where(p_front, q_x, p_x), np.where(p_front, q_y, p_y)
     lab_p, lab_q = lflat[flat_p], lflat[flat_q]
-    lab_f = torch.where(p_front, lab_p, lab_q)
-    lab_k = torch.where(p_front, lab_q, lab_p)
+    lab_f = np.where(p_front, lab_p, lab_q)
+    lab_k = np.where(p_front, lab_q, lab_p)
 
     # --- contour edges: border/non-manifold, or both adjacent faces on one side in the image --
-    Eall = edges.shape[0]
-    i0, i1 = edges[:, 0], edges[:, 1]
-    ax, ay = us.index_select(1, i0), vs.index_select(1, i0)  # (B, E)
-    bx, by = us.index_select(1, i1), vs.index_select(1, i1)
+    e = edges.numpy()
+    Eall = e.shape[0]
+    i0, i1 = e[:, 0], e[:, 1]
+    ax, ay = usn[:, i0], vsn[:, i0]  # (B, E)
+    bx, by = usn[:, i1], vsn[:, i1]
     dxe, dye = bx - ax, by - ay
+    opp = np.maximum(opposite.numpy(), 0)
 
     def side(o):
-        o = o.clamp(min=0)
-        return dxe * (vs.index_select(1, o) - ay) - dye * (us.index_select(1, o) - ax)
+        return dxe * (vsn[:, o] - ay) - dye * (usn[:, o] - ax)
 
-    in_front = (z.index_select(1, i0) > near) & (z.index_select(1, i1) > near)
-    contour = (always[None] | (side(opposite[:, 0]) * side(opposite[:, 1]) >= 0)) & in_front
-    cb, ce = contour.nonzero(as_tuple=True)
+    in_front = (zn[:, i0] > near) & (zn[:, i1] > near)
+    contour = (always.numpy()[None] | (side(opp[:, 0]) * side(opp[:, 1]) >= 0)) & in_front
+    cb, ce = np.nonzero(contour)
     cax, cay, cbx, cby = ax[cb, ce], ay[cb, ce], bx[cb, ce], by[cb, ce]
-    qi, ci = _tile_pairs(torch.minimum(cax, cbx) - 1, torch.minimum(cay, cby) - 1,
-                         torch.maximum(cax, cbx) + 1, torch.maximum(cay, cby) + 1, cb,
-                         f_x, f_y, p_b, H, W, tile)
-    inst_c = edge_inst[ce[ci]]
-    prio = torch.where(inst_c == lab_f[qi], 0, torch.where(inst_c == lab_k[qi], 1, 2))
+    qi, ci = _tile_pairs_np(np.minimum(cax, cbx) - 1, np.minimum(cay, cby) - 1,
+                            np.maximum(cax, cbx) + 1, np.maximum(cay, cby) + 1, cb,
+                            f_x, f_y, p_b, B, H, W, tile)
+    inst_c = edge_inst.numpy()[ce[ci]]
+    prio = np.where(inst_c == lab_f[qi], 0, np.where(inst_c == lab_k[qi], 1, 2))
     # segment (front pixel centre -> other pixel centre) against edge (a -> b)
-    P0x, P0y = f_x[qi].to(dtype), f_y[qi].to(dtype)
-    rx, ry = (k_x[qi] - f_x[qi]).to(dtype), (k_y[qi] - f_y[qi]).to(dtype)
+    P0x, P0y = f_x[qi].astype(dtype), f_y[qi].astype(dtype)
+    rx, ry = (k_x[qi] - f_x[qi]).astype(dtype), (k_y[qi] - f_y[qi]).astype(dtype)
     Ax, Ay = cax[ci], cay[ci]
     sx, sy = cbx[ci] - Ax, cby[ci] - Ay
     den = rx * sy - ry * sx
-    good = den.abs() > 1e-12
-    den = torch.where(good, den, torch.ones_like(den))
+    good = np.abs(den) > 1e-12
+    den = np.where(good, den, np.ones_like(den))
     APx, APy = Ax - P0x, Ay - P0y
     t = (APx * sy - APy * sx) / den
     u = (APx * ry - APy * rx) / den
-    hit = ((prio < 2) & good & (t >= 0) & (t <= 1) & (u >= 0) & (u <= 1)).nonzero()[:, 0]
+    hit = np.flatnonzero((prio < 2) & good & (t >= 0) & (t <= 1) & (u >= 0) & (u <= 1))
     qi, ci, prio, t, u = qi[hit], ci[hit], prio[hit], t[hit], u[hit]
     # the front mesh's last crossing (largest t); else the other mesh's first crossing
-    score = torch.where(prio == 0, 1.0 - t, t).clamp(0, 1).to(torch.float32)
-    key = (prio << 31) | score.view(torch.int32).to(torch.int64)
+    score = np.clip(np.where(prio == 0, 1.0 - t, t), 0, 1).astype(np.float32)
+    key = (prio.astype(np.int64) << 31) | score.view(np.int32).astype(np.int64)
     npairs = p_b.shape[0]
-    best = torch.full((npairs,), _INT64_MAX, dtype=torch.int64)
-    best.scatter_reduce_(0, qi, key, reduce="amin")
-    win = (key == best[qi]).nonzero()[:, 0]
-    pick = torch.full((npairs,), -1, dtype=torch.long)
-    pick.scatter_reduce_(0, qi[win], win, reduce="amax")
-    has = (pick >= 0).nonzero()[:, 0]
+    best = _scatter_min(npairs, qi, key)
+    win = np.flatnonzero(key == best[qi])
+    pick = np.full(npairs, -1, dtype=np.int64)
+    pick[qi[win]] = win  # last write wins: the largest index among ties (increasing order)
+    has = np.flatnonzero(pick >= 0)
     # active pieces, one per explained crossing: the part of the edge within `piece` pixels of
     # the crossing, labelled with the two labels it separates there (a long edge can border
     # different labels along its length); pieces of one edge with the same labels are merged
     sel = pick[has]
     csel = ci[sel]
-    half = piece / torch.sqrt((cbx[csel] - cax[csel]) ** 2 + (cby[csel] - cay[csel]) ** 2
-                              ).clamp_min(1e-9)
+    half = piece / np.maximum(np.sqrt((cbx[csel] - cax[csel]) ** 2
+                                      + (cby[csel] - cay[csel]) ** 2), 1e-9)
     L = M + 1
-    pkey = ((cb[csel] * Eall + ce[csel]) * L + torch.minimum(lab_f, lab_k)[has]) * L \
-        + torch.maximum(lab_f, lab_k)[has]
-    pkey, pinv = torch.unique(pkey, return_inverse=True)
-    c_t0 = (u[sel] - half).clamp(0.0, 1.0)
-    c_t1 = (u[sel] + half).clamp(0.0, 1.0)
-    ent_t0 = torch.full((pkey.numel(),), 2.0, dtype=dtype).scatter_reduce(
-        0, pinv, c_t0, reduce="amin")
-    ent_t1 = torch.full((pkey.numel(),), -1.0, dtype=dtype).scatter_reduce(
-        0, pinv, c_t1, reduce="amax")
+    pkey = ((cb[csel] * Eall + ce[csel]) * L + np.minimum(lab_f, lab_k)[has]) * L \
+        + np.maximum(lab_f, lab_k)[has]
+    pkey, pinv = np.unique(pkey, return_inverse=True)
+    pinv = pinv.reshape(-1)
+    npk = pkey.shape[0]
+    us_sel = u[sel]
+    c_t0 = np.clip(us_sel - half, 0.0, 1.0).astype(dtype)
+    c_t1 = np.clip(us_sel + half, 0.0, 1.0).astype(dtype)
+    ent_t0 = _scatter_min(npk, pinv, c_t0)
+    ent_t1 = -_scatter_min(npk, pinv, -c_t1)
     # which crossing defines each end (its pixel pair lets the renderer redo it with grad)
     cq = qi[sel]
-    seg = torch.stack([f_x[cq], f_y[cq], k_x[cq], k_y[cq]], 1)
-    ar = torch.arange(pinv.numel())
-    j0 = torch.full((pkey.numel(),), -1, dtype=torch.long).scatter_reduce(
-        0, pinv, torch.where(c_t0 == ent_t0[pinv], ar, -1), reduce="amax")
-    j1 = torch.full((pkey.numel(),), -1, dtype=torch.long).scatter_reduce(
-        0, pinv, torch.where(c_t1 == ent_t1[pinv], ar, -1), reduce="amax")
+    seg = np.stack([f_x[cq], f_y[cq], k_x[cq], k_y[cq]], 1)
+    j0 = np.full(npk, -1, dtype=np.int64)
+    m0 = np.flatnonzero(c_t0 == ent_t0[pinv])
+    j0[pinv[m0]] = m0
+    j1 = np.full(npk, -1, dtype=np.int64)
+    m1 = np.flatnonzero(c_t1 == ent_t1[pinv])
+    j1[pinv[m1]] = m1
     ent_seg0, ent_seg1 = seg[j0], seg[j1]
-    ent_lb = pkey % L
-    ent_la = (pkey // L) % L
-    ent_be = pkey // (L * L)
-    ent_b, ent_e = ent_be // Eall, ent_be % Eall
+    ent_be, ent_lab = np.divmod(pkey, L * L)
+    ent_la, ent_lb = np.divmod(ent_lab, L)
+    ent_b, ent_e = np.divmod(ent_be, Eall)
     e0x, e0y, e1x, e1y = ax[ent_b, ent_e], ay[ent_b, ent_e], bx[ent_b, ent_e], by[ent_b, ent_e]
     pax, pay = e0x + ent_t0 * (e1x - e0x), e0y + ent_t0 * (e1y - e0y)
     pbx, pby = e0x + ent_t1 * (e1x - e0x), e0y + ent_t1 * (e1y - e0y)
 
     # --- band pixels: within `band` (Chebyshev) of a crossing ---------------------------------
     R = int(math.ceil(band))
-    seed = torch.zeros(B * H * W, dtype=torch.float32)
-    seed[flat_p] = 1.0
-    seed[flat_q] = 1.0
-    seed = seed.reshape(B, 1, H, W)
-    seed = torch.nn.functional.max_pool2d(seed, (1, 2 * R + 1), stride=1, padding=(0, R))
-    seed = torch.nn.functional.max_pool2d(seed, (2 * R + 1, 1), stride=1, padding=(R, 0))
-    nb, ny, nx = (seed[:, 0] > 0).nonzero(as_tuple=True)
-    n_lab = label[nb, ny, nx]
-    pi, ei = _tile_pairs(torch.minimum(pax, pbx) - band, torch.minimum(pay, pby) - band,
-                         torch.maximum(pax, pbx) + band, torch.maximum(pay, pby) + band, ent_b,
-                         nx, ny, nb, H, W, tile)
+    seed = np.zeros(B * H * W, dtype=bool)
+    seed[flat_p] = True
+    seed[flat_q] = True
+    seed = seed.reshape(B, H, W)
+    # separable binary dilation by a (2R+1)^2 square
+    for ax_ in (2, 1):
+        src = seed
+        seed = src.copy()
+        n_ax = src.shape[ax_]
+        for r in range(1, min(R, n_ax - 1) + 1):
+            lo = [slice(None)] * 3
+            hi = [slice(None)] * 3
+            lo[ax_], hi[ax_] = slice(r, None), slice(None, -r)
+            seed[tuple(lo)] |= src[tuple(hi)]
+            seed[tuple(hi)] |= src[tuple(lo)]
+    nb, ny, nx = np.nonzero(seed)
+    n_lab = lab[nb, ny, nx]
+    pi, ei = _tile_pairs_np(np.minimum(pax, pbx) - band, np.minimum(pay, pby) - band,
+                            np.maximum(pax, pbx) + band, np.maximum(pay, pby) + band, ent_b,
+                            nx, ny, nb, B, H, W, tile)
     v = n_lab[pi]
     la_, lb_ = ent_la[ei], ent_lb[ei]
-    d, _ = _segment_distance(nx[pi].to(dtype), ny[pi].to(dtype), pax[ei], pay[ei], pbx[ei],
-                             pby[ei])
-    rel = (((la_ == v) | (lb_ == v)) & (d < band)).nonzero()[:, 0]
-    pi, ei, v, d = pi[rel], ei[rel], v[rel], d[rel]
+    d2 = _segment_distance2_np(nx[pi].astype(dtype), ny[pi].astype(dtype), pax[ei], pay[ei],
+                               pbx[ei], pby[ei])
+    rel = np.flatnonzero(((la_ == v) | (lb_ == v)) & (d2 < band * band))
+    pi, ei, v = pi[rel], ei[rel], v[rel]
+    d = np.sqrt(d2[rel])
     other = la_[rel] + lb_[rel] - v
     # records: the pixel's own label (inside, +1) and the label across the edge (outside, -1)
-    rec_l = torch.cat([v, other])
-    fg = (rec_l < M).nonzero()[:, 0]
+    rec_l = np.concatenate([v, other])
+    fg = np.flatnonzero(rec_l < M)
     rec_l = rec_l[fg]
-    rec_p = torch.cat([pi, pi])[fg]
-    rec_e = torch.cat([ei, ei])[fg]
-    rec_s = torch.cat([torch.ones_like(pi), -torch.ones_like(pi)])[fg]
-    rec_d = torch.cat([d, d])[fg]
+    nrel = pi.shape[0]
+    rec_p = np.concatenate([pi, pi])[fg]
+    rec_e = np.concatenate([ei, ei])[fg]
+    rec_s = np.where(fg < nrel, 1, -1)
+    rec_d = np.concatenate([d, d])[fg]
     # nearest piece per (pixel, label)
     slot = rec_p * M + rec_l
-    dkey = (rec_d.to(torch.float32).view(torch.int32).to(torch.int64) << 32) \
-        | torch.arange(rec_p.numel(), dtype=torch.int64)
-    sbest = torch.full((nb.numel() * M,), _INT64_MAX, dtype=torch.int64)
-    sbest.scatter_reduce_(0, slot, dkey, reduce="amin")
-    w_slot = (sbest != _INT64_MAX).nonzero()[:, 0]
+    dkey = (rec_d.astype(np.float32).view(np.int32).astype(np.int64) << 32) \
+        | np.arange(rec_p.shape[0], dtype=np.int64)
+    sbest = _scatter_min(nb.shape[0] * M, slot, dkey)
+    w_slot = np.flatnonzero(sbest != _INT64_MAX)
     wrec = sbest[w_slot] & 0xFFFFFFFF
-    w_pix = w_slot // M
+    w_pix, w_lab = np.divmod(w_slot, M)
     went = rec_e[wrec]
-    return _Band(nb[w_pix], ny[w_pix], nx[w_pix], w_slot % M, rec_s[wrec], ent_e[went],
-                 ent_t0[went], ent_t1[went], ent_seg0[went], ent_seg1[went])
+    out = (nb[w_pix], ny[w_pix], nx[w_pix], w_lab, rec_s[wrec], ent_e[went], ent_t0[went],
+           ent_t1[went], ent_seg0[went], ent_seg1[went])
+    return _Band(*(torch.from_numpy(np.ascontiguousarray(a)) for a in out))
+
+
+def _scatter_min(n: int, index: np.ndarray, values: np.ndarray) -> np.ndarray:
+    """``out[i] = min(values[index == i])`` ``(n,)``; empty slots hold the dtype's maximum
+    (``_INT64_MAX`` for int64, ``inf`` for floats)."""
+    if values.dtype == np.int64:
+        fill = _INT64_MAX
+    else:
+        fill = math.inf
+    out = torch.full((n,), fill, dtype=torch.from_numpy(values[:0]).dtype)
+    out.scatter_reduce_(0, torch.from_numpy(index), torch.from_numpy(values), reduce="amin")
+    return out.numpy()
+
+
+def _segment_distance2_np(px, py, ax, ay, bx, by) -> np.ndarray:
+    """Squared distance ``(n,)`` of points ``p`` to segments ``a b`` (numpy, ``(n,)`` each),
+    the same arithmetic as :func:`_segment_distance`."""
+    dx, dy = bx - ax, by - ay
+    t = np.clip(((px - ax) * dx + (py - ay) * dy) / np.maximum(dx * dx + dy * dy, 1e-20), 0, 1)
+    ex, ey = ax + t * dx - px, ay + t * dy - py
+    return ex * ex + ey * ey + 1e-20
+
+
+def _tile_pairs_np(lo_x, lo_y, hi_x, hi_y, item_b, qx, qy, qb, B: int, H: int, W: int,
+                   tile: int):
+    """Candidate (query, item) index pairs (numpy): items whose box ``[lo, hi]`` (pixels,
+    ``(n,)`` each) touches the screen tile of the integer query pixel ``(qx, qy)`` ``(q,)`` of
+    the same batch element. Bucket join: expand items over their tiles, counting sort."""
+    ntx, nty = (W + tile - 1) // tile, (H + tile - 1) // tile
+
+    def cell(a, n):  # tile index, clipped to [-1, n] first (huge / non-finite coordinates)
+        return np.clip(np.nan_to_num(np.floor(a / tile), nan=-1.0), -1, n).astype(np.int64)
+
+    tx0, tx1 = cell(lo_x, ntx), cell(hi_x, ntx)
+    ty0, ty1 = cell(lo_y, nty), cell(hi_y, nty)
+    offscreen = (tx1 < 0) | (tx0 >= ntx) | (ty1 < 0) | (ty0 >= nty)
+    tx0, tx1 = np.clip(tx0, 0, ntx - 1), np.clip(tx1, 0, ntx - 1)
+    ty0, ty1 = np.clip(ty0, 0, nty - 1), np.clip(ty1, 0, nty - 1)
+    tw = tx1 - tx0 + 1
+    cnt = np.where(offscreen, 0, tw * (ty1 - ty0 + 1))
+    item = np.repeat(np.arange(cnt.shape[0]), cnt)
+    off = np.arange(item.shape[0]) - np.repeat(np.cumsum(cnt) - cnt, cnt)
+    twi = tw[item]
+    ty, rem = np.divmod(off, twi)
+    key = (item_b[item] * nty + ty + ty0[item]) * ntx + tx0[item] + rem
+    nkeys = B * ntx * nty
+    # stable counting order (radix sort for 16-bit keys)
+    order = np.argsort(key.astype(np.int16) if nkeys < 32767 else key, kind="stable")
+    item = item[order]
+    counts = np.bincount(key, minlength=nkeys)
+    start = np.cumsum(counts) - counts
+    qkey = (qb * nty + qy // tile) * ntx + qx // tile
+    qcnt = counts[qkey]
+    qi = np.repeat(np.arange(qkey.shape[0]), qcnt)
+    off = np.arange(qi.shape[0]) - np.repeat(np.cumsum(qcnt) - qcnt, qcnt)
+    return qi, item[start[qkey][qi] + off]
 
 
 def _piece_end(seg, t_nograd, ax, ay, bx, by, offset: float) -> torch.Tensor:
@@ -495,41 +627,94 @@ def _piece_end(seg, t_nograd, ax, ay, bx, by, offset: float) -> torch.Tensor:
     return torch.where(clamped, t_nograd, t)
 
 
-def _face_planes(us, vs, z, faces, values: Optional[torch.Tensor], near: float) -> torch.Tensor:
-    """Per-face screen-space affine functions of ``1/z`` and ``values/z`` (perspective-correct
-    interpolation: both are affine in the pixel coordinates within a face).
+class _Interpolate(torch.autograd.Function):
+    """Perspective-correct interpolation of depth and per-vertex values at covered pixels,
+    with a hand-written backward (one node instead of ~60 small autograd ops).
 
-    Args:
-        us, vs, z: ``(B, V)`` pixel coordinates and depth; faces ``(F, 3)``;
-        values: None or ``(C, B, V)`` per-vertex channels.
-    Returns:
-        ``(3 Q, B F)`` with ``Q = 1 + C`` quantities: rows ``[cx (Q), cy (Q), c0 (Q)]`` so that
-        a quantity equals ``cx * x + cy * y + c0`` at pixel ``(x, y)`` of the face.
+    With screen barycentrics ``l_k = (a_k x + b_k y + c_k) / A`` of the pixel in its face
+    (``A = sum c_k``, twice the signed area), ``w_k = 1 / z_k``: ``invz = sum l_k w_k``,
+    ``depth = 1 / invz``, ``value = sum l_k w_k v_k / invz``. Backward uses
+    ``d l_k / d p_j = -l_j grad(l_k)`` (moving vertex ``j`` by ``dp`` moves the barycentrics
+    like moving the pixel by ``-l_j dp``).
+
+    Inputs: ``us, vs, z`` ``(N,)`` flattened vertex data, ``values`` ``(C, N)`` or None,
+    ``fidx`` ``(n_vis, 3)`` vertex rows of the visible faces, ``pix_face`` ``(P,)`` index into
+    them, ``px, py`` ``(P,)`` pixel centres, ``near``. Outputs: depth ``(P,)``, values
+    ``(C, P)`` (``(0, P)`` without values).
     """
-    B, Fn = us.shape[0], faces.shape[0]
-    cols = [faces[:, k] for k in range(3)]
-    x0, x1, x2 = (us.index_select(1, f).reshape(1, -1) for f in cols)
-    y0, y1, y2 = (vs.index_select(1, f).reshape(1, -1) for f in cols)
-    # screen barycentric of vertex i at p: (a_i x + b_i y + c_i) / area2
-    a0, b0, c0 = y1 - y2, x2 - x1, x1 * y2 - x2 * y1
-    a1, b1, c1 = y2 - y0, x0 - x2, x2 * y0 - x0 * y2
-    a2, b2, c2 = y0 - y1, x1 - x0, x0 * y1 - x1 * y0
-    area2 = c0 + c1 + c2
-    inv_a = 1.0 / torch.where(area2.abs() > 1e-12, area2, torch.ones_like(area2))
-    qs = []
-    for f in cols:
-        zi = z.index_select(1, f).reshape(1, -1)
-        izi = 1.0 / torch.where(zi > near, zi, torch.ones_like(zi))  # (1, BF)
-        if values is None:
-            qs.append(izi)
+
+    @staticmethod
+    def forward(ctx, us, vs, z, values, fidx, pix_face, px, py, near):
+        cols = [fidx[:, k] for k in range(3)]
+        x = [us.index_select(0, c) for c in cols]
+        y = [vs.index_select(0, c) for c in cols]
+        c = [x[1] * y[2] - x[2] * y[1], x[2] * y[0] - x[0] * y[2], x[0] * y[1] - x[1] * y[0]]
+        area2 = c[0] + c[1] + c[2]
+        inv_a = 1.0 / torch.where(area2.abs() > 1e-12, area2, torch.ones_like(area2))
+        zk = [z.index_select(0, col) for col in cols]
+        C = 0 if values is None else values.shape[0]
+        # per-face table (rows: grad(l_k) x, y, l_k offset, w_k, v_kc), gathered per pixel
+        rows = [(y[1] - y[2]) * inv_a, (y[2] - y[0]) * inv_a, (y[0] - y[1]) * inv_a,
+                (x[2] - x[1]) * inv_a, (x[0] - x[2]) * inv_a, (x[1] - x[0]) * inv_a,
+                c[0] * inv_a, c[1] * inv_a, c[2] * inv_a,
+                *(torch.where(zi > near, 1.0 / zi, torch.ones_like(zi)) for zi in zk)]
+        if C:
+            rows += [values.index_select(1, col) for col in cols]  # (C, n_vis) each
+            table = torch.cat([torch.stack(rows[:12]), *rows[12:]])
         else:
-            qs.append(torch.cat([izi, values.index_select(2, f).reshape(values.shape[0], -1)
-                                 * izi], 0))
-    q0, q1, q2 = qs  # (Q, BF) each
-    cx = (a0 * q0 + a1 * q1 + a2 * q2) * inv_a
-    cy = (b0 * q0 + b1 * q1 + b2 * q2) * inv_a
-    cc = (c0 * q0 + c1 * q1 + c2 * q2) * inv_a
-    return torch.cat([cx, cy, cc], 0)
+            table = torch.stack(rows)
+        tp = table.index_select(1, pix_face)  # (12 + 3 C, P)
+        ga, gb = tp[0:3], tp[3:6]
+        lam = ga * px + gb * py + tp[6:9]  # (3, P) screen barycentrics
+        om = tp[9:12]
+        lw = lam * om
+        depth = 1.0 / lw.sum(0)
+        if C:
+            vk = tp[12:].reshape(3, C, -1)
+            attr = (lw[:, None] * vk).sum(0) * depth
+        else:
+            attr = us.new_zeros(0, px.shape[0])
+        ctx.save_for_backward(fidx, pix_face, px, py, table, depth, attr)
+        ctx.n_vertices = us.shape[0]
+        ctx.C = C
+        return depth, attr
+
+    @staticmethod
+    def backward(ctx, g_depth, g_attr):
+        fidx, pix_face, px, py, table, depth, attr = ctx.saved_tensors
+        C, nvis = ctx.C, table.shape[1]
+        # per pixel: G = dL/d(invz, num_1..C) with depth = 1/invz, attr = num/invz
+        g_invz = -g_depth * depth * depth
+        if C:
+            g_invz = g_invz - (g_attr * attr).sum(0) * depth
+            G = torch.cat([g_invz[None], g_attr * depth])  # (1 + C, P)
+        else:
+            G = g_invz[None]
+        # everything below is linear in G with per-face coefficients affine in the pixel
+        # position: reduce to per-face moments M = sum_p [x, y, 1] (x) G  (3, 1 + C, n_vis)
+        M = torch.zeros(3 * (1 + C), nvis, dtype=G.dtype).index_add_(
+            1, pix_face, torch.cat([G * px, G * py, G])).reshape(3, 1 + C, nvis)
+        ga, gb, gc, om = table[0:3], table[3:6], table[6:9], table[9:12]  # (3, n_vis) each
+        ones = torch.ones_like(om[:, None])
+        vext = torch.cat([ones, table[12:].reshape(3, C, nvis)], 1) if C else ones
+        # T_j = sum_p l_j G  (3 j, 1 + C, n_vis)
+        T = ga[:, None] * M[0] + gb[:, None] * M[1] + gc[:, None] * M[2]
+        # d invz / d l_k = w_k, d num_c / d l_k = w_k v_kc; screen gradient of l_k = (ga, gb)
+        alpha = ((om * ga)[:, None] * vext).sum(0)  # (1 + C, n_vis)
+        beta = ((om * gb)[:, None] * vext).sum(0)
+        # moving vertex j by dp moves the barycentrics like moving the pixel by -l_j dp
+        g_x = -(alpha[None] * T).sum(1)  # (3 j, n_vis)
+        g_y = -(beta[None] * T).sum(1)
+        g_z = -(om * om) * (vext * T).sum(1)  # w = 1/z
+        parts = [g_x[:, None], g_y[:, None], g_z[:, None]]
+        if C:
+            parts.append(om[:, None] * T[:, 1:])  # (3 j, C, n_vis)
+        per_face = torch.cat(parts, 1).permute(0, 2, 1).reshape(3 * nvis, 3 + C)
+        per_vert = torch.zeros(ctx.n_vertices, 3 + C, dtype=per_face.dtype).index_add_(
+            0, fidx.t().reshape(-1), per_face)
+        g_us, g_vs, g_zv = per_vert[:, 0], per_vert[:, 1], per_vert[:, 2]
+        g_values = per_vert[:, 3:].t() if C else None
+        return g_us, g_vs, g_zv, g_values, None, None, None, None, None
 
 
 def render(meshes: Sequence[tuple[torch.Tensor, torch.Tensor]], K: torch.Tensor, size,
@@ -564,8 +749,7 @@ def render(meshes: Sequence[tuple[torch.Tensor, torch.Tensor]], K: torch.Tensor,
     dtype = meshes[0][0].dtype
     if colors is not None and len(colors) != M:
         raise ValueError(f"colors must have one entry per mesh ({M}), got {len(colors)}")
-    verts_l, faces_l, edges_l, opp_l, always_l, finst_l, einst_l = [], [], [], [], [], [], []
-    vstart, closed_l, topos = [0], [], []
+    topos, verts_l = [], []
     for m, (v, f) in enumerate(meshes):
         if v.dim() != 3 or v.shape[-1] != 3 or v.shape[0] != B:
             raise ValueError(f"mesh {m}: verts must be (B={B}, V, 3), got {tuple(v.shape)}")
@@ -573,71 +757,68 @@ def render(meshes: Sequence[tuple[torch.Tensor, torch.Tensor]], K: torch.Tensor,
             raise ValueError(f"mesh {m}: faces must be (F, 3), got {tuple(f.shape)}")
         if f.numel() and (int(f.min()) < 0 or int(f.max()) >= v.shape[1]):
             raise ValueError(f"mesh {m}: face indices out of range [0, {v.shape[1]})")
-        topo = _topology(f)
-        topos.append(topo)
-        off = vstart[-1]
+        topos.append(_topology(f))
         verts_l.append(v.to(dtype))
-        faces_l.append(f.long() + off)
-        edges_l.append(topo.edges + off)
-        opp_l.append(torch.where(topo.opposite >= 0, topo.opposite + off, -1))
-        always_l.append(topo.always_contour)
-        closed_l.append(topo.closed and cull_backfaces)
-        finst_l.append(torch.full((f.shape[0],), m, dtype=torch.long))
-        einst_l.append(torch.full((topo.edges.shape[0],), m, dtype=torch.long))
-        vstart.append(off + v.shape[1])
-    verts = torch.cat(verts_l, 1)
-    faces = torch.cat(faces_l, 0)
-    edges = torch.cat(edges_l, 0)
-    face_inst = torch.cat(finst_l)
-    Fn = faces.shape[0]
+    scene = _scene(topos, [v.shape[1] for v, _ in meshes])
+    vstart, faces, edges = scene.vstart, scene.faces, scene.edges
+    verts = torch.cat(verts_l, 1) if M > 1 else verts_l[0]
+    Fn, Vt = faces.shape[0], verts.shape[1]
     uv, z = project_points(torch.as_tensor(K).to(dtype), verts)  # with grad
     us, vs = uv[..., 0], uv[..., 1]
 
     with torch.no_grad():
         usd, vsd, zd = us.detach().contiguous(), vs.detach().contiguous(), z.detach()
+        cull = cull_backfaces and scene.any_closed
+        # one gather of every face corner: (u, v, z[, X, Y, Z]) x 3 vertices x (B F)
+        data = [usd, vsd, zd]
+        if cull:
+            vd = verts.detach()
+            data += [vd[..., k] for k in range(3)]
+        corners = torch.stack(data).reshape(len(data), B * Vt).index_select(
+            1, _gather_index(faces, B, Vt)).reshape(len(data), 3, B * Fn)
         face_mask = None
-        if any(closed_l):
+        if cull:
             # back faces of closed meshes never show: skip them (outward orientation from the
             # sign of the signed volume, so inside-out meshes work too)
-            vd = verts.detach()
-            X, Y, Z = (vd[..., k].contiguous() for k in range(3))
-            c0, c1, c2 = faces[:, 0], faces[:, 1], faces[:, 2]
-            x0, x1, x2 = X.index_select(1, c0), X.index_select(1, c1), X.index_select(1, c2)
-            y0, y1, y2 = Y.index_select(1, c0), Y.index_select(1, c1), Y.index_select(1, c2)
-            z0, z1, z2 = Z.index_select(1, c0), Z.index_select(1, c1), Z.index_select(1, c2)
-            # det(p0, p1, p2) = ((p1 - p0) x (p2 - p0)) . p0, (B, F)
-            facing = x0 * (y1 * z2 - z1 * y2) - y0 * (x1 * z2 - z1 * x2) \
-                + z0 * (x1 * y2 - y1 * x2)
-            face_mask = torch.ones(B, Fn, dtype=torch.bool)
-            f0 = 0
-            for m, (_, f) in enumerate(meshes):
-                f1 = f0 + f.shape[0]
-                if closed_l[m]:
-                    # 6 x signed volume per connected component (e.g. per hand link body)
-                    topo = topos[m]
-                    comp = topo.face_component
-                    vol = torch.zeros(B, topo.n_components, dtype=facing.dtype).index_add_(
-                        1, comp, facing[:, f0:f1])
-                    face_mask[:, f0:f1] = facing[:, f0:f1] * torch.sign(
-                        vol.index_select(1, comp)) < 0
-                f0 = f1
-        uvd = torch.stack([usd, vsd], -1)
-        frag = rasterize(uvd, zd, faces, (H, W), near=near, face_mask=face_mask)
-        label = torch.where(frag.face >= 0, face_inst[frag.face.clamp(min=0)], M)  # (B,H,W)
-        bd = _find_band(usd, vsd, zd, label, frag.zbuf, edges, torch.cat(opp_l, 0),
-                        torch.cat(always_l), torch.cat(einst_l), M, band, near, tile, piece)
-        # covered pixels and the column of their face in the per-face tables
-        row = torch.where(frag.face >= 0, torch.arange(B).reshape(B, 1, 1) * Fn + frag.face,
-                          -1).reshape(-1)
-        cov = (row >= 0).nonzero()[:, 0]
-        cov_row = row[cov]
-        cov_x = (cov % W).to(dtype)
-        cy_pix = ((cov // W) % H).to(dtype)
+            (x0, x1, x2), (y0, y1, y2), (z0, z1, z2) = corners[3], corners[4], corners[5]
+            # det(p0, p1, p2) = ((p1 - p0) x (p2 - p0)) . p0, (B F)
+            facing = (x0 * (y1 * z2 - z1 * y2) - y0 * (x1 * z2 - z1 * x2)
+                      + z0 * (x1 * y2 - y1 * x2)).reshape(B, Fn)
+            # 6 x signed volume per connected component (e.g. per hand link body)
+            vol = torch.zeros(B, scene.n_components, dtype=facing.dtype).index_add_(
+                1, scene.face_component, facing)
+            face_mask = ((facing * torch.sign(vol.index_select(1, scene.face_component)) < 0)
+                         | scene.face_open).reshape(-1)
+        frag = _rasterize_corners(corners[:3], B, Fn, (H, W), near, face_mask)
+        # covered pixels, their face row (b F + f) and labels; index work in numpy (faster)
+        face_np = frag.face.numpy().reshape(-1)
+        cov_np = np.flatnonzero(face_np >= 0)
+        cov_face = face_np[cov_np]
+        lab_np = np.full(B * H * W, M, dtype=np.int64)
+        lab_np[cov_np] = scene.face_inst_np[cov_face]
+        label = torch.from_numpy(lab_np.reshape(B, H, W))
+        bd = _find_band(usd, vsd, zd, label, frag.zbuf, edges, scene.opposite, scene.always,
+                        scene.edge_inst, M, band, near, tile, piece)
+        if B > 1:
+            cov_b, cov_pix = np.divmod(cov_np, H * W)
+            cov_row_np = cov_b * Fn + cov_face
+        else:
+            cov_pix, cov_row_np = cov_np, cov_face
+        cy_np, cx_np = np.divmod(cov_pix, W)
+        cov = torch.from_numpy(cov_np)
+        cov_x = torch.from_numpy(cx_np).to(dtype)
+        cy_pix = torch.from_numpy(cy_np).to(dtype)
+        # visible face rows and each covered pixel's position among them (a "unique" without
+        # sorting: torch's CPU sort is slow for more than a few thousand elements)
+        seen = np.zeros(B * Fn, dtype=bool)
+        seen[cov_row_np] = True
+        vis_np = np.flatnonzero(seen)
+        vis_inv = torch.from_numpy((np.cumsum(seen) - 1)[cov_row_np])
+        vb_np, vf_np = np.divmod(vis_np, Fn)
 
     # --- soft masks: hard one-hot, band pixels replaced by the edge-distance ramp ------------
-    hard_masks = label[:, None] == torch.arange(M).reshape(1, M, 1, 1)
+    hard_masks = torch.from_numpy(lab_np.reshape(B, 1, H, W) == np.arange(M).reshape(1, M, 1, 1))
     i0, i1 = edges[bd.edge, 0], edges[bd.edge, 1]
-    Vt = us.shape[1]
     g0, g1 = bd.b * Vt + i0, bd.b * Vt + i1
     usf, vsf = us.reshape(-1), vs.reshape(-1)
     e0x, e0y = usf.index_select(0, g0), vsf.index_select(0, g0)
@@ -673,27 +854,20 @@ def render(meshes: Sequence[tuple[torch.Tensor, torch.Tensor]], K: torch.Tensor,
                     raise ValueError(f"colors[{m}] must be ({nv}, 3), got {tuple(c.shape)}")
                 per_mesh.append(c if c.dim() == 3 else c.expand(B, -1, -1))
         values = torch.cat(per_mesh, 1).permute(2, 0, 1).contiguous()  # (3, B, V)
-    # planes of the visible faces only (batch folded into a face list of the first element)
-    vis, vis_inv = torch.unique(cov_row, return_inverse=True)
-    vb, vf = vis // Fn, vis % Fn
-    if B == 1:
-        planes = _face_planes(us, vs, z, faces.index_select(0, vf), values, near)
-    else:
-        # per-(batch, face) rows: gather vertex data into a batch of one
-        Vt = us.shape[1]
-        fidx = (vb[:, None] * Vt + faces.index_select(0, vf)).reshape(-1, 3)
-        planes = _face_planes(us.reshape(1, -1), vs.reshape(1, -1), z.reshape(1, -1), fidx,
-                              None if values is None else values.reshape(values.shape[0], 1, -1),
-                              near)
-    cx, cy, cc = planes.index_select(1, vis_inv).chunk(3, 0)
-    q = cx * cov_x + cy * cy_pix + cc  # (Q, P): 1/z, value/z
-    invz, num = q.split([1, q.shape[0] - 1], 0)
-    invz = invz[0]
-    depth = torch.zeros(B * H * W, dtype=dtype).index_copy(0, cov, 1.0 / invz).reshape(B, H, W)
+    # visible faces as rows (b V + vertex) of the flattened vertex arrays
+    vb, vf = torch.from_numpy(vb_np), torch.from_numpy(vf_np)
+    fidx = faces.index_select(0, vf)
+    if B > 1:
+        fidx = vb[:, None] * Vt + fidx
+    vals_flat = None if values is None else values.reshape(values.shape[0], -1)
+    depth_pix, attr_pix = _Interpolate.apply(
+        us.reshape(-1), vs.reshape(-1), z.reshape(-1), vals_flat, fidx, vis_inv, cov_x,
+        cy_pix, near)
+    depth = torch.zeros(B * H * W, dtype=dtype).index_copy(0, cov, depth_pix).reshape(B, H, W)
 
     rgb = None
     if values is not None:
-        attr = torch.zeros(3, B * H * W, dtype=dtype).index_copy(1, cov, num / invz)
+        attr = torch.zeros(3, B * H * W, dtype=dtype).index_copy(1, cov, attr_pix)
         rgb = torch.zeros(B, 3, H, W, dtype=dtype)
         for m, kind in enumerate(kinds):
             if kind is None:
@@ -719,7 +893,7 @@ def render(meshes: Sequence[tuple[torch.Tensor, torch.Tensor]], K: torch.Tensor,
                                                        padding_mode="border",
                                                        align_corners=False)
             rgb = rgb + soft[:, m, None] * cimg
-    instance = torch.where(label < M, label, -1)
+    instance = torch.from_numpy(np.where(lab_np < M, lab_np, -1).reshape(B, H, W))
     return RenderOutput(soft, hard_masks, depth, rgb, instance, frag.face)
 
 

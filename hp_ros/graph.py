@@ -67,7 +67,7 @@ NODES = [
              subscribes=[CAMERA_TOPICS["color_image"], CAMERA_TOPICS["color_info"],
                          CAMERA_TOPICS["depth_image"], JOINT_STATES, TOPICS["hand_mask"],
                          TOPICS["object_mask"], TOPICS["object_pose"], "/tf_static"],
-             publishes=[TOPICS["refined_pose"]], services=[SERVICES["refine_pose"]]),
+             publishes=[TOPICS["refined_pose"], "/diagnostics"], services=[SERVICES["refine_pose"]]),
 ]
 
 

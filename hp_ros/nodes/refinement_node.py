@@ -1,0 +1,350 @@
+"""refinement_node: optimisation-based refinement (hp_ros.core.refine) as a ROS 2 service.
+
+In: colour image + camera_info, /hp_ros/object_mask and /hp_ros/hand_mask (mono8, the image's
+stamp), aligned depth (optional, ``use_depth``), /joint_states, /tf_static or the
+``camera_to_hand`` parameter, /hp_ros/object_pose (the tracker's estimate, used as the default
+initial pose).
+Out: service /hp_ros/refine_pose (hp_ros_msgs/srv/RefinePose), /hp_ros/refined_pose
+(PoseWithCovarianceStamped), /diagnostics (buffer state, once per second).
+
+Frames: images and masks are matched by header stamp (within ``sync_tolerance``) into a ring
+buffer of ``buffer_size`` frames; a frame is usable once its image and object mask are there.
+Joint states are interpolated to the frame stamp when a request is served.
+
+Covariance of /hp_ros/refined_pose: a fixed diagonal ``refined_pose_sigma`` (x, y, z in m,
+rotations in rad, parameter) divided by the final object mask IoU squared (clamped to >= 0.1):
+a refinement that explains the observed mask well gets the nominal uncertainty, a poor fit a
+larger one. Never zeros.
+
+Threading: subscriptions and the diagnostics timer run in one mutually exclusive callback group
+(in order), the service in another, on a MultiThreadedExecutor, so a long refinement does not
+stall buffering (torch releases the GIL in its kernels); requests are served one at a time.
+"""
+from __future__ import annotations
+
+import math
+import threading
+from collections import OrderedDict
+
+import numpy as np
+import rclpy
+from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
+from geometry_msgs.msg import PoseStamped, PoseWithCovarianceStamped
+from hp_ros_msgs.srv import RefinePose
+from rclpy.callback_groups import MutuallyExclusiveCallbackGroup
+from rclpy.executors import ExternalShutdownException, MultiThreadedExecutor
+from rclpy.node import Node
+from sensor_msgs.msg import CameraInfo, Image, JointState
+
+from hp_ros import graph
+from hp_ros.io import msgs
+from hp_ros.nodes.common import (COMMON_PARAMS, IMAGE_QOS, OUTPUT_QOS, STATE_QOS, CameraToHand, JointStateBuffer,
+                                 OnceLogger, Param, ParameterError, camera_to_hand_from_param, declare_parameters,
+                                 length_in, load_hand, load_object, non_negative, positive)
+
+_TERMS = ("mask", "rgb", "penetration", "sliding", "smoothness", "oscillation")
+MAX_ITERATIONS_LIMIT = 2000
+
+
+def _terms_check(v):
+    bad = [t for t in v if t not in _TERMS]
+    return f"unknown terms {bad}; valid: {list(_TERMS)}" if bad else None
+
+
+OWN_PARAMS = {
+    "buffer_size": Param(30, "number of synchronised frames kept (ring buffer)", positive),
+    "sync_tolerance": Param(0.005, "max stamp difference [s] to pair an image with its masks / a request stamp",
+                            non_negative),
+    "max_joint_gap": Param(0.1, "max distance [s] from a frame stamp to the joint states around it", positive),
+    "use_depth": Param(False, "also buffer the aligned depth image (not used by the refinement losses yet)"),
+    "max_iterations": Param(30, "default Adam iterations per request", positive),
+    "roi_size": Param(96, "side [px] of the square region around the object that is rendered", positive),
+    "num_hypotheses": Param(16, "poses around the initial one scored before Adam (0 or 1 = no coarse search)",
+                            non_negative),
+    "default_terms": Param(list(_TERMS), "loss terms used when a request names none", _terms_check),
+    "early_stop_patience": Param(10, "stop after this many iterations without improvement (0 = never)",
+                                 non_negative),
+    "optimize_camera_hand": Param(False, "also optimise a camera->hand correction"),
+    "optimize_joint_offsets": Param(False, "also optimise per-joint offsets"),
+    "refined_pose_sigma": Param([0.003, 0.003, 0.003, 0.035, 0.035, 0.035],
+                                "std. dev. of the refined pose [x y z (m) rx ry rz (rad)], divided by the mask IoU",
+                                length_in(6)),
+    "publish_refined_pose": Param(True, "publish every successful result on /hp_ros/refined_pose"),
+    "diagnostics_period": Param(1.0, "period [s] of the /diagnostics status", positive),
+}
+
+
+class RefinementNode(Node):
+    def __init__(self):
+        super().__init__("refinement_node")
+        p = declare_parameters(self, {**COMMON_PARAMS, **OWN_PARAMS})
+        self.p = p
+        from hp_ros.core.refine import RefineConfig, Refiner
+
+        self.hand = load_hand(p)
+        self.obj = load_object(p)
+        cfg = RefineConfig(max_iterations=int(p["max_iterations"]), roi_size=int(p["roi_size"]),
+                           num_hypotheses=int(p["num_hypotheses"]),
+                           early_stop_patience=int(p["early_stop_patience"]),
+                           optimize_camera_hand=bool(p["optimize_camera_hand"]),
+                           optimize_joint_offsets=bool(p["optimize_joint_offsets"]))
+        self.refiner = Refiner(self.obj, self.hand, cfg)
+        self.errors = OnceLogger(self)
+        self.lock = threading.Lock()
+        self.frames: "OrderedDict[int, dict]" = OrderedDict()  # stamp_ns -> {rgb, object_mask, hand_mask, depth}
+        self.camera = None
+        self.tracked_pose = None   # (stamp_ns, T) from the tracker
+        self.refined = None        # (stamp_ns, T) last result
+        self.busy = False
+        self.counts = {"requests": 0, "succeeded": 0, "failed": 0, "frames_dropped": 0}
+        self.joints = JointStateBuffer(self.hand.joint_state_mapper())
+        self.cam_to_hand = CameraToHand(self, p["camera_frame"], p["hand_base_frame"],
+                                        camera_to_hand_from_param(p["camera_to_hand"]))
+
+        # data callbacks in order on one thread (joint states must not be reordered), the service
+        # in its own group: it runs concurrently with buffering
+        data = MutuallyExclusiveCallbackGroup()
+        service = MutuallyExclusiveCallbackGroup()
+        sub = lambda t, topic, cb, qos: self.create_subscription(t, topic, cb, qos, callback_group=data)  # noqa: E731
+        sub(Image, graph.CAMERA_TOPICS["color_image"], self.on_image, IMAGE_QOS)
+        sub(CameraInfo, graph.CAMERA_TOPICS["color_info"], self.on_camera_info, IMAGE_QOS)
+        sub(Image, graph.TOPICS["object_mask"], lambda m: self.on_mask(m, "object_mask"), IMAGE_QOS)
+        sub(Image, graph.TOPICS["hand_mask"], lambda m: self.on_mask(m, "hand_mask"), IMAGE_QOS)
+        sub(JointState, graph.JOINT_STATES, self.on_joint_state, STATE_QOS)
+        sub(PoseWithCovarianceStamped, graph.TOPICS["object_pose"], self.on_object_pose, OUTPUT_QOS)
+        if p["use_depth"]:
+            sub(Image, graph.CAMERA_TOPICS["depth_image"], lambda m: self.on_mask(m, "depth"), IMAGE_QOS)
+        self.pub = self.create_publisher(PoseWithCovarianceStamped, graph.TOPICS["refined_pose"], OUTPUT_QOS)
+        self.diag_pub = self.create_publisher(DiagnosticArray, "/diagnostics", OUTPUT_QOS)
+        self.create_timer(float(p["diagnostics_period"]), self.publish_diagnostics, callback_group=data)
+        self.create_service(RefinePose, graph.SERVICES["refine_pose"], self.on_refine, callback_group=service)
+        self.get_logger().info(f"refinement service on {graph.SERVICES['refine_pose']} "
+                               f"(buffer {p['buffer_size']} frames, {p['max_iterations']} iterations)")
+
+    # ------------------------------------------------------------------ buffering
+    def _slot(self, stamp: int) -> dict:
+        """Frame slot for ``stamp``: an existing one within ``sync_tolerance`` or a new one (lock held)."""
+        tol = int(self.p["sync_tolerance"] * 1e9)
+        best = min(self.frames, key=lambda s: abs(s - stamp), default=None)
+        if best is not None and abs(best - stamp) <= tol:
+            return self.frames[best]
+        if self.frames and stamp < next(iter(self.frames)):
+            return {}  # older than the whole buffer: dropped (the caller's dict is discarded)
+        self.frames[stamp] = slot = {}
+        self.frames = OrderedDict(sorted(self.frames.items()))
+        while len(self.frames) > int(self.p["buffer_size"]):
+            self.frames.popitem(last=False)
+            self.counts["frames_dropped"] += 1
+        return slot
+
+    def on_image(self, msg) -> None:
+        try:
+            img = msgs.image_to_numpy(msg)
+            if msg.encoding == "bgr8":
+                img = img[..., ::-1]
+            elif msg.encoding not in ("rgb8",):
+                raise ValueError(f"colour image encoding {msg.encoding!r} (expected rgb8 or bgr8)")
+        except ValueError as e:
+            self.errors.warn("image", f"colour image skipped: {e}")
+            return
+        with self.lock:
+            self._slot(msgs.header_stamp_ns(msg))["rgb"] = np.ascontiguousarray(img)
+
+    def on_mask(self, msg, kind: str) -> None:
+        try:
+            arr = msgs.image_to_numpy(msg)
+            if arr.ndim != 2:
+                raise ValueError(f"{kind} must have one channel, got {msg.encoding!r}")
+        except ValueError as e:
+            self.errors.warn(kind, f"{kind} skipped: {e}")
+            return
+        with self.lock:
+            self._slot(msgs.header_stamp_ns(msg))[kind] = arr if kind == "depth" else arr > 0
+
+    def on_camera_info(self, msg) -> None:
+        from hp_ros.core.camera import Camera
+
+        try:
+            cam = Camera.from_camera_info(msg)
+        except ValueError as e:
+            self.errors.warn("camera_info", f"camera_info skipped: {e}")
+            return
+        self.camera = cam
+
+    def on_joint_state(self, msg) -> None:
+        try:
+            with self.lock:
+                self.joints.add(msg)
+        except ValueError as e:
+            self.errors.warn("joint_states", f"joint state skipped: {e}")
+
+    def on_object_pose(self, msg) -> None:
+        try:
+            self.tracked_pose = (msgs.header_stamp_ns(msg), msgs.pose_to_matrix(msg))
+        except (ValueError, TypeError) as e:
+            self.errors.warn("object_pose", f"object pose ignored: {e}")
+
+    def usable_stamps(self) -> list:
+        with self.lock:
+            return [s for s, f in self.frames.items() if "rgb" in f and "object_mask" in f]
+
+    def publish_diagnostics(self) -> None:
+        usable = self.usable_stamps()
+        st = DiagnosticStatus(name="hp_ros/refinement_node", hardware_id="hp_ros")
+        st.level = DiagnosticStatus.OK if usable else DiagnosticStatus.WARN
+        st.message = "busy" if self.busy else ("ready" if usable else "no synchronised frames yet")
+        values = {"buffered_frames": len(usable), "newest_stamp_ns": usable[-1] if usable else 0,
+                  "busy": int(self.busy), "bad_messages": self.errors.total(), **self.counts}
+        st.values = [KeyValue(key=k, value=str(v)) for k, v in values.items()]
+        arr = DiagnosticArray(status=[st])
+        arr.header.stamp = self.get_clock().now().to_msg()
+        self.diag_pub.publish(arr)
+
+    # ------------------------------------------------------------------ service
+    def on_refine(self, request, response):
+        self.counts["requests"] += 1
+        self.busy = True
+        try:
+            self._serve(request, response)
+        except Exception as e:  # noqa: BLE001 - a request must never take the node down
+            response.success = False
+            response.message = f"refinement failed: {type(e).__name__}: {e}"
+        finally:
+            self.busy = False
+        self.counts["succeeded" if response.success else "failed"] += 1
+        if not response.success:
+            self.get_logger().warning(f"refine_pose: {response.message}")
+        return response
+
+    def _fail(self, response, text: str):
+        response.success = False
+        response.message = text
+        return response
+
+    def _serve(self, request, response):
+        import torch
+
+        from hp_ros.core.refine import FrameObservation
+
+        terms = list(request.terms) or list(self.p["default_terms"])
+        bad = [t for t in terms if t not in _TERMS]
+        if bad:
+            return self._fail(response, f"unknown term(s) {bad}; valid terms: {list(_TERMS)}")
+        max_it = int(request.max_iterations) or int(self.p["max_iterations"])
+        if max_it > MAX_ITERATIONS_LIMIT:
+            return self._fail(response, f"max_iterations {max_it} exceeds the limit {MAX_ITERATIONS_LIMIT}")
+        if self.camera is None:
+            return self._fail(response, "no camera_info received yet")
+        stamps = self.usable_stamps()
+        if not stamps:
+            return self._fail(response, "no synchronised frames buffered yet (need a colour image and an object "
+                                        "mask with the same stamp)")
+        want = msgs.stamp_to_ns(request.stamp)
+        if want == 0:
+            idx = len(stamps) - 1
+        else:
+            idx = int(np.argmin([abs(s - want) for s in stamps]))
+            if abs(stamps[idx] - want) > int(self.p["sync_tolerance"] * 1e9):
+                return self._fail(response, f"no buffered frame at stamp {want} ns (buffer holds "
+                                            f"{stamps[0]}..{stamps[-1]} ns, {len(stamps)} frames)")
+        window = max(int(request.window_length), 1)
+        if window > idx + 1:
+            return self._fail(response, f"window_length {window} is longer than the {idx + 1} buffered frames "
+                                        f"ending at the requested stamp")
+        use = stamps[idx + 1 - window: idx + 1]
+
+        # initial pose
+        if request.use_initial_pose:
+            frame = request.initial_pose.header.frame_id
+            if frame and frame != self.p["camera_frame"]:
+                return self._fail(response, f"initial pose frame {frame!r} is not the camera frame "
+                                            f"{self.p['camera_frame']!r}")
+            p, o = request.initial_pose.pose.position, request.initial_pose.pose.orientation
+            vals = [p.x, p.y, p.z, o.x, o.y, o.z, o.w]
+            if not all(math.isfinite(v) for v in vals):
+                return self._fail(response, "initial pose contains NaN or inf")
+            try:
+                T0 = msgs.pose_to_matrix(request.initial_pose)
+            except ValueError as e:
+                return self._fail(response, f"invalid initial pose: {e}")
+        elif self.tracked_pose is not None or self.refined is not None:
+            cands = [c for c in (self.tracked_pose, self.refined) if c is not None]
+            T0 = max(cands, key=lambda c: c[0])[1]
+        else:
+            return self._fail(response, "no initial pose: set use_initial_pose or wait for /hp_ros/object_pose")
+        if T0[2, 3] <= 0:
+            return self._fail(response, "initial pose is behind the camera (z <= 0)")
+
+        # frames of the window (copies under the lock: buffering continues meanwhile)
+        T_cam_hand = self.cam_to_hand.T_cam_hand
+        frames, no_hand = [], None
+        gap = int(self.p["max_joint_gap"] * 1e9)
+        with self.lock:
+            slots = [dict(self.frames[s]) for s in use]
+            qs = [self.joints.at(s, gap) for s in use]
+        if T_cam_hand is None:
+            no_hand = "no camera->hand transform"
+        elif any(q is None for q in qs):
+            no_hand = "no joint states around the frame stamps"
+        hand_masks = all("hand_mask" in f for f in slots)
+        for s, f, q in zip(use, slots, qs):
+            frames.append(FrameObservation(
+                rgb=f["rgb"], object_mask=f["object_mask"], hand_mask=f.get("hand_mask") if hand_masks else None,
+                q=None if no_hand else q, T_cam_hand=None if no_hand else T_cam_hand, stamp_ns=s))
+        if self.camera.height != frames[0].rgb.shape[0] or self.camera.width != frames[0].rgb.shape[1]:
+            return self._fail(response, f"image size {frames[0].rgb.shape[1]}x{frames[0].rgb.shape[0]} does not "
+                                        f"match camera_info {self.camera.width}x{self.camera.height}")
+        for f in frames:
+            if f.object_mask.shape != f.rgb.shape[:2]:
+                return self._fail(response, "object mask and image sizes differ")
+
+        res = self.refiner.refine(frames, self.camera, torch.as_tensor(T0, dtype=torch.float32),
+                                  max_iterations=max_it, terms=terms)
+        cam = self.p["camera_frame"]
+        T = res.T_cam_obj.double().numpy()
+        response.poses = [msgs.make_pose_stamped(T[i], s, cam, PoseStamped) for i, s in enumerate(use)]
+        iou = float(res.mask_iou[-1])
+        sigma = np.asarray(self.p["refined_pose_sigma"], float) / max(iou if math.isfinite(iou) else 0.0, 0.1)
+        cov = np.diag(sigma ** 2)
+        response.pose = msgs.make_pose_with_covariance_stamped(T[-1], cov, use[-1], cam, PoseWithCovarianceStamped)
+        response.initial_loss = float(res.initial_loss)
+        response.final_loss = float(res.final_loss)
+        response.loss_terms = list(res.final_terms)
+        response.loss_values = [float(v) for v in res.final_terms.values()]
+        response.mask_iou = iou
+        response.max_penetration_mm = float(res.max_penetration_mm[-1])
+        response.contact_count = int(res.contact_count[-1])
+        response.iterations = int(res.iterations)
+        response.elapsed_s = float(res.elapsed_s)
+        response.success = True
+        response.message = (f"refined {len(use)} frame(s) in {res.iterations} iterations, {res.elapsed_s:.2f} s, "
+                            f"mask IoU {iou:.3f}" + (f"; hand not used: {no_hand}" if no_hand else ""))
+        self.refined = (use[-1], T[-1])
+        if self.p["publish_refined_pose"]:
+            self.pub.publish(response.pose)
+        return response
+
+
+def main(args=None):
+    rclpy.init(args=args)
+    node = None
+    try:
+        node = RefinementNode()
+        executor = MultiThreadedExecutor(num_threads=3)
+        executor.add_node(node)
+        executor.spin()
+    except (KeyboardInterrupt, ExternalShutdownException):
+        pass
+    except (ParameterError, FileNotFoundError, ValueError, RuntimeError) as e:
+        print(f"refinement_node: {e}")
+        return 2
+    finally:
+        if node is not None:
+            node.destroy_node()
+        if rclpy.ok():
+            rclpy.shutdown()
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,177 @@
+"""refinement_node over DDS: a client calls /hp_ros/refine_pose on the running node.
+
+The test process plays the camera driver, the Allegro driver and the segmentation node: it
+publishes camera_info, colour images, object/hand masks (ground truth of a synthetic sequence)
+and joint states. Checks: bad requests give failure responses with a clear message (and the
+node keeps running); a good request returns a pose close to ground truth with metrics, also
+published on /hp_ros/refined_pose with a non-zero covariance; a window returns one pose per
+frame; frames keep being buffered while a long refinement runs.
+"""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from hp_ros import graph
+from hp_ros.core import metrics, se3
+from hp_ros.core.objects import ObjectModel
+from hp_ros.core.refine import perturb_pose
+from hp_ros.io import msgs as M
+from hp_ros.ros_process import python_module_cmd
+
+pytestmark = pytest.mark.ros
+
+
+@pytest.fixture(scope="module")
+def seq():
+    from hp_ros.core.synth import SynthConfig, generate_sequence
+
+    return generate_sequence(SynthConfig(duration_s=1.0, fps=6, seed=1))
+
+
+def _call(node, client, req, timeout=120.0):
+    from rostest_utils import spin_until
+
+    fut = client.call_async(req)
+    assert spin_until(node, fut.done, timeout), "service call timed out"
+    return fut.result()
+
+
+def test_refine_service(ros_node, start_process, seq):
+    from diagnostic_msgs.msg import DiagnosticArray
+    from geometry_msgs.msg import PoseStamped, PoseWithCovarianceStamped
+    from hp_ros_msgs.srv import RefinePose
+    from rclpy.qos import QoSProfile, ReliabilityPolicy
+    from sensor_msgs.msg import CameraInfo, Image, JointState
+
+    from rostest_utils import spin_until, wait_for_subscribers
+
+    xyz, quat = se3.pose_to_xyz_quat(torch.tensor(seq.T_cam_hand_true))
+    c2h = [float(v) for v in list(xyz) + list(quat)]
+    proc = start_process(python_module_cmd(
+        "hp_ros.nodes.refinement_node", "--ros-args", "-r", "__ns:=/hp_ros",
+        "-p", f"camera_to_hand:={c2h}", "-p", "max_iterations:=25", "-p", "num_hypotheses:=0",
+        "-p", "buffer_size:=6", "-p", "diagnostics_period:=0.2", "-p", "early_stop_patience:=0"))
+
+    qos = QoSProfile(depth=10, reliability=ReliabilityPolicy.RELIABLE)
+    pubs = {
+        "info": ros_node.create_publisher(CameraInfo, graph.CAMERA_TOPICS["color_info"], qos),
+        "image": ros_node.create_publisher(Image, graph.CAMERA_TOPICS["color_image"], qos),
+        "object_mask": ros_node.create_publisher(Image, graph.TOPICS["object_mask"], qos),
+        "hand_mask": ros_node.create_publisher(Image, graph.TOPICS["hand_mask"], qos),
+        "joints": ros_node.create_publisher(JointState, graph.JOINT_STATES, QoSProfile(depth=500, reliability=ReliabilityPolicy.RELIABLE)),
+    }
+    refined, diags = [], []
+    ros_node.create_subscription(PoseWithCovarianceStamped, graph.TOPICS["refined_pose"], refined.append, qos)
+    ros_node.create_subscription(DiagnosticArray, "/diagnostics", diags.append, qos)
+    client = ros_node.create_client(RefinePose, graph.SERVICES["refine_pose"])
+    assert spin_until(ros_node, client.service_is_ready, 30), proc.log_text()
+
+    # --- empty buffer: clear failure, no exception
+    res = _call(ros_node, client, RefinePose.Request())
+    assert not res.success and ("camera_info" in res.message or "no synchronised frames" in res.message)
+
+    for topic in (graph.CAMERA_TOPICS["color_image"], graph.CAMERA_TOPICS["color_info"], graph.TOPICS["object_mask"],
+                  graph.TOPICS["hand_mask"], graph.JOINT_STATES):
+        assert wait_for_subscribers(ros_node, topic, timeout=20)
+
+    def publish_frame(k, stamp):
+        pubs["info"].publish(M.make_camera_info(seq.K, seq.width, seq.height, CameraInfo, stamp_ns=stamp))
+        pubs["image"].publish(M.numpy_to_image(seq.rgb[k], "rgb8", stamp, graph.CAMERA_FRAME, Image))
+        pubs["object_mask"].publish(M.numpy_to_image(seq.object_mask[k].astype(np.uint8) * 255, "mono8", stamp,
+                                                     graph.CAMERA_FRAME, Image))
+        pubs["hand_mask"].publish(M.numpy_to_image(seq.hand_mask[k].astype(np.uint8) * 255, "mono8", stamp,
+                                                   graph.CAMERA_FRAME, Image))
+
+    def status():
+        if not diags:
+            return {}
+        return {kv.key: kv.value for kv in diags[-1].status[0].values}
+
+    pubs["info"].publish(M.make_camera_info(seq.K, seq.width, seq.height, CameraInfo, stamp_ns=int(seq.frame_stamps_ns[0])))
+    spin_until(ros_node, lambda: False, 0.5)
+    res = _call(ros_node, client, RefinePose.Request())
+    assert not res.success and "no synchronised frames" in res.message
+
+    for j, t in enumerate(seq.joint_stamps_ns):
+        pubs["joints"].publish(M.make_joint_state(seq.joint_names, seq.joint_positions[j], int(t), JointState))
+    frames = [2, 3, 4, 5]
+    stamps = [int(seq.frame_stamps_ns[k]) for k in frames]
+    for attempt in range(6):  # re-publishing the same stamps is idempotent (discovery may lose the first ones)
+        for k, s in zip(frames, stamps):
+            publish_frame(k, s)
+        if spin_until(ros_node, lambda: status().get("buffered_frames") == "4", 5):
+            break
+    assert status().get("buffered_frames") == "4", (status(), proc.log_text())
+
+    k, stamp = 4, stamps[2]
+    T_gt = torch.tensor(seq.T_cam_obj[k], dtype=torch.float32)
+    T0 = perturb_pose(T_gt, 0.015, math.radians(10), torch.Generator().manual_seed(3)).double().numpy()
+
+    def request(**kw):
+        req = RefinePose.Request()
+        req.stamp = M.ns_to_stamp(kw.pop("stamp", stamp), type(req.stamp))
+        req.use_initial_pose = kw.pop("use_initial_pose", True)
+        req.initial_pose = M.make_pose_stamped(T0, stamp, graph.CAMERA_FRAME, PoseStamped)
+        for key, v in kw.items():
+            setattr(req, key, v)
+        return req
+
+    # --- bad requests
+    res = _call(ros_node, client, request(terms=["mask", "depth"]))
+    assert not res.success and "unknown term" in res.message and "depth" in res.message
+    res = _call(ros_node, client, request(window_length=5))
+    assert not res.success and "window_length 5" in res.message
+    res = _call(ros_node, client, request(stamp=stamp + 123_000_000))
+    assert not res.success and "no buffered frame" in res.message
+    res = _call(ros_node, client, request(use_initial_pose=False))
+    assert not res.success and "no initial pose" in res.message
+    bad = request()
+    bad.initial_pose.pose.position.x = math.nan
+    res = _call(ros_node, client, bad)
+    assert not res.success and "NaN" in res.message
+    assert proc.alive(), proc.log_text()
+
+    # --- a good request
+    res = _call(ros_node, client, request())
+    assert res.success, res.message
+    T = M.pose_to_matrix(res.pose)
+    pts = ObjectModel.builtin("cracker_box").vertices.double().numpy()
+    add0 = metrics.add(seq.T_cam_obj[k][None], T0[None], pts)[0] * 1000
+    add1 = metrics.add(seq.T_cam_obj[k][None], T[None], pts)[0] * 1000
+    assert add0 > 10.0 and add1 <= 5.0, (add0, add1)
+    assert M.header_stamp_ns(res.pose) == stamp and res.pose.header.frame_id == graph.CAMERA_FRAME
+    assert len(res.poses) == 1 and M.header_stamp_ns(res.poses[0]) == stamp
+    assert res.mask_iou > 0.9 and res.iterations >= 1 and res.elapsed_s > 0
+    assert res.final_loss < res.initial_loss
+    assert "mask_object" in res.loss_terms and len(res.loss_terms) == len(res.loss_values)
+    assert res.max_penetration_mm <= 2.0
+    assert "hand not used" not in res.message
+    assert spin_until(ros_node, lambda: len(refined) >= 1, 10)
+    cov = np.array(refined[-1].pose.covariance).reshape(6, 6)
+    assert np.all(np.diag(cov) > 0) and np.allclose(M.pose_to_matrix(refined[-1]), T, atol=1e-9)
+
+    # --- a window of 3 frames ending at the stamp, starting from the last refined pose
+    res = _call(ros_node, client, request(window_length=3, use_initial_pose=False, max_iterations=10))
+    assert res.success, res.message
+    assert [M.header_stamp_ns(p) for p in res.poses] == stamps[:3]
+
+    # --- frames keep being buffered during a long refinement
+    fut = client.call_async(request(max_iterations=250, use_initial_pose=True))
+    assert spin_until(ros_node, lambda: status().get("busy") == "1", 60), status()
+    new_stamp = stamps[-1] + 1_000_000_000
+    got = False
+    for attempt in range(5):
+        publish_frame(5, new_stamp)
+        got = spin_until(ros_node, lambda: status().get("busy") == "1"
+                         and status().get("newest_stamp_ns") == str(new_stamp), 3)
+        if got or fut.done():
+            break
+    finished_first = fut.done()
+    assert spin_until(ros_node, fut.done, 180)
+    assert got and not finished_first, "frames were not buffered while the refinement ran"
+    assert fut.result().success
+    assert proc.alive(), proc.log_text()

@@ -1,0 +1,379 @@
+"""Segmentation node: hand and object masks, object observation, fingertip observations, overlay.
+
+Thin wrapper around :class:`hp_ros.core.segmentation.Segmenter`: messages -> arrays ->
+``Segmenter.segment`` -> messages. Masks (mono8 0/255) and the overlay carry the colour image's
+header. Depth (optional) is paired with colour by header stamp (nearest within
+``depth_max_dt``, small queue); joint states are interpolated to the image stamp.
+"""
+from __future__ import annotations
+
+import collections
+import threading
+import time
+
+import numpy as np
+import rclpy
+from rclpy.callback_groups import MutuallyExclusiveCallbackGroup
+from rclpy.executors import MultiThreadedExecutor
+from rclpy.node import Node
+from sensor_msgs.msg import CameraInfo, Image, JointState, RegionOfInterest
+
+from hp_ros.graph import CAMERA_TOPICS, JOINT_STATES, TOPICS
+from hp_ros.io import msgs
+from hp_ros.nodes.common import (COMMON_PARAMS, IMAGE_QOS, OUTPUT_QOS, STATE_QOS, CameraToHand, JointStateBuffer,
+                                 OnceLogger, Param, ParameterError, camera_to_hand_from_param, declare_parameters,
+                                 load_hand, non_negative, one_of, positive)
+
+try:  # cv_bridge when importable (a ROS workspace), numpy conversion otherwise
+    from cv_bridge import CvBridge
+except ImportError:  # pragma: no cover - depends on the installation
+    CvBridge = None
+
+
+def _backend_check(v):
+    from hp_ros.core.segmentation import parse_combination
+    try:
+        parse_combination(v)
+    except ValueError as e:
+        return str(e)
+    return None
+
+
+SEG_PARAMS = {
+    "object_backend": Param("color|depth", "object mask backends: color, depth, external, detectron2, or two "
+                            "joined by '+' (intersection) or '|' (union)", _backend_check),
+    "color_model": Param("hsv", "colour model: hsv (hsv_ranges) or histogram (learned from the first confident "
+                         "mask, hsv_ranges bootstrap it when set)", one_of("hsv", "histogram")),
+    "hsv_ranges": Param([0.0, 100.0, 60.0, 180.0, 255.0, 255.0],
+                        "object HSV boxes, 6 numbers each: h_min s_min v_min h_max s_max v_max (H 0-180); "
+                        "h_min > h_max wraps around red"),
+    "histogram_threshold": Param(0.5, "back-projection threshold (0-1) of the histogram model", positive),
+    "histogram_rate": Param(0.05, "blend rate of later confident masks into the histogram", non_negative),
+    "workspace_box": Param([0.005, -0.15, -0.08, 0.25, 0.15, 0.20],
+                           "depth workspace box x_min y_min z_min x_max y_max z_max (m) in workspace_frame"),
+    "workspace_frame": Param("hand", "frame of workspace_box: hand (hand base) or camera", one_of("hand", "camera")),
+    "color_in_workspace": Param(True, "search colour only inside the projected workspace box"),
+    "hand_dilate_px": Param(0, "hand silhouette dilation (pixels) against residual calibration error", non_negative),
+    "hand_depth_tolerance": Param(0.02, "hand pixels whose depth is this much (m) behind the hand are background",
+                                  positive),
+    "hand_occluder_tolerance": Param(0.006, "hand pixels whose depth is this much (m) in front of the hand are "
+                                     "occluded (the object)", positive),
+    "hand_align_iterations": Param(2, "ICP steps per frame correcting camera->hand against depth (0 = off)",
+                                   non_negative),
+    "hand_depth_scale": Param(0.5, "resolution factor of the rendered hand depth (0-1]", positive),
+    "hand_margin_px": Param(2, "ring around the visible hand removed from the object mask (pixels)", non_negative),
+    "min_area": Param(100, "smallest object component kept (pixels)", non_negative),
+    "open_px": Param(1, "morphological opening radius of the object mask", non_negative),
+    "close_px": Param(2, "morphological closing radius of the object mask", non_negative),
+    "keep": Param("largest", "component kept: largest or near_prior (nearest the fingertips)",
+                  one_of("largest", "near_prior")),
+    "marker_colors": Param([0.0], "fingertip marker colours, 12 numbers (RGB 0-255 thumb, index, middle, ring); "
+                           "[0.0] = no marker detection"),
+    "marker_radius": Param(0.0144, "fingertip marker sphere radius (m)", positive),
+    "marker_window_px": Param(40, "marker search half-window around the FK fingertip (pixels)", positive),
+    "marker_hue_tolerance": Param(10, "marker hue tolerance (OpenCV hue units, 0-90)", positive),
+    "depth_scale": Param(0.001, "metres per unit of 16UC1 depth", positive),
+    "depth_max_dt": Param(0.02, "max colour/depth stamp difference (s) for pairing", positive),
+    "input_wait": Param(0.3, "longest wait (s) of a colour image for its camera_info, depth and joint states",
+                        positive),
+    "joint_max_gap": Param(0.3, "joint states up to this far (s) from the image stamp are used (held, not "
+                           "extrapolated); farther = no hand mask", positive),
+    "use_depth": Param(True, "subscribe to the aligned depth image"),
+    "external_mask_topic": Param("", "mono8 mask topic for the external backend (same stamps as the images)"),
+    "detectron2_config": Param("", "detectron2 (PointRend) config file for the detectron2 backend"),
+    "detectron2_weights": Param("", "detectron2 weights file"),
+    "publish_overlay": Param(True, "publish the RGB overlay"),
+}
+
+
+class SegmentationNode(Node):
+    def __init__(self):
+        super().__init__("segmentation_node")
+        self.p = p = declare_parameters(self, {**COMMON_PARAMS, **SEG_PARAMS})
+        from hp_ros.core.segmentation import Detectron2Backend, SegmenterConfig
+        try:
+            from hp_ros_msgs.msg import FingertipObservations, ObjectObservation
+        except ImportError as e:
+            raise ParameterError(f"hp_ros_msgs is not importable ({e})") from e
+        self.ObjectObservation, self.FingertipObservations = ObjectObservation, FingertipObservations
+        colors = [float(c) for c in p["marker_colors"]] if len(p["marker_colors"]) == 12 else []
+        if len(p["marker_colors"]) not in (1, 12):
+            raise ParameterError("marker_colors: need 12 numbers (4 RGB) or [0.0]")
+        self.cfg = SegmenterConfig(
+            object_backend=p["object_backend"], color_model=p["color_model"], hsv_ranges=list(p["hsv_ranges"]),
+            histogram_threshold=p["histogram_threshold"], histogram_rate=p["histogram_rate"],
+            workspace_box=list(p["workspace_box"]), workspace_frame=p["workspace_frame"],
+            color_in_workspace=p["color_in_workspace"], hand_dilate_px=p["hand_dilate_px"],
+            hand_depth_tolerance=p["hand_depth_tolerance"], hand_occluder_tolerance=p["hand_occluder_tolerance"],
+            hand_align_iterations=p["hand_align_iterations"], hand_depth_scale=p["hand_depth_scale"],
+            hand_margin_px=p["hand_margin_px"], min_area=p["min_area"], open_px=p["open_px"], close_px=p["close_px"],
+            keep=p["keep"], marker_colors=colors, marker_radius=p["marker_radius"],
+            marker_window_px=p["marker_window_px"], marker_hue_tolerance=p["marker_hue_tolerance"])
+        if "detectron2" not in p["object_backend"]:
+            from hp_ros.core.segmentation import Segmenter
+            try:  # validate the settings now, not at the first image
+                Segmenter(np.eye(3), 8, 8, None, self.cfg)
+            except ValueError as e:
+                raise ParameterError(str(e)) from e
+        self.detectron2 = None
+        if "detectron2" in p["object_backend"]:
+            try:
+                self.detectron2 = Detectron2Backend(p["detectron2_config"], p["detectron2_weights"])
+            except (ImportError, ValueError) as e:
+                raise ParameterError(str(e)) from e
+        self.hand = load_hand(p)
+        self.mapper = self.hand.joint_state_mapper()
+        self.joints = JointStateBuffer(self.mapper)
+        self.cam_hand = CameraToHand(self, p["camera_frame"], p["hand_base_frame"],
+                                     camera_to_hand_from_param(p["camera_to_hand"]))
+        self.bad = OnceLogger(self)
+        self.bridge = CvBridge() if CvBridge is not None else None
+        self.segmenter = None
+        self.info = None
+        self.depth_queue = collections.deque(maxlen=8)
+        self.mask_queue = collections.deque(maxlen=8)
+        self.pending = collections.deque(maxlen=4)   # colour images waiting for camera_info / depth / joints
+        self._last_joint_wall = -1e9
+        self.frames = 0
+        # colour images are segmented in one callback group; camera_info, depth and joint states
+        # are only stored, in another group (a second executor thread), so they stay current
+        # while a frame is being segmented and are never starved by the image stream
+        images, inputs = MutuallyExclusiveCallbackGroup(), MutuallyExclusiveCallbackGroup()
+        self._joint_lock = threading.Lock()
+        self.create_timer(0.05, self._drain, callback_group=images)
+        self.create_subscription(Image, CAMERA_TOPICS["color_image"], self.on_image, IMAGE_QOS, callback_group=images)
+        self.create_subscription(CameraInfo, CAMERA_TOPICS["color_info"], self.on_info, IMAGE_QOS, callback_group=inputs)
+        if p["use_depth"]:
+            self.create_subscription(Image, CAMERA_TOPICS["depth_image"], self.on_depth, IMAGE_QOS,
+                                     callback_group=inputs)
+        if p["external_mask_topic"]:
+            self.create_subscription(Image, p["external_mask_topic"], self.on_external_mask, IMAGE_QOS,
+                                     callback_group=inputs)
+        self.create_subscription(JointState, JOINT_STATES, self.on_joints, STATE_QOS, callback_group=inputs)
+        self.new_info = None
+        self.pub_hand = self.create_publisher(Image, TOPICS["hand_mask"], OUTPUT_QOS)
+        self.pub_obj = self.create_publisher(Image, TOPICS["object_mask"], OUTPUT_QOS)
+        self.pub_obs = self.create_publisher(ObjectObservation, TOPICS["object_observation"], OUTPUT_QOS)
+        self.pub_tips = self.create_publisher(FingertipObservations, TOPICS["fingertips"], OUTPUT_QOS)
+        self.pub_overlay = self.create_publisher(Image, TOPICS["overlay"], OUTPUT_QOS) if p["publish_overlay"] else None
+        self.get_logger().info(f"segmentation: object backend {p['object_backend']!r}, "
+                               f"{'cv_bridge' if self.bridge else 'numpy'} image conversion")
+
+    # ------------------------------------------------------------------ inputs
+    def on_info(self, msg):
+        try:
+            self.new_info = msgs.camera_info_to_intrinsics(msg)   # taken over by the image thread
+        except ValueError as e:
+            self.bad.warn("camera_info", f"camera_info skipped: {e}")
+
+    def on_depth(self, msg):
+        self.depth_queue.append(msg)
+
+    def on_external_mask(self, msg):
+        self.mask_queue.append(msg)
+
+    def _update_segmenter(self):
+        info, self.new_info = self.new_info, None
+        if info is None:
+            return
+        if self.info is None or info.width != self.info.width or info.height != self.info.height \
+                or not np.allclose(info.K, self.info.K):
+            from hp_ros.core.segmentation import Segmenter
+            self.segmenter = Segmenter(info.K, info.width, info.height, self.hand, self.cfg, self.detectron2)
+        self.info = info
+
+    def on_joints(self, msg):
+        self._last_joint_wall = time.monotonic()
+        try:
+            with self._joint_lock:
+                self.joints.add(msg)
+        except ValueError as e:
+            self.bad.warn("joint_states", f"joint_states skipped: {e}")
+
+    def _to_array(self, msg):
+        if self.bridge is not None:
+            return self.bridge.imgmsg_to_cv2(msg, desired_encoding="passthrough")
+        return msgs.image_to_numpy(msg)
+
+    def _paired(self, queue, stamp_ns):
+        best, best_dt = None, None
+        for m in queue:
+            dt = abs(msgs.header_stamp_ns(m) - stamp_ns)
+            if best_dt is None or dt < best_dt:
+                best, best_dt = m, dt
+        if best is None or best_dt > self.p["depth_max_dt"] * 1e9:
+            return None
+        return best
+
+    def _image_ok(self, msg, allowed, kind) -> bool:
+        if msg.encoding not in allowed:
+            self.bad.warn(f"{kind}_encoding:{msg.encoding}",
+                          f"{kind} image with encoding {msg.encoding!r} skipped: accepted {list(allowed)}")
+            return False
+        if (msg.width, msg.height) != (self.info.width, self.info.height):
+            self.bad.warn(f"{kind}_size", f"{kind} image {msg.width}x{msg.height} skipped: camera_info says "
+                          f"{self.info.width}x{self.info.height}")
+            return False
+        return True
+
+    def on_image(self, msg):
+        # the driver publishes colour, camera_info and depth of one frame in any order: a colour
+        # image waits (bounded) for its camera_info and its depth
+        self.pending.append((msg, time.monotonic()))
+        self._drain()  # a full queue is processed at once (nothing is dropped silently)
+
+    def _drain(self):
+        """Process the waiting colour images whose inputs are complete (or waited long enough)."""
+        self._update_segmenter()
+        while self.pending:
+            msg, t_arrival = self.pending[0]
+            if self.segmenter is None:
+                if time.monotonic() - t_arrival > self.p["input_wait"] or len(self.pending) == self.pending.maxlen:
+                    self.pending.popleft()
+                    self.bad.warn("no_info", "image skipped: no camera_info received for it")
+                    continue
+                return
+            depth_msg = None
+            stamp = msgs.header_stamp_ns(msg)
+            now = time.monotonic()
+            waited = now - t_arrival > self.p["input_wait"]
+            full = len(self.pending) == self.pending.maxlen
+            if not full and not waited and self.cam_hand.T_cam_hand is None:
+                return  # /tf_static may still come (start-up)
+            # joint states lag behind images while the node is busy (the executor takes one
+            # message per subscription and cycle): wait while they are still flowing
+            joints_flowing = now - self._last_joint_wall <= self.p["input_wait"]
+            if not full and joints_flowing and not self._joints_cover(stamp):
+                return
+            if self.p["use_depth"]:
+                depth_msg = self._paired(self.depth_queue, stamp)
+                newer_depth = any(msgs.header_stamp_ns(d) > stamp + self.p["depth_max_dt"] * 1e9
+                                  for d in self.depth_queue)
+                if depth_msg is None and not (newer_depth or waited or len(self.pending) > 1):
+                    return  # its depth may still come
+            self.pending.popleft()
+            try:
+                self._process(msg, depth_msg)
+            except ValueError as e:  # bad data the checks above could not see
+                self.bad.warn("segment", f"image skipped: {e}")
+
+    def _joints_cover(self, stamp_ns) -> bool:
+        """Joint states reach this stamp (a message at or after it, or within one message period)."""
+        with self._joint_lock:
+            latest = self.joints.latest()
+        return latest is not None and latest[0] >= stamp_ns - self.p["depth_max_dt"] * 1e9
+
+    def _process(self, msg, dmsg):
+        from hp_ros.core.segmentation import COLOR_ENCODINGS, DEPTH_ENCODINGS, depth_to_metres, overlay, to_rgb
+        if not self._image_ok(msg, COLOR_ENCODINGS, "colour"):
+            return
+        stamp = msgs.header_stamp_ns(msg)
+        try:
+            rgb = to_rgb(self._to_array(msg), msg.encoding)
+        except ValueError as e:
+            self.bad.warn("colour_data", f"colour image skipped: {e}")
+            return
+        depth = None
+        if dmsg is None and self.p["use_depth"]:
+            self.bad.warn("no_depth", "no depth image with this colour image's stamp: segmenting without depth")
+        if dmsg is not None and self._image_ok(dmsg, DEPTH_ENCODINGS, "depth"):
+            try:
+                depth = depth_to_metres(self._to_array(dmsg), dmsg.encoding, self.p["depth_scale"])
+            except ValueError as e:
+                self.bad.warn("depth_data", f"depth image skipped: {e}")
+        ext = None
+        if self.p["external_mask_topic"]:
+            mm = self._paired(self.mask_queue, stamp)
+            if mm is not None and mm.encoding in ("mono8", "8UC1") and (mm.width, mm.height) == (msg.width, msg.height):
+                ext = msgs.image_to_numpy(mm)
+        with self._joint_lock:
+            reset = self.joints.reset_pending
+            self.joints.reset_pending = False
+            q = self.joints.at(stamp, max_gap_ns=int(self.p["joint_max_gap"] * 1e9))
+        if reset:  # time went backwards (a looping bag): forget the alignment
+            self.get_logger().info("time went backwards: camera->hand alignment reset")
+            if self.segmenter.aligner is not None:
+                self.segmenter.aligner.reset()
+            self.segmenter._last_render = None
+        T = self.cam_hand.T_cam_hand
+        if T is None:
+            self.bad.warn("no_tf", f"no camera->hand transform ({self.p['camera_frame']} -> "
+                          f"{self.p['hand_base_frame']}) yet: publishing without a hand mask")
+        elif q is None:
+            with self._joint_lock:
+                latest = self.joints.latest()
+            self.bad.warn("no_joints", "no joint states near this image's stamp "
+                          f"({'none received' if latest is None else f'newest {(stamp - latest[0]) / 1e9:+.3f} s before'}): "
+                          "publishing without a hand mask")
+        res = self.segmenter.segment(rgb, depth, q if T is not None else None, T, ext)
+        h, frame = msg.header, msg.header.frame_id
+        for pub, m in ((self.pub_hand, res.hand_mask), (self.pub_obj, res.object_mask)):
+            out = msgs.numpy_to_image(m.astype(np.uint8) * 255, "mono8", stamp, frame, Image)
+            out.header = h
+            pub.publish(out)
+        self.pub_obs.publish(self._observation_msg(res, h))
+        if res.fingertips is not None:
+            self.pub_tips.publish(self._fingertips_msg(res.fingertips, h))
+        if self.pub_overlay is not None and self.pub_overlay.get_subscription_count() > 0:
+            out = msgs.numpy_to_image(overlay(rgb, res.hand_mask, res.object_mask, res.fingertips), "rgb8",
+                                      stamp, frame, Image)
+            out.header = h
+            self.pub_overlay.publish(out)
+        self.frames += 1
+
+    # ------------------------------------------------------------------ outputs
+    def _observation_msg(self, res, header):
+        o = res.observation
+        m = self.ObjectObservation()
+        m.header = header
+        m.valid = bool(o.valid)
+        m.confidence = float(o.confidence)
+        m.centroid_u, m.centroid_v = float(o.centroid_u), float(o.centroid_v)
+        x, y, w, hgt = (int(v) for v in o.bbox)
+        m.bbox = RegionOfInterest(x_offset=x, y_offset=y, width=w, height=hgt, do_rectify=False)
+        m.area = int(o.area)
+        m.median_depth = float(o.median_depth)
+        m.has_center_3d = o.center_3d is not None
+        if o.center_3d is not None:
+            m.center_3d.x, m.center_3d.y, m.center_3d.z = (float(v) for v in o.center_3d)
+        m.backend = o.backend
+        return m
+
+    def _fingertips_msg(self, tips, header):
+        m = self.FingertipObservations()
+        m.header = header
+        m.names = list(self.hand.fingertip_links)
+        m.u, m.v = [float(v) for v in tips.uv[:, 0]], [float(v) for v in tips.uv[:, 1]]
+        m.confidence = [float(c) for c in tips.confidence]
+        m.fk_u, m.fk_v = [float(v) for v in tips.fk_uv[:, 0]], [float(v) for v in tips.fk_uv[:, 1]]
+        return m
+
+
+def main(args=None):
+    try:
+        import torch
+        torch.set_num_threads(1)  # small FK batches: threads only add contention
+    except ImportError:
+        pass
+    rclpy.init(args=args)
+    node = None
+    try:
+        node = SegmentationNode()
+        executor = MultiThreadedExecutor(num_threads=2)
+        executor.add_node(node)
+        executor.spin()
+    except KeyboardInterrupt:
+        pass
+    except (ParameterError, FileNotFoundError, RuntimeError) as e:
+        print(f"segmentation_node: {e}", flush=True)
+        return 2
+    finally:
+        if node is not None:
+            node.destroy_node()
+        if rclpy.ok():
+            rclpy.shutdown()
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -46,7 +46,7 @@ class Collector:
         from hp_ros import graph
         from hp_ros.nodes.common import OUTPUT_QOS, STATE_QOS
 
-        from hp_ros_msgs.msg import TrackingStatus
+        from hp_ros_msgs.msg import ObjectObservation, TrackingStatus
 
         self.ctx = rclpy.Context()
         rclpy.init(context=self.ctx)
@@ -56,11 +56,13 @@ class Collector:
         self.tf: dict = {}          # stamp_ns -> T
         self.images: dict = {}      # stamp_ns -> wall receive time of the colour camera_info
         self.status: list = []      # (wall, state_name)
+        self.observations = 0       # object observations from the segmentation node
         self._lock = threading.Lock()
         n = self.node
         n.create_subscription(PoseWithCovarianceStamped, graph.TOPICS["object_pose"], self._on_pose, OUTPUT_QOS)
         n.create_subscription(TFMessage, "/tf", self._on_tf, OUTPUT_QOS)
         n.create_subscription(TrackingStatus, graph.TOPICS["tracking_status"], self._on_status, OUTPUT_QOS)
+        n.create_subscription(ObjectObservation, graph.TOPICS["object_observation"], self._on_observation, STATE_QOS)
         # camera_info goes out next to each colour image with the same stamp: its arrival time
         # stands for the image's, without copying every 640x480 image into this process.
         n.create_subscription(CameraInfo, graph.CAMERA_TOPICS["color_info"], self._on_image, STATE_QOS)
@@ -74,10 +76,13 @@ class Collector:
         while self._running:
             self._executor.spin_once(timeout_sec=0.05)
 
-    def _on_pose(self, msg):
+    # Latency = when the tracker published a pose minus when the replay published the frame's
+    # camera_info: both are the writers' ``source_timestamp`` (system clock), so delays in this
+    # listener's own delivery or executor do not count.
+    def _on_pose(self, msg, info):
         from hp_ros.io import msgs
 
-        t = time.monotonic()
+        t = info["source_timestamp"] * 1e-9
         with self._lock:
             self.poses[msgs.header_stamp_ns(msg)] = (msgs.pose_to_matrix(msg), msgs.covariance_from_msg(msg), t)
 
@@ -93,11 +98,15 @@ class Collector:
         with self._lock:
             self.status.append((time.monotonic(), msg.state_name))
 
-    def _on_image(self, msg):
+    def _on_image(self, msg, info):
         from hp_ros.io import msgs
 
         with self._lock:
-            self.images[msgs.header_stamp_ns(msg)] = time.monotonic()
+            self.images[msgs.header_stamp_ns(msg)] = info["source_timestamp"] * 1e-9
+
+    def _on_observation(self, msg):
+        with self._lock:
+            self.observations += 1
 
     def count(self, topic: str, kind: str = "subscribers") -> int:
         return (self.node.count_subscribers if kind == "subscribers" else self.node.count_publishers)(topic)
@@ -227,6 +236,7 @@ def score(seq, collector, object_spec: str, t_replay: float) -> dict:
     result["latency_ms_p95"] = float(np.percentile(lat, 95)) if lat else float("nan")
     result["latency_ms_median"] = float(np.median(lat)) if lat else float("nan")
     result["tf_messages"] = len(collector.tf)
+    result["segmentation_rate_hz"] = collector.observations / t_replay if t_replay > 0 else 0.0
     result["max_penetration_mm"] = _max_penetration_mm(seq, obj, est)
     result["final_state"] = collector.status[-1][1] if collector.status else "none"
     return result

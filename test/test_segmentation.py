@@ -186,40 +186,168 @@ def test_detectron2_backend_only_when_installed(tmp_path):
     pytest.skip("detectron2 installed: needs a user config and weights to test")
 
 
+def _ycb_model(shared_data, name):
+    from hp_ros.core.objects import ObjectModel
+    return ObjectModel.load(shared_data / "ycb" / "eleramp_ycbv_reoriented" / name / "textured_simple_reoriented.obj",
+                            units="m")
+
+
+def _kept_extent(mask, depth, K):
+    """3D size of a mask's valid points, computed independently of S.extent_3d (covariance
+    eigenvectors instead of an SVD, full point set)."""
+    v, u = np.nonzero(mask & (depth > 0))
+    if len(v) < 10:
+        return float("nan")   # not checkable: the size check passes such components unchanged
+    z = depth[v, u].astype(np.float64)
+    p = np.stack([(u - K[0, 2]) / K[0, 0] * z, (v - K[1, 2]) / K[1, 1] * z, z], -1)
+    p -= p.mean(0)
+    _, vecs = np.linalg.eigh(p.T @ p)
+    q = p @ vecs
+    return float(np.linalg.norm(np.percentile(q, 95, 0) - np.percentile(q, 5, 0)))
+
+
 @pytest.mark.shared_data
-@pytest.mark.xfail(reason="HOPE frame: a GT-free depth setting (camera-frame box around the documented position) "
-                   "gives IoU 0.23; RANSAC support-plane removal reaches only 0.37 (soft, non-planar couch): "
-                   "known gap", strict=False)
-def test_real_frames_run_and_hope_mask_iou(shared_data):
+def test_real_frames_run_and_object_size_check(shared_data):
+    """Every real RGB-D frame runs through the colour, depth and combined backends; the object-size
+    check (known object model) rejects what is not of the object's size."""
     import cv2
     real = shared_data / "real"
     frames = sorted((real / "posecnn_ycbvideo_demo_frames").glob("*-color.png"))
+    assert len(frames) == 5
     Kp = np.array([[1066.778, 0, 312.9869], [0, 1067.487, 241.3109], [0, 0, 1]])
+    can = _ycb_model(shared_data, "YcbTomatoSoupCan")   # on frame 3 (untextured mesh: size only)
+    scene = dict(workspace_frame="camera", workspace_box=(-0.3, -0.3, 0.3, 0.3, 0.3, 1.5))
     for f in frames:
         rgb = cv2.cvtColor(cv2.imread(str(f)), cv2.COLOR_BGR2RGB)
-        depth = cv2.imread(str(f).replace("-color", "-depth"), cv2.IMREAD_UNCHANGED)
-        for backend in ("color", "depth", "color|depth"):
-            sg = S.Segmenter(Kp, 640, 480, None, S.SegmenterConfig(
-                object_backend=backend, workspace_frame="camera", workspace_box=(-0.3, -0.3, 0.3, 0.3, 0.3, 1.5)))
-            r = sg.segment(rgb, S.depth_to_metres(depth, "16UC1", 1e-4))
-            assert r.object_mask.shape == (480, 640)
-    d = real / "diffdope_hope_example" / "scene"
-    if not (d / "seg.png").exists():
+        depth = S.depth_to_metres(cv2.imread(str(f).replace("-color", "-depth"), cv2.IMREAD_UNCHANGED), "16UC1", 1e-4)
+        for backend in ("color", "depth", "color|depth", "color+depth"):
+            for size in (0.0, -1.0):
+                sg = S.Segmenter(Kp, 640, 480, None, S.SegmenterConfig(object_backend=backend, object_size=size,
+                                                                       **scene), object_model=can)
+                r = sg.segment(rgb, depth)
+                assert r.object_mask.shape == (480, 640) and 0 <= r.object_confidence <= 1
+                if size and r.object_mask.any():   # what is kept has the can's size (factor 2)
+                    e = _kept_extent(r.object_mask, depth, Kp)
+                    assert np.isnan(e) or can.diameter / 2 <= e <= 2 * can.diameter, (f.name, backend, e)
+    # frame 3, depth only: the box holds table + objects as one blob, far larger than the can
+    rgb = cv2.cvtColor(cv2.imread(str(frames[2])), cv2.COLOR_BGR2RGB)
+    depth = S.depth_to_metres(cv2.imread(str(frames[2]).replace("-color", "-depth"), cv2.IMREAD_UNCHANGED), "16UC1", 1e-4)
+    blob = S.Segmenter(Kp, 640, 480, None, S.SegmenterConfig(object_backend="depth", **scene)).segment(rgb, depth)
+    assert _kept_extent(blob.object_mask, depth, Kp) > 2 * can.diameter
+    checked = S.Segmenter(Kp, 640, 480, None, S.SegmenterConfig(object_backend="depth", object_size=-1, **scene),
+                          object_model=can).segment(rgb, depth)
+    assert not checked.object_mask.any() and checked.object_confidence == 0.0
+    assert not checked.observation.valid
+
+
+def _hope(shared_data):
+    import cv2
+    from hp_ros.core.objects import ObjectModel
+    d = shared_data / "real" / "diffdope_hope_example"
+    if not (d / "scene" / "seg.png").exists():
         pytest.skip("diffdope frame absent")
-    rgb = cv2.cvtColor(cv2.imread(str(d / "rgb.png")), cv2.COLOR_BGR2RGB)
-    depth = cv2.imread(str(d / "depth.png"), cv2.IMREAD_UNCHANGED)
-    gt = cv2.imread(str(d / "seg.png"), cv2.IMREAD_UNCHANGED) > 0
+    rgb = cv2.cvtColor(cv2.imread(str(d / "scene" / "rgb.png")), cv2.COLOR_BGR2RGB)
+    depth = S.depth_to_metres(cv2.imread(str(d / "scene" / "depth.png"), cv2.IMREAD_UNCHANGED), "16UC1")
+    gt = cv2.imread(str(d / "scene" / "seg.png"), cv2.IMREAD_UNCHANGED) > 0   # scoring only
+    obj = ObjectModel.load(d / "mesh" / "AlphabetSoup.ply", units="mm")
     Kh = np.array([[1390.53, 0, 964.957], [0, 1386.99, 522.586], [0, 0, 1]])
-    cfg = S.SegmenterConfig(**HOPE_SETTINGS)
-    r = S.Segmenter(Kh, 1920, 1080, None, cfg).segment(rgb, S.depth_to_metres(depth, "16UC1"))
+    return rgb, depth, gt, obj, Kh
+
+
+# GT-free setting for the diffdope frame: everything from the known object model (colour
+# histogram of its texture, size check against its diameter), the whole scene as workspace.
+HOPE_SETTINGS = dict(color_model="object", object_size=-1, histogram_threshold=0.3, workspace_frame="camera",
+                     workspace_box=(-1.0, -1.0, 0.3, 1.0, 1.0, 1.2), min_area=500, open_px=2, close_px=3)
+
+
+@pytest.mark.shared_data
+def test_hope_frame_runs_through_colour_and_depth_backends(shared_data):
+    rgb, depth, gt, obj, Kh = _hope(shared_data)
+    for backend in ("color", "depth", "color|depth", "color+depth"):
+        r = S.Segmenter(Kh, 1920, 1080, None, S.SegmenterConfig(object_backend=backend, **HOPE_SETTINGS),
+                        object_model=obj).segment(rgb, depth)
+        assert r.object_mask.shape == gt.shape and 0 <= r.object_confidence <= 1
+        if r.object_mask.any():
+            e = _kept_extent(r.object_mask, depth, Kh)
+            assert np.isnan(e) or obj.diameter / 2 <= e <= 2 * obj.diameter, (backend, e)
+
+
+@pytest.mark.shared_data
+@pytest.mark.xfail(reason="HOPE frame (object lying among 17 similar toys on a grey couch): the texture's colours "
+                   "do not transfer (camera hue ~20-30 deg off the texture's blue, 46 % of the object is achromatic "
+                   "like the couch): IoU 0.00 for colour/depth with the model colour+size; a convexity depth "
+                   "segmentation reaches 0.76 only with the right segment picked by hand; GT-free picks another "
+                   "toy: known gap", strict=False)
+def test_hope_mask_iou(shared_data):
+    rgb, depth, gt, obj, Kh = _hope(shared_data)
+    cfg = S.SegmenterConfig(object_backend="color", **HOPE_SETTINGS)
+    r = S.Segmenter(Kh, 1920, 1080, None, cfg, object_model=obj).segment(rgb, depth)
     assert mask_iou(r.object_mask, gt)[0] >= 0.8
 
 
-# Principled setting for the diffdope frame (no use of seg.png): a camera-frame workspace box of
-# the object's size around its documented reference position t = (-0.161, 0.206, 0.747) m,
-# cut just above the couch surface, and the largest component.
-HOPE_SETTINGS = dict(object_backend="depth", workspace_frame="camera",
-                     workspace_box=(-0.25, 0.12, 0.66, -0.07, 0.30, 0.80), min_area=500, open_px=2, close_px=3)
+def test_object_surface_colors_are_area_weighted():
+    """Texture look-up at barycentric UVs weights colours by surface area; vertex colours are
+    interpolated when there is no texture."""
+    import trimesh
+    from hp_ros.core.objects import ObjectModel
+    # quad A (area 1) textured red, quad B (area 3) blue, each on half of the texture
+    v = np.array([[0, 0, 0], [1, 0, 0], [1, 1, 0], [0, 1, 0], [2, 0, 0], [5, 0, 0], [5, 1, 0], [2, 1, 0]], float)
+    f = np.array([[0, 1, 2], [0, 2, 3], [4, 5, 6], [4, 6, 7]])
+    uv = np.array([[.05, .1], [.4, .1], [.4, .9], [.05, .9], [.6, .1], [.95, .1], [.95, .9], [.6, .9]])
+    tex = np.zeros((4, 8, 3))
+    tex[:, :4, 0] = 1.0
+    tex[:, 4:, 2] = 1.0
+    obj = ObjectModel(trimesh.Trimesh(v * 0.01, f, process=False), uv=uv, texture=tex)
+    c = S.object_surface_colors(obj, 20000)
+    assert c.shape == (20000, 3) and c.dtype == np.uint8
+    red = np.all(c == (255, 0, 0), axis=1).mean()
+    blue = np.all(c == (0, 0, 255), axis=1).mean()
+    assert red + blue == 1.0
+    assert red == pytest.approx(0.25, abs=0.015)          # by area, not by texel or vertex count
+    tri = ObjectModel(trimesh.Trimesh(v[:3] * 0.01, f[:1], process=False), vertex_colors=np.eye(3))
+    np.testing.assert_allclose(S.object_surface_colors(tri, 20000).mean(0), [85, 85, 85], atol=2.0)
+
+
+def test_color_model_from_object_model_on_synthetic_sequence(seq, hand):
+    """The colour histogram learned from the object model alone (no first mask) segments the
+    rendered object; size check against the model's diameter on."""
+    from hp_ros.core.objects import ObjectModel
+    obj = ObjectModel.builtin("cracker_box")
+    cfg = S.SegmenterConfig(object_backend="color", color_model="object", object_size=-1, histogram_threshold=0.3,
+                            workspace_box=BOX)
+    sg = S.Segmenter(seq.K, seq.width, seq.height, hand, cfg, object_model=obj)
+    assert sg.hist_model.ready and sg.object_size == pytest.approx(obj.diameter)
+    iou = [mask_iou(sg.segment(seq.rgb[k], S.depth_to_metres(seq.depth_mm[k], "16UC1"), _q_at(seq, k),
+                               seq.T_cam_hand_published).object_mask, seq.object_mask[k])[0]
+           for k in range(seq.num_frames)]
+    assert np.mean(iou) >= 0.9, iou
+    with pytest.raises(ValueError, match="object model"):
+        S.Segmenter(K, 640, 480, None, S.SegmenterConfig(object_backend="color", color_model="object"))
+    with pytest.raises(RuntimeError, match="from_object_model"):
+        S.HistogramColorModel().relative_to(None)
+
+
+def test_clean_mask_prefers_the_component_of_the_object_size():
+    """Two fronto-parallel rectangles: the larger image blob is ~3x too big in 3D and loses."""
+    m = np.zeros((200, 300), bool)
+    m[20:80, 20:80] = True            # 60 x 60 px at 1.0 m: 0.098 m sides
+    m[120:140, 200:240] = True        # 40 x 20 px at 0.5 m: 0.033 x 0.016 m
+    depth = np.where(np.arange(300)[None, :] < 150, 1.0, 0.5) * np.ones((200, 1))
+    v, u = np.mgrid[0:200, 0:300]
+    pts = np.stack([(u - K[0, 2]) / K[0, 0] * depth, (v - K[1, 2]) / K[1, 1] * depth, depth], -1)
+    px = 0.5 / K[0, 0]                # metres per pixel at 0.5 m
+    size = px * np.hypot(40, 20)      # the small rectangle's diagonal
+    r = S.clean_mask(m, min_area=10, open_px=0, close_px=0, points=pts, expected_size=size)
+    assert r.mask[130, 220] and not r.mask[50, 50]
+    # 5-95 % span of n pixel centres (linear percentiles): 0.9 (n - 1) pixels per axis
+    e_small = px * np.hypot(0.9 * 39, 0.9 * 19)
+    assert S.extent_3d(pts[m & (u > 150)]) == pytest.approx(e_small, rel=1e-6)
+    assert r.confidence == pytest.approx(800 / 4400 * e_small / size, rel=1e-6)
+    assert S.clean_mask(m, min_area=10, open_px=0, close_px=0).mask[50, 50]     # no check: the largest
+    none = S.clean_mask(m & (u < 150), min_area=10, open_px=0, close_px=0, points=pts, expected_size=size)
+    assert not none.mask.any() and none.confidence == 0.0                       # >2x too large: rejected
+    with pytest.raises(ValueError, match="points must be"):
+        S.clean_mask(m, points=pts[:10], expected_size=size)
 
 
 def test_hand_aligner_recovers_calibration_error(seq, hand):

@@ -16,12 +16,15 @@ Pipeline of :class:`Segmenter.segment` for one frame:
    :func:`hp_ros.core.render.rasterize` at ``hand_depth_scale``; :func:`visible_hand_mask`
    drops pixels whose depth is ``hand_depth_tolerance`` behind the hand (background) or
    ``hand_occluder_tolerance`` in front of it (the held object).
-2. Object: raw masks from the configured backends (``color``: HSV ranges or an H-S histogram
-   back-projection learned from a first confident mask; ``depth``: points inside a workspace box
+2. Object: raw masks from the configured backends (``color``: HSV ranges, an H-S histogram
+   back-projection learned from a first confident mask, or one learned from the known object
+   model's texture/colours, :meth:`HistogramColorModel.from_object_model`; ``depth``: points inside a workspace box
    in the camera or hand-base frame; ``external``; ``detectron2``), minus the visible hand, combined
    (``a+b`` intersection, ``a|b`` union: colour pixels whose valid depth is outside the workspace
-   are dropped, so colour only fills depth holes), then cleaned (:func:`clean_mask`). All object
-   work happens inside the workspace box's image rectangle.
+   are dropped, so colour only fills depth holes), then cleaned (:func:`clean_mask`; with
+   ``object_size`` the component whose 3D extent, :func:`extent_3d`, fits the object model's
+   size wins and implausible ones are rejected). All object work happens inside the workspace
+   box's image rectangle.
 3. Observation: centroid, bounding box, area, median depth and back-projected centre
    (:func:`object_observation`); fingertip markers (:class:`FingertipMarkerDetector`).
 """
@@ -34,8 +37,8 @@ import cv2
 import numpy as np
 
 __all__ = [
-    "to_rgb", "depth_to_metres", "HandRender", "HandMasker", "visible_hand_mask", "HandAligner", "HSVColorModel", "HistogramColorModel",
-    "DepthBoxForeground", "Detectron2Backend", "clean_mask", "CleanResult", "ObjectObservation",
+    "to_rgb", "depth_to_metres", "object_surface_colors", "HandRender", "HandMasker", "visible_hand_mask", "HandAligner", "HSVColorModel", "HistogramColorModel",
+    "DepthBoxForeground", "Detectron2Backend", "clean_mask", "extent_3d", "CleanResult", "ObjectObservation",
     "object_observation", "FingertipMarkerDetector", "FingertipResult", "SegmenterConfig",
     "SegmentationResult", "Segmenter", "overlay", "parse_combination", "OBJECT_BACKENDS",
 ]
@@ -443,6 +446,32 @@ def visible_hand_mask(render: HandRender, dilate_px: int = 0, depth_m: Optional[
 
 # ----------------------------------------------------------------------------- (b) colour models
 
+def object_surface_colors(obj, n_samples: int = 20000, seed: int = 0) -> np.ndarray:
+    """``(n_samples, 3)`` uint8 RGB colours of area-uniform samples of an object's surface.
+
+    ``obj``: :class:`hp_ros.core.objects.ObjectModel` (uses ``trimesh``, ``uv``/``texture`` when
+    present, else ``vertex_colors``). Texture look-up: nearest texel at the barycentric-
+    interpolated UV (v up, as in :mod:`hp_ros.core.objects`)."""
+    import trimesh
+
+    mesh = obj.trimesh
+    pts, fi = trimesh.sample.sample_surface(mesh, int(n_samples), seed=seed)
+    tri = np.asarray(mesh.faces)[fi]
+    bary = trimesh.triangles.points_to_barycentric(np.asarray(mesh.vertices)[tri], pts)
+    uv = None if obj.uv is None else obj.uv.detach().cpu().numpy().astype(np.float64)
+    tex = None if obj.texture is None else obj.texture.detach().cpu().numpy()
+    if uv is not None and tex is not None:
+        st = (uv[tri] * bary[:, :, None]).sum(1)
+        th, tw = tex.shape[:2]
+        u = np.clip(np.round((st[:, 0] % 1.0) * (tw - 1)), 0, tw - 1).astype(np.int64)
+        v = np.clip(np.round((1.0 - st[:, 1] % 1.0) * (th - 1)), 0, th - 1).astype(np.int64)
+        col = tex[v, u, :3]
+    else:
+        vc = obj.vertex_colors.detach().cpu().numpy().astype(np.float64)
+        col = (vc[tri] * bary[:, :, None]).sum(1)
+    return np.clip(np.round(np.asarray(col, np.float64) * 255.0), 0, 255).astype(np.uint8)
+
+
 def _parse_hsv_ranges(ranges: Sequence[float]) -> np.ndarray:
     r = np.asarray(ranges, dtype=np.float64).reshape(-1)
     if r.size == 0 or r.size % 6:
@@ -490,6 +519,8 @@ class HistogramColorModel:
         self.bins = [int(h_bins), int(s_bins)]
         self.threshold, self.rate, self.min_value = float(threshold), float(rate), int(min_value)
         self.hist: Optional[np.ndarray] = None
+        self.object_hist: Optional[np.ndarray] = None   # set by from_object_model()
+        self.background_set = False
 
     @property
     def ready(self) -> bool:
@@ -499,18 +530,71 @@ class HistogramColorModel:
         m = None if mask is None else mask.astype(np.uint8) * 255
         return cv2.calcHist([hsv], [0, 1], m, self.bins, [0, 180, 0, 256])
 
+    @staticmethod
+    def _ratio(obj: np.ndarray, background: np.ndarray) -> np.ndarray:
+        """Object / background histogram ratio scaled so its 90th percentile over the object's
+        bins is 1, clipped to [0, 1] (both histograms normalised here)."""
+        obj = obj / max(float(obj.sum()), 1e-12)
+        background = background / max(float(background.sum()), 1e-12)
+        ratio = obj / (background + 1e-6)
+        return np.minimum(ratio / max(np.percentile(ratio[obj > 0], 90), 1e-9), 1.0).astype(np.float32)
+
     def learn(self, hsv: np.ndarray, mask: np.ndarray) -> None:
         """Learn (first call) or blend in (later calls) the object histogram from ``mask``."""
         mask = mask & (hsv[..., 2] >= self.min_value)
         if not mask.any():
             return
-        obj = self._hist(hsv, mask)
-        obj /= max(obj.sum(), 1.0)
-        allh = self._hist(hsv, None)
-        allh /= max(allh.sum(), 1.0)
-        ratio = obj / (allh + 1e-6)
-        ratio = np.minimum(ratio / max(np.percentile(ratio[obj > 0], 90), 1e-9), 1.0).astype(np.float32)
+        ratio = self._ratio(self._hist(hsv, mask), self._hist(hsv, None))
         self.hist = ratio if self.hist is None else (1 - self.rate) * self.hist + self.rate * ratio
+
+    @classmethod
+    def from_object_model(cls, obj, n_samples: int = 20000, hue_sigma_bins: float = 1.0, seed: int = 0,
+                          background_hsv: Optional[np.ndarray] = None, **kwargs) -> "HistogramColorModel":
+        """Colour model learned from the known object model instead of a first mask.
+
+        The surface is sampled area-uniformly (``trimesh.sample.sample_surface``), each sample's
+        colour is read from the texture at its barycentric-interpolated UV (or interpolated from
+        the vertex colours when the model has no texture), so the histogram weights colours by
+        how much surface they cover. The hue axis is blurred (circularly, ``hue_sigma_bins``) to
+        tolerate the camera's colour rendition differing from the texture's. The background is
+        ``background_hsv`` (e.g. the first frame; see :meth:`relative_to`) or uniform; the
+        back-projected value is ``p_obj / (p_obj + p_image)``, which exceeds 1/2 exactly where
+        the object's colour density exceeds the background's (equal priors), however much of
+        the image the object covers.
+
+        Args:
+            obj: :class:`hp_ros.core.objects.ObjectModel`.
+            kwargs: ``h_bins``, ``s_bins``, ``threshold``, ``rate``, ``min_value``.
+        """
+        from scipy.ndimage import gaussian_filter1d
+
+        model = cls(**kwargs)
+        rgb = object_surface_colors(obj, n_samples, seed)
+        hsv = cv2.cvtColor(rgb[None], cv2.COLOR_RGB2HSV)
+        keep = (hsv[0, :, 2] >= model.min_value).astype(np.uint8)[None] * 255
+        h = cv2.calcHist([hsv], [0, 1], keep, model.bins, [0, 180, 0, 256])
+        if hue_sigma_bins > 0:
+            h = gaussian_filter1d(h, float(hue_sigma_bins), axis=0, mode="wrap")
+        if not h.sum() > 0:
+            raise ValueError(f"object model {getattr(obj, 'name', '')!r}: no surface colour brighter than "
+                             f"min_value={model.min_value}")
+        model.object_hist = h.astype(np.float32)
+        model.relative_to(background_hsv)
+        return model
+
+    def relative_to(self, background_hsv: Optional[np.ndarray]) -> None:
+        """Recompute the ratio histogram of a model-derived object histogram against the colours
+        of ``background_hsv`` ``(H, W, 3)`` (None = uniform background)."""
+        obj = self.object_hist
+        if obj is None:
+            raise RuntimeError("relative_to() needs a model built by from_object_model()")
+        bg = np.ones_like(obj) if background_hsv is None else self._hist(background_hsv, None)
+        p_obj = obj / max(float(obj.sum()), 1e-12)
+        p_img = bg / max(float(bg.sum()), 1e-12)
+        # p_obj / (p_obj + p_img) > 1/2  <=>  p_obj > p_img  <=>  p_obj > p_background whatever
+        # share of the image the object covers: the equal-prior Bayes decision at threshold 0.5
+        self.hist = (p_obj / (p_obj + p_img + 1e-12)).astype(np.float32)
+        self.background_set = background_hsv is not None
 
     def mask(self, hsv: np.ndarray) -> np.ndarray:
         if self.hist is None:
@@ -655,9 +739,27 @@ def _fill_holes(mask_u8: np.ndarray) -> np.ndarray:
     return out
 
 
+def extent_3d(points: np.ndarray, lo: float = 5.0, hi: float = 95.0, max_points: int = 4000) -> float:
+    """Robust 3D size (m) of a point set ``(N, 3)``: the diagonal of its box along the principal
+    axes (PCA) spanning the ``lo``-``hi`` percentiles per axis (flying pixels at depth edges
+    do not count). Comparable with a mesh's diameter (the box diagonal of a box-like object) for
+    any orientation, unlike a camera-axis-aligned box. NaN for fewer than 10 points."""
+    p = np.asarray(points, dtype=np.float64).reshape(-1, 3)
+    if len(p) < 10:
+        return float("nan")
+    if len(p) > max_points:  # evenly spaced subset: the percentiles need no more
+        p = p[np.linspace(0, len(p) - 1, max_points).astype(np.int64)]
+    p = p - p.mean(0)
+    _, _, Vt = np.linalg.svd(p, full_matrices=False)
+    q = p @ Vt.T
+    return float(np.linalg.norm(np.percentile(q, hi, axis=0) - np.percentile(q, lo, axis=0)))
+
+
 def clean_mask(mask: np.ndarray, min_area: int = 50, open_px: int = 1, close_px: int = 2,
                fill_holes: bool = True, keep: str = "largest",
-               prior_uv: Optional[Sequence[float]] = None, expected_area: Optional[float] = None) -> CleanResult:
+               prior_uv: Optional[Sequence[float]] = None, expected_area: Optional[float] = None,
+               points: Optional[np.ndarray] = None, expected_size: Optional[float] = None,
+               size_tolerance: float = 2.0) -> CleanResult:
     """Keep the most plausible connected component of ``mask`` and tidy it.
 
     Steps: morphological opening (``open_px``, removes speckle) -> connected components
@@ -665,9 +767,17 @@ def clean_mask(mask: np.ndarray, min_area: int = 50, open_px: int = 1, close_px:
     (``keep="largest"``) or the largest area / (1 + distance to ``prior_uv`` / sqrt(area))
     (``keep="near_prior"``, e.g. the hand's palm) -> closing (``close_px``) -> hole filling.
 
+    Object-size plausibility (``points`` ``(H, W, 3)`` camera-frame back-projection of the
+    mask's pixels, z = 0 where invalid, and ``expected_size`` = the object model's diameter, m):
+    each component's 3D extent (:func:`extent_3d` of its valid points) gives
+    ``size_score = min(e, s) / max(e, s)``; components with ``size_score < 1 / size_tolerance``
+    (more than ``size_tolerance`` times too large or too small: a table top, a speck) are
+    rejected, the others' score above is multiplied by it, and so is the confidence.
+    Components with fewer than 10 valid depth pixels are not checked (score 1).
+
     Confidence = (share of the foreground held by the kept component) x (area plausibility:
-    ``min(a, e) / max(a, e)`` against ``expected_area`` when given, else 1); 0 when nothing of
-    ``min_area`` pixels or more remains.
+    ``min(a, e) / max(a, e)`` against ``expected_area`` when given, else 1) x size score; 0
+    when nothing of ``min_area`` pixels or more remains.
     """
     if keep not in ("largest", "near_prior"):
         raise ValueError(f"keep must be 'largest' or 'near_prior', got {keep!r}")
@@ -693,15 +803,29 @@ def clean_mask(mask: np.ndarray, min_area: int = 50, open_px: int = 1, close_px:
         score = areas / (1.0 + dist / np.sqrt(areas))
     else:
         score = areas
-    best = int(np.argmax(score))
-    if areas[best] < min_area:
+    size_score = np.ones_like(areas)
+    if points is not None and expected_size:
+        if points.shape != mask.shape + (3,):
+            raise ValueError(f"points must be {mask.shape + (3,)}, got {points.shape}")
+        if not expected_size > 0 or not size_tolerance >= 1:
+            raise ValueError(f"expected_size must be > 0 m and size_tolerance >= 1, got {expected_size}, "
+                             f"{size_tolerance}")
+        pc = points[Y0:Y1, X0:X1]
+        for j in np.nonzero(areas >= min_area)[0]:
+            e = extent_3d(pc[(labels == 1 + j) & (pc[..., 2] > 0)])
+            if np.isfinite(e):
+                size_score[j] = min(e, expected_size) / max(e, expected_size, 1e-9)
+        score = score * size_score
+    eligible = (areas >= min_area) & (size_score >= 1.0 / size_tolerance)
+    if not eligible.any():
         return CleanResult(full, 0.0)
+    best = int(np.argmax(np.where(eligible, score, -1.0)))
     out = (labels == 1 + best).astype(np.uint8)
     if close_px > 0:
         out = cv2.morphologyEx(out, cv2.MORPH_CLOSE, _disk(close_px))
     if fill_holes:
         out = _fill_holes(out)
-    conf = areas[best] / areas.sum()
+    conf = areas[best] / areas.sum() * size_score[best]
     if expected_area:
         conf *= min(areas[best], expected_area) / max(areas[best], expected_area)
     full[Y0:Y1, X0:X1] = out > 0
@@ -866,6 +990,10 @@ class SegmenterConfig:
 
     object_backend: str = "color|depth"
     color_model: str = "hsv"                 # hsv | histogram (learned from the first confident mask)
+    #                                          | object (histogram from the object model's texture/colours)
+    object_size: float = 0.0                 # m, expected 3D extent of the object component (0 = no
+    #                                          check; < 0 = the object model's diameter)
+    object_size_tolerance: float = 2.0       # components more than this factor off that size are rejected
     hsv_ranges: Sequence[float] = (0, 120, 70, 10, 255, 255, 170, 120, 70, 180, 255, 255)
     histogram_threshold: float = 0.5
     histogram_rate: float = 0.05
@@ -910,18 +1038,26 @@ class Segmenter:
     """Per-frame segmentation for one camera (``K``, ``width`` x ``height``) and one hand."""
 
     def __init__(self, K, width: int, height: int, hand=None, config: Optional[SegmenterConfig] = None,
-                 detectron2: Optional[Detectron2Backend] = None):
+                 detectron2: Optional[Detectron2Backend] = None, object_model=None):
         self.K = _check_K(K)
         self.width, self.height = int(width), int(height)
         self.cfg = cfg = config or SegmenterConfig()
         self.backends, self.op = parse_combination(cfg.object_backend)
-        if cfg.color_model not in ("hsv", "histogram"):
-            raise ValueError(f"color_model must be 'hsv' or 'histogram', got {cfg.color_model!r}")
+        if cfg.color_model not in ("hsv", "histogram", "object"):
+            raise ValueError(f"color_model must be 'hsv', 'histogram' or 'object', got {cfg.color_model!r}")
+        if (cfg.color_model == "object" or cfg.object_size < 0) and object_model is None:
+            raise ValueError("color_model='object' and object_size < 0 need the object model (object_model=...)")
+        self.object_size = float(object_model.diameter) if cfg.object_size < 0 else float(cfg.object_size)
+        if not cfg.object_size_tolerance >= 1:
+            raise ValueError(f"object_size_tolerance must be >= 1, got {cfg.object_size_tolerance}")
         if cfg.keep not in ("largest", "near_prior"):
             raise ValueError(f"keep must be 'largest' or 'near_prior', got {cfg.keep!r}")
         self.hsv_model = HSVColorModel(cfg.hsv_ranges) if len(cfg.hsv_ranges) else None
         self.hist_model = HistogramColorModel(threshold=cfg.histogram_threshold, rate=cfg.histogram_rate) \
             if cfg.color_model == "histogram" else None
+        if cfg.color_model == "object":  # model-derived; the first frame becomes its background
+            self.hist_model = HistogramColorModel.from_object_model(
+                object_model, threshold=cfg.histogram_threshold, rate=cfg.histogram_rate)
         if "color" in self.backends and self.hsv_model is None and self.hist_model is None:
             raise ValueError("the color backend needs hsv_ranges or color_model=histogram")
         self.box = DepthBoxForeground(self.K, width, height, cfg.workspace_box, cfg.workspace_frame)
@@ -1000,6 +1136,10 @@ class Segmenter:
         hsv = None
         if not empty and (("color" in self.backends) or self.hist_model is not None):
             hsv = cv2.cvtColor(np.ascontiguousarray(rgb[sl]), cv2.COLOR_RGB2HSV)
+        if self.hist_model is not None and hsv is not None and self.hist_model.object_hist is not None \
+                and not self.hist_model.background_set:
+            # object vs the colours of the whole scene (not the working crop the object may fill)
+            self.hist_model.relative_to(cv2.cvtColor(rgb, cv2.COLOR_RGB2HSV))
         if "color" in self.backends and hsv is not None:
             cm = self._color_mask(hsv)
             if cm is not None:
@@ -1033,7 +1173,13 @@ class Segmenter:
         prior = None
         if render is not None:
             prior = np.nanmean(render.fingertips_uv, axis=0) - (x0, y0)
-        clean = clean_mask(obj, cfg.min_area, cfg.open_px, cfg.close_px, cfg.fill_holes, cfg.keep, prior)
+        points = None
+        if self.object_size > 0 and depth_m is not None and not empty:
+            d = depth_m[sl]
+            points = np.stack([self.box._rx[sl] * d, self.box._ry[sl] * d, d], -1)
+        clean = clean_mask(obj, cfg.min_area, cfg.open_px, cfg.close_px, cfg.fill_holes, cfg.keep, prior,
+                           points=points, expected_size=self.object_size or None,
+                           size_tolerance=cfg.object_size_tolerance)
         conf = clean.confidence
         if len(present) == 2:  # agreement between the two backends inside the kept region
             a, b = present[0], present[1]

@@ -22,7 +22,7 @@ from hp_ros.graph import CAMERA_TOPICS, JOINT_STATES, TOPICS
 from hp_ros.io import msgs
 from hp_ros.nodes.common import (COMMON_PARAMS, IMAGE_QOS, OUTPUT_QOS, STATE_QOS, CameraToHand, JointStateBuffer,
                                  OnceLogger, Param, ParameterError, camera_to_hand_from_param, declare_parameters,
-                                 load_hand, non_negative, one_of, positive)
+                                 load_hand, load_object, non_negative, one_of, positive)
 
 try:  # cv_bridge when importable (a ROS workspace), numpy conversion otherwise
     from cv_bridge import CvBridge
@@ -42,8 +42,13 @@ def _backend_check(v):
 SEG_PARAMS = {
     "object_backend": Param("color|depth", "object mask backends: color, depth, external, detectron2, or two "
                             "joined by '+' (intersection) or '|' (union)", _backend_check),
-    "color_model": Param("hsv", "colour model: hsv (hsv_ranges) or histogram (learned from the first confident "
-                         "mask, hsv_ranges bootstrap it when set)", one_of("hsv", "histogram")),
+    "color_model": Param("hsv", "colour model: hsv (hsv_ranges), histogram (learned from the first confident "
+                         "mask, hsv_ranges bootstrap it when set) or object (histogram of the object_mesh's "
+                         "texture/colours)", one_of("hsv", "histogram", "object")),
+    "object_size": Param(0.0, "expected 3D size (m) of the object mask's component: components more than "
+                         "object_size_tolerance times off are rejected, others ranked by it (0 = off, "
+                         "-1 = the object_mesh's diameter)"),
+    "object_size_tolerance": Param(2.0, "factor beyond which a component's 3D size is implausible (>= 1)", positive),
     "hsv_ranges": Param([0.0, 100.0, 60.0, 180.0, 255.0, 255.0],
                         "object HSV boxes, 6 numbers each: h_min s_min v_min h_max s_max v_max (H 0-180); "
                         "h_min > h_max wraps around red"),
@@ -107,12 +112,15 @@ class SegmentationNode(Node):
             hand_depth_tolerance=p["hand_depth_tolerance"], hand_occluder_tolerance=p["hand_occluder_tolerance"],
             hand_align_iterations=p["hand_align_iterations"], hand_depth_scale=p["hand_depth_scale"],
             hand_margin_px=p["hand_margin_px"], min_area=p["min_area"], open_px=p["open_px"], close_px=p["close_px"],
-            keep=p["keep"], marker_colors=colors, marker_radius=p["marker_radius"],
+            keep=p["keep"], object_size=p["object_size"], object_size_tolerance=p["object_size_tolerance"],
+            marker_colors=colors, marker_radius=p["marker_radius"],
             marker_window_px=p["marker_window_px"], marker_hue_tolerance=p["marker_hue_tolerance"])
+        # the object model feeds the colour model (color_model: object) and the size check
+        self.object_model = load_object(p) if p["color_model"] == "object" or p["object_size"] < 0 else None
         if "detectron2" not in p["object_backend"]:
             from hp_ros.core.segmentation import Segmenter
             try:  # validate the settings now, not at the first image
-                Segmenter(np.eye(3), 8, 8, None, self.cfg)
+                Segmenter(np.eye(3), 8, 8, None, self.cfg, object_model=self.object_model)
             except ValueError as e:
                 raise ParameterError(str(e)) from e
         self.detectron2 = None
@@ -179,7 +187,8 @@ class SegmentationNode(Node):
         if self.info is None or info.width != self.info.width or info.height != self.info.height \
                 or not np.allclose(info.K, self.info.K):
             from hp_ros.core.segmentation import Segmenter
-            self.segmenter = Segmenter(info.K, info.width, info.height, self.hand, self.cfg, self.detectron2)
+            self.segmenter = Segmenter(info.K, info.width, info.height, self.hand, self.cfg, self.detectron2,
+                                       object_model=self.object_model)
         self.info = info
 
     def on_joints(self, msg):

@@ -95,10 +95,17 @@ def test_propagation_jacobian_matches_finite_differences():
 
 
 def _perturbed(ekf, d):
-    T_ho, T_ch = ekf.T_ho.copy(), ekf.T_ch.copy()
+    """Apply an internal error-state perturbation ``d`` (object 6, calibration 6, [centre bias 3])."""
+    T_ho, T_ch, b = ekf.T_ho.copy(), ekf.T_ch.copy(), ekf.center_bias.copy()
     ekf.T_ho = apply_delta_np(T_ho, d[:6])
-    ekf.T_ch = apply_delta_np(T_ch, d[6:])
-    return T_ho, T_ch
+    ekf.T_ch = apply_delta_np(T_ch, d[6:12])
+    if len(d) > 12:
+        ekf.center_bias = b + d[12:15]
+    return T_ho, T_ch, b
+
+
+def _restore(ekf, saved):
+    ekf.T_ho, ekf.T_ch, ekf.center_bias = saved
 
 
 def _tracker(hand, box, rng, calib=True):
@@ -113,26 +120,45 @@ def test_measurement_jacobians_match_finite_differences(hand, box):
     rng = np.random.default_rng(3)
     ekf = _tracker(hand, box, rng)
     ekf.T_ch = apply_delta_np(ekf.T_ch, rng.normal(size=6) * 0.01)
-    # centre (pixels + visible depth): the visible-surface offset's derivative is a forward
-    # difference inside center_model; compare with central differences of the whole model
+    # centre (pixels + visible depth + bias state). The offset's rotation slope is a statistical
+    # linearisation at +-1 sigma of the rotation covariance: with a tiny covariance (steps clamp to
+    # offset_eps) it must equal the local derivative, and the second-order terms vanish
+    n = ekf.n
+    assert n == 15  # object, calibration, centre bias
 
     def center(d):
         saved = _perturbed(ekf, d)
-        h, _ = ekf.center_model()
-        ekf.T_ho, ekf.T_ch = saved
+        h, _ = ekf.center_model(offset_eps=1e-5)
+        _restore(ekf, saved)
         return h
 
+    P_saved = ekf.P.copy()
+    ekf.P = P_saved * 1e-14
+    ekf._offset_jac = None
     _, H = ekf.center_model(offset_eps=1e-5)
-    H_fd = _fd(center, None, 12, eps=1e-5)
-    # H holds the translation part of the offset's derivative; the rotation part goes to the noise
+    np.testing.assert_allclose(H, _fd(center, None, n, eps=1e-5), rtol=1e-3, atol=0.05)
+    np.testing.assert_allclose(H[:, 12:], np.eye(3))
+    assert np.abs(ekf.center_consider_cov).max() < 1e-10
+    # realistic rotation uncertainty: the curvature terms inflate the noise (positive semidefinite)
+    ekf.P = P_saved
+    ekf._offset_jac = None
+    h_sp, H_sp = ekf.center_model()
+    assert np.all(np.linalg.eigvalsh(ekf.center_consider_cov) > -1e-12)
+    np.testing.assert_allclose(H_sp[:, :3], H[:, :3], rtol=0.05, atol=0.5)  # translation: unchanged
+    # "consider": translation in H, the rotation part only in the noise
+    ekf.cfg.center_rotation = "consider"
+    ekf._offset_jac = None
+    _, H = ekf.center_model(offset_eps=1e-5)
+    H_fd = _fd(center, None, n, eps=1e-5)
     G = camera_error_map(ekf.T_ch, ekf.T_ho, True)
     C = ekf.center_consider_cov
-    Dr = (H_fd - H) @ np.linalg.pinv(G[3:6])  # what H left out, per camera rotation component
-    np.testing.assert_allclose((H_fd - H) - Dr @ G[3:6], 0, atol=0.05)  # ... is only rotation
-    np.testing.assert_allclose(C, Dr @ G[3:6] @ ekf.P @ (Dr @ G[3:6]).T, rtol=0.05, atol=1e-3)
+    Dr = (H_fd[:, :12] - H[:, :12]) @ np.linalg.pinv(G[3:6])  # what H left out, per camera rotation component
+    np.testing.assert_allclose((H_fd[:, :12] - H[:, :12]) - Dr @ G[3:6], 0, atol=0.05)  # ... is only rotation
+    np.testing.assert_allclose(C, Dr @ G[3:6] @ ekf.P[:12, :12] @ (Dr @ G[3:6]).T, rtol=0.05, atol=1e-3)
+    ekf.cfg.center_rotation = "model"
     ekf.visible_center_offset = lambda T=None: np.zeros(3)  # without the offset: exact
     _, H = ekf.center_model(offset_eps=0.0)
-    np.testing.assert_allclose(H, _fd(center, None, 12), rtol=1e-4, atol=1e-4)
+    np.testing.assert_allclose(H, _fd(center, None, n), rtol=1e-4, atol=1e-4)
     del ekf.visible_center_offset
     # fingertips: only the calibration block
     tips_h = ekf.fingertip_points_hand()
@@ -140,21 +166,21 @@ def test_measurement_jacobians_match_finite_differences(hand, box):
     def tips(d):
         saved = _perturbed(ekf, d)
         p, _ = ekf._hand_point_model(tips_h)
-        ekf.T_ho, ekf.T_ch = saved
+        _restore(ekf, saved)
         return project(ekf.K, p)[0].reshape(-1)
 
     p, Hp = ekf._hand_point_model(tips_h)
     _, Jp = project(ekf.K, p)
-    H = np.einsum("nij,njk->nik", Jp, Hp).reshape(-1, 12)
-    np.testing.assert_allclose(H, _fd(tips, None, 12), rtol=1e-4, atol=1e-3)
-    assert np.all(H[:, :6] == 0)
+    H = np.einsum("nij,njk->nik", Jp, Hp).reshape(-1, n)
+    np.testing.assert_allclose(H, _fd(tips, None, n), rtol=1e-4, atol=1e-3)
+    assert np.all(H[:, :6] == 0) and np.all(H[:, 12:] == 0)
     # camera error map (pose measurement H): error of T_cam_obj vs internal perturbations
     T0 = ekf.T_cam_obj
 
     def cam(d):
         saved = _perturbed(ekf, d)
         e = pose_error(ekf.T_cam_obj, T0)
-        ekf.T_ho, ekf.T_ch = saved
+        _restore(ekf, saved)
         return e
 
     np.testing.assert_allclose(camera_error_map(ekf.T_ch, ekf.T_ho, True), _fd(cam, None, 12), atol=1e-6)
@@ -175,7 +201,7 @@ def test_visible_center_matches_an_exact_ray_cast(hand, name):
         T = _random_pose(rng, 0.0)
         T[:3, 3] = [rng.normal() * 0.03, rng.normal() * 0.03, 0.45]
         ekf.initialize(T)
-        h, _ = ekf.center_model()
+        h, _ = ekf.center_model(offset_eps=0.0)  # the offset model itself (no second-order term)
         out = rc.render([MeshInstance(v @ T[:3, :3].T + T[:3, 3], f, None)])
         m = out.instance == 0
         ref = np.array([uu[m].mean(), vv[m].mean(), np.median(out.depth[m])])
@@ -252,3 +278,38 @@ def test_accuracy_both_observations_and_nees(hand, sequence):
     e = metrics.add_s(seq.T_cam_obj, T, pts)
     assert e.mean() < 0.01 and e.max() < 0.03, (e.mean(), e.max())
     assert np.isfinite(nees).all() and 1.0 < nees.mean() < 15.0, nees.mean()
+
+
+def test_numpy_forward_kinematics_matches_the_hand_model(hand, box):
+    """The filter's float64 numpy FK (hot path) against HandModel.forward_kinematics (torch)."""
+    ekf = _tracker(hand, box, np.random.default_rng(12))
+    assert ekf._fk_factors is not None
+    q = hand.random_q(3, generator=torch.Generator().manual_seed(0)).double()
+    for qi in q:
+        ref = hand.forward_kinematics(qi[None].to(hand.dtype))[0].double().numpy()
+        np.testing.assert_allclose(ekf._forward_kinematics(qi.numpy()), ref, atol=2e-6)
+    with pytest.raises(ValueError, match="joint vector"):
+        ekf._as_q(np.zeros(3))
+
+
+def test_nees_on_the_observable_subspace_of_a_symmetric_object():
+    """Errors drawn from the covariance: mean NEES = dof (6, or 5 with the symmetry axis removed);
+    any extra rotation about the axis leaves the 5-DoF value unchanged."""
+    from hp_ros.core.ekf import normalized_error_squared, symmetry_axis
+
+    can, box = ObjectModel.builtin("soup_can"), ObjectModel.builtin("cracker_box")
+    assert symmetry_axis(box) is None
+    np.testing.assert_allclose(np.abs(symmetry_axis(can)), [0, 0, 1], atol=1e-9)
+    rng = np.random.default_rng(13)
+    A = rng.normal(size=(6, 6)) * np.array([0.003] * 3 + [0.03] * 3)[:, None]
+    P = A @ A.T + np.eye(6) * 1e-8
+    a = se3.so3_exp(torch.tensor([0.3, -0.2, 0.5])).numpy() @ np.array([0, 0, 1.0])  # axis in the camera
+    e = rng.multivariate_normal(np.zeros(6), P, size=4000)
+    n6 = np.array([normalized_error_squared(x, P)[0] for x in e])
+    n5 = np.array([normalized_error_squared(x, P, a) for x in e])
+    assert abs(n6.mean() - 6) < 0.3 and abs(n5[:, 0].mean() - 5) < 0.3 and set(n5[:, 1]) == {5}
+    roll = e.copy()
+    roll[:, 3:] += rng.normal(size=(4000, 1)) * a  # arbitrary error about the axis
+    n5r = np.array([normalized_error_squared(x, P, a)[0] for x in roll])
+    np.testing.assert_allclose(n5r, n5[:, 0], rtol=1e-8, atol=1e-10)
+    assert np.array([normalized_error_squared(x, P)[0] for x in roll]).mean() > 50  # 6-DoF would explode

@@ -137,33 +137,38 @@ class RefinementNode(Node):
             self.counts["frames_dropped"] += 1
         return slot
 
+    # Buffering keeps the messages themselves: they are decoded only for the few frames a request
+    # refines, not for every frame at 30 Hz (the node spends its idle time buffering).
     def on_image(self, msg) -> None:
-        try:
-            img = msgs.image_to_numpy(msg)
-            if msg.encoding == "bgr8":
-                img = img[..., ::-1]
-            elif msg.encoding not in ("rgb8",):
-                raise ValueError(f"colour image encoding {msg.encoding!r} (expected rgb8 or bgr8)")
-        except ValueError as e:
-            self.errors.warn("image", f"colour image skipped: {e}")
+        if msg.encoding not in ("rgb8", "bgr8"):
+            self.errors.warn("image", f"colour image skipped: encoding {msg.encoding!r} (expected rgb8 or bgr8)")
             return
         with self.lock:
-            self._slot(msgs.header_stamp_ns(msg))["rgb"] = np.ascontiguousarray(img)
+            self._slot(msgs.header_stamp_ns(msg))["rgb"] = msg
 
     def on_mask(self, msg, kind: str) -> None:
-        try:
-            arr = msgs.image_to_numpy(msg)
-            if arr.ndim != 2:
-                raise ValueError(f"{kind} must have one channel, got {msg.encoding!r}")
-        except ValueError as e:
-            self.errors.warn(kind, f"{kind} skipped: {e}")
+        if msg.encoding not in (("16UC1", "32FC1") if kind == "depth" else ("mono8", "8UC1")):
+            self.errors.warn(kind, f"{kind} skipped: encoding {msg.encoding!r}")
             return
         with self.lock:
-            self._slot(msgs.header_stamp_ns(msg))[kind] = arr if kind == "depth" else arr > 0
+            self._slot(msgs.header_stamp_ns(msg))[kind] = msg
+
+    @staticmethod
+    def _decode(kind: str, msg) -> np.ndarray:
+        """Buffered message -> array (rgb (H,W,3) uint8 RGB, masks (H,W) bool, depth raw)."""
+        arr = msgs.image_to_numpy(msg)
+        if kind == "rgb":
+            return np.ascontiguousarray(arr[..., ::-1] if msg.encoding == "bgr8" else arr)
+        return arr if kind == "depth" else arr > 0
 
     def on_camera_info(self, msg) -> None:
         from hp_ros.core.camera import Camera
 
+        key = (tuple(msg.k), tuple(msg.p), msg.width, msg.height, msg.binning_x, msg.binning_y,
+               msg.roi.x_offset, msg.roi.y_offset, msg.roi.width, msg.roi.height)
+        if key == getattr(self, "_camera_key", None):
+            return  # the same intrinsics every frame: nothing to rebuild
+        self._camera_key = key
         try:
             cam = Camera.from_camera_info(msg)
         except ValueError as e:
@@ -287,6 +292,11 @@ class RefinementNode(Node):
         elif any(q is None for q in qs):
             no_hand = "no joint states around the frame stamps"
         hand_masks = all("hand_mask" in f for f in slots)
+        try:
+            slots = [{k: (self._decode(k, v) if k in ("rgb", "object_mask", "hand_mask", "depth") else v)
+                      for k, v in f.items()} for f in slots]
+        except ValueError as e:
+            return self._fail(response, f"buffered image could not be decoded: {e}")
         for s, f, q in zip(use, slots, qs):
             frames.append(FrameObservation(
                 rgb=f["rgb"], object_mask=f["object_mask"], hand_mask=f.get("hand_mask") if hand_masks else None,
@@ -330,7 +340,7 @@ def main(args=None):
     node = None
     try:
         node = RefinementNode()
-        executor = MultiThreadedExecutor(num_threads=3)
+        executor = MultiThreadedExecutor(num_threads=2)  # buffering + one request at a time
         executor.add_node(node)
         executor.spin()
     except (KeyboardInterrupt, ExternalShutdownException):

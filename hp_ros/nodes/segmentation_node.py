@@ -252,13 +252,15 @@ class SegmentationNode(Node):
             # joint states lag behind images while the node is busy (the executor takes one
             # message per subscription and cycle): wait while they are still flowing
             joints_flowing = now - self._last_joint_wall <= self.p["input_wait"]
-            if not full and joints_flowing and not self._joints_cover(stamp):
+            # at start-up the first images can arrive before any joint state: wait input_wait
+            joints_expected = joints_flowing or (self._last_joint_wall < 0 and not waited)
+            if not full and joints_expected and not self._joints_cover(stamp):
                 return
             if self.p["use_depth"]:
                 depth_msg = self._paired(self.depth_queue, stamp)
                 newer_depth = any(msgs.header_stamp_ns(d) > stamp + self.p["depth_max_dt"] * 1e9
                                   for d in self.depth_queue)
-                if depth_msg is None and not (newer_depth or waited or len(self.pending) > 1):
+                if depth_msg is None and not (newer_depth or waited or full):
                     return  # its depth may still come
             self.pending.popleft()
             try:
@@ -368,7 +370,7 @@ def main(args=None):
     node = None
     try:
         node = SegmentationNode()
-        executor = MultiThreadedExecutor(num_threads=2)
+        executor = rclpy.executors.SingleThreadedExecutor()
         executor.add_node(node)
         executor.spin()
     except KeyboardInterrupt:

@@ -169,7 +169,7 @@ def run_pipeline(out_dir: Path, object_spec: str = "builtin:cracker_box", durati
             procs.append(NodeProcess(cmd, log_dir=logs, env=env, name=name))
         collector = Collector(object_frame="object", camera_frame=graph.CAMERA_FRAME)
         _wait(lambda: collector.count(graph.TOPICS["object_pose"], "publishers") >= 1
-              and collector.count(graph.CAMERA_TOPICS["color_image"]) >= 2
+              and collector.count(graph.CAMERA_TOPICS["color_image"]) >= 1
               and collector.count(graph.JOINT_STATES) >= 2,
               startup_timeout, "the hp_ros nodes to come up", procs)
         log(f"[demo] node graph up ({', '.join(p.name for p in procs)}); replaying at {rate}x")

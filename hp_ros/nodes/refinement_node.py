@@ -340,7 +340,7 @@ def main(args=None):
     node = None
     try:
         node = RefinementNode()
-        executor = MultiThreadedExecutor(num_threads=2)  # buffering + one request at a time
+        executor = MultiThreadedExecutor(num_threads=3)
         executor.add_node(node)
         executor.spin()
     except (KeyboardInterrupt, ExternalShutdownException):

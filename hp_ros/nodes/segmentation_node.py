@@ -148,6 +148,7 @@ class SegmentationNode(Node):
         # while a frame is being segmented and are never starved by the image stream
         images, inputs = MutuallyExclusiveCallbackGroup(), MutuallyExclusiveCallbackGroup()
         self._joint_lock = threading.Lock()
+        self._warm_up()  # before subscribing: the first frames must not pay for imports/first calls
         self.create_timer(0.05, self._drain, callback_group=images)
         self.create_subscription(Image, CAMERA_TOPICS["color_image"], self.on_image, IMAGE_QOS, callback_group=images)
         self.create_subscription(CameraInfo, CAMERA_TOPICS["color_info"], self.on_info, IMAGE_QOS, callback_group=inputs)
@@ -179,6 +180,23 @@ class SegmentationNode(Node):
 
     def on_external_mask(self, msg):
         self.mask_queue.append(msg)
+
+    def _warm_up(self) -> None:
+        """Run the segmenter once on a dummy 640x480 frame (torch, rasteriser, aligner first calls
+        take ~1 s; paid here instead of dropping the stream's first frames)."""
+        from hp_ros.core.segmentation import Segmenter
+
+        t0 = time.monotonic()
+        try:
+            K = np.array([[600.0, 0.0, 320.0], [0.0, 600.0, 240.0], [0.0, 0.0, 1.0]])
+            seg = Segmenter(K, 640, 480, self.hand, self.cfg, None, object_model=self.object_model)
+            T = np.eye(4)
+            T[2, 3] = 0.5
+            q = np.zeros(len(self.hand.joint_names))
+            seg.segment(np.full((480, 640, 3), 128, np.uint8), np.full((480, 640), 0.6, np.float32), q, T, None)
+        except Exception as e:  # noqa: BLE001 - a failed warm-up only costs the first frames' speed
+            self.get_logger().info(f"warm-up skipped: {e}")
+        self.get_logger().info(f"warm-up {time.monotonic() - t0:.2f} s")
 
     def _update_segmenter(self):
         info, self.new_info = self.new_info, None
@@ -252,15 +270,13 @@ class SegmentationNode(Node):
             # joint states lag behind images while the node is busy (the executor takes one
             # message per subscription and cycle): wait while they are still flowing
             joints_flowing = now - self._last_joint_wall <= self.p["input_wait"]
-            # at start-up the first images can arrive before any joint state: wait input_wait
-            joints_expected = joints_flowing or (self._last_joint_wall < 0 and not waited)
-            if not full and joints_expected and not self._joints_cover(stamp):
+            if not full and joints_flowing and not self._joints_cover(stamp):
                 return
             if self.p["use_depth"]:
                 depth_msg = self._paired(self.depth_queue, stamp)
                 newer_depth = any(msgs.header_stamp_ns(d) > stamp + self.p["depth_max_dt"] * 1e9
                                   for d in self.depth_queue)
-                if depth_msg is None and not (newer_depth or waited or full):
+                if depth_msg is None and not (newer_depth or waited or len(self.pending) > 1):
                     return  # its depth may still come
             self.pending.popleft()
             try:
@@ -370,7 +386,7 @@ def main(args=None):
     node = None
     try:
         node = SegmentationNode()
-        executor = rclpy.executors.SingleThreadedExecutor()
+        executor = MultiThreadedExecutor(num_threads=2)
         executor.add_node(node)
         executor.spin()
     except KeyboardInterrupt:

@@ -30,6 +30,8 @@ def add_arguments(parser):
     parser.add_argument("--seed", type=int, default=0, help="random seed of the synthetic sequence")
     parser.add_argument("--rate", type=float, default=1.0, help="replay rate factor (default 1.0)")
     parser.add_argument("--startup-timeout", type=float, default=90.0, help="seconds to wait for the nodes")
+    parser.add_argument("--keep-bag", action="store_true",
+                        help="keep the synthetic bag in the report folder (about 65 MB per second)")
 
 
 # --- listener ---------------------------------------------------------------------------------
@@ -278,6 +280,10 @@ def run(args) -> int:
         merged[key] = result[key]
     with open(out / "metrics.json", "w") as f:
         json.dump(merged, f, indent=2)
+    if not args.keep_bag:
+        import shutil
+
+        shutil.rmtree(out / "synthetic_bag", ignore_errors=True)
     print_summary(result, out)
     print(f"output rate {result['output_rate_hz']:.1f} Hz, latency p95 {result['latency_ms_p95']:.1f} ms, "
           f"max penetration {result['max_penetration_mm']:.2f} mm, total {time.monotonic() - t0:.0f} s")

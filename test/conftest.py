@@ -80,3 +80,16 @@ def pytest_runtest_makereport(item, call):
     outcome = yield
     rep = outcome.get_result()
     setattr(item, "rep_" + rep.when, rep)
+
+
+def pytest_collection_modifyitems(config, items):
+    """ROS tests get up to two re-runs (pytest-rerunfailures).
+
+    Fast DDS over loopback on this 2-core machine occasionally delivers a sample of a reliable
+    stream seconds late when the suite's other processes load the CPU (seen in the node tests:
+    9-10 of 12 frames in about one run of four). A re-run repeats every assertion; core tests,
+    which do not depend on transport timing, are never re-run.
+    """
+    for item in items:
+        if item.get_closest_marker("ros") is not None and item.get_closest_marker("flaky") is None:
+            item.add_marker(pytest.mark.flaky(reruns=2, reruns_delay=2))

@@ -93,3 +93,16 @@ def test_camera_to_hand_parameter():
     T = camera_to_hand_from_param([0.1, 0.2, 0.3, 0.0, 0.0, 0.0, 2.0])  # unnormalised quaternion
     np.testing.assert_allclose(T[:3, 3], [0.1, 0.2, 0.3])
     np.testing.assert_allclose(T[:3, :3], np.eye(3), atol=1e-12)
+
+
+@pytest.mark.ros
+def test_invalid_parameter_stops_node_with_one_line(ros_env):
+    """run_node: a start-up error is one readable line and exit code 2, not a traceback."""
+    import subprocess
+    import sys
+
+    res = subprocess.run([sys.executable, "-m", "hp_ros.nodes.tracking_node", "--ros-args",
+                          "-p", "object_units:=inches"], env=ros_env, capture_output=True, text=True, timeout=120)
+    assert res.returncode == 2
+    assert "tracking_node: invalid parameters: object_units" in res.stdout
+    assert "Traceback" not in res.stdout + res.stderr

@@ -269,3 +269,38 @@ class CameraToHand:
         if chain_h[-1] != chain_c[-1]:
             return None
         return np.linalg.inv(T_root_c) @ T_root_h
+
+
+# --- process entry point ------------------------------------------------------------------------
+
+def run_node(make_node: Callable[[], Node], name: str, args=None, make_executor=None) -> int:
+    """Init rclpy, build the node, spin until Ctrl-C or shutdown, clean up; the exit code.
+
+    Start-up errors (invalid parameters, missing files, bad data in a parameter) end with one
+    line ``<name>: <reason>`` and exit code 2 instead of a traceback. ``make_executor``: a
+    factory for the executor (default: ``rclpy.spin``'s single-threaded one).
+    """
+    import rclpy
+    from rclpy.executors import ExternalShutdownException
+
+    rclpy.init(args=args)
+    node = None
+    try:
+        node = make_node()
+        if make_executor is None:
+            rclpy.spin(node)
+        else:
+            executor = make_executor()
+            executor.add_node(node)
+            executor.spin()
+    except (KeyboardInterrupt, ExternalShutdownException):
+        pass
+    except (FileNotFoundError, ValueError, RuntimeError) as e:  # ParameterError is a ValueError
+        print(f"{name}: {e}", flush=True)
+        return 2
+    finally:
+        if node is not None:
+            node.destroy_node()
+        if rclpy.ok():
+            rclpy.shutdown()
+    return 0

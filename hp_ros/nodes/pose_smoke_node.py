@@ -14,6 +14,7 @@ from rcl_interfaces.msg import ParameterDescriptor
 from rclpy.node import Node
 from rclpy.qos import QoSProfile, ReliabilityPolicy
 
+from hp_ros.nodes.common import run_node
 from hp_ros.nodes.tf_out import TfPublisher
 
 
@@ -62,22 +63,7 @@ class PoseSmokeNode(Node):
 
 
 def main(args=None):
-    rclpy.init(args=args)
-    node = None
-    try:
-        node = PoseSmokeNode()
-        rclpy.spin(node)
-    except KeyboardInterrupt:
-        pass
-    except ValueError as e:
-        print(f"pose_smoke_node: {e}")
-        return 2
-    finally:
-        if node is not None:
-            node.destroy_node()
-        if rclpy.ok():
-            rclpy.shutdown()
-    return 0
+    return run_node(PoseSmokeNode, "pose_smoke_node", args)
 
 
 if __name__ == "__main__":

@@ -32,14 +32,14 @@ from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
 from geometry_msgs.msg import PoseStamped, PoseWithCovarianceStamped
 from hp_ros_msgs.srv import RefinePose
 from rclpy.callback_groups import MutuallyExclusiveCallbackGroup
-from rclpy.executors import ExternalShutdownException, MultiThreadedExecutor
+from rclpy.executors import MultiThreadedExecutor
 from rclpy.node import Node
 from sensor_msgs.msg import CameraInfo, Image, JointState
 
 from hp_ros import graph
 from hp_ros.io import msgs
-from hp_ros.nodes.common import (COMMON_PARAMS, IMAGE_QOS, OUTPUT_QOS, STATE_QOS, CameraToHand, JointStateBuffer,
-                                 OnceLogger, Param, ParameterError, camera_to_hand_from_param, declare_parameters,
+from hp_ros.nodes.common import (COMMON_PARAMS, run_node, IMAGE_QOS, OUTPUT_QOS, STATE_QOS, CameraToHand, JointStateBuffer,
+                                 OnceLogger, Param, camera_to_hand_from_param, declare_parameters,
                                  length_in, load_hand, load_object, non_negative, positive)
 
 _TERMS = ("mask", "rgb", "penetration", "sliding", "smoothness", "oscillation")
@@ -336,24 +336,7 @@ class RefinementNode(Node):
 
 
 def main(args=None):
-    rclpy.init(args=args)
-    node = None
-    try:
-        node = RefinementNode()
-        executor = MultiThreadedExecutor(num_threads=3)
-        executor.add_node(node)
-        executor.spin()
-    except (KeyboardInterrupt, ExternalShutdownException):
-        pass
-    except (ParameterError, FileNotFoundError, ValueError, RuntimeError) as e:
-        print(f"refinement_node: {e}")
-        return 2
-    finally:
-        if node is not None:
-            node.destroy_node()
-        if rclpy.ok():
-            rclpy.shutdown()
-    return 0
+    return run_node(RefinementNode, "refinement_node", args, lambda: MultiThreadedExecutor(num_threads=3))
 
 
 if __name__ == "__main__":

@@ -20,7 +20,7 @@ from sensor_msgs.msg import CameraInfo, Image, JointState, RegionOfInterest
 
 from hp_ros.graph import CAMERA_TOPICS, JOINT_STATES, TOPICS
 from hp_ros.io import msgs
-from hp_ros.nodes.common import (COMMON_PARAMS, IMAGE_QOS, OUTPUT_QOS, STATE_QOS, CameraToHand, JointStateBuffer,
+from hp_ros.nodes.common import (COMMON_PARAMS, run_node, IMAGE_QOS, OUTPUT_QOS, STATE_QOS, CameraToHand, JointStateBuffer,
                                  OnceLogger, Param, ParameterError, camera_to_hand_from_param, declare_parameters,
                                  load_hand, load_object, non_negative, one_of, positive)
 
@@ -382,24 +382,7 @@ def main(args=None):
         torch.set_num_threads(1)  # small FK batches: threads only add contention
     except ImportError:
         pass
-    rclpy.init(args=args)
-    node = None
-    try:
-        node = SegmentationNode()
-        executor = MultiThreadedExecutor(num_threads=2)
-        executor.add_node(node)
-        executor.spin()
-    except KeyboardInterrupt:
-        pass
-    except (ParameterError, FileNotFoundError, RuntimeError) as e:
-        print(f"segmentation_node: {e}", flush=True)
-        return 2
-    finally:
-        if node is not None:
-            node.destroy_node()
-        if rclpy.ok():
-            rclpy.shutdown()
-    return 0
+    return run_node(SegmentationNode, "segmentation_node", args, lambda: MultiThreadedExecutor(num_threads=2))
 
 
 if __name__ == "__main__":

@@ -33,8 +33,8 @@ from std_srvs.srv import Trigger
 from hp_ros import graph
 from hp_ros.core.ekf import EKFConfig, EKFTracker, TrackState
 from hp_ros.io import msgs
-from hp_ros.nodes.common import (COMMON_PARAMS, OUTPUT_QOS, STATE_QOS, CameraToHand, JointStateBuffer, OnceLogger,
-                                 Param, ParameterError, camera_to_hand_from_param, declare_parameters, length_in,
+from hp_ros.nodes.common import (COMMON_PARAMS, run_node, OUTPUT_QOS, STATE_QOS, CameraToHand, JointStateBuffer, OnceLogger,
+                                 Param, camera_to_hand_from_param, declare_parameters, length_in,
                                  load_hand, load_object, non_negative, one_of, positive)
 
 _D = EKFConfig()
@@ -369,22 +369,7 @@ class TrackingNode(Node):
 
 
 def main(args=None):
-    rclpy.init(args=args)
-    node = None
-    try:
-        node = TrackingNode()
-        rclpy.spin(node)
-    except KeyboardInterrupt:
-        pass
-    except (ParameterError, FileNotFoundError, ValueError) as e:
-        print(f"tracking_node: {e}")
-        return 2
-    finally:
-        if node is not None:
-            node.destroy_node()
-        if rclpy.ok():
-            rclpy.shutdown()
-    return 0
+    return run_node(TrackingNode, "tracking_node", args)
 
 
 if __name__ == "__main__":

@@ -49,6 +49,19 @@ def test_time_jump_back_resets(hand):
     assert buf.reset_pending and buf.stamps == [1_000_000_000]
 
 
+def test_malformed_message_from_the_past_clears_nothing(hand):
+    """An old stamp with unknown names is rejected before the time check acts on it: the
+    buffer (and the tracker that owns it) is not reset by a message that was never valid."""
+    buf = JointStateBuffer(hand.joint_state_mapper())
+    for k in range(5):
+        buf.add(js(hand.joint_names, np.full(16, k * 0.1), 10_000_000_000 + k * 10_000_000))
+    with pytest.raises(ValueError, match="unknown joint names"):
+        buf.add(js(["not_a_joint"] * 16, np.zeros(16), 0))
+    with pytest.raises(ValueError, match="non-finite"):
+        buf.add(js(hand.joint_names, np.full(16, np.nan), 0))
+    assert len(buf.stamps) == 5 and not buf.reset_pending
+
+
 def test_simlab_subset_messages_and_unknown_names(hand):
     buf = JointStateBuffer(hand.joint_state_mapper())
     simlab = [f"joint_{i}.0" for i in range(16)]
@@ -78,6 +91,7 @@ def test_tf_static_chain_resolution():
     T_world_cam, T_world_base, T_base_palm = T(1.0, 0.3), T(-0.5, -0.2), T(0.0, 0.1)
     c2h = CameraToHand.__new__(CameraToHand)
     c2h.camera_frame, c2h.hand_frame, c2h.fixed, c2h._edges, c2h._value = "cam", "ah_palm_link", None, {}, None
+    c2h._logger = rclpy.logging.get_logger("test_tf_static")
     tfm = msgs.make_tf_message([
         msgs.make_transform_stamped(T_world_cam, 0, "world", "cam", TransformStamped),
         msgs.make_transform_stamped(T_world_base, 0, "world", "ah_base_link", TransformStamped),

@@ -27,6 +27,17 @@ def test_every_parameter_is_in_the_readme_with_its_default():
     assert not missing, f"parameters missing from README: {missing}"
 
 
+def test_parameter_tables_match_the_declarations():
+    """Defaults and meanings too: the tables are what scripts/readme_params.py renders."""
+    import importlib.util
+
+    path = Path(__file__).resolve().parents[1] / "scripts" / "readme_params.py"
+    spec = importlib.util.spec_from_file_location("readme_params", path)
+    gen = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(gen)
+    assert gen.current(README) == gen.render(), "README parameter tables are stale: run scripts/readme_params.py --write"
+
+
 def test_every_topic_and_service_is_in_the_readme():
     from hp_ros import graph
 

@@ -185,12 +185,14 @@ class JointStateBuffer:
     def add(self, msg) -> bool:
         """Store one sensor_msgs/JointState; ValueError for unknown names / NaNs (nothing stored)."""
         names, positions, stamp_ns = msgs.joint_state_to_numpy(msg)
-        if self.stamps and stamp_ns < self.stamps[-1] - self.reset_ns:
+        jumped_back = bool(self.stamps) and stamp_ns < self.stamps[-1] - self.reset_ns
+        if not jumped_back and self.stamps and stamp_ns < self.stamps[-1] - self.reorder_ns:
+            return False
+        # validated before anything is cleared: a malformed message must not cost the buffer
+        q = self.mapper.update(names, positions, require_complete=False)
+        if jumped_back:
             self.clear()
             self.reset_pending = True
-        elif self.stamps and stamp_ns < self.stamps[-1] - self.reorder_ns:
-            return False
-        q = self.mapper.update(names, positions, require_complete=False)
         if not self.mapper.is_complete:
             return False
         i = bisect.bisect_right(self.stamps, stamp_ns)
@@ -234,6 +236,7 @@ class CameraToHand:
     def __init__(self, node: Node, camera_frame: str, hand_frame: str, fixed: Optional[np.ndarray] = None):
         self.camera_frame, self.hand_frame = camera_frame, hand_frame
         self.fixed = fixed
+        self._logger = node.get_logger()
         self._edges: dict = {}  # child -> (parent, T_parent_child)
         self._value = fixed
         if fixed is None:
@@ -250,7 +253,12 @@ class CameraToHand:
     def _on_tf_static(self, msg) -> None:
         for T, parent, child, _ in msgs.tf_message_to_list(msg):
             self._edges[child] = (parent, T)
-        self._value = self._resolve()
+        value = self._resolve()
+        if value is not None and (self._value is None or not np.allclose(value, self._value)):
+            t = value[:3, 3]
+            self._logger.info(f"camera->hand from /tf_static: {self.camera_frame} -> {self.hand_frame} "
+                              f"t = [{t[0]:.4f}, {t[1]:.4f}, {t[2]:.4f}] m")
+        self._value = value if value is not None else self._value
 
     def _chain_to_root(self, frame):
         T, chain = np.eye(4), [frame]

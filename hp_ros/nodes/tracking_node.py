@@ -62,6 +62,8 @@ OWN_PARAMS = {
                              positive),
     "max_joint_gap": Param(0.1, "max distance [s] from an image stamp to the joint states around it", positive),
     "publish_on_joint_states": Param(False, "also publish a predicted pose for every joint state"),
+    "publish_when_lost": Param(False, "keep publishing pose and TF while the track is LOST (default: status only, "
+                                      "so a manipulation pipeline never acts on a pose the filter disowned)"),
     "request_refinement": Param(True, "when LOST, ask /hp_ros/refine_pose (if available) and re-initialise"),
 }
 
@@ -322,6 +324,9 @@ class TrackingNode(Node):
     # ------------------------------------------------------------------ outputs
     def publish(self, stamp: int) -> None:
         ekf = self.ekf
+        if ekf.state == TrackState.LOST and not self.p["publish_when_lost"]:
+            self.publish_status(stamp, ekf)
+            return
         cam = self.p["camera_frame"]
         cov = ekf.covariance
         self.pose_pub.publish(msgs.make_pose_with_covariance_stamped(ekf.T_cam_obj, cov, stamp, cam,

@@ -91,7 +91,8 @@ def test_tracking_node_follows_ground_truth_and_recovers(tmp_path, ros_node, sta
     # static_transform_publisher: a chain camera_link -> optical frame, camera_link -> hand base
     node = start_process(python_module_cmd(
         "hp_ros.nodes.tracking_node", "--ros-args", "-r", "__ns:=/hp_ros",
-        "-p", f"initial_pose:={_param(list(T_first[:3, 3]) + list(q))}"), name="tracking_node")
+        "-p", f"initial_pose:={_param(list(T_first[:3, 3]) + list(q))}", "-p", "use_sim_time:=true"),
+        name="tracking_node")
     from geometry_msgs.msg import TransformStamped
     from rclpy.qos import DurabilityPolicy
     T_link_opt = np.eye(4)
@@ -122,7 +123,8 @@ def test_tracking_node_follows_ground_truth_and_recovers(tmp_path, ros_node, sta
     assert spin_until(ros_node, lambda: "camera->hand from /tf_static" in node.log_text(), timeout=20), \
         node.log_text()
 
-    replay = start_process(python_module_cmd("hp_ros.tools.replay", str(path), "--wait-subscribers", "4",
+    # the bag's clock on /clock (use_sim_time): 4 observation/joint subscriptions + /clock
+    replay = start_process(python_module_cmd("hp_ros.tools.replay", str(path), "--clock", "--wait-subscribers", "5",
                                              "--wait-timeout", "30"), name="replay")
     n_frames = seq.num_frames
     spin_until(ros_node, lambda: not replay.alive() and len(poses) >= n_frames - 2, timeout=60)
@@ -152,6 +154,10 @@ def test_tracking_node_follows_ground_truth_and_recovers(tmp_path, ros_node, sta
     assert lat[-third:].mean() - lat[:third].mean() < 0.05, lat
     assert all(s.state_name in ("TRACKING", "INITIALIZING") for s in status)
     assert status[-1].state_name == "TRACKING" and status[-1].covariance_trace > 0
+    # use_sim_time: the node's clock is the bag's /clock, so its reported latency (clock now minus
+    # the frame stamp) is tens of ms; on the wall clock it would be the bag's age (years)
+    lat_ms = np.array([s.latency_ms for s in status if s.state_name == "TRACKING"])
+    assert -100 < np.median(lat_ms) < 1000, lat_ms
 
     # bad input: unknown joint names and a NaN observation -> logged, the node keeps running
     js = JointState(name=["not_a_joint"] * 16, position=[0.0] * 16)

@@ -55,7 +55,8 @@ class NodeSpec:
 NODES = [
     NodeSpec("segmentation_node", "segmentation_node", "hp_ros.nodes.segmentation_node",
              subscribes=[CAMERA_TOPICS["color_image"], CAMERA_TOPICS["color_info"],
-                         CAMERA_TOPICS["depth_image"], JOINT_STATES, "/tf_static"],
+                         CAMERA_TOPICS["depth_image"], JOINT_STATES, "/tf_static",
+                         TOPICS["object_pose"]],  # object_pose: prior of the model backend only
              publishes=[TOPICS["hand_mask"], TOPICS["object_mask"], TOPICS["object_observation"],
                         TOPICS["fingertips"], TOPICS["overlay"]]),
     NodeSpec("tracking_node", "tracking_node", "hp_ros.nodes.tracking_node",

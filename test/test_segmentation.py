@@ -273,16 +273,77 @@ def test_hope_frame_runs_through_colour_and_depth_backends(shared_data):
 
 
 @pytest.mark.shared_data
-@pytest.mark.xfail(reason="HOPE frame (object lying among 17 similar toys on a grey couch): the texture's colours "
-                   "do not transfer (camera hue ~20-30 deg off the texture's blue, 46 % of the object is achromatic "
-                   "like the couch): IoU 0.00 for colour/depth with the model colour+size; a convexity depth "
-                   "segmentation reaches 0.76 only with the right segment picked by hand; GT-free picks another "
-                   "toy: known gap", strict=False)
-def test_hope_mask_iou(shared_data):
+@pytest.mark.xfail(reason="GT-free colour setting on the HOPE frame (object lying among 17 similar toys on a grey "
+                   "couch): the texture's colours do not transfer (camera hue ~20-30 deg off the texture's blue, 46 % "
+                   "of the object is achromatic like the couch): IoU 0.00 for colour/depth with the model colour+size; "
+                   "a convexity depth segmentation reaches 0.76 only with the right segment picked by hand. Measured "
+                   "figure kept as a record; the pose-prior 'model' backend below is the answer", strict=False)
+def test_hope_mask_iou_colour_only_gt_free(shared_data):
     rgb, depth, gt, obj, Kh = _hope(shared_data)
     cfg = S.SegmenterConfig(object_backend="color", **HOPE_SETTINGS)
     r = S.Segmenter(Kh, 1920, 1080, None, cfg, object_model=obj).segment(rgb, depth)
     assert mask_iou(r.object_mask, gt)[0] >= 0.8
+
+
+# reference pose of the HOPE mesh in the camera (SOURCES.md; mesh in mm -> metres)
+HOPE_T_REF = np.eye(4)
+HOPE_T_REF[:3, :3] = np.reshape([-0.791346, 0.075847, 0.606646, 0.465293, 0.718378, 0.517141,
+                                 -0.396577, 0.691506, -0.603776], (3, 3))
+HOPE_T_REF[:3, 3] = np.array([-161.169, 206.221, 747.151]) / 1000.0
+
+
+def _perturbed(T, rng, pos_sigma=0.01, rot_deg=5.0):
+    """``T`` with a random translation (``pos_sigma`` per axis) and rotation (rotation vector of
+    ``rot_deg / sqrt(3)`` per axis, ~``rot_deg`` in total) applied in the camera frame."""
+    from scipy.spatial.transform import Rotation
+    out = np.array(T, dtype=np.float64)
+    out[:3, 3] = out[:3, 3] + rng.normal(0, pos_sigma, 3)
+    out[:3, :3] = Rotation.from_rotvec(rng.normal(0, np.radians(rot_deg) / np.sqrt(3), 3)).as_matrix() @ out[:3, :3]
+    return out
+
+
+@pytest.fixture(scope="module")
+def hope_model(shared_data):
+    rgb, depth, gt, obj, Kh = _hope(shared_data)
+    sg = S.Segmenter(Kh, 1920, 1080, None, S.SegmenterConfig(object_backend="model"), object_model=obj)
+    return rgb, depth, gt, sg
+
+
+@pytest.mark.shared_data
+def test_hope_model_backend_mask_iou_from_perturbed_reference_pose(hope_model):
+    """Pose prior = the reference pose with ~1 cm / ~5 deg random error: the depth refinement
+    earns the IoU (the reference pose rendered as is scores ~0.78, itself ~2 cm off the depth)."""
+    rgb, depth, gt, sg = hope_model
+    unrefined = sg.model_masker.render(HOPE_T_REF, (0, 0, 1920, 1080))
+    assert mask_iou(np.isfinite(unrefined), gt)[0] < 0.8
+    ious = []
+    for seed in range(5):
+        prior = _perturbed(HOPE_T_REF, np.random.default_rng(seed))
+        r = sg.segment(rgb, depth, T_cam_obj_prior=prior, prior_pos_sigma=0.01)
+        ious.append(mask_iou(r.object_mask, gt)[0])
+        assert r.object_confidence > 0.8 and r.observation.valid
+        T = r.raw["model_pose"]
+        assert T.shape == (4, 4) and np.allclose(T[:3, :3] @ T[:3, :3].T, np.eye(3), atol=1e-6)
+    assert min(ious) >= 0.8, ious
+
+
+@pytest.mark.shared_data
+def test_hope_model_backend_follows_the_prior(hope_model):
+    """Control: the mask comes from the prior, not from anything else in the frame. A prior 10 cm
+    to the side lands on other toys (low IoU); one 15 cm in front of the couch, in free space,
+    gives no mask and zero confidence; no prior gives no mask."""
+    rgb, depth, gt, sg = hope_model
+    aside = HOPE_T_REF.copy()
+    aside[:3, 3] += (0.10, 0.0, 0.0)
+    r = sg.segment(rgb, depth, T_cam_obj_prior=aside, prior_pos_sigma=0.01)
+    assert mask_iou(r.object_mask, gt)[0] < 0.2
+    assert np.linalg.norm(r.raw["model_pose"][:3, 3] - aside[:3, 3]) < 0.06   # stayed near its prior
+    floating = HOPE_T_REF.copy()
+    floating[:3, 3] *= 0.8   # along the viewing ray, ~15 cm towards the camera
+    r = sg.segment(rgb, depth, T_cam_obj_prior=floating)
+    assert r.object_confidence < 0.1 and r.object_mask.sum() < 0.1 * gt.sum()
+    r = sg.segment(rgb, depth)
+    assert not r.object_mask.any() and r.object_confidence == 0.0 and r.raw["model_pose"] is None
 
 
 def test_object_surface_colors_are_area_weighted():
@@ -381,3 +442,58 @@ def test_color_or_depth_union_rejects_background_of_object_colour(seq, hand):
     q = _q_at(seq, k)
     r = sg.segment(rgb, S.depth_to_metres(seq.depth_mm[k], "16UC1"), q, seq.T_cam_hand_published)
     assert mask_iou(r.object_mask, seq.object_mask[k])[0] >= 0.9
+
+
+def test_model_backend_on_synthetic_sequence_with_hand(seq, hand):
+    """Model backend with the ground-truth pose perturbed by ~1 cm / ~5 deg as prior: object IoU
+    >= 0.9 on every frame with the hand holding the object (hand pixels kept out), pose refined
+    against depth, and nothing without a prior."""
+    from hp_ros.core.objects import ObjectModel
+    obj = ObjectModel.builtin("cracker_box")
+    sg = S.Segmenter(seq.K, seq.width, seq.height, hand, S.SegmenterConfig(object_backend="model", workspace_box=BOX),
+                     object_model=obj)
+    rng = np.random.default_rng(7)
+    ious, err_prior, err_model = [], [], []
+    for k in range(seq.num_frames):
+        depth = S.depth_to_metres(seq.depth_mm[k], "16UC1")
+        prior = _perturbed(seq.T_cam_obj[k], rng)
+        r = sg.segment(seq.rgb[k], depth, _q_at(seq, k), seq.T_cam_hand_published, T_cam_obj_prior=prior,
+                       prior_pos_sigma=0.01)
+        ious.append(mask_iou(r.object_mask, seq.object_mask[k])[0])
+        assert (r.object_mask & seq.hand_mask[k]).sum() <= 0.01 * r.object_mask.sum()
+        assert 0.8 < r.object_confidence <= 1.0
+        err_prior.append(np.linalg.norm(prior[:3, 3] - seq.T_cam_obj[k][:3, 3]))
+        err_model.append(np.linalg.norm(r.raw["model_pose"][:3, 3] - seq.T_cam_obj[k][:3, 3]))
+    assert min(ious) >= 0.9, ious
+    assert max(err_model) < 0.003 and np.mean(err_model) < 0.2 * np.mean(err_prior), (err_model, err_prior)
+    # no prior: the model backend has no input; model|depth falls back to depth at half confidence
+    r = sg.segment(seq.rgb[0], S.depth_to_metres(seq.depth_mm[0], "16UC1"), _q_at(seq, 0), seq.T_cam_hand_published)
+    assert not r.object_mask.any() and r.object_confidence == 0.0 and r.raw["model_pose"] is None
+    both = S.Segmenter(seq.K, seq.width, seq.height, hand,
+                       S.SegmenterConfig(object_backend="model|depth", workspace_box=BOX), object_model=obj)
+    depth = S.depth_to_metres(seq.depth_mm[0], "16UC1")
+    alone = both.segment(seq.rgb[0], depth, _q_at(seq, 0), seq.T_cam_hand_published)
+    assert "model" not in alone.raw and "depth" in alone.raw
+    with_prior = both.segment(seq.rgb[0], depth, _q_at(seq, 0), seq.T_cam_hand_published,
+                              T_cam_obj_prior=_perturbed(seq.T_cam_obj[0], rng))
+    assert mask_iou(with_prior.object_mask, seq.object_mask[0])[0] >= 0.9
+    assert alone.object_confidence <= 0.5 < with_prior.object_confidence
+
+
+def test_model_backend_configuration_errors():
+    from hp_ros.core.objects import ObjectModel
+    assert S.parse_combination("model+color") == (["model", "color"], "+")
+    with pytest.raises(ValueError, match="object model"):
+        S.Segmenter(K, 640, 480, None, S.SegmenterConfig(object_backend="model"))
+    for bad, match in ((dict(model_tolerance=0.03), "model_tolerance"), (dict(model_margin=0.1), "model_max_margin"),
+                       (dict(model_scale=0.0), "model_scale"), (dict(model_icp_iterations=-1), "model_icp_iterations"),
+                       (dict(model_dilate_px=1.5), "model_dilate_px")):
+        with pytest.raises(ValueError, match=match):
+            S.Segmenter(K, 640, 480, None, S.SegmenterConfig(object_backend="color", **bad))
+    sg = S.Segmenter(K, 640, 480, None, S.SegmenterConfig(object_backend="model"),
+                     object_model=ObjectModel.builtin("soup_can"))
+    rgb, depth = np.zeros((480, 640, 3), np.uint8), np.full((480, 640), 0.5, np.float32)
+    with pytest.raises(ValueError, match="T_cam_obj_prior"):
+        sg.segment(rgb, depth, T_cam_obj_prior=np.eye(3))
+    with pytest.raises(ValueError, match="prior_pos_sigma"):
+        sg.segment(rgb, depth, T_cam_obj_prior=np.eye(4), prior_pos_sigma=-1.0)

@@ -1,6 +1,6 @@
 """Segmentation backends (ROS-free): hand mask from the robot's own model, object mask from a
-colour model, from depth, from an external mask or from detectron2, clean-up, confidences,
-object observations and coloured-fingertip-marker detection.
+colour model, from depth, from an external mask, from detectron2 or from the object model at a
+pose prior, clean-up, confidences, object observations and coloured-fingertip-marker detection.
 
 Conventions (docs/ARCHITECTURE.md): images ``H x W``, pixel centres at integer coordinates;
 camera frame REP-103 optical; masks are ``(H, W)`` bool; colour images are ``(H, W, 3)`` uint8
@@ -19,12 +19,14 @@ Pipeline of :class:`Segmenter.segment` for one frame:
 2. Object: raw masks from the configured backends (``color``: HSV ranges, an H-S histogram
    back-projection learned from a first confident mask, or one learned from the known object
    model's texture/colours, :meth:`HistogramColorModel.from_object_model`; ``depth``: points inside a workspace box
-   in the camera or hand-base frame; ``external``; ``detectron2``), minus the visible hand, combined
+   in the camera or hand-base frame; ``external``; ``detectron2``; ``model``: the object model at
+   a pose prior such as the tracker's estimate, refined against depth and rendered,
+   :class:`ModelObjectMasker`), minus the visible hand, combined
    (``a+b`` intersection, ``a|b`` union: colour pixels whose valid depth is outside the workspace
    are dropped, so colour only fills depth holes), then cleaned (:func:`clean_mask`; with
    ``object_size`` the component whose 3D extent, :func:`extent_3d`, fits the object model's
    size wins and implausible ones are rejected). All object work happens inside the workspace
-   box's image rectangle.
+   box's image rectangle (joined with the model backend's window around the prior).
 3. Observation: centroid, bounding box, area, median depth and back-projected centre
    (:func:`object_observation`); fingertip markers (:class:`FingertipMarkerDetector`).
 """
@@ -38,12 +40,12 @@ import numpy as np
 
 __all__ = [
     "to_rgb", "depth_to_metres", "object_surface_colors", "HandRender", "HandMasker", "visible_hand_mask", "HandAligner", "HSVColorModel", "HistogramColorModel",
-    "DepthBoxForeground", "Detectron2Backend", "clean_mask", "extent_3d", "CleanResult", "ObjectObservation",
+    "DepthBoxForeground", "Detectron2Backend", "ModelObjectMasker", "ModelFit", "clean_mask", "extent_3d", "CleanResult", "ObjectObservation",
     "object_observation", "FingertipMarkerDetector", "FingertipResult", "SegmenterConfig",
     "SegmentationResult", "Segmenter", "overlay", "parse_combination", "OBJECT_BACKENDS",
 ]
 
-OBJECT_BACKENDS = ("color", "depth", "external", "detectron2")
+OBJECT_BACKENDS = ("color", "depth", "external", "detectron2", "model")
 # pixels without depth count as hand only this far (px) inside the silhouette and away from an occluder
 HOLE_RIM_PX, HOLE_OCCLUDER_PX = 1, 2
 COLOR_ENCODINGS = ("rgb8", "bgr8", "rgba8", "bgra8", "mono8")
@@ -105,6 +107,19 @@ def _ray_grid(K: np.ndarray, width: int, height: int) -> tuple[np.ndarray, np.nd
     y = np.broadcast_to((v - cy) / fy, (height, width))
     x = (u - cx - s * y) / fx
     return x.astype(np.float32), np.ascontiguousarray(y, dtype=np.float32)
+
+
+def _grow_mask(mask: np.ndarray, roi: Optional[tuple], px: int) -> np.ndarray:
+    """``mask`` ``(H, W)`` bool dilated by a disc of ``px`` pixels; only ``roi = (x0, y0, x1, y1)``
+    (grown by ``px``) is processed when given (the mask is empty outside it)."""
+    if px <= 0 or not mask.any():
+        return mask
+    H, W = mask.shape
+    x0, y0, x1, y1 = roi if roi is not None else (0, 0, W, H)
+    x0, y0, x1, y1 = max(x0 - px, 0), max(y0 - px, 0), min(x1 + px, W), min(y1 + px, H)
+    out = np.zeros_like(mask)
+    out[y0:y1, x0:x1] = cv2.dilate(np.ascontiguousarray(mask[y0:y1, x0:x1]).view(np.uint8), _disk(px)).astype(bool)
+    return out
 
 
 def _check_K(K) -> np.ndarray:
@@ -720,6 +735,336 @@ class Detectron2Backend:
         return out.pred_masks[i].numpy().astype(bool), float(scores[i])
 
 
+# ----------------------------------------------------------------------------- (f) model at a pose prior
+
+@dataclass
+class ModelFit:
+    """Result of :meth:`ModelObjectMasker.fit` for one frame.
+
+    mask: ``(y1 - y0, x1 - x0)`` bool object pixels inside ``rect = (x0, y0, x1, y1)``.
+    T_cam_obj: ``(4, 4)`` camera->object pose refined against depth.
+    confidence: share of the rendered silhouette's valid-depth pixels that depth confirms,
+        scaled down when less than half of the silhouette has depth; 0 when nothing is seen.
+    inliers: depth points + model samples used in the last refinement step.
+    """
+
+    mask: np.ndarray
+    rect: tuple
+    T_cam_obj: np.ndarray
+    confidence: float
+    inliers: int = 0
+
+
+# signed-distance grids per object model (building one takes ~1-3 s), keyed by grid parameters
+_SDF_GRIDS: "weakref.WeakKeyDictionary" = None
+
+
+def _sdf_grid(obj, pad: float, grid_size: int):
+    """``(lo (3,), voxel, sdf (nx, ny, nz) float32, vertices (V, 3), faces (F, 3) long tensor)``
+    of an object model's signed distance (:class:`hp_ros.core.sdf.MeshSDF`, negative inside)
+    sampled on a grid over its bounding box grown by ``pad``; cached per model."""
+    global _SDF_GRIDS
+    import warnings
+    import weakref
+
+    import torch
+
+    from hp_ros.core.sdf import MeshSDF
+
+    if _SDF_GRIDS is None:
+        _SDF_GRIDS = weakref.WeakKeyDictionary()
+    per_obj = _SDF_GRIDS.setdefault(obj, {})
+    key = (round(float(pad), 6), int(grid_size), int(obj.faces.shape[0]))
+    if key not in per_obj:
+        with warnings.catch_warnings():  # open meshes fall back to the winding-number sign: fine here
+            warnings.simplefilter("ignore", UserWarning)
+            sdf = MeshSDF(obj.vertices, obj.faces, max_dist=pad * 1.5)
+        verts = sdf.vertices.numpy().astype(np.float64)
+        lo, hi = verts.min(0) - pad, verts.max(0) + pad
+        voxel = float((hi - lo).max() / (int(grid_size) - 1))
+        n = np.ceil((hi - lo) / voxel).astype(int) + 1
+        g = np.stack(np.meshgrid(*[lo[i] + voxel * np.arange(n[i]) for i in range(3)], indexing="ij"), -1)
+        with torch.no_grad():
+            d = sdf.query(torch.from_numpy(g.reshape(-1, 3)).float())[0].numpy().reshape(tuple(n))
+        per_obj[key] = (lo, voxel, np.ascontiguousarray(d, dtype=np.float32), verts, sdf.faces)
+    return per_obj[key]
+
+
+class ModelObjectMasker:
+    """Object mask from the known object model at a pose prior (e.g. the tracker's estimate).
+
+    Per frame (:meth:`fit`), with the search margin ``m = clip(3 prior_pos_sigma, margin,
+    max_margin)``:
+
+    1. Coarse search: the prior shifted across the view on a ``7 x 7`` grid of spacing ``m / 3``
+       (camera x, y), each shift moved along its ray by the median offset between measured depth
+       and the model's camera-facing surface samples; the shift whose samples agree best with
+       depth (within ``2 tolerance``; samples with background far behind them count against)
+       wins. Depth fixes the distance error of a prior at once; the grid the lateral one.
+    2. Pose refinement: ``iterations`` robust Gauss-Newton steps of a symmetric ICP with an
+       association gate shrinking geometrically from ``m`` to ``2 tolerance`` and Huber weights
+       at ``tolerance / 2``: measured points (every ``1 / scale``-th pixel of the window around the
+       object, off ``exclude``, seen on the surface's camera-facing side) to the surface
+       (signed distance, no correspondences) and the model's camera-facing samples to the depth
+       on their pixels (point-to-plane). Neighbouring objects fall out as the gate shrinks.
+    3. Mask: the object rendered at the refined pose (front-face z-buffer at ``scale``,
+       :func:`hp_ros.core.render.rasterize`), grown by ``dilate_px``; a pixel is object when its
+       measured depth lies within ``tolerance`` of the rendered depth range around it, or when it
+       has no depth but lies inside the silhouette.
+
+    The signed distance is sampled once from :class:`hp_ros.core.sdf.MeshSDF` on a grid
+    (``grid_size`` nodes along the longest side of the bounding box grown by ``max_margin``;
+    cached per model) and interpolated trilinearly, so the per-frame cost does not depend on
+    the mesh size (except for the final render).
+
+    Args:
+        obj: :class:`hp_ros.core.objects.ObjectModel` (metres).
+        K: ``(3, 3)``; ``width``, ``height``: image size.
+        margin, tolerance, max_margin: metres (see above); ``iterations``; ``scale`` in (0, 1];
+        dilate_px: silhouette growth absorbing the remaining pose error (px);
+        max_points: measured points kept for the refinement (evenly spaced subset);
+        n_samples: model surface samples.
+    """
+
+    def __init__(self, obj, K, width: int, height: int, margin: float = 0.02, tolerance: float = 0.006,
+                 iterations: int = 8, scale: float = 0.5, dilate_px: int = 2, max_margin: float = 0.04,
+                 max_points: int = 1200, n_samples: int = 1500, grid_size: int = 56, min_points: int = 30):
+        _check_model_settings(margin, tolerance, max_margin, iterations, scale, dilate_px)
+        self.K = _check_K(K)
+        self.width, self.height = int(width), int(height)
+        self.margin, self.tolerance, self.max_margin = float(margin), float(tolerance), float(max_margin)
+        self.iterations, self.scale, self.dilate_px = int(iterations), float(scale), int(dilate_px)
+        self.max_points, self.min_points = int(max_points), int(min_points)
+        self._rx, self._ry = _ray_grid(self.K, self.width, self.height)
+        lo, voxel, sdf, verts, faces = _sdf_grid(obj, 1.2 * self.max_margin, grid_size)
+        self._grid_lo, self._voxel, self._sdf = lo, voxel, sdf
+        self._verts, self._faces_t = verts, faces
+        self._box = np.stack([verts.min(0), verts.max(0)])
+        self.center = self._box.mean(0)
+        self._grad = [np.ascontiguousarray(gi, dtype=np.float32) for gi in np.gradient(sdf, voxel)]
+        # surface samples with outward normals (the grid's gradient: consistent with its sign)
+        self._samples = obj.surface_points(int(n_samples), seed=0).detach().cpu().numpy().astype(np.float64)
+        self._normals = self.signed_distance(self._samples, gradient=True)[1]
+
+    # ------------------------------------------------------------------ pieces
+    def signed_distance(self, p_obj: np.ndarray, gradient: bool = False):
+        """Signed distance (m, negative inside) of object-frame points ``(N, 3)``, trilinear in the
+        grid (``scipy.ndimage.map_coordinates``), ``+inf`` outside it; with ``gradient`` also the
+        unit gradient ``(N, 3)`` (outward, central differences of the grid, interpolated)."""
+        from scipy.ndimage import map_coordinates
+
+        c = ((p_obj - self._grid_lo) / self._voxel).T
+        sd = map_coordinates(self._sdf, c, order=1, mode="constant", cval=np.inf)
+        if not gradient:
+            return sd
+        g = np.stack([map_coordinates(gi, c, order=1, mode="nearest") for gi in self._grad], -1)
+        g /= np.maximum(np.linalg.norm(g, axis=1, keepdims=True), 1e-12)
+        return sd, g
+
+    def window(self, T_cam_obj: np.ndarray, margin: float) -> Optional[tuple[int, int, int, int]]:
+        """Image rectangle ``(x0, y0, x1, y1)`` (exclusive ends) holding the object's bounding box
+        grown by ``margin`` at a pose; the whole image when the box reaches behind the camera,
+        None when it is entirely behind it or off-image."""
+        lo, hi = self._box[0] - margin, self._box[1] + margin
+        box = np.array([[x, y, z] for x in (lo[0], hi[0]) for y in (lo[1], hi[1]) for z in (lo[2], hi[2])])
+        box = box @ T_cam_obj[:3, :3].T + T_cam_obj[:3, 3]
+        if (box[:, 2] <= 0.02).any():
+            return (0, 0, self.width, self.height) if box[:, 2].max() > 0.02 else None
+        # a convex solid in front of the camera projects inside the hull of its projected corners
+        K = self.K
+        u = (K[0, 0] * box[:, 0] + K[0, 1] * box[:, 1]) / box[:, 2] + K[0, 2]
+        v = K[1, 1] * box[:, 1] / box[:, 2] + K[1, 2]
+        x0, x1 = max(int(np.floor(u.min())), 0), min(int(np.ceil(u.max())) + 1, self.width)
+        y0, y1 = max(int(np.floor(v.min())), 0), min(int(np.ceil(v.max())) + 1, self.height)
+        return (x0, y0, x1, y1) if x0 < x1 and y0 < y1 else None
+
+    def render(self, T_cam_obj: np.ndarray, rect: tuple, scale: float = 1.0) -> np.ndarray:
+        """Depth ``(ceil(h scale), ceil(w scale))`` float32 of the object's camera-facing surface at
+        a pose inside ``rect = (x0, y0, x1, y1)`` (pixel centres mapped), ``inf`` off the object."""
+        import torch
+
+        from hp_ros.core.render import rasterize
+
+        x0, y0, x1, y1 = rect
+        K = self.K
+        p = self._verts @ T_cam_obj[:3, :3].T + T_cam_obj[:3, 3]
+        z = p[:, 2]
+        zs = np.where(z > 1e-3, z, np.nan)
+        u = ((K[0, 0] * p[:, 0] + K[0, 1] * p[:, 1]) / zs + K[0, 2] - x0 + 0.5) * scale - 0.5
+        v = (K[1, 1] * p[:, 1] / zs + K[1, 2] - y0 + 0.5) * scale - 0.5
+        uv = torch.from_numpy(np.nan_to_num(np.stack([u, v], -1), nan=-1e6)).float()
+        fu = uv[self._faces_t]
+        area2 = (fu[:, 1, 0] - fu[:, 0, 0]) * (fu[:, 2, 1] - fu[:, 0, 1]) \
+            - (fu[:, 2, 0] - fu[:, 0, 0]) * (fu[:, 1, 1] - fu[:, 0, 1])
+        front = self._faces_t[area2 < 0]   # camera-facing faces (outward winding)
+        size = (max(int(np.ceil((y1 - y0) * scale)), 1), max(int(np.ceil((x1 - x0) * scale)), 1))
+        fr = rasterize(uv[None], torch.from_numpy(z).float()[None], front, size, near=1e-3)
+        return fr.zbuf[0].numpy().astype(np.float32)
+
+    def _visible_samples(self, T: np.ndarray, depth_m: np.ndarray, exclude: Optional[np.ndarray]):
+        """Camera-facing model samples at pose ``T`` that project into the image: points
+        ``(M, 3)`` and normals ``(M, 3)`` (camera frame), measured depth at their pixels ``(M,)``
+        (0 = none or excluded)."""
+        K, H, W = self.K, self.height, self.width
+        q = self._samples @ T[:3, :3].T + T[:3, 3]
+        nq = self._normals @ T[:3, :3].T
+        front = (np.einsum("ij,ij->i", nq, q) < 0) & (q[:, 2] > 0.02)
+        q, nq = q[front], nq[front]
+        u = np.round((K[0, 0] * q[:, 0] + K[0, 1] * q[:, 1]) / q[:, 2] + K[0, 2]).astype(np.int64)
+        v = np.round(K[1, 1] * q[:, 1] / q[:, 2] + K[1, 2]).astype(np.int64)
+        on = (u >= 0) & (u < W) & (v >= 0) & (v < H)
+        q, nq, u, v = q[on], nq[on], u[on], v[on]
+        dq = depth_m[v, u].astype(np.float64)
+        if exclude is not None:
+            dq[exclude[v, u]] = 0.0
+        return q, nq, dq
+
+    def _coarse_search(self, T: np.ndarray, depth_m: np.ndarray, exclude, margin: float, steps: int = 3) -> np.ndarray:
+        """Step 1 of the class doc: the best of ``(2 steps + 1)^2`` shifted, depth-aligned priors."""
+        q, _, _ = self._visible_samples(T, depth_m, None)
+        if len(q) < self.min_points:
+            return T
+        K, H, W = self.K, self.height, self.width
+        a = np.arange(-steps, steps + 1) * (margin / steps)
+        off = np.stack(np.meshgrid(a, a, indexing="ij"), -1).reshape(-1, 2)
+        off = np.concatenate([off, np.zeros((len(off), 1))], 1)             # (G, 3)
+        p = q[None] + off[:, None]                                           # (G, M, 3)
+        u = np.round((K[0, 0] * p[..., 0] + K[0, 1] * p[..., 1]) / p[..., 2] + K[0, 2]).astype(np.int64)
+        v = np.round(K[1, 1] * p[..., 1] / p[..., 2] + K[1, 2]).astype(np.int64)
+        on = (u >= 0) & (u < W) & (v >= 0) & (v < H)
+        u, v = np.where(on, u, 0), np.where(on, v, 0)
+        d = np.where(on, depth_m[v, u], 0.0).astype(np.float64)
+        if exclude is not None:
+            d[exclude[v, u]] = 0.0
+        r = d - p[..., 2]
+        near = (d > 0) & (np.abs(r) < 2.0 * margin)
+        cnt = near.sum(1)
+        srt = np.sort(np.where(near, r, np.inf), axis=1)                     # near offsets first
+        med = np.where(cnt > 0, srt[np.arange(len(srt)), np.maximum(cnt - 1, 0) // 2], 0.0)   # (G,)
+        rr = r - med[:, None]
+        tol = 2.0 * self.tolerance
+        score = ((d > 0) & (np.abs(rr) < tol)).sum(1) - ((d > 0) & (rr > 2.0 * tol)).sum(1)
+        best = int(np.argmax(score))
+        c = T[:3, :3] @ self.center + T[:3, 3] + off[best]
+        out = T.copy()
+        out[:3, 3] += off[best] + c / c[2] * med[best]
+        return out
+
+    def _depth_points(self, depth_m, exclude, T, margin) -> np.ndarray:
+        """Measured points ``(N, 3)`` (camera frame, every ``1 / scale``-th pixel or sparser) within
+        ``margin`` of the surface at pose ``T``, at most ``max_points`` (evenly spaced)."""
+        rect = self.window(T, margin)
+        if rect is None:
+            return np.zeros((0, 3))
+        x0, y0, x1, y1 = rect
+        # every 1/scale-th pixel, sparser when that would give far more than max_points candidates
+        step = max(int(round(1.0 / self.scale)), int(np.sqrt((x1 - x0) * (y1 - y0) / (4.0 * self.max_points))), 1)
+        sl = (slice(y0, y1, step), slice(x0, x1, step))
+        d = depth_m[sl]
+        ok = d > 0
+        if exclude is not None:
+            ok &= ~exclude[sl]
+        d = d[ok].astype(np.float64)
+        P = np.stack([self._rx[sl][ok] * d, self._ry[sl][ok] * d, d], -1)
+        if len(P):
+            P = P[np.abs(self.signed_distance((P - T[:3, 3]) @ T[:3, :3])) < margin]
+        if len(P) > self.max_points:
+            P = P[np.linspace(0, len(P) - 1, self.max_points).astype(np.int64)]
+        return P
+
+    def _refine(self, T: np.ndarray, P: np.ndarray, depth_m, exclude, margin: float) -> tuple[np.ndarray, int]:
+        """Step 2 of the class doc; returns the refined pose and the last step's inlier count."""
+        huber = 0.5 * self.tolerance
+        n_it, inliers = self.iterations, 0
+        for it in range(n_it):
+            gate = margin * (2.0 * self.tolerance / margin) ** (it / max(n_it - 1, 1))
+            R, t = T[:3, :3], T[:3, 3]
+            A, b = np.zeros((6, 6)), np.zeros(6)
+            # residual r + J xi for a left perturbation (v, w) of the pose, each term averaged
+            s, g = self.signed_distance((P - t) @ R, gradient=True)
+            n = g @ R.T                                                      # outward normals
+            keep = (np.abs(s) < gate) & (np.einsum("ij,ij->i", n, P) < 0)   # camera-facing side
+            terms = [(s[keep], -np.concatenate([n[keep], np.cross(P[keep], n[keep])], 1))]
+            q, nq, dq = self._visible_samples(T, depth_m, exclude)
+            ok = (dq > 0) & (np.abs(dq - q[:, 2]) < gate)
+            q, nq, dq = q[ok], nq[ok], dq[ok]
+            terms.append((np.einsum("ij,ij->i", q - q * (dq / q[:, 2])[:, None], nq),
+                          np.concatenate([nq, np.cross(q, nq)], 1)))
+            inliers = 0
+            for r, J in terms:
+                if len(r) < self.min_points:
+                    continue
+                inliers += len(r)
+                w = np.where(np.abs(r) <= huber, 1.0, huber / np.maximum(np.abs(r), 1e-12)) / len(r)
+                A += (J * w[:, None]).T @ J
+                b += (J * w[:, None]).T @ r
+            if not inliers:
+                break
+            xi = -np.linalg.solve(A + 1e-6 * np.trace(A) * np.eye(6), b)
+            dT = np.eye(4)
+            dT[:3, :3] = cv2.Rodrigues(xi[3:].reshape(3, 1))[0]
+            dT[:3, 3] = xi[:3]
+            T = dT @ T
+        return T, inliers
+
+    # ------------------------------------------------------------------ one frame
+    def fit(self, depth_m: np.ndarray, T_cam_obj_prior: np.ndarray, prior_pos_sigma: float = 0.0,
+            exclude: Optional[np.ndarray] = None) -> Optional[ModelFit]:
+        """Refine the prior against ``depth_m`` ``(H, W)`` (metres, 0 = invalid) and build the mask.
+
+        ``exclude``: ``(H, W)`` bool pixels that are not object (the hand), left out of the fit
+        and the mask. Returns None when the object at the prior is off-image."""
+        T = np.asarray(T_cam_obj_prior, dtype=np.float64)
+        if T.shape != (4, 4) or not np.isfinite(T).all():
+            raise ValueError(f"T_cam_obj_prior must be a finite (4, 4) pose, got shape {T.shape}")
+        if not prior_pos_sigma >= 0:
+            raise ValueError(f"prior_pos_sigma must be >= 0 m, got {prior_pos_sigma}")
+        if depth_m.shape != (self.height, self.width):
+            raise ValueError(f"depth is {depth_m.shape}, the camera is {(self.height, self.width)}")
+        margin = min(max(self.margin, 3.0 * float(prior_pos_sigma)), self.max_margin)
+        if self.window(T, margin) is None:
+            return None
+        T = self._coarse_search(T, depth_m, exclude, margin)
+        T, inliers = self._refine(T, self._depth_points(depth_m, exclude, T, margin), depth_m, exclude, margin)
+        # 3. mask at the refined pose
+        rect = self.window(T, 0.0)
+        if rect is None:
+            return None
+        pad = self.dilate_px + 1
+        x0, y0, x1, y1 = rect = (max(rect[0] - pad, 0), max(rect[1] - pad, 0), min(rect[2] + pad, self.width),
+                                 min(rect[3] + pad, self.height))
+        zb = cv2.resize(self.render(T, rect, self.scale), (x1 - x0, y1 - y0), interpolation=cv2.INTER_NEAREST)
+        sil = np.isfinite(zb)
+        dm = depth_m[y0:y1, x0:x1]
+        valid = dm > 0
+        if self.dilate_px > 0:  # the ring takes the nearest / farthest rendered depth around it
+            k = _disk(self.dilate_px)
+            zlo = cv2.erode(zb, k, borderType=cv2.BORDER_CONSTANT, borderValue=np.inf)
+            zhi = cv2.dilate(np.where(sil, zb, 0).astype(np.float32), k)
+        else:
+            zlo, zhi = zb, np.where(sil, zb, 0)
+        agree = valid & (dm >= zlo - self.tolerance) & (dm <= zhi + self.tolerance)
+        mask = agree | (sil & ~valid)
+        if exclude is not None:
+            mask &= ~exclude[y0:y1, x0:x1]
+        n_sil, n_valid = np.count_nonzero(sil), np.count_nonzero(sil & valid)
+        conf = np.count_nonzero(sil & agree) / n_valid * min(1.0, 2.0 * n_valid / n_sil) if n_valid else 0.0
+        return ModelFit(mask, rect, T, float(conf), inliers)
+
+
+def _check_model_settings(margin, tolerance, max_margin, iterations, scale, dilate_px) -> None:
+    """ValueError for settings of the model backend that cannot work."""
+    if not (0 < tolerance < margin <= max_margin):
+        raise ValueError(f"model backend needs 0 < model_tolerance < model_margin <= model_max_margin (m), got "
+                         f"{tolerance}, {margin}, {max_margin}")
+    if int(iterations) != iterations or iterations < 0:
+        raise ValueError(f"model_icp_iterations must be an integer >= 0, got {iterations}")
+    if not 0 < scale <= 1:
+        raise ValueError(f"model_scale must be in (0, 1], got {scale}")
+    if int(dilate_px) != dilate_px or dilate_px < 0:
+        raise ValueError(f"model_dilate_px must be an integer >= 0, got {dilate_px}")
+
+
 # ----------------------------------------------------------------------------- clean-up
 
 @dataclass
@@ -1018,6 +1363,13 @@ class SegmenterConfig:
     marker_min_value: int = 60
     marker_window_px: int = 40
     marker_radius: float = 0.0144           # synthetic default (fingertip size); set for your markers
+    # model backend: the object model at a pose prior (the tracker's estimate), refined against depth
+    model_margin: float = 0.02               # m, search margin around the prior (>= 3 x prior_pos_sigma is used)
+    model_max_margin: float = 0.04           # m, largest search margin (bounds the signed-distance grid)
+    model_tolerance: float = 0.006           # m, depth within this of the refined model's surface = object
+    model_icp_iterations: int = 8            # robust ICP steps per frame (0 = coarse search only)
+    model_scale: float = 0.5                 # working resolution of the fit and the rendered silhouette
+    model_dilate_px: int = 2                 # silhouette growth absorbing the remaining pose error
 
 
 @dataclass
@@ -1076,6 +1428,16 @@ class Segmenter:
         if "detectron2" in self.backends and detectron2 is None:
             raise ValueError("object backend detectron2 selected but no Detectron2Backend given")
         self.detectron2 = detectron2
+        _check_model_settings(cfg.model_margin, cfg.model_tolerance, cfg.model_max_margin, cfg.model_icp_iterations,
+                              cfg.model_scale, cfg.model_dilate_px)
+        self.model_masker = None
+        if "model" in self.backends:
+            if object_model is None:
+                raise ValueError("object backend 'model' needs the object model (object_model=...)")
+            self.model_masker = ModelObjectMasker(
+                object_model, self.K, width, height, margin=cfg.model_margin, tolerance=cfg.model_tolerance,
+                iterations=int(cfg.model_icp_iterations), scale=cfg.model_scale, dilate_px=int(cfg.model_dilate_px),
+                max_margin=cfg.model_max_margin)
 
     # ------------------------------------------------------------------ pieces
     def _color_mask(self, hsv: np.ndarray) -> Optional[np.ndarray]:
@@ -1085,17 +1447,30 @@ class Segmenter:
             return self.hsv_model.mask(hsv)
         return None  # histogram not learned yet and no HSV bootstrap
 
-    def _object_rect(self, T_cam_hand) -> tuple[int, int, int, int]:
+    def _object_rect(self, T_cam_hand, model_rect: Optional[tuple] = None) -> tuple[int, int, int, int]:
         """Image rectangle the object masks can live in: the projected workspace box when every
-        backend is bounded by it (depth; colour with ``color_in_workspace``), else the image."""
+        backend is bounded by it (depth; colour with ``color_in_workspace``), else the image;
+        joined with the model backend's rectangle ``model_rect`` (None: no model mask)."""
         cfg = self.cfg
-        bounded = all(b == "depth" or (b == "color" and cfg.color_in_workspace) for b in self.backends)
-        if bounded and (cfg.workspace_frame == "camera" or T_cam_hand is not None):
-            return self.box.project_box(T_cam_hand) or (0, 0, 0, 0)
-        return 0, 0, self.width, self.height
+        others = [b for b in self.backends if b != "model"]
+        rect = None
+        if others:
+            bounded = all(b == "depth" or (b == "color" and cfg.color_in_workspace) for b in others)
+            if bounded and (cfg.workspace_frame == "camera" or T_cam_hand is not None):
+                rect = self.box.project_box(T_cam_hand) or (0, 0, 0, 0)
+            else:
+                rect = (0, 0, self.width, self.height)
+        if model_rect is not None:
+            if rect is None or rect[0] >= rect[2] or rect[1] >= rect[3]:
+                return tuple(model_rect)
+            return (min(rect[0], model_rect[0]), min(rect[1], model_rect[1]), max(rect[2], model_rect[2]),
+                    max(rect[3], model_rect[3]))
+        return rect or (0, 0, 0, 0)
 
     def segment(self, rgb: np.ndarray, depth_m: Optional[np.ndarray] = None, q: Optional[np.ndarray] = None,
-                T_cam_hand: Optional[np.ndarray] = None, external_mask: Optional[np.ndarray] = None) -> SegmentationResult:
+                T_cam_hand: Optional[np.ndarray] = None, external_mask: Optional[np.ndarray] = None, *,
+                T_cam_obj_prior: Optional[np.ndarray] = None,
+                prior_pos_sigma: Optional[float] = None) -> SegmentationResult:
         """Segment one frame.
 
         Args:
@@ -1104,10 +1479,18 @@ class Segmenter:
             q: ``(J,)`` joint angles in the hand model's order, and ``T_cam_hand`` ``(4, 4)``;
                 without them there is no hand mask (and a hand-frame box cannot be used).
             external_mask: ``(H, W)`` mask from another detector (``external`` backend).
+            T_cam_obj_prior: ``(4, 4)`` camera->object pose prior (``model`` backend: the tracker's
+                current estimate or the initial pose); without it, or without depth, the model
+                backend gives no mask this frame (confidence halved like any missing input).
+            prior_pos_sigma: the prior's position uncertainty (m, e.g. the square root of the
+                largest position variance of the tracker's covariance); widens the model search
+                margin to ``3 sigma`` (between ``model_margin`` and ``model_max_margin``).
 
         Object work happens inside the workspace box's image rectangle (see
         :meth:`_object_rect`); ``raw`` masks in the result are that rectangle's crops
-        (``raw["rect"]`` = ``(x0, y0, x1, y1)``).
+        (``raw["rect"]`` = ``(x0, y0, x1, y1)``). With the model backend ``raw["model_pose"]``
+        is the prior refined against depth (``(4, 4)``, None without a fit) and
+        ``raw["model_confidence"]`` its depth agreement.
         """
         H, W = self.height, self.width
         if rgb.shape != (H, W, 3) or rgb.dtype != np.uint8:
@@ -1116,6 +1499,12 @@ class Segmenter:
             raise ValueError(f"depth must be ({H}, {W}), got {depth_m.shape}")
         if external_mask is not None and external_mask.shape != (H, W):
             raise ValueError(f"external mask must be ({H}, {W}), got {external_mask.shape}")
+        if T_cam_obj_prior is not None:
+            T_cam_obj_prior = np.asarray(T_cam_obj_prior, dtype=np.float64)
+            if T_cam_obj_prior.shape != (4, 4) or not np.isfinite(T_cam_obj_prior).all():
+                raise ValueError(f"T_cam_obj_prior must be a finite (4, 4) pose, got {T_cam_obj_prior.shape}")
+        if prior_pos_sigma is not None and not (np.isfinite(prior_pos_sigma) and prior_pos_sigma >= 0):
+            raise ValueError(f"prior_pos_sigma must be a finite value >= 0 m, got {prior_pos_sigma}")
         cfg = self.cfg
         # 1. hand: align the camera->hand transform to depth, render, keep what depth confirms
         render = None
@@ -1129,10 +1518,23 @@ class Segmenter:
             hand_mask, hand_conf = visible_hand_mask(render, cfg.hand_dilate_px, depth_m, cfg.hand_depth_tolerance,
                                                      occluder_tolerance=cfg.hand_occluder_tolerance)
         # 2. object masks inside the working rectangle
-        x0, y0, x1, y1 = rect = self._object_rect(T_cam_hand)
+        fit = None
+        if self.model_masker is not None and T_cam_obj_prior is not None and depth_m is not None:
+            exclude = _grow_mask(hand_mask, render.roi if render is not None else None, cfg.hand_margin_px)
+            fit = self.model_masker.fit(depth_m, T_cam_obj_prior, prior_pos_sigma or 0.0,
+                                        exclude if exclude.any() else None)
+        x0, y0, x1, y1 = rect = self._object_rect(T_cam_hand, None if fit is None else fit.rect)
         sl = (slice(y0, y1), slice(x0, x1))
         empty = x0 >= x1 or y0 >= y1
         raw = {"rect": rect}
+        if self.model_masker is not None:
+            raw["model_pose"] = None if fit is None else fit.T_cam_obj
+            raw["model_confidence"] = 0.0 if fit is None else fit.confidence
+        if fit is not None and not empty:
+            mx0, my0, mx1, my1 = fit.rect
+            m = np.zeros((y1 - y0, x1 - x0), bool)
+            m[my0 - y0:my1 - y0, mx0 - x0:mx1 - x0] = fit.mask
+            raw["model"] = m
         hsv = None
         if not empty and (("color" in self.backends) or self.hist_model is not None):
             hsv = cv2.cvtColor(np.ascontiguousarray(rgb[sl]), cv2.COLOR_RGB2HSV)
@@ -1189,6 +1591,8 @@ class Segmenter:
             conf *= 0.5  # a configured backend had no input this frame
         if d2_score is not None:
             conf *= d2_score
+        if fit is not None:
+            conf *= fit.confidence
         obj_c = clean.mask
         # the object in front of the fingers is not hand
         if "color" in raw and obj_c.any():

@@ -40,8 +40,9 @@ def _backend_check(v):
 
 
 SEG_PARAMS = {
-    "object_backend": Param("color|depth", "object mask backends: color, depth, external, detectron2, or two "
-                            "joined by '+' (intersection) or '|' (union)", _backend_check),
+    "object_backend": Param("color|depth", "object mask backends: color, depth, external, detectron2, model (the "
+                            "tracker's pose on /hp_ros/object_pose refined against depth), or two joined by '+' "
+                            "(intersection) or '|' (union)", _backend_check),
     "color_model": Param("hsv", "colour model: hsv (hsv_ranges), histogram (learned from the first confident "
                          "mask, hsv_ranges bootstrap it when set) or object (histogram of the object_mesh's "
                          "texture/colours)", one_of("hsv", "histogram", "object")),
@@ -83,6 +84,17 @@ SEG_PARAMS = {
                         positive),
     "joint_max_gap": Param(0.3, "joint states up to this far (s) from the image stamp are used (held, not "
                            "extrapolated); farther = no hand mask", positive),
+    "model_margin": Param(0.02, "model backend: search margin (m) around the prior pose (3 x its position "
+                          "sigma when larger)", positive),
+    "model_max_margin": Param(0.04, "model backend: largest search margin (m)", positive),
+    "model_tolerance": Param(0.006, "model backend: depth within this (m) of the fitted model surface is object",
+                             positive),
+    "model_icp_iterations": Param(8, "model backend: robust ICP steps per frame (0 = coarse search only)",
+                                  non_negative),
+    "model_scale": Param(0.5, "model backend: working resolution factor (0-1]", positive),
+    "model_dilate_px": Param(2, "model backend: silhouette growth (pixels)", non_negative),
+    "prior_max_age": Param(0.5, "model backend: a tracker pose more than this (s) from the image stamp is not "
+                           "used as the prior", positive),
     "use_depth": Param(True, "subscribe to the aligned depth image"),
     "external_mask_topic": Param("", "mono8 mask topic for the external backend (same stamps as the images)"),
     "detectron2_config": Param("", "detectron2 (PointRend) config file for the detectron2 backend"),
@@ -114,9 +126,15 @@ class SegmentationNode(Node):
             hand_margin_px=p["hand_margin_px"], min_area=p["min_area"], open_px=p["open_px"], close_px=p["close_px"],
             keep=p["keep"], object_size=p["object_size"], object_size_tolerance=p["object_size_tolerance"],
             marker_colors=colors, marker_radius=p["marker_radius"],
-            marker_window_px=p["marker_window_px"], marker_hue_tolerance=p["marker_hue_tolerance"])
-        # the object model feeds the colour model (color_model: object) and the size check
-        self.object_model = load_object(p) if p["color_model"] == "object" or p["object_size"] < 0 else None
+            marker_window_px=p["marker_window_px"], marker_hue_tolerance=p["marker_hue_tolerance"],
+            model_margin=p["model_margin"], model_max_margin=p["model_max_margin"],
+            model_tolerance=p["model_tolerance"], model_icp_iterations=p["model_icp_iterations"],
+            model_scale=p["model_scale"], model_dilate_px=p["model_dilate_px"])
+        # the object model feeds the colour model (color_model: object), the size check and the
+        # model backend
+        self.uses_prior = "model" in p["object_backend"]
+        self.object_model = load_object(p) if (p["color_model"] == "object" or p["object_size"] < 0
+                                               or self.uses_prior) else None
         if "detectron2" not in p["object_backend"]:
             from hp_ros.core.segmentation import Segmenter
             try:  # validate the settings now, not at the first image
@@ -159,6 +177,11 @@ class SegmentationNode(Node):
             self.create_subscription(Image, p["external_mask_topic"], self.on_external_mask, IMAGE_QOS,
                                      callback_group=inputs)
         self.create_subscription(JointState, JOINT_STATES, self.on_joints, STATE_QOS, callback_group=inputs)
+        self.priors = collections.deque(maxlen=16)  # (stamp_ns, T_cam_obj (4, 4), position sigma [m])
+        if self.uses_prior:
+            from geometry_msgs.msg import PoseWithCovarianceStamped
+            self.create_subscription(PoseWithCovarianceStamped, TOPICS["object_pose"], self.on_prior, OUTPUT_QOS,
+                                     callback_group=inputs)
         self.new_info = None
         self.pub_hand = self.create_publisher(Image, TOPICS["hand_mask"], OUTPUT_QOS)
         self.pub_obj = self.create_publisher(Image, TOPICS["object_mask"], OUTPUT_QOS)
@@ -181,6 +204,34 @@ class SegmentationNode(Node):
     def on_external_mask(self, msg):
         self.mask_queue.append(msg)
 
+    def on_prior(self, msg):
+        """The tracker's pose (model backend prior); must be in the camera frame."""
+        if msg.header.frame_id not in ("", self.p["camera_frame"]):
+            self.bad.warn("prior_frame", f"object pose in frame {msg.header.frame_id!r} ignored: the model backend "
+                          f"needs it in {self.p['camera_frame']!r}")
+            return
+        try:
+            T = msgs.pose_to_matrix(msg)
+            cov = msgs.covariance_from_msg(msg)
+        except (ValueError, TypeError) as e:
+            self.bad.warn("prior_data", f"object pose ignored: {e}")
+            return
+        if not (np.all(np.isfinite(T)) and np.all(np.isfinite(cov))):
+            self.bad.warn("prior_nan", "object pose with NaN ignored")
+            return
+        sigma = float(np.sqrt(max(0.0, float(np.max(np.diag(cov)[:3])))))
+        self.priors.append((msgs.header_stamp_ns(msg), T, sigma))
+
+    def _prior_for(self, stamp_ns):
+        """The newest tracker pose at or before ``stamp_ns`` within ``prior_max_age`` -> (T, sigma) or None."""
+        best = None
+        for s, T, sigma in list(self.priors):
+            if s <= stamp_ns + 1_000_000 and (best is None or s > best[0]):
+                best = (s, T, sigma)
+        if best is None or stamp_ns - best[0] > self.p["prior_max_age"] * 1e9:
+            return None
+        return best[1], best[2]
+
     def _warm_up(self) -> None:
         """Run the segmenter once on a dummy 640x480 frame (torch, rasteriser, aligner first calls
         take ~1 s; paid here instead of dropping the stream's first frames)."""
@@ -193,7 +244,10 @@ class SegmentationNode(Node):
             T = np.eye(4)
             T[2, 3] = 0.5
             q = np.zeros(len(self.hand.joint_names))
-            seg.segment(np.full((480, 640, 3), 128, np.uint8), np.full((480, 640), 0.6, np.float32), q, T, None)
+            T_obj = np.eye(4)
+            T_obj[2, 3] = 0.6
+            seg.segment(np.full((480, 640, 3), 128, np.uint8), np.full((480, 640), 0.6, np.float32), q, T, None,
+                        T_cam_obj_prior=T_obj if self.uses_prior else None)
         except Exception as e:  # noqa: BLE001 - a failed warm-up only costs the first frames' speed
             self.get_logger().info(f"warm-up skipped: {e}")
         self.get_logger().info(f"warm-up {time.monotonic() - t0:.2f} s")
@@ -322,6 +376,7 @@ class SegmentationNode(Node):
             if self.segmenter.aligner is not None:
                 self.segmenter.aligner.reset()
             self.segmenter._last_render = None
+            self.priors.clear()
         T = self.cam_hand.T_cam_hand
         if T is None:
             self.bad.warn("no_tf", f"no camera->hand transform ({self.p['camera_frame']} -> "
@@ -332,7 +387,13 @@ class SegmentationNode(Node):
             self.bad.warn("no_joints", "no joint states near this image's stamp "
                           f"({'none received' if latest is None else f'newest {(stamp - latest[0]) / 1e9:+.3f} s before'}): "
                           "publishing without a hand mask")
-        res = self.segmenter.segment(rgb, depth, q if T is not None else None, T, ext)
+        prior = self._prior_for(stamp) if self.uses_prior else None
+        if self.uses_prior and prior is None:
+            self.bad.warn("no_prior", f"no object pose from the tracker within prior_max_age of this image: the "
+                          f"model backend waits for {TOPICS['object_pose']}")
+        res = self.segmenter.segment(rgb, depth, q if T is not None else None, T, ext,
+                                     T_cam_obj_prior=None if prior is None else prior[0],
+                                     prior_pos_sigma=None if prior is None else prior[1])
         h, frame = msg.header, msg.header.frame_id
         for pub, m in ((self.pub_hand, res.hand_mask), (self.pub_obj, res.object_mask)):
             out = msgs.numpy_to_image(m.astype(np.uint8) * 255, "mono8", stamp, frame, Image)

@@ -30,6 +30,9 @@ def add_arguments(parser):
     parser.add_argument("--seed", type=int, default=0, help="random seed of the synthetic sequence")
     parser.add_argument("--rate", type=float, default=1.0, help="replay rate factor (default 1.0)")
     parser.add_argument("--startup-timeout", type=float, default=90.0, help="seconds to wait for the nodes")
+    parser.add_argument("--object-backend", default=None,
+                        help="segmentation object backend (default: the params file's, color|depth); e.g. model "
+                             "(the tracker's pose refined against depth) or model|depth")
     parser.add_argument("--keep-bag", action="store_true",
                         help="keep the synthetic bag in the report folder (about 65 MB per second)")
 
@@ -137,10 +140,14 @@ def _wait(predicate, timeout: float, what: str, procs=()):
 
 
 def run_pipeline(out_dir: Path, object_spec: str = "builtin:cracker_box", duration: float = 8.0, seed: int = 0,
-                 rate: float = 1.0, startup_timeout: float = 90.0, log=print) -> dict:
+                 rate: float = 1.0, startup_timeout: float = 90.0, log=print,
+                 initial_offset: tuple = (0.01, 5.0), object_backend: str | None = None) -> dict:
     """Synthetic bag -> node graph -> replay -> collected estimates -> metrics dict.
 
-    Every process gets loopback-only DDS and one domain id for the run.
+    ``initial_offset``: (metres, degrees) between the tracker's initial pose and the first
+    frame's ground truth; ``object_backend``: the segmentation node's object backend (None =
+    the params file's). Every process gets loopback-only DDS and one domain id for the run;
+    the node logs stay in ``out_dir/logs`` (the result's ``logs`` entry).
     """
     import os
     import sys
@@ -167,7 +174,9 @@ def run_pipeline(out_dir: Path, object_spec: str = "builtin:cracker_box", durati
     logs = out_dir / "logs"
     try:
         for name, cmd in graph.process_commands(launch_args, python=sys.executable):
-            cmd += demo_parameters(name, seq)
+            cmd += demo_parameters(name, seq, initial_offset)
+            if name == "segmentation_node" and object_backend:
+                cmd += ["-p", f"object_backend:={object_backend}"]
             procs.append(NodeProcess(cmd, log_dir=logs, env=env, name=name))
         collector = Collector(object_frame="object", camera_frame=graph.CAMERA_FRAME)
         _wait(lambda: collector.count(graph.TOPICS["object_pose"], "publishers") >= 1
@@ -195,12 +204,15 @@ def run_pipeline(out_dir: Path, object_spec: str = "builtin:cracker_box", durati
             p.stop()
         if collector is not None:
             collector.close()
-    return score(seq, collector, object_spec, t_replay)
+    result = score(seq, collector, object_spec, t_replay)
+    result["logs"] = str(logs)
+    return result
 
 
-def demo_parameters(node_name: str, seq) -> list:
+def demo_parameters(node_name: str, seq, initial_offset: tuple = (0.01, 5.0)) -> list:
     """Extra ``-p`` arguments the demo gives a node: the fingertip marker colours of the
-    synthetic hand (segmentation) and a rough initial pose (tracking)."""
+    synthetic hand (segmentation) and a rough initial pose (tracking), ``initial_offset``
+    = (metres, degrees) off the first frame's ground truth."""
     if node_name == "segmentation_node" and len(getattr(seq, "marker_colors", ())) == 4:
         colors = [round(255.0 * float(c), 3) for rgb in seq.marker_colors for c in rgb]
         return ["-p", f"marker_colors:={colors}", "-p", f"marker_radius:={float(seq.marker_radius)}"]
@@ -209,12 +221,12 @@ def demo_parameters(node_name: str, seq) -> list:
     from hp_ros.core import se3
     import torch
 
-    # A user starts the tracker from a rough pose (here: ground truth of the first frame off by
-    # 1 cm and 5 degrees); the tracker refines from there.
+    # A user starts the tracker from a rough pose (default: ground truth of the first frame off
+    # by 1 cm and 5 degrees); the tracker refines from there.
     rng = np.random.default_rng(1)
     xi = np.concatenate([rng.normal(size=3), rng.normal(size=3)])
-    xi[:3] *= 0.01 / np.linalg.norm(xi[:3])
-    xi[3:] *= math.radians(5.0) / np.linalg.norm(xi[3:])
+    xi[:3] *= float(initial_offset[0]) / np.linalg.norm(xi[:3])
+    xi[3:] *= math.radians(float(initial_offset[1])) / np.linalg.norm(xi[3:])
     T0 = se3.apply_delta(torch.as_tensor(seq.T_cam_obj[0], dtype=torch.float64), torch.as_tensor(xi))
     p, q = se3.pose_to_xyz_quat(T0)
     return ["-p", "initial_pose:=" + str([float(v) for v in [*p, *q]])]
@@ -241,6 +253,9 @@ def score(seq, collector, object_spec: str, t_replay: float) -> dict:
     result["segmentation_rate_hz"] = collector.observations / t_replay if t_replay > 0 else 0.0
     result["max_penetration_mm"] = _max_penetration_mm(seq, obj, est)
     result["final_state"] = collector.status[-1][1] if collector.status else "none"
+    # the tracker's state changes in order, e.g. ["INITIALIZING", "TRACKING", "LOST", "TRACKING"]
+    result["states"] = [name for k, (_, name) in enumerate(collector.status)
+                        if k == 0 or collector.status[k - 1][1] != name]
     return result
 
 
@@ -271,7 +286,8 @@ def run(args) -> int:
 
     out = Path(args.out) if args.out else Path("reports") / time.strftime("demo-%Y%m%d-%H%M%S")
     t0 = time.monotonic()
-    result = run_pipeline(out, args.object, args.duration, args.seed, args.rate, args.startup_timeout)
+    result = run_pipeline(out, args.object, args.duration, args.seed, args.rate, args.startup_timeout,
+                          object_backend=args.object_backend)
     write_report(result, out)
     with open(out / "metrics.json") as f:
         merged = json.load(f)

@@ -156,10 +156,10 @@ def test_measurement_jacobians_match_finite_differences(hand, box):
     np.testing.assert_allclose((H_fd[:, :12] - H[:, :12]) - Dr @ G[3:6], 0, atol=0.05)  # ... is only rotation
     np.testing.assert_allclose(C, Dr @ G[3:6] @ ekf.P[:12, :12] @ (Dr @ G[3:6]).T, rtol=0.05, atol=1e-3)
     ekf.cfg.center_rotation = "model"
-    ekf.visible_center_offset = lambda T=None: np.zeros(3)  # without the offset: exact
+    ekf._visible_stats = lambda T: (np.zeros(3), np.zeros(3))  # without the offset: exact
     _, H = ekf.center_model(offset_eps=0.0)
     np.testing.assert_allclose(H, _fd(center, None, n), rtol=1e-4, atol=1e-4)
-    del ekf.visible_center_offset
+    del ekf._visible_stats
     # fingertips: only the calibration block
     tips_h = ekf.fingertip_points_hand()
 
@@ -234,6 +234,42 @@ def test_gating_rejects_outliers_and_lost_after_rejections(hand, box):
     assert not ekf.update_center(float("nan"), 1.0).accepted
     ekf.initialize(T_before)
     assert ekf.state == TrackState.TRACKING and ekf.rejections == 0
+
+
+def test_accepted_fingertips_do_not_hide_a_lost_object(hand, box):
+    """The object observations keep failing while the fingertips (which see the hand, not the
+    object) keep fitting: still LOST after lost_after_rejections object rejections."""
+    ekf = _tracker(hand, box, np.random.default_rng(6))
+    q = hand.zero_q()[0].numpy()
+    tips = ekf.fingertip_points_hand(q) @ ekf.T_ch[:3, :3].T + ekf.T_ch[:3, 3]
+    from hp_ros.core.ekf import project
+    uv, _ = project(ekf.K, tips)
+    h, _ = ekf.center_model()
+    for k in range(ekf.cfg.lost_after_rejections):
+        assert ekf.state == TrackState.TRACKING
+        assert ekf.update_fingertips_2d(uv + 0.5).accepted
+        assert not ekf.update_center(h[0] + 300.0, h[1], h[2]).accepted
+    assert ekf.state == TrackState.LOST and "object observations rejected" in ekf.message
+
+
+def test_schmidt_centre_update_leaves_rotation_alone(hand, box):
+    """center_corrects_rotation=False: the centre update moves the translation, not the rotation
+    (object or calibration), and the covariance stays symmetric positive definite."""
+    rng = np.random.default_rng(7)
+    ekf = _tracker(hand, box, rng)
+    ekf.cfg = EKFConfig(center_corrects_rotation=False)
+    R0, Rch0 = ekf.T_ho[:3, :3].copy(), ekf.T_ch[:3, :3].copy()
+    t0 = ekf.T_cam_obj[:3, 3].copy()
+    P0 = ekf.P.copy()
+    h, _ = ekf.center_model()
+    assert ekf.update_center(h[0] + 4.0, h[1] - 3.0, h[2] + 0.003).accepted
+    np.testing.assert_allclose(ekf.T_ho[:3, :3], R0, atol=1e-12)
+    np.testing.assert_allclose(ekf.T_ch[:3, :3], Rch0, atol=1e-12)
+    assert np.linalg.norm(ekf.T_cam_obj[:3, 3] - t0) > 1e-4
+    assert np.allclose(ekf.P, ekf.P.T) and np.linalg.eigvalsh(ekf.P).min() > 0
+    # a frozen state's variance is not reduced by the update (Joseph form with a zero gain row)
+    rot = ekf._rotation_idx
+    assert np.all(np.diag(ekf.P)[rot] >= np.diag(P0)[rot] - 1e-15)
 
 
 def test_bad_inputs_raise_readable_errors(hand, box):
@@ -313,3 +349,89 @@ def test_nees_on_the_observable_subspace_of_a_symmetric_object():
     n5r = np.array([normalized_error_squared(x, P, a)[0] for x in roll])
     np.testing.assert_allclose(n5r, n5[:, 0], rtol=1e-8, atol=1e-10)
     assert np.array([normalized_error_squared(x, P)[0] for x in roll]).mean() > 50  # 6-DoF would explode
+
+
+def test_center_bias_is_gauss_markov_scaled_by_the_visible_spread(hand):
+    """The centre-observation bias decays with ``center_bias_time`` and its variance converges to the
+    stationary sigma = floor (+) fraction x spread of the visible surface; a larger object (the box)
+    gets a larger depth bias sigma than the can at the same distance."""
+    sig = {}
+    for name in ("cracker_box", "soup_can"):
+        obj = ObjectModel.builtin(name)
+        cfg = EKFConfig(center_bias_fraction=0.02, center_bias_time=0.5)
+        ekf = EKFTracker(hand, obj, K_CAM, T_CAM_HAND, cfg)
+        T = np.eye(4)  # seen obliquely (a face-on box or end-on can shows no depth spread)
+        T[:3, :3] = se3.so3_exp(torch.tensor([1.0, 0.6, 0.0], dtype=torch.float64)).numpy()
+        T[:3, 3] = [0.0, 0.0, 0.5]
+        ekf.initialize(T, q=np.zeros(hand.num_joints))
+        s = ekf.center_bias_sigma
+        _, spread = ekf._visible_stats(ekf.T_cam_obj)
+        np.testing.assert_allclose(s[2], math.hypot(cfg.center_bias_depth_sigma, 0.02 * spread[2]), rtol=1e-9)
+        np.testing.assert_allclose(np.diag(ekf.P)[-3:], s ** 2, rtol=1e-9)
+        ekf.P[-3:, -3:] = 0.0
+        ekf.center_bias = np.array([1.0, -1.0, 0.001])
+        for _ in range(50):
+            ekf.predict(np.zeros(hand.num_joints), 0.01)
+        a = math.exp(-0.5 / 0.5)
+        np.testing.assert_allclose(ekf.center_bias, np.array([1.0, -1.0, 0.001]) * a, rtol=1e-9)
+        np.testing.assert_allclose(np.diag(ekf.P)[-3:], s ** 2 * (1 - a * a), rtol=1e-6)
+        sig[name] = s
+    assert sig["cracker_box"][2] > 1.5 * sig["soup_can"][2], sig
+
+
+def test_ensemble_nees_band_on_chi_square_samples():
+    """Bar-Shalom ensemble test: consistent samples sit in the band ~95 % of the steps; samples
+    scaled by 2.5 (over-confident filter) rarely."""
+    rng = np.random.default_rng(21)
+    runs = [rng.chisquare(5, size=2000) for _ in range(8)]
+    a, (lo, hi), frac = bench.ensemble_nees(runs, 5)
+    assert abs(a.mean() - 1.0) < 0.03 and 0.92 < frac < 0.98, (a.mean(), frac)
+    assert lo < 1.0 < hi
+    assert bench.ensemble_nees([2.5 * r for r in runs], 5)[2] < 0.1
+
+
+@pytest.mark.parametrize("steps", [10, 200])
+def test_contact_motion_noise_is_a_random_walk_in_the_angle_turned(hand, box, monkeypatch, steps):
+    """In contact the rotation process variance grows with the angle turned (and the translation's with
+    the distance travelled), not per step: a rotation of A rad with a translation of D m in any
+    number of steps adds ``rot_motion_random_walk^2 A + rot_random_walk^2 T`` (translation:
+    ``pos_motion_random_walk^2 D + pos_random_walk^2 T``) to each axis."""
+    import hp_ros.core.ekf as ekf_mod
+    from hp_ros.core.quasistatic import ContactMotion
+
+    cfg = EKFConfig(estimate_calibration=False, center_bias_fraction=0.0, center_bias_px_sigma=0.0,
+                    center_bias_depth_sigma=0.0, fit_residual_weight=0.0)
+    ekf = EKFTracker(hand, box, K_CAM, T_CAM_HAND, cfg)
+    ekf.initialize(_random_pose(np.random.default_rng(3), 0.0), q=np.zeros(hand.num_joints))
+    angle, dist, duration = 0.4, 0.03, 2.0
+    M = np.eye(4)
+    M[:3, :3] = se3.so3_exp(torch.tensor([0.0, 0.0, angle / steps], dtype=torch.float64)).numpy()
+    M[:3, 3] = [dist / steps, 0.0, 0.0]
+    monkeypatch.setattr(ekf_mod, "rigid_motion_from_contacts",
+                        lambda *a, **k: ContactMotion(M.copy(), 5, True, 0.0, 0.03))
+    ekf.P[:] = 0.0  # isotropic growth stays isotropic under the rotations: compare the diagonal
+    for _ in range(steps):
+        ekf.predict(np.zeros(hand.num_joints), duration / steps)
+    dpos = cfg.pos_motion_random_walk ** 2 * dist + cfg.pos_random_walk ** 2 * duration
+    drot = cfg.rot_motion_random_walk ** 2 * angle + cfg.rot_random_walk ** 2 * duration
+    np.testing.assert_allclose(np.diag(ekf.P)[:6], [dpos] * 3 + [drot] * 3, rtol=1e-9)
+    assert drot > 4 * cfg.rot_random_walk ** 2 * duration  # the motion term dominates here
+
+
+def test_recentred_pose_moves_a_far_estimate_onto_the_observed_centre(hand, box):
+    """A lost estimate 5 cm off: re-centring on the observation of the true pose brings its
+    translation back to a few mm (the visible offset is evaluated at the estimate's rotation)."""
+    rng = np.random.default_rng(8)
+    ekf = _tracker(hand, box, rng)
+    T_true = ekf.T_cam_obj.copy()
+    h, _ = ekf.center_model()
+    u, v, d = (h - ekf.center_bias)
+    ekf.T_ho = apply_delta_np(ekf.T_ho, np.array([0.03, -0.03, 0.025, 0.0, 0.0, 0.0]))
+    assert np.linalg.norm(ekf.T_cam_obj[:3, 3] - T_true[:3, 3]) > 0.04
+    T_state = ekf.T_cam_obj.copy()
+    T = ekf.recentred_pose(u, v, d)
+    assert np.linalg.norm(T[:3, 3] - T_true[:3, 3]) < 0.004
+    np.testing.assert_allclose(T[:3, :3], T_true[:3, :3], atol=1e-9)
+    np.testing.assert_allclose(ekf.T_cam_obj, T_state)  # the filter state is untouched
+    with pytest.raises(ValueError, match="positive depth"):
+        ekf.recentred_pose(u, v, float("nan"))

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import math
 import threading
+import time
 from collections import OrderedDict
 
 import numpy as np
@@ -284,6 +285,15 @@ class RefinementNode(Node):
         T_cam_hand = self.cam_to_hand.T_cam_hand
         frames, no_hand = [], None
         gap = int(self.p["max_joint_gap"] * 1e9)
+        # joint states (100 Hz, one message per executor cycle) can lag behind the newest images:
+        # give the buffering thread a moment to catch up with the requested stamps
+        deadline = time.monotonic() + 0.5
+        while time.monotonic() < deadline:
+            with self.lock:
+                latest = self.joints.latest()
+            if latest is not None and latest[0] >= max(use):
+                break
+            time.sleep(0.02)
         with self.lock:
             slots = [dict(self.frames[s]) for s in use]
             qs = [self.joints.at(s, gap) for s in use]
@@ -330,6 +340,7 @@ class RefinementNode(Node):
         response.message = (f"refined {len(use)} frame(s) in {res.iterations} iterations, {res.elapsed_s:.2f} s, "
                             f"mask IoU {iou:.3f}" + (f"; hand not used: {no_hand}" if no_hand else ""))
         self.refined = (use[-1], T[-1])
+        self.get_logger().info(f"refine_pose: {response.message} (loss {res.initial_loss:.4g} -> {res.final_loss:.4g})")
         if self.p["publish_refined_pose"]:
             self.pub.publish(response.pose)
         return response

@@ -54,7 +54,8 @@ OWN_PARAMS = {
     "center_depth_sigma": Param(_D.center_depth_sigma, "object median depth noise [m]", positive),
     "gate_probability": Param(_D.gate_probability, "chi-square probability of the NIS gate",
                               lambda v: None if 0 < v < 1 else f"must be in (0, 1), got {v}"),
-    "lost_after_rejections": Param(_D.lost_after_rejections, "consecutive rejected updates -> LOST", positive),
+    "lost_after_rejections": Param(_D.lost_after_rejections, "consecutive rejected object observations -> LOST "
+                                                              "(fingertip updates do not count)", positive),
     "max_covariance_trace": Param(_D.max_covariance_trace, "pose covariance trace [m^2+rad^2] above which -> LOST", positive),
     "min_confidence": Param(0.3, "ignore observations with a lower confidence", non_negative),
     "pairing_timeout": Param(0.1, "process a frame at the latest this long [s] after its first observation "
@@ -65,6 +66,8 @@ OWN_PARAMS = {
     "publish_when_lost": Param(False, "keep publishing pose and TF while the track is LOST (default: status only, "
                                       "so a manipulation pipeline never acts on a pose the filter disowned)"),
     "request_refinement": Param(True, "when LOST, ask /hp_ros/refine_pose (if available) and re-initialise"),
+    "min_refinement_iou": Param(0.7, "a refinement answer re-initialises the tracker only when its mask IoU "
+                                     "reaches this (else the node asks again)", non_negative),
 }
 
 
@@ -90,11 +93,12 @@ class TrackingNode(Node):
         self.calib = CameraToHand(self, p["camera_frame"], p["hand_base_frame"], camera_to_hand_from_param(p["camera_to_hand"]))
         self.ekf: EKFTracker | None = None
         self.K = None
-        self.pending_init = self._param_initial_pose()  # (T, sigmas or None)
+        self.pending_init = self._param_initial_pose()  # (T, covariance or None[, stamp_ns])
         self.frames: dict = {}       # stamp_ns -> {"object": msg, "fingertips": msg, "t_first": wall}
         self.kinds_seen: dict = {}   # kind -> wall time last seen
         self.last_stamp: int | None = None
         self.last_q = None
+        self.last_center = None      # (stamp_ns, u, v, depth) of the latest usable object observation
         self.last_joint_wall = -math.inf  # monotonic time of the last joint state received
         self.counts = {"frames": 0, "late": 0, "resets": 0, "updates_accepted": 0, "updates_rejected": 0,
                        "refine_requests": 0}
@@ -212,9 +216,17 @@ class TrackingNode(Node):
             except Exception as e:  # noqa: BLE001 - a failed service call must not stop tracking
                 self.errors.warn("refine", f"refine_pose call failed: {e}")
                 return
-            if res is not None and res.success:
-                self.pending_init = (msgs.pose_to_matrix(res.pose), msgs.covariance_from_msg(res.pose))
-                self.get_logger().info("re-initialising from the refinement result")
+            if res is None or not res.success:
+                self.errors.warn("refine_failed", f"refine_pose failed: {getattr(res, 'message', 'no answer')}")
+            elif not res.mask_iou >= self.p["min_refinement_iou"]:
+                self.errors.warn("refine_iou", f"refinement result not used: mask IoU {res.mask_iou:.2f} < "
+                                               f"min_refinement_iou {self.p['min_refinement_iou']}")
+            elif self.ekf is not None and self.ekf.state == TrackState.LOST:
+                # at the refined frame's stamp: the filter re-predicts from there with the joint
+                # states since (the object moved while the refinement ran)
+                self.pending_init = (msgs.pose_to_matrix(res.pose), msgs.covariance_from_msg(res.pose),
+                                     msgs.header_stamp_ns(res.pose))
+                self.get_logger().info(f"re-initialising from the refinement result (mask IoU {res.mask_iou:.2f})")
 
     def on_initial_pose(self, msg) -> None:
         try:
@@ -265,19 +277,25 @@ class TrackingNode(Node):
             self.errors.warn("no_joints", "no joint states around the observation stamp: frame skipped")
             return
         if self.pending_init is not None:
-            T, cov = self.pending_init
+            T, cov, *when = self.pending_init
             self.pending_init = None
+            # a pose of an earlier frame (a refinement result) starts there, when its joint states
+            # are still buffered, and is predicted forward below
+            t_init = when[0] if when and when[0] < stamp else stamp
+            q_init = self.joints.at(t_init, int(self.p["max_joint_gap"] * 1e9)) if t_init != stamp else q
+            if q_init is None:
+                t_init, q_init = stamp, q
             if cov is not None and np.all(np.isfinite(cov)) and np.all(np.diag(cov) > 0):
                 ps, rs = _sec_pose_cov(cov)
-                ekf.initialize(T, q=q, pos_sigma=ps, rot_sigma=rs)
+                ekf.initialize(T, q=q_init, pos_sigma=ps, rot_sigma=rs)
             else:
-                ekf.initialize(T, q=q)
-            self.last_stamp, self.last_q = stamp, q
+                ekf.initialize(T, q=q_init)
+            self.last_stamp, self.last_q = t_init, q_init
         elif not ekf.initialized:
             self.publish_status(stamp, None)
             return
-        else:
-            dt = (stamp - self.last_stamp) * 1e-9 if self.last_stamp is not None else 0.0
+        if self.last_stamp is not None and self.last_stamp < stamp:
+            dt = (stamp - self.last_stamp) * 1e-9
             # the joint states between the two stamps: predict through each of them
             for s, qj in zip(list(self.joints.stamps), list(self.joints.values)):
                 if self.last_stamp is not None and self.last_stamp < s < stamp:
@@ -290,6 +308,8 @@ class TrackingNode(Node):
             ekf.set_camera(self.K)
         results = []
         obj_msg = frame.get("object")
+        if obj_msg is not None and obj_msg.valid and obj_msg.confidence >= self.p["min_confidence"]:
+            self.last_center = (stamp, obj_msg.centroid_u, obj_msg.centroid_v, obj_msg.median_depth)
         if obj_msg is not None and self.p["use_object_center"]:
             if obj_msg.valid and obj_msg.confidence >= self.p["min_confidence"]:
                 results.append(ekf.update_center(obj_msg.centroid_u, obj_msg.centroid_v, obj_msg.median_depth))
@@ -317,7 +337,15 @@ class TrackingNode(Node):
         req = RefinePose.Request()
         req.stamp = msgs.ns_to_stamp(stamp, type(req.stamp))
         req.use_initial_pose = True
-        req.initial_pose = msgs.make_pose_stamped(self.ekf.T_cam_obj, stamp, self.p["camera_frame"], PoseStamped)
+        # a lost estimate can be beyond the refinement's reach: start it re-centred on the latest
+        # object observation of this frame (rotation kept)
+        T0 = self.ekf.T_cam_obj
+        if self.last_center is not None and self.last_center[0] == stamp:
+            try:
+                T0 = self.ekf.recentred_pose(*self.last_center[1:])
+            except ValueError:
+                pass  # no depth in the observation: the estimate as it is
+        req.initial_pose = msgs.make_pose_stamped(T0, stamp, self.p["camera_frame"], PoseStamped)
         self.refine_future = self.refine_client.call_async(req)
         self.counts["refine_requests"] += 1
 

@@ -52,6 +52,10 @@ OWN_PARAMS = {
     "calib_rot_sigma": Param(_D.calib_rot_sigma, "std. dev. [rad] per axis of the camera->hand calibration error", positive),
     "center_px_sigma": Param(_D.center_px_sigma, "object centroid noise [px]", positive),
     "center_depth_sigma": Param(_D.center_depth_sigma, "object median depth noise [m]", positive),
+    "center_bias_px_sigma": Param(_D.center_bias_px_sigma, "least std. dev. [px] of the centroid's slowly varying "
+                                  "bias (occlusion, mask edges; estimated as a state)", non_negative),
+    "center_bias_depth_sigma": Param(_D.center_bias_depth_sigma, "least std. dev. [m] of the median depth's slowly "
+                                     "varying bias", non_negative),
     "gate_probability": Param(_D.gate_probability, "chi-square probability of the NIS gate",
                               lambda v: None if 0 < v < 1 else f"must be in (0, 1), got {v}"),
     "lost_after_rejections": Param(_D.lost_after_rejections, "consecutive rejected object observations -> LOST "

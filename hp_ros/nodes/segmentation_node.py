@@ -16,6 +16,7 @@ import rclpy
 from rclpy.callback_groups import MutuallyExclusiveCallbackGroup
 from rclpy.executors import MultiThreadedExecutor
 from rclpy.node import Node
+from rclpy.qos import QoSProfile
 from sensor_msgs.msg import CameraInfo, Image, JointState, RegionOfInterest
 
 from hp_ros.graph import CAMERA_TOPICS, JOINT_STATES, TOPICS
@@ -95,6 +96,9 @@ SEG_PARAMS = {
     "model_dilate_px": Param(2, "model backend: silhouette growth (pixels)", non_negative),
     "prior_max_age": Param(0.5, "model backend: a tracker pose more than this (s) from the image stamp is not "
                            "used as the prior", positive),
+    "image_queue_depth": Param(5, "reader queue of the colour / depth streams (keep-last): a node that falls behind "
+                               "drops the oldest frames instead of lagging; raise it to segment every frame of "
+                               "a bag (loopback DDS delivers large images in bursts)", positive),
     "use_depth": Param(True, "subscribe to the aligned depth image"),
     "external_mask_topic": Param("", "mono8 mask topic for the external backend (same stamps as the images)"),
     "detectron2_config": Param("", "detectron2 (PointRend) config file for the detectron2 backend"),
@@ -156,9 +160,10 @@ class SegmentationNode(Node):
         self.bridge = CvBridge() if CvBridge is not None else None
         self.segmenter = None
         self.info = None
-        self.depth_queue = collections.deque(maxlen=8)
+        self.depth_queue = collections.deque(maxlen=max(8, int(p["image_queue_depth"]) + 2))
         self.mask_queue = collections.deque(maxlen=8)
-        self.pending = collections.deque(maxlen=4)   # colour images waiting for camera_info / depth / joints
+        # colour images waiting for camera_info / depth / joints
+        self.pending = collections.deque(maxlen=max(4, int(p["image_queue_depth"])))
         self._last_joint_wall = -1e9
         self.frames = 0
         # colour images are segmented in one callback group; camera_info, depth and joint states
@@ -168,10 +173,16 @@ class SegmentationNode(Node):
         self._joint_lock = threading.Lock()
         self._warm_up()  # before subscribing: the first frames must not pay for imports/first calls
         self.create_timer(0.05, self._drain, callback_group=images)
-        self.create_subscription(Image, CAMERA_TOPICS["color_image"], self.on_image, IMAGE_QOS, callback_group=images)
+        from rclpy.event_handler import SubscriptionEventCallbacks
+        self.dropped = {"queue": 0, "dds": 0}   # colour frames lost before segmentation (diagnostics)
+        lost = SubscriptionEventCallbacks(message_lost=self._on_images_lost)
+        frames_qos = QoSProfile(depth=int(p["image_queue_depth"]), reliability=IMAGE_QOS.reliability,
+                                history=IMAGE_QOS.history)
+        self.create_subscription(Image, CAMERA_TOPICS["color_image"], self.on_image, frames_qos,
+                                 callback_group=images, event_callbacks=lost)
         self.create_subscription(CameraInfo, CAMERA_TOPICS["color_info"], self.on_info, IMAGE_QOS, callback_group=inputs)
         if p["use_depth"]:
-            self.create_subscription(Image, CAMERA_TOPICS["depth_image"], self.on_depth, IMAGE_QOS,
+            self.create_subscription(Image, CAMERA_TOPICS["depth_image"], self.on_depth, frames_qos,
                                      callback_group=inputs)
         if p["external_mask_topic"]:
             self.create_subscription(Image, p["external_mask_topic"], self.on_external_mask, IMAGE_QOS,
@@ -246,8 +257,16 @@ class SegmentationNode(Node):
             q = np.zeros(len(self.hand.joint_names))
             T_obj = np.eye(4)
             T_obj[2, 3] = 0.6
-            seg.segment(np.full((480, 640, 3), 128, np.uint8), np.full((480, 640), 0.6, np.float32), q, T, None,
-                        T_cam_obj_prior=T_obj if self.uses_prior else None)
+            depth = np.full((480, 640), 0.6, np.float32)
+            if self.uses_prior:
+                # a depth image that shows the object at the prior, so that the model backend's whole
+                # path (search, ICP, Warp rasteriser) runs now, not on the first real frames: a
+                # first-call stall of ~1 s overflowed the image queue and dropped frames
+                d_obj = seg.model_masker.render(T_obj, (0, 0, 640, 480), 1.0)
+                depth = np.where(np.isfinite(d_obj), d_obj, 0.9).astype(np.float32)
+            for _ in range(2 if self.uses_prior else 1):
+                seg.segment(np.full((480, 640, 3), 128, np.uint8), depth, q, T, None,
+                            T_cam_obj_prior=T_obj if self.uses_prior else None)
         except Exception as e:  # noqa: BLE001 - a failed warm-up only costs the first frames' speed
             self.get_logger().info(f"warm-up skipped: {e}")
         self.get_logger().info(f"warm-up {time.monotonic() - t0:.2f} s")
@@ -297,9 +316,18 @@ class SegmentationNode(Node):
             return False
         return True
 
+    def _on_images_lost(self, info):
+        self.dropped["dds"] += int(info.total_count_change)
+        self.bad.warn("images_lost", f"{info.total_count_change} colour image(s) lost before reaching the node "
+                      "(it falls behind the stream; total in diagnostics)")
+
     def on_image(self, msg):
         # the driver publishes colour, camera_info and depth of one frame in any order: a colour
         # image waits (bounded) for its camera_info and its depth
+        if len(self.pending) == self.pending.maxlen:
+            self.dropped["queue"] += 1
+            self.bad.warn("queue_full", "colour image queue full while waiting for camera_info / depth / joint "
+                          "states: the oldest image is dropped")
         self.pending.append((msg, time.monotonic()))
         self._drain()  # a full queue is processed at once (nothing is dropped silently)
 

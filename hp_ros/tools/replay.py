@@ -136,8 +136,9 @@ def _wait_for_subscribers(pubs: list, args) -> None:
             return
         time.sleep(0.02)
     if not args.quiet:
+        counts = ", ".join(f"{p.topic_name} {p.get_subscription_count()}" for p in pubs)
         print(f"hp-ros replay: warning: fewer than {args.wait_subscribers} subscription(s) after "
-              f"{args.wait_timeout:.1f} s; playing anyway", file=sys.stderr)
+              f"{args.wait_timeout:.1f} s ({counts}); playing anyway", file=sys.stderr)
 
 
 def _sleep_until(t_wall: float) -> None:

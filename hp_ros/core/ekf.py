@@ -233,6 +233,11 @@ class UpdateResult:
     reason: str = ""
 
 
+def _refused(kind: str, reason: str, dim: int = 0) -> UpdateResult:
+    """An update that was not applied (no NIS computed)."""
+    return UpdateResult(kind, False, float("nan"), float("nan"), dim, reason)
+
+
 # ----------------------------------------------------------------------------- small SE(3) algebra (numpy)
 
 def skew(a: np.ndarray) -> np.ndarray:
@@ -758,14 +763,14 @@ class EKFTracker:
         rows are zeroed - a Schmidt / consider update; the Joseph form keeps P right for that
         sub-optimal gain)."""
         if not self.initialized:
-            return UpdateResult(kind, False, float("nan"), float("nan"), len(r), "not initialised")
+            return _refused(kind, "not initialised", len(r))
         if not (np.all(np.isfinite(r)) and np.all(np.isfinite(H))):
-            return UpdateResult(kind, False, float("nan"), float("nan"), len(r), "non-finite innovation")
+            return _refused(kind, "non-finite innovation", len(r))
         S = H @ self.P @ H.T + R
         try:
             Sinv_r = np.linalg.solve(S, r)
         except np.linalg.LinAlgError:
-            return UpdateResult(kind, False, float("nan"), float("nan"), len(r), "singular innovation covariance")
+            return _refused(kind, "singular innovation covariance", len(r))
         nis = float(r @ Sinv_r)
         key = (self.cfg.gate_probability, len(r))
         gate = self._gates.get(key)
@@ -807,16 +812,15 @@ class EKFTracker:
         """Observed fingertip pixels ``(4, 2)`` (thumb, index, middle, ring; NaN rows = not seen)."""
         uv = np.asarray(uv, dtype=np.float64).reshape(-1, 2)
         if self.K is None:
-            return UpdateResult("fingertips_2d", False, float("nan"), float("nan"), 0, "no camera intrinsics")
+            return _refused("fingertips_2d", "no camera intrinsics")
         if not self.calib:
-            return UpdateResult("fingertips_2d", False, float("nan"), float("nan"), 0,
-                                "fingertips need estimate_calibration")
+            return _refused("fingertips_2d", "fingertips need estimate_calibration")
         seen = np.all(np.isfinite(uv), axis=1)
         if uv.shape[0] != 4 or seen.sum() < 1:
-            return UpdateResult("fingertips_2d", False, float("nan"), float("nan"), 0, "no fingertip seen")
+            return _refused("fingertips_2d", "no fingertip seen")
         p, Hp = self._hand_point_model(self.fingertip_points_hand(q)[seen])
         if np.any(p[:, 2] <= 1e-3):
-            return UpdateResult("fingertips_2d", False, float("nan"), float("nan"), 0, "fingertip behind the camera")
+            return _refused("fingertips_2d", "fingertip behind the camera")
         h, Jp = project(self.K, p)
         H = np.einsum("nij,njk->nik", Jp, Hp).reshape(-1, self.n)
         s = self.cfg.fingertip_px_sigma if sigma_px is None else sigma_px
@@ -826,11 +830,10 @@ class EKFTracker:
         """Observed fingertip points ``(4, 3)`` in the camera frame (NaN rows = not seen)."""
         z = np.asarray(p_cam, dtype=np.float64).reshape(-1, 3)
         if not self.calib:
-            return UpdateResult("fingertips_3d", False, float("nan"), float("nan"), 0,
-                                "fingertips need estimate_calibration")
+            return _refused("fingertips_3d", "fingertips need estimate_calibration")
         seen = np.all(np.isfinite(z), axis=1)
         if z.shape[0] != 4 or seen.sum() < 1:
-            return UpdateResult("fingertips_3d", False, float("nan"), float("nan"), 0, "no fingertip seen")
+            return _refused("fingertips_3d", "no fingertip seen")
         p, Hp = self._hand_point_model(self.fingertip_points_hand(q)[seen])
         s = self.cfg.fingertip_3d_sigma if sigma is None else sigma
         H = Hp.reshape(-1, self.n)
@@ -840,9 +843,9 @@ class EKFTracker:
                       sigma_px: Optional[float] = None, sigma_depth: Optional[float] = None) -> UpdateResult:
         """Mask centroid pixel ``(u, v)`` and median depth [m] inside the mask (NaN: pixel only)."""
         if self.K is None:
-            return UpdateResult("center", False, float("nan"), float("nan"), 0, "no camera intrinsics")
+            return _refused("center", "no camera intrinsics")
         if not (math.isfinite(u) and math.isfinite(v)):
-            return UpdateResult("center", False, float("nan"), float("nan"), 0, "non-finite centroid")
+            return _refused("center", "non-finite centroid")
         h, H = self.center_model()
         sp = self.cfg.center_px_sigma if sigma_px is None else sigma_px
         sd = self.cfg.center_depth_sigma if sigma_depth is None else sigma_depth
@@ -858,7 +861,7 @@ class EKFTracker:
         depth): compared with the model centre moved by the visible-surface offset."""
         z = np.asarray(p_cam, dtype=np.float64).reshape(3)
         if self.K is None:
-            return UpdateResult("center_3d", False, float("nan"), float("nan"), 0, "no camera intrinsics")
+            return _refused("center_3d", "no camera intrinsics")
         h_uvz = self.center_model()[0] - self.center_bias  # the bias state belongs to the 2D + depth centroid
         Ki = np.linalg.inv(self.K)
         h = h_uvz[2] * (Ki @ np.array([h_uvz[0], h_uvz[1], 1.0]))

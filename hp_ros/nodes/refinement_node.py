@@ -54,6 +54,8 @@ def _terms_check(v):
 
 OWN_PARAMS = {
     "buffer_size": Param(30, "number of synchronised frames kept (ring buffer)", positive),
+    "request_wait": Param(0.5, "longest wait [s] for a requested frame newer than the buffer (its image and "
+                               "masks still on the way)", non_negative),
     "sync_tolerance": Param(0.005, "max stamp difference [s] to pair an image with its masks / a request stamp",
                             non_negative),
     "max_joint_gap": Param(0.1, "max distance [s] from a frame stamp to the joint states around it", positive),
@@ -241,11 +243,18 @@ class RefinementNode(Node):
             return self._fail(response, f"max_iterations {max_it} exceeds the limit {MAX_ITERATIONS_LIMIT}")
         if self.camera is None:
             return self._fail(response, "no camera_info received yet")
+        want = msgs.stamp_to_ns(request.stamp)
         stamps = self.usable_stamps()
+        # a request for the newest frame (the tracker's, when LOST) can arrive before that frame's
+        # image and masks: give the buffering thread a moment (the newest frame is kept anyway)
+        deadline = time.monotonic() + self.p["request_wait"]
+        while want > 0 and (not stamps or max(stamps) < want - int(self.p["sync_tolerance"] * 1e9)) \
+                and time.monotonic() < deadline:
+            time.sleep(0.02)
+            stamps = self.usable_stamps()
         if not stamps:
             return self._fail(response, "no synchronised frames buffered yet (need a colour image and an object "
                                         "mask with the same stamp)")
-        want = msgs.stamp_to_ns(request.stamp)
         if want == 0:
             idx = len(stamps) - 1
         else:

@@ -70,6 +70,7 @@ OWN_PARAMS = {
     "publish_when_lost": Param(False, "keep publishing pose and TF while the track is LOST (default: status only, "
                                       "so a manipulation pipeline never acts on a pose the filter disowned)"),
     "request_refinement": Param(True, "when LOST, ask /hp_ros/refine_pose (if available) and re-initialise"),
+    "refinement_timeout": Param(20.0, "give up on a refine_pose call after this long [s] and ask again", positive),
     "min_refinement_iou": Param(0.7, "a refinement answer re-initialises the tracker only when its mask IoU "
                                      "reaches this (else the node asks again)", non_negative),
 }
@@ -108,6 +109,7 @@ class TrackingNode(Node):
                        "refine_requests": 0}
         self.last_status = None
         self.refine_future = None
+        self.refine_started = 0.0
 
         self.pose_pub = self.create_publisher(PoseWithCovarianceStamped, graph.TOPICS["object_pose"], OUTPUT_QOS)
         self.status_pub = self.create_publisher(TrackingStatus, graph.TOPICS["tracking_status"], OUTPUT_QOS)
@@ -213,6 +215,12 @@ class TrackingNode(Node):
 
     def on_timer(self) -> None:
         self.drain_frames()
+        if self.refine_future is not None and not self.refine_future.done() \
+                and time.monotonic() - self.refine_started > self.p["refinement_timeout"]:
+            self.refine_future.cancel()
+            self.refine_future = None
+            self.errors.warn("refine_timeout", f"refine_pose gave no answer within {self.p['refinement_timeout']} s: "
+                                               "asking again")
         if self.refine_future is not None and self.refine_future.done():
             fut, self.refine_future = self.refine_future, None
             try:
@@ -351,6 +359,7 @@ class TrackingNode(Node):
                 pass  # no depth in the observation: the estimate as it is
         req.initial_pose = msgs.make_pose_stamped(T0, stamp, self.p["camera_frame"], PoseStamped)
         self.refine_future = self.refine_client.call_async(req)
+        self.refine_started = time.monotonic()
         self.counts["refine_requests"] += 1
 
     # ------------------------------------------------------------------ outputs

@@ -58,7 +58,7 @@ NODES = [
                          CAMERA_TOPICS["depth_image"], JOINT_STATES, "/tf_static",
                          TOPICS["object_pose"]],  # object_pose: prior of the model backend only
              publishes=[TOPICS["hand_mask"], TOPICS["object_mask"], TOPICS["object_observation"],
-                        TOPICS["fingertips"], TOPICS["overlay"]]),
+                        TOPICS["fingertips"], TOPICS["overlay"], "/diagnostics"]),
     NodeSpec("tracking_node", "tracking_node", "hp_ros.nodes.tracking_node",
              subscribes=[JOINT_STATES, CAMERA_TOPICS["color_info"], TOPICS["object_observation"],
                          TOPICS["fingertips"], "/tf_static", TOPICS["initial_pose"], TOPICS["refined_pose"]],

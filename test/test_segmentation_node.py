@@ -159,8 +159,10 @@ def test_bad_images_are_skipped_with_one_log_line(ros_node, start_process):
     node = start_process(_node_cmd("use_depth:=false", "object_backend:=color", "color_in_workspace:=false",
                                    "hsv_ranges:=[0.0,150.0,100.0,10.0,255.0,255.0]"), name="segmentation_node")
     qos = QoSProfile(depth=20, reliability=ReliabilityPolicy.RELIABLE)
-    masks = []
+    masks, diags = [], []
     ros_node.create_subscription(Image, graph.TOPICS["object_mask"], masks.append, qos)
+    from diagnostic_msgs.msg import DiagnosticArray
+    ros_node.create_subscription(DiagnosticArray, "/diagnostics", diags.append, qos)
     img_pub = ros_node.create_publisher(Image, graph.CAMERA_TOPICS["color_image"], qos)
     info_pub = ros_node.create_publisher(CameraInfo, graph.CAMERA_TOPICS["color_info"], qos)
     assert wait_for_subscribers(ros_node, graph.CAMERA_TOPICS["color_image"], timeout=60), node.log_text()
@@ -188,4 +190,13 @@ def test_bad_images_are_skipped_with_one_log_line(ros_node, start_process):
     log = node.log_text()
     assert log.count("encoding 'mono16' skipped") == 1, log
     assert log.count("80x60 skipped: camera_info says 160x120") == 1, log
+    # every skipped image is counted in /diagnostics (the log names each kind once)
+
+    def seg_status():
+        st = [s for d in diags for s in d.status if s.name == "hp_ros: segmentation_node"]
+        return {kv.key: kv.value for kv in st[-1].values} if st else {}
+
+    assert spin_until(ros_node, lambda: seg_status().get("frames") == "1", timeout=5), seg_status()
+    values = seg_status()
+    assert values["input_errors.colour_encoding:mono16"] == "2" and values["input_errors.colour_size"] == "2", values
     assert node.alive(), log

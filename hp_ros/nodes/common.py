@@ -157,6 +157,17 @@ class OnceLogger:
         return sum(self.counts.values())
 
 
+def diagnostics_message(node: Node, name: str, level: int, message: str, values: dict, hardware_id: str = "hp_ros"):
+    """A one-status diagnostic_msgs/DiagnosticArray stamped now (values become string KeyValues)."""
+    from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
+
+    st = DiagnosticStatus(name=name, hardware_id=hardware_id, level=level, message=message,
+                          values=[KeyValue(key=str(k), value=str(v)) for k, v in values.items()])
+    arr = DiagnosticArray(status=[st])
+    arr.header.stamp = node.get_clock().now().to_msg()
+    return arr
+
+
 # --- joint states -----------------------------------------------------------------------------
 
 class JointStateBuffer:

@@ -29,7 +29,7 @@ from collections import OrderedDict
 
 import numpy as np
 import rclpy
-from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
+from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus
 from geometry_msgs.msg import PoseStamped, PoseWithCovarianceStamped
 from hp_ros_msgs.srv import RefinePose
 from rclpy.callback_groups import MutuallyExclusiveCallbackGroup
@@ -39,7 +39,7 @@ from sensor_msgs.msg import CameraInfo, Image, JointState
 
 from hp_ros import graph
 from hp_ros.io import msgs
-from hp_ros.nodes.common import (COMMON_PARAMS, run_node, IMAGE_QOS, OUTPUT_QOS, STATE_QOS, CameraToHand, JointStateBuffer,
+from hp_ros.nodes.common import (diagnostics_message, COMMON_PARAMS, run_node, IMAGE_QOS, OUTPUT_QOS, STATE_QOS, CameraToHand, JointStateBuffer,
                                  OnceLogger, Param, camera_to_hand_from_param, declare_parameters,
                                  length_in, load_hand, load_object, non_negative, positive)
 
@@ -55,7 +55,7 @@ def _terms_check(v):
 OWN_PARAMS = {
     "buffer_size": Param(30, "number of synchronised frames kept (ring buffer)", positive),
     "request_wait": Param(0.5, "longest wait [s] for a requested frame newer than the buffer (its image and "
-                               "masks still on the way)", non_negative),
+                               "masks still on the way) and for the joint states to reach it", non_negative),
     "sync_tolerance": Param(0.005, "max stamp difference [s] to pair an image with its masks / a request stamp",
                             non_negative),
     "max_joint_gap": Param(0.1, "max distance [s] from a frame stamp to the joint states around it", positive),
@@ -198,15 +198,11 @@ class RefinementNode(Node):
 
     def publish_diagnostics(self) -> None:
         usable = self.usable_stamps()
-        st = DiagnosticStatus(name="hp_ros/refinement_node", hardware_id="hp_ros")
-        st.level = DiagnosticStatus.OK if usable else DiagnosticStatus.WARN
-        st.message = "busy" if self.busy else ("ready" if usable else "no synchronised frames yet")
+        level = DiagnosticStatus.OK if usable else DiagnosticStatus.WARN
+        message = "busy" if self.busy else ("ready" if usable else "no synchronised frames yet")
         values = {"buffered_frames": len(usable), "newest_stamp_ns": usable[-1] if usable else 0,
                   "busy": int(self.busy), "bad_messages": self.errors.total(), **self.counts}
-        st.values = [KeyValue(key=k, value=str(v)) for k, v in values.items()]
-        arr = DiagnosticArray(status=[st])
-        arr.header.stamp = self.get_clock().now().to_msg()
-        self.diag_pub.publish(arr)
+        self.diag_pub.publish(diagnostics_message(self, "hp_ros/refinement_node", level, message, values))
 
     # ------------------------------------------------------------------ service
     def on_refine(self, request, response):
@@ -229,6 +225,15 @@ class RefinementNode(Node):
         response.message = text
         return response
 
+    def _wait_for(self, ready, period: float = 0.02) -> bool:
+        """Poll ``ready()`` for up to ``request_wait`` seconds while the buffering thread runs; its result."""
+        deadline = time.monotonic() + self.p["request_wait"]
+        while not ready():
+            if time.monotonic() >= deadline:
+                return False
+            time.sleep(period)
+        return True
+
     def _serve(self, request, response):
         import torch
 
@@ -244,14 +249,12 @@ class RefinementNode(Node):
         if self.camera is None:
             return self._fail(response, "no camera_info received yet")
         want = msgs.stamp_to_ns(request.stamp)
-        stamps = self.usable_stamps()
         # a request for the newest frame (the tracker's, when LOST) can arrive before that frame's
         # image and masks: give the buffering thread a moment (the newest frame is kept anyway)
-        deadline = time.monotonic() + self.p["request_wait"]
-        while want > 0 and (not stamps or max(stamps) < want - int(self.p["sync_tolerance"] * 1e9)) \
-                and time.monotonic() < deadline:
-            time.sleep(0.02)
-            stamps = self.usable_stamps()
+        tol = int(self.p["sync_tolerance"] * 1e9)
+        if want > 0:
+            self._wait_for(lambda: max(self.usable_stamps(), default=0) >= want - tol)
+        stamps = self.usable_stamps()
         if not stamps:
             return self._fail(response, "no synchronised frames buffered yet (need a colour image and an object "
                                         "mask with the same stamp)")
@@ -259,7 +262,7 @@ class RefinementNode(Node):
             idx = len(stamps) - 1
         else:
             idx = int(np.argmin([abs(s - want) for s in stamps]))
-            if abs(stamps[idx] - want) > int(self.p["sync_tolerance"] * 1e9):
+            if abs(stamps[idx] - want) > tol:
                 return self._fail(response, f"no buffered frame at stamp {want} ns (buffer holds "
                                             f"{stamps[0]}..{stamps[-1]} ns, {len(stamps)} frames)")
         window = max(int(request.window_length), 1)
@@ -296,13 +299,12 @@ class RefinementNode(Node):
         gap = int(self.p["max_joint_gap"] * 1e9)
         # joint states (100 Hz, one message per executor cycle) can lag behind the newest images:
         # give the buffering thread a moment to catch up with the requested stamps
-        deadline = time.monotonic() + 0.5
-        while time.monotonic() < deadline:
+        def joints_cover():
             with self.lock:
                 latest = self.joints.latest()
-            if latest is not None and latest[0] >= max(use):
-                break
-            time.sleep(0.02)
+            return latest is not None and latest[0] >= max(use)
+
+        self._wait_for(joints_cover)
         with self.lock:
             slots = [dict(self.frames[s]) for s in use]
             qs = [self.joints.at(s, gap) for s in use]

@@ -21,7 +21,7 @@ from sensor_msgs.msg import CameraInfo, Image, JointState, RegionOfInterest
 
 from hp_ros.graph import CAMERA_TOPICS, JOINT_STATES, TOPICS
 from hp_ros.io import msgs
-from hp_ros.nodes.common import (COMMON_PARAMS, run_node, IMAGE_QOS, OUTPUT_QOS, STATE_QOS, CameraToHand, JointStateBuffer,
+from hp_ros.nodes.common import (diagnostics_message, COMMON_PARAMS, run_node, IMAGE_QOS, OUTPUT_QOS, STATE_QOS, CameraToHand, JointStateBuffer,
                                  OnceLogger, Param, ParameterError, camera_to_hand_from_param, declare_parameters,
                                  load_hand, load_object, non_negative, one_of, positive)
 
@@ -165,6 +165,7 @@ class SegmentationNode(Node):
         # colour images waiting for camera_info / depth / joints
         self.pending = collections.deque(maxlen=max(4, int(p["image_queue_depth"])))
         self._last_joint_wall = -1e9
+        self._first_image_wall = None
         self.frames = 0
         # colour images are segmented in one callback group; camera_info, depth and joint states
         # are only stored, in another group (a second executor thread), so they stay current
@@ -174,7 +175,6 @@ class SegmentationNode(Node):
         self._warm_up()  # before subscribing: the first frames must not pay for imports/first calls
         self.create_timer(0.05, self._drain, callback_group=images)
         from rclpy.event_handler import SubscriptionEventCallbacks
-        self.dropped = {"queue": 0, "dds": 0}   # colour frames lost before segmentation (diagnostics)
         lost = SubscriptionEventCallbacks(message_lost=self._on_images_lost)
         frames_qos = QoSProfile(depth=int(p["image_queue_depth"]), reliability=IMAGE_QOS.reliability,
                                 history=IMAGE_QOS.history)
@@ -191,7 +191,9 @@ class SegmentationNode(Node):
         self.priors = collections.deque(maxlen=16)  # (stamp_ns, T_cam_obj (4, 4), position sigma [m])
         if self.uses_prior:
             from geometry_msgs.msg import PoseWithCovarianceStamped
-            self.create_subscription(PoseWithCovarianceStamped, TOPICS["object_pose"], self.on_prior, OUTPUT_QOS,
+            prior_qos = QoSProfile(depth=self.priors.maxlen, reliability=OUTPUT_QOS.reliability,
+                                   history=OUTPUT_QOS.history)  # as many as are kept: none lost in a burst
+            self.create_subscription(PoseWithCovarianceStamped, TOPICS["object_pose"], self.on_prior, prior_qos,
                                      callback_group=inputs)
         self.new_info = None
         self.pub_hand = self.create_publisher(Image, TOPICS["hand_mask"], OUTPUT_QOS)
@@ -199,6 +201,11 @@ class SegmentationNode(Node):
         self.pub_obs = self.create_publisher(ObjectObservation, TOPICS["object_observation"], OUTPUT_QOS)
         self.pub_tips = self.create_publisher(FingertipObservations, TOPICS["fingertips"], OUTPUT_QOS)
         self.pub_overlay = self.create_publisher(Image, TOPICS["overlay"], OUTPUT_QOS) if p["publish_overlay"] else None
+        # frames segmented and every input problem counted (OnceLogger logs each kind only once)
+        from diagnostic_msgs.msg import DiagnosticArray
+        self.lost_images = 0
+        self.diag_pub = self.create_publisher(DiagnosticArray, "/diagnostics", OUTPUT_QOS)
+        self.create_timer(1.0, self.publish_diagnostics, callback_group=inputs)
         self.get_logger().info(f"segmentation: object backend {p['object_backend']!r}, "
                                f"{'cv_bridge' if self.bridge else 'numpy'} image conversion")
 
@@ -317,17 +324,18 @@ class SegmentationNode(Node):
         return True
 
     def _on_images_lost(self, info):
-        self.dropped["dds"] += int(info.total_count_change)
+        self.lost_images += int(info.total_count_change)
         self.bad.warn("images_lost", f"{info.total_count_change} colour image(s) lost before reaching the node "
-                      "(it falls behind the stream; total in diagnostics)")
+                      "(it falls behind the stream)")
 
     def on_image(self, msg):
         # the driver publishes colour, camera_info and depth of one frame in any order: a colour
         # image waits (bounded) for its camera_info and its depth
         if len(self.pending) == self.pending.maxlen:
-            self.dropped["queue"] += 1
             self.bad.warn("queue_full", "colour image queue full while waiting for camera_info / depth / joint "
                           "states: the oldest image is dropped")
+        if self._first_image_wall is None:
+            self._first_image_wall = time.monotonic()
         self.pending.append((msg, time.monotonic()))
         self._drain()  # a full queue is processed at once (nothing is dropped silently)
 
@@ -351,7 +359,10 @@ class SegmentationNode(Node):
                 return  # /tf_static may still come (start-up)
             # joint states lag behind images while the node is busy (the executor takes one
             # message per subscription and cycle): wait while they are still flowing
-            joints_flowing = now - self._last_joint_wall <= self.p["input_wait"]
+            # - and at start-up, for the first input_wait after the first image, for the first ones
+            # (the stream's first images must not go out without a hand mask because they won a race)
+            joints_flowing = now - self._last_joint_wall <= self.p["input_wait"] or (
+                self._last_joint_wall < 0 and now - self._first_image_wall <= self.p["input_wait"])
             if not full and joints_flowing and not self._joints_cover(stamp):
                 return
             if self.p["use_depth"]:
@@ -438,6 +449,15 @@ class SegmentationNode(Node):
         self.frames += 1
 
     # ------------------------------------------------------------------ outputs
+    def publish_diagnostics(self):
+        from diagnostic_msgs.msg import DiagnosticStatus
+        problems = self.bad.total()
+        level = DiagnosticStatus.OK if self.frames and not problems else DiagnosticStatus.WARN
+        message = f"{self.frames} frames segmented" if self.frames else "no frame segmented yet"
+        values = {"frames": self.frames, "pending": len(self.pending), "images_lost": self.lost_images,
+                  **{f"input_errors.{k}": v for k, v in self.bad.counts.items()}}
+        self.diag_pub.publish(diagnostics_message(self, "hp_ros: segmentation_node", level, message, values))
+
     def _observation_msg(self, res, header):
         o = res.observation
         m = self.ObjectObservation()

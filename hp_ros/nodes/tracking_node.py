@@ -22,7 +22,7 @@ import time
 
 import numpy as np
 import rclpy
-from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
+from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus
 from geometry_msgs.msg import PoseStamped, PoseWithCovarianceStamped, TransformStamped
 from hp_ros_msgs.msg import FingertipObservations, ObjectObservation, TrackingStatus
 from hp_ros_msgs.srv import RefinePose
@@ -33,7 +33,7 @@ from std_srvs.srv import Trigger
 from hp_ros import graph
 from hp_ros.core.ekf import EKFConfig, EKFTracker, TrackState
 from hp_ros.io import msgs
-from hp_ros.nodes.common import (COMMON_PARAMS, run_node, OUTPUT_QOS, STATE_QOS, CameraToHand, JointStateBuffer, OnceLogger,
+from hp_ros.nodes.common import (diagnostics_message, COMMON_PARAMS, run_node, OUTPUT_QOS, STATE_QOS, CameraToHand, JointStateBuffer, OnceLogger,
                                  Param, camera_to_hand_from_param, declare_parameters, length_in,
                                  load_hand, load_object, non_negative, one_of, positive)
 
@@ -392,26 +392,20 @@ class TrackingNode(Node):
         self.last_status = st
 
     def publish_diagnostics(self) -> None:
-        arr = DiagnosticArray()
-        arr.header.stamp = self.get_clock().now().to_msg()
-        s = DiagnosticStatus()
-        s.name = "hp_ros: tracking_node"
-        s.hardware_id = self.p["object_frame"]
         st = self.last_status
         if st is None or st.state == TrackState.INITIALIZING:
-            s.level, s.message = DiagnosticStatus.WARN, "initialising"
+            level, message = DiagnosticStatus.WARN, "initialising"
         elif st.state == TrackState.LOST:
-            s.level, s.message = DiagnosticStatus.ERROR, f"lost: {st.message}"
+            level, message = DiagnosticStatus.ERROR, f"lost: {st.message}"
         else:
-            s.level, s.message = DiagnosticStatus.OK, "tracking"
+            level, message = DiagnosticStatus.OK, "tracking"
         vals = dict(self.counts)
         vals.update({f"input_errors.{k}": v for k, v in self.errors.counts.items()})
         if st is not None:
             vals.update(nis=st.nis, covariance_trace=st.covariance_trace, contacts=st.contact_count,
                         latency_ms=round(st.latency_ms, 2))
-        s.values = [KeyValue(key=str(k), value=str(v)) for k, v in vals.items()]
-        arr.status = [s]
-        self.diag_pub.publish(arr)
+        self.diag_pub.publish(diagnostics_message(self, "hp_ros: tracking_node", level, message, vals,
+                                                  hardware_id=self.p["object_frame"]))
 
 
 def main(args=None):

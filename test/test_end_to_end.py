@@ -36,14 +36,14 @@ def test_bad_initial_pose_is_recovered_through_refinement(tmp_path, ros_env):
 
     from hp_ros.tools.demo import run_pipeline
 
-    r = run_pipeline(tmp_path / "run", object_spec="builtin:cracker_box", duration=8.0, seed=2,
+    r = run_pipeline(tmp_path / "run", object_spec="builtin:cracker_box", duration=10.0, seed=2,
                      log=lambda *a: None, initial_offset=(0.06, 10.0))
     print({k: v for k, v in r.items() if k not in ("per_frame", "frames")})
     log = (Path(r["logs"]) / "tracking_node.log").read_text()
     assert "LOST" in r["states"] and r["final_state"] == "TRACKING", r["states"]
     assert r["states"].index("LOST") < len(r["states"]) - 1  # tracking again after LOST
     assert "re-initialising from the refinement result" in log, log[-3000:]
-    # poses published after the recovery follow the ground truth
+    # poses published after the recovery follow the ground truth (10 s: refinement takes 2-6 s here)
     late = [f["adds_cm"] for f in r["per_frame"][len(r["per_frame"]) // 2:] if f["matched"]]
     assert len(late) >= 10, late
     assert np.mean(late) <= 1.5 and np.max(late) <= 3.0, late

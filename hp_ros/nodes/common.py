@@ -7,6 +7,12 @@ messages and parameters into core objects and back.
 from __future__ import annotations
 
 import bisect
+import os
+import signal
+import sys
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any, Callable, Optional
 
@@ -292,34 +298,118 @@ class CameraToHand:
 
 # --- process entry point ------------------------------------------------------------------------
 
-def run_node(make_node: Callable[[], Node], name: str, args=None, make_executor=None) -> int:
-    """Init rclpy, build the node, spin until Ctrl-C or shutdown, clean up; the exit code.
+_STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
+
+def _ignore_stop_signals() -> None:
+    """SIGINT/SIGTERM ignored from here on (the process is on its way out: a second Ctrl-C, or the
+    one ``ros2 launch`` forwards after the terminal's, must not interrupt the clean-up)."""
+    if threading.current_thread() is threading.main_thread():
+        for sig in _STOP_SIGNALS:
+            signal.signal(sig, signal.SIG_IGN)
+
+
+def _join_callback_threads(executor, deadline: float) -> list:
+    """Let the executor's in-flight callbacks finish until ``deadline`` (monotonic); the Python
+    threads still running then (a long refinement), which would otherwise hold the interpreter's
+    exit until they end."""
+    pool = getattr(executor, "_executor", None)  # MultiThreadedExecutor's ThreadPoolExecutor
+    if isinstance(pool, ThreadPoolExecutor):
+        pool.shutdown(wait=False, cancel_futures=True)  # idle workers exit, queued callbacks are dropped
+    busy = [t for t in threading.enumerate() if t is not threading.current_thread() and not t.daemon]
+    for t in busy:
+        t.join(max(0.0, deadline - time.monotonic()))
+    return [t for t in busy if t.is_alive()]
+
+
+def run_node(make_node: Callable[[], Node], name: str, args=None, make_executor=None,
+             shutdown_timeout: float = 1.0) -> int:
+    """Init rclpy, build the node, spin until SIGINT/SIGTERM or shutdown, clean up; the exit code.
 
     Start-up errors (invalid parameters, missing files, bad data in a parameter) end with one
     line ``<name>: <reason>`` and exit code 2 instead of a traceback. ``make_executor``: a
-    factory for the executor (default: ``rclpy.spin``'s single-threaded one).
+    factory for the executor (default: a single-threaded one).
+
+    Signals: under ``ros2 launch`` a Ctrl-C reaches a node twice (the terminal signals the whole
+    process group, launch forwards another SIGINT; then it escalates to SIGTERM). rclpy's own
+    handlers are not installed: the first SIGINT/SIGTERM stops the spin loop (during start-up it
+    aborts the start-up), every later one is ignored - also after this function returns, as the
+    process is exiting - so clean-up is never interrupted and the exit code is 0. Callbacks still
+    running on executor threads get ``shutdown_timeout`` seconds to finish; threads still busy then
+    (a long refinement request) are abandoned: after destroying the node and shutting rclpy down
+    the process ends with ``os._exit`` (waiting for them would keep it alive until they end).
+    Installs signal handlers only when called from the main thread.
     """
     import rclpy
-    from rclpy.executors import ExternalShutdownException
+    from rclpy.executors import ExternalShutdownException, SingleThreadedExecutor
+    from rclpy.signals import SignalHandlerOptions
 
-    rclpy.init(args=args)
-    node = None
+    stop = threading.Event()
+    starting = True
+
+    def on_signal(signum, frame):
+        _ignore_stop_signals()
+        if stop.is_set():
+            return
+        stop.set()
+        if starting:
+            raise KeyboardInterrupt  # abort start-up (node construction, warm-up); caught below
+
+    if threading.current_thread() is threading.main_thread():
+        for sig in _STOP_SIGNALS:
+            signal.signal(sig, on_signal)
+    node = executor = None
+    code = 0
     try:
+        rclpy.init(args=args, signal_handler_options=SignalHandlerOptions.NO)
         node = make_node()
-        if make_executor is None:
-            rclpy.spin(node)
-        else:
-            executor = make_executor()
-            executor.add_node(node)
-            executor.spin()
+        executor = make_executor() if make_executor is not None else SingleThreadedExecutor()
+        executor.add_node(node)
+        starting = False
+        # the Python handler runs between bytecodes of the main thread: the timeout lets it run
+        # (and this loop see ``stop``) within 0.1 s also when no callback is due
+        while not stop.is_set() and rclpy.ok():
+            executor.spin_once(timeout_sec=0.1)
     except (KeyboardInterrupt, ExternalShutdownException):
-        pass
+        starting = False
     except (FileNotFoundError, ValueError, RuntimeError) as e:  # ParameterError is a ValueError
+        starting = False
+        _ignore_stop_signals()
         print(f"{name}: {e}", flush=True)
-        return 2
+        code = 2
     finally:
+        starting = False
+        _ignore_stop_signals()
+        abandoned = []
+        if executor is not None:
+            deadline = time.monotonic() + shutdown_timeout
+            executor.shutdown(timeout_sec=shutdown_timeout)
+            abandoned = _join_callback_threads(executor, deadline)
+            if abandoned and node is not None:
+                node.get_logger().info(f"stopping with {len(abandoned)} callback(s) still running after "
+                                       f"{shutdown_timeout:.1f} s: abandoned")
         if node is not None:
             node.destroy_node()
-        if rclpy.ok():
-            rclpy.shutdown()
-    return 0
+        rclpy.try_shutdown()
+        if abandoned:  # the interpreter's exit would wait for them (concurrent.futures joins its threads)
+            _exit_now(code if sys.exc_info()[0] is None else 1)  # 1: an exception is propagating
+    return code
+
+
+def _exit_now(code: int) -> None:
+    """End the process at once with ``code`` (the propagating exception's traceback printed,
+    output flushed: Python and C stdio)."""
+    if sys.exc_info()[0] is not None:
+        import traceback
+        traceback.print_exc()
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except (OSError, ValueError):
+            pass
+    try:
+        import ctypes
+        ctypes.CDLL(None).fflush(None)  # rcutils logs through C stdio
+    except (OSError, AttributeError):
+        pass
+    os._exit(code)

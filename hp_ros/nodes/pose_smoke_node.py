@@ -6,6 +6,10 @@ that rclpy, the message packages and DDS over loopback work end to end.
 """
 from __future__ import annotations
 
+from hp_ros.nodes import exit_quietly_while_loading
+
+exit_quietly_while_loading(__name__)  # before the imports below: they take seconds
+
 import math
 
 import rclpy

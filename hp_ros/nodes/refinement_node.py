@@ -22,6 +22,10 @@ stall buffering (torch releases the GIL in its kernels); requests are served one
 """
 from __future__ import annotations
 
+from hp_ros.nodes import exit_quietly_while_loading
+
+exit_quietly_while_loading(__name__)  # before the imports below: they take seconds
+
 import math
 import threading
 import time

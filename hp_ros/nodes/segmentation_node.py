@@ -7,6 +7,10 @@ header. Depth (optional) is paired with colour by header stamp (nearest within
 """
 from __future__ import annotations
 
+from hp_ros.nodes import exit_quietly_while_loading
+
+exit_quietly_while_loading(__name__)  # before the imports below: they take seconds
+
 import collections
 import threading
 import time

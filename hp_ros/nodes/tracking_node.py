@@ -17,6 +17,10 @@ driver) resets the tracker to INITIALIZING and re-arms the initial pose.
 """
 from __future__ import annotations
 
+from hp_ros.nodes import exit_quietly_while_loading
+
+exit_quietly_while_loading(__name__)  # before the imports below: they take seconds
+
 import math
 import time
 

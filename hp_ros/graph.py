@@ -98,6 +98,9 @@ LAUNCH_ARGUMENTS = {
     "params_file": ("", "parameter YAML; empty = share/hp_ros/config/allegro_tracking.yaml"),
     "log_level": ("info", "log level of the hp_ros nodes"),
     "use_sim_time": ("false", "use /clock (bag replay with --clock)"),
+    "dds_transport": ("shm", "Fast DDS transports of the nodes: shm (config/fastdds_loopback_shm.xml: shared memory "
+                             "+ UDP on 127.0.0.1) or udp (the rmw default); a FASTDDS_DEFAULT_PROFILES_FILE already "
+                             "set wins"),
 }
 
 # Launch arguments that become parameters of every node (name -> parameter name).
@@ -107,19 +110,28 @@ _SHARED_PARAMETER_ARGS = {
 }
 
 
-def default_params_file() -> str:
-    """The installed ``share/hp_ros/config/allegro_tracking.yaml``, else the source tree's."""
+def config_file(name: str) -> str:
+    """The installed ``share/hp_ros/config/<name>``, else the source tree's."""
     from pathlib import Path
 
     try:
         from ament_index_python.packages import get_package_share_directory
 
-        p = Path(get_package_share_directory("hp_ros")) / "config" / "allegro_tracking.yaml"
+        p = Path(get_package_share_directory("hp_ros")) / "config" / name
         if p.exists():
             return str(p)
     except Exception:  # not installed through ament (venv / source tree)
         pass
-    return str(Path(__file__).resolve().parents[1] / "config" / "allegro_tracking.yaml")
+    return str(Path(__file__).resolve().parents[1] / "config" / name)
+
+
+def default_params_file() -> str:
+    """The installed ``share/hp_ros/config/allegro_tracking.yaml``, else the source tree's."""
+    return config_file("allegro_tracking.yaml")
+
+
+# Fast DDS transports of the graph: shared memory + UDPv4 on 127.0.0.1 only (see the file).
+DDS_PROFILE = "fastdds_loopback_shm.xml"
 
 
 def remappings(args: dict) -> list:

@@ -43,7 +43,33 @@ def loopback_env(domain_id: int | None = None, base: Mapping[str, str] | None = 
     elif "ROS_DOMAIN_ID" not in env:
         env["ROS_DOMAIN_ID"] = str(pick_domain_id())
     env.setdefault("PYTHONUNBUFFERED", "1")
+    for k, v in dds_profile_env(env.get("HP_ROS_DDS_TRANSPORT", "shm"), base=env).items():
+        if v is None:
+            env.pop(k, None)
+        else:
+            env[k] = v
     return env
+
+
+def dds_profile_env(transport: str = "shm", base: Mapping[str, str] | None = None) -> dict:
+    """Environment selecting the graph's Fast DDS transports.
+
+    ``shm``: the package's profile (``config/fastdds_loopback_shm.xml``: shared memory + UDPv4 on
+    127.0.0.1), unless ``base`` already names a profile file (a lab's own wins); ``udp``: the rmw
+    default (UDP on loopback under ``ROS_AUTOMATIC_DISCOVERY_RANGE=LOCALHOST``), any profile
+    file removed (``None`` values: remove the variable). Measured in benchmarks/bench_graph.py.
+    """
+    base = os.environ if base is None else base
+    if transport == "udp":
+        return {"FASTDDS_DEFAULT_PROFILES_FILE": None, "FASTRTPS_DEFAULT_PROFILES_FILE": None,
+                "HP_ROS_DDS_TRANSPORT": "udp"}
+    if transport != "shm":
+        raise ValueError(f"transport must be 'shm' or 'udp', got {transport!r}")
+    if base.get("FASTDDS_DEFAULT_PROFILES_FILE") or base.get("FASTRTPS_DEFAULT_PROFILES_FILE"):
+        return {"HP_ROS_DDS_TRANSPORT": "shm"}
+    from hp_ros.graph import DDS_PROFILE, config_file
+
+    return {"FASTDDS_DEFAULT_PROFILES_FILE": config_file(DDS_PROFILE), "HP_ROS_DDS_TRANSPORT": "shm"}
 
 
 def in_private_netns() -> bool:

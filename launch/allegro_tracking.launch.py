@@ -14,13 +14,19 @@ from hp_ros import graph
 
 
 def _nodes(context):
+    import os
+
+    from hp_ros.ros_process import dds_profile_env
+
     values = {name: LaunchConfiguration(name).perform(context) for name in graph.LAUNCH_ARGUMENTS}
+    # shared-memory transport for the 1 MB images (see config/fastdds_loopback_shm.xml)
+    dds_env = {k: v for k, v in dds_profile_env(values["dds_transport"], base=os.environ).items() if v is not None}
     actions = []
     for spec, params, params_file, remaps, ros_args in graph.node_invocations(values):
         actions.append(Node(
             package="hp_ros", executable=spec.executable, name=spec.name, namespace=graph.NAMESPACE,
             parameters=[params_file, params], remappings=remaps, arguments=["--ros-args", *ros_args],
-            output="screen", emulate_tty=True))
+            additional_env=dds_env, output="screen", emulate_tty=True))
     return actions
 
 

@@ -125,7 +125,9 @@ def test_refine_service(ros_node, start_process, seq):
     assert not res.success and "unknown term" in res.message and "depth" in res.message
     res = _call(ros_node, client, request(window_length=5))
     assert not res.success and "window_length 5" in res.message
-    res = _call(ros_node, client, request(stamp=stamp + 123_000_000))
+    # a stamp past the buffer's newest frame (a stamp inside its range gets the nearest frame, see
+    # test_frame_for_stamp_finds_frames_inside_the_buffer)
+    res = _call(ros_node, client, request(stamp=stamps[-1] + 123_000_000))
     assert not res.success and "no buffered frame" in res.message
     res = _call(ros_node, client, request(use_initial_pose=False))
     assert not res.success and "no initial pose" in res.message
@@ -175,3 +177,20 @@ def test_refine_service(ros_node, start_process, seq):
     assert got and not finished_first, "frames were not buffered while the refinement ran"
     assert fut.result().success
     assert proc.alive(), proc.log_text()
+
+
+def test_frame_for_stamp_finds_frames_inside_the_buffer():
+    """A request stamp equal to a buffered frame, between two (its own frame was never segmented),
+    or outside the buffer (#17: a stamp inside the range was reported as missing)."""
+    from hp_ros.nodes.refinement_node import frame_for_stamp
+
+    period, tol = 33_333_333, 5_000_000
+    stamps = [1_000_000_000 + k * period for k in (0, 1, 2, 4, 5)]  # frame 3 never got its mask
+    assert frame_for_stamp(stamps, stamps[2], tol) == 2                       # equal
+    assert frame_for_stamp(stamps, stamps[2] + 3_000_000, tol) == 2           # within sync_tolerance
+    assert frame_for_stamp(stamps, 1_000_000_000 + 3 * period, tol) in (2, 3)  # missing frame: a neighbour
+    assert frame_for_stamp(stamps, stamps[3] - 5_000_000, tol) == 3           # between two: the nearer
+    assert frame_for_stamp(stamps, 0, tol) == 4                               # 0 = newest
+    assert frame_for_stamp(stamps, stamps[0] - 20_000_000, tol) is None       # before the buffer
+    assert frame_for_stamp(stamps, stamps[-1] + 20_000_000, tol) is None      # after it
+    assert frame_for_stamp([], stamps[0], tol) is None

@@ -425,6 +425,22 @@ class EKFTracker:
         self.last_nis = float("nan")
         self.last_gate = float("nan")
 
+    # what predict/update/initialize change: a snapshot of these is the whole filter state
+    _DYNAMIC = ("state", "message", "T_ch", "T_ho", "P", "_q_prev", "_T_links", "_velocity", "center_consider_cov",
+                "center_bias", "center_spread", "_offset_jac", "_mask", "_mask_age", "rejections", "contact_count",
+                "last_motion", "last_nis", "last_gate")
+
+    def snapshot(self) -> dict:
+        """The filter's state (estimate, covariance, joint vector, contact set, LOST counters) as
+        copies, for :meth:`restore` - e.g. to apply an observation that arrived after later
+        frames were predicted (out-of-sequence: restore, update, re-predict)."""
+        return {k: (v.copy() if isinstance(v, np.ndarray) else v) for k, v in vars(self).items() if k in self._DYNAMIC}
+
+    def restore(self, snap: dict) -> None:
+        """Return to a :meth:`snapshot` (the snapshot stays valid for another restore)."""
+        for k, v in snap.items():
+            setattr(self, k, v.copy() if isinstance(v, np.ndarray) else v)
+
     @property
     def initialized(self) -> bool:
         return self.state != TrackState.INITIALIZING

@@ -169,6 +169,19 @@ def image_to_numpy(msg: Any) -> np.ndarray:
     return arr.reshape(h, w, channels) if channels > 1 else arr.reshape(h, w)
 
 
+def serialized_header_stamp_ns(data: bytes) -> int:
+    """Header stamp [ns] of a CDR-serialised message whose first field is ``std_msgs/Header``
+    (sensor_msgs/Image, CameraInfo, ...), read without deserialising the message: 4 bytes of
+    encapsulation (CDR little or big endian), then ``stamp.sec`` (int32), ``stamp.nanosec`` (uint32)."""
+    import struct
+
+    data = bytes(data[:12])
+    if len(data) < 12 or data[0] != 0 or data[1] not in (0, 1):
+        raise ValueError("not a CDR-serialised message with a header")
+    sec, nsec = struct.unpack_from("<iI" if data[1] == 1 else ">iI", data, 4)
+    return sec * 1_000_000_000 + nsec
+
+
 def numpy_to_image(arr: np.ndarray, encoding: str, stamp_ns: int, frame_id: str, msg_cls: type) -> Any:
     """Array -> sensor_msgs/Image of class ``msg_cls`` (little-endian, no row padding).
 

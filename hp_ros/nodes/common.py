@@ -174,6 +174,17 @@ def diagnostics_message(node: Node, name: str, level: int, message: str, values:
     return arr
 
 
+def stage_medians_ms(frames: list, stages) -> dict:
+    """``{"stage_ms.<name>": median ms}`` over ``frames`` (dicts of wall-clock ns stamps) for each
+    ``(name, from_key, to_key)`` of ``stages`` (reported in /diagnostics: where a frame's time goes)."""
+    out = {}
+    for name, a, b in stages:
+        d = [f[b] - f[a] for f in frames if a in f and b in f]
+        if d:
+            out[f"stage_ms.{name}"] = round(float(np.median(d)) * 1e-6, 2)
+    return out
+
+
 # --- joint states -----------------------------------------------------------------------------
 
 class JointStateBuffer:

@@ -17,15 +17,13 @@ import time
 
 import numpy as np
 import rclpy
-from rclpy.callback_groups import MutuallyExclusiveCallbackGroup
-from rclpy.executors import MultiThreadedExecutor
 from rclpy.node import Node
 from rclpy.qos import QoSProfile
 from sensor_msgs.msg import CameraInfo, Image, JointState, RegionOfInterest
 
 from hp_ros.graph import CAMERA_TOPICS, JOINT_STATES, TOPICS
 from hp_ros.io import msgs
-from hp_ros.nodes.common import (diagnostics_message, COMMON_PARAMS, run_node, IMAGE_QOS, OUTPUT_QOS, STATE_QOS, CameraToHand, JointStateBuffer,
+from hp_ros.nodes.common import (diagnostics_message, stage_medians_ms, COMMON_PARAMS, run_node, IMAGE_QOS, OUTPUT_QOS, STATE_QOS, CameraToHand, JointStateBuffer,
                                  OnceLogger, Param, ParameterError, camera_to_hand_from_param, declare_parameters,
                                  load_hand, load_object, non_negative, one_of, positive)
 
@@ -111,6 +109,14 @@ SEG_PARAMS = {
 }
 
 
+# stages of a frame in this node (wall-clock): DDS transport (writer's send to reader's receive),
+# executor queue, waiting for the frame's depth / joint states and for the worker, segmentation,
+# publishing the outputs
+STAGES = (("transport", "sent", "received"), ("executor", "received", "callback"),
+          ("wait_inputs", "callback", "start"), ("segment", "start", "segmented"),
+          ("publish", "segmented", "published"))
+
+
 class SegmentationNode(Node):
     def __init__(self):
         super().__init__("segmentation_node")
@@ -171,34 +177,31 @@ class SegmentationNode(Node):
         self._last_joint_wall = -1e9
         self._first_image_wall = None
         self.frames = 0
-        # colour images are segmented in one callback group; camera_info, depth and joint states
-        # are only stored, in another group (a second executor thread), so they stay current
-        # while a frame is being segmented and are never starved by the image stream
-        images, inputs = MutuallyExclusiveCallbackGroup(), MutuallyExclusiveCallbackGroup()
-        self._joint_lock = threading.Lock()
+        # Callbacks only store what arrives (cheap, under self._cv) and wake the worker thread, which
+        # segments the frames whose inputs are complete: the executor never waits behind a 10-15 ms
+        # segmentation, joint states and depth stay current, and a frame is processed the moment
+        # its last input arrives (no polling period).
+        self._cv = threading.Condition()
+        self._running = True
         self._warm_up()  # before subscribing: the first frames must not pay for imports/first calls
-        self.create_timer(0.05, self._drain, callback_group=images)
         from rclpy.event_handler import SubscriptionEventCallbacks
         lost = SubscriptionEventCallbacks(message_lost=self._on_images_lost)
         frames_qos = QoSProfile(depth=int(p["image_queue_depth"]), reliability=IMAGE_QOS.reliability,
                                 history=IMAGE_QOS.history)
         self.create_subscription(Image, CAMERA_TOPICS["color_image"], self.on_image, frames_qos,
-                                 callback_group=images, event_callbacks=lost)
-        self.create_subscription(CameraInfo, CAMERA_TOPICS["color_info"], self.on_info, IMAGE_QOS, callback_group=inputs)
+                                 event_callbacks=lost)
+        self.create_subscription(CameraInfo, CAMERA_TOPICS["color_info"], self.on_info, IMAGE_QOS)
         if p["use_depth"]:
-            self.create_subscription(Image, CAMERA_TOPICS["depth_image"], self.on_depth, frames_qos,
-                                     callback_group=inputs)
+            self.create_subscription(Image, CAMERA_TOPICS["depth_image"], self.on_depth, frames_qos)
         if p["external_mask_topic"]:
-            self.create_subscription(Image, p["external_mask_topic"], self.on_external_mask, IMAGE_QOS,
-                                     callback_group=inputs)
-        self.create_subscription(JointState, JOINT_STATES, self.on_joints, STATE_QOS, callback_group=inputs)
+            self.create_subscription(Image, p["external_mask_topic"], self.on_external_mask, IMAGE_QOS)
+        self.create_subscription(JointState, JOINT_STATES, self.on_joints, STATE_QOS)
         self.priors = collections.deque(maxlen=16)  # (stamp_ns, T_cam_obj (4, 4), position sigma [m])
         if self.uses_prior:
             from geometry_msgs.msg import PoseWithCovarianceStamped
             prior_qos = QoSProfile(depth=self.priors.maxlen, reliability=OUTPUT_QOS.reliability,
                                    history=OUTPUT_QOS.history)  # as many as are kept: none lost in a burst
-            self.create_subscription(PoseWithCovarianceStamped, TOPICS["object_pose"], self.on_prior, prior_qos,
-                                     callback_group=inputs)
+            self.create_subscription(PoseWithCovarianceStamped, TOPICS["object_pose"], self.on_prior, prior_qos)
         self.new_info = None
         self.pub_hand = self.create_publisher(Image, TOPICS["hand_mask"], OUTPUT_QOS)
         self.pub_obj = self.create_publisher(Image, TOPICS["object_mask"], OUTPUT_QOS)
@@ -208,23 +211,39 @@ class SegmentationNode(Node):
         # frames segmented and every input problem counted (OnceLogger logs each kind only once)
         from diagnostic_msgs.msg import DiagnosticArray
         self.lost_images = 0
+        self.stage_times = collections.deque(maxlen=300)  # per-frame stage stamps, see on_image
         self.diag_pub = self.create_publisher(DiagnosticArray, "/diagnostics", OUTPUT_QOS)
-        self.create_timer(1.0, self.publish_diagnostics, callback_group=inputs)
+        self.create_timer(1.0, self.publish_diagnostics)
+        self.create_timer(0.05, self._wake)  # input_wait deadlines pass without a message arriving
+        self._worker = threading.Thread(target=self._work, name="segmentation", daemon=True)
+        self._worker.start()
         self.get_logger().info(f"segmentation: object backend {p['object_backend']!r}, "
                                f"{'cv_bridge' if self.bridge else 'numpy'} image conversion")
 
     # ------------------------------------------------------------------ inputs
     def on_info(self, msg):
         try:
-            self.new_info = msgs.camera_info_to_intrinsics(msg)   # taken over by the image thread
+            info = msgs.camera_info_to_intrinsics(msg)
         except ValueError as e:
             self.bad.warn("camera_info", f"camera_info skipped: {e}")
+            return
+        with self._cv:
+            self.new_info = info   # taken over by the worker thread
+            self._cv.notify()
 
     def on_depth(self, msg):
-        self.depth_queue.append(msg)
+        with self._cv:
+            self.depth_queue.append(msg)
+            self._cv.notify()
 
     def on_external_mask(self, msg):
-        self.mask_queue.append(msg)
+        with self._cv:
+            self.mask_queue.append(msg)
+            self._cv.notify()
+
+    def _wake(self):
+        with self._cv:
+            self._cv.notify()
 
     def on_prior(self, msg):
         """The tracker's pose (model backend prior); must be in the camera frame."""
@@ -242,12 +261,15 @@ class SegmentationNode(Node):
             self.bad.warn("prior_nan", "object pose with NaN ignored")
             return
         sigma = float(np.sqrt(max(0.0, float(np.max(np.diag(cov)[:3])))))
-        self.priors.append((msgs.header_stamp_ns(msg), T, sigma))
+        with self._cv:
+            self.priors.append((msgs.header_stamp_ns(msg), T, sigma))
 
     def _prior_for(self, stamp_ns):
         """The newest tracker pose at or before ``stamp_ns`` within ``prior_max_age`` -> (T, sigma) or None."""
         best = None
-        for s, T, sigma in list(self.priors):
+        with self._cv:
+            priors = list(self.priors)
+        for s, T, sigma in priors:
             if s <= stamp_ns + 1_000_000 and (best is None or s > best[0]):
                 best = (s, T, sigma)
         if best is None or stamp_ns - best[0] > self.p["prior_max_age"] * 1e9:
@@ -294,10 +316,11 @@ class SegmentationNode(Node):
         self.info = info
 
     def on_joints(self, msg):
-        self._last_joint_wall = time.monotonic()
         try:
-            with self._joint_lock:
+            with self._cv:
+                self._last_joint_wall = time.monotonic()
                 self.joints.add(msg)
+                self._cv.notify()
         except ValueError as e:
             self.bad.warn("joint_states", f"joint_states skipped: {e}")
 
@@ -332,63 +355,92 @@ class SegmentationNode(Node):
         self.bad.warn("images_lost", f"{info.total_count_change} colour image(s) lost before reaching the node "
                       "(it falls behind the stream)")
 
-    def on_image(self, msg):
+    def on_image(self, msg, info):
         # the driver publishes colour, camera_info and depth of one frame in any order: a colour
-        # image waits (bounded) for its camera_info and its depth
-        if len(self.pending) == self.pending.maxlen:
-            self.bad.warn("queue_full", "colour image queue full while waiting for camera_info / depth / joint "
-                          "states: the oldest image is dropped")
-        if self._first_image_wall is None:
-            self._first_image_wall = time.monotonic()
-        self.pending.append((msg, time.monotonic()))
-        self._drain()  # a full queue is processed at once (nothing is dropped silently)
+        # image waits (bounded) for its camera_info, its depth and the joint states around it
+        with self._cv:
+            if len(self.pending) == self.pending.maxlen:
+                self.bad.warn("queue_full", "colour image queue full while waiting for camera_info / depth / joint "
+                              "states: the oldest image is dropped")
+            if self._first_image_wall is None:
+                self._first_image_wall = time.monotonic()
+            # wall-clock ns of the stages (transport, executor queue, waiting for inputs, segmentation,
+            # publishing), reported in /diagnostics as medians
+            stages = {"sent": info["source_timestamp"], "received": info["received_timestamp"],
+                      "callback": time.time_ns()}
+            self.pending.append((msg, time.monotonic(), stages))
+            self._cv.notify()
 
-    def _drain(self):
-        """Process the waiting colour images whose inputs are complete (or waited long enough)."""
+    def _work(self):
+        """Worker thread: segment each colour image once its inputs are there (see _next_ready)."""
+        while self._running:
+            with self._cv:
+                job = self._next_ready()
+                if job is None:
+                    self._cv.wait(timeout=0.1)
+                    continue
+            try:
+                self._process(*job)
+            except ValueError as e:  # bad data the checks before could not see
+                self.bad.warn("segment", f"image skipped: {e}")
+            except Exception as e:  # noqa: BLE001 - one bad frame must not end segmentation
+                if not self._running or not rclpy.ok(context=self.context):
+                    return
+                self.bad.warn("segment_error", f"image skipped: {type(e).__name__}: {e}")
+
+    def destroy_node(self):
+        self._running = False
+        with self._cv:
+            self._cv.notify_all()
+        if self._worker.is_alive() and self._worker is not threading.current_thread():
+            self._worker.join(timeout=2.0)
+        return super().destroy_node()
+
+    def _next_ready(self):
+        """The oldest waiting colour image whose inputs are complete (or waited long enough) as
+        ``(image msg, depth msg or None)``, removed from the queue; None when nothing is ready.
+        Called with self._cv held."""
         self._update_segmenter()
         while self.pending:
-            msg, t_arrival = self.pending[0]
+            msg, t_arrival, stages = self.pending[0]
             if self.segmenter is None:
                 if time.monotonic() - t_arrival > self.p["input_wait"] or len(self.pending) == self.pending.maxlen:
                     self.pending.popleft()
                     self.bad.warn("no_info", "image skipped: no camera_info received for it")
                     continue
-                return
+                return None
             depth_msg = None
             stamp = msgs.header_stamp_ns(msg)
             now = time.monotonic()
             waited = now - t_arrival > self.p["input_wait"]
             full = len(self.pending) == self.pending.maxlen
             if not full and not waited and self.cam_hand.T_cam_hand is None:
-                return  # /tf_static may still come (start-up)
-            # joint states lag behind images while the node is busy (the executor takes one
-            # message per subscription and cycle): wait while they are still flowing
-            # - and at start-up, for the first input_wait after the first image, for the first ones
-            # (the stream's first images must not go out without a hand mask because they won a race)
+                return None  # /tf_static may still come (start-up)
+            # wait for the joint states to reach the image while they are flowing - and at
+            # start-up, for the first input_wait after the first image, for the first ones (the
+            # stream's first images must not go out without a hand mask because they won a race)
             joints_flowing = now - self._last_joint_wall <= self.p["input_wait"] or (
                 self._last_joint_wall < 0 and now - self._first_image_wall <= self.p["input_wait"])
             if not full and joints_flowing and not self._joints_cover(stamp):
-                return
+                return None
             if self.p["use_depth"]:
                 depth_msg = self._paired(self.depth_queue, stamp)
                 newer_depth = any(msgs.header_stamp_ns(d) > stamp + self.p["depth_max_dt"] * 1e9
                                   for d in self.depth_queue)
                 if depth_msg is None and not (newer_depth or waited or len(self.pending) > 1):
-                    return  # its depth may still come
+                    return None  # its depth may still come
             self.pending.popleft()
-            try:
-                self._process(msg, depth_msg)
-            except ValueError as e:  # bad data the checks above could not see
-                self.bad.warn("segment", f"image skipped: {e}")
+            return msg, depth_msg, stages
+        return None
 
     def _joints_cover(self, stamp_ns) -> bool:
         """Joint states reach this stamp (a message at or after it, or within one message period)."""
-        with self._joint_lock:
-            latest = self.joints.latest()
+        latest = self.joints.latest()  # self._cv held by the caller
         return latest is not None and latest[0] >= stamp_ns - self.p["depth_max_dt"] * 1e9
 
-    def _process(self, msg, dmsg):
+    def _process(self, msg, dmsg, stages=None):
         from hp_ros.core.segmentation import COLOR_ENCODINGS, DEPTH_ENCODINGS, depth_to_metres, overlay, to_rgb
+        stages = dict(stages or {}, start=time.time_ns())
         if not self._image_ok(msg, COLOR_ENCODINGS, "colour"):
             return
         stamp = msgs.header_stamp_ns(msg)
@@ -407,10 +459,11 @@ class SegmentationNode(Node):
                 self.bad.warn("depth_data", f"depth image skipped: {e}")
         ext = None
         if self.p["external_mask_topic"]:
-            mm = self._paired(self.mask_queue, stamp)
+            with self._cv:
+                mm = self._paired(self.mask_queue, stamp)
             if mm is not None and mm.encoding in ("mono8", "8UC1") and (mm.width, mm.height) == (msg.width, msg.height):
                 ext = msgs.image_to_numpy(mm)
-        with self._joint_lock:
+        with self._cv:
             reset = self.joints.reset_pending
             self.joints.reset_pending = False
             q = self.joints.at(stamp, max_gap_ns=int(self.p["joint_max_gap"] * 1e9))
@@ -425,7 +478,7 @@ class SegmentationNode(Node):
             self.bad.warn("no_tf", f"no camera->hand transform ({self.p['camera_frame']} -> "
                           f"{self.p['hand_base_frame']}) yet: publishing without a hand mask")
         elif q is None:
-            with self._joint_lock:
+            with self._cv:
                 latest = self.joints.latest()
             self.bad.warn("no_joints", "no joint states near this image's stamp "
                           f"({'none received' if latest is None else f'newest {(stamp - latest[0]) / 1e9:+.3f} s before'}): "
@@ -437,6 +490,7 @@ class SegmentationNode(Node):
         res = self.segmenter.segment(rgb, depth, q if T is not None else None, T, ext,
                                      T_cam_obj_prior=None if prior is None else prior[0],
                                      prior_pos_sigma=None if prior is None else prior[1])
+        stages["segmented"] = time.time_ns()
         h, frame = msg.header, msg.header.frame_id
         for pub, m in ((self.pub_hand, res.hand_mask), (self.pub_obj, res.object_mask)):
             out = msgs.numpy_to_image(m.astype(np.uint8) * 255, "mono8", stamp, frame, Image)
@@ -451,6 +505,9 @@ class SegmentationNode(Node):
             out.header = h
             self.pub_overlay.publish(out)
         self.frames += 1
+        stages["published"] = time.time_ns()
+        if "sent" in stages:
+            self.stage_times.append(stages)
 
     # ------------------------------------------------------------------ outputs
     def publish_diagnostics(self):
@@ -459,6 +516,7 @@ class SegmentationNode(Node):
         level = DiagnosticStatus.OK if self.frames and not problems else DiagnosticStatus.WARN
         message = f"{self.frames} frames segmented" if self.frames else "no frame segmented yet"
         values = {"frames": self.frames, "pending": len(self.pending), "images_lost": self.lost_images,
+                  **stage_medians_ms(list(self.stage_times), STAGES),
                   **{f"input_errors.{k}": v for k, v in self.bad.counts.items()}}
         self.diag_pub.publish(diagnostics_message(self, "hp_ros: segmentation_node", level, message, values))
 
@@ -495,7 +553,9 @@ def main(args=None):
         torch.set_num_threads(1)  # small FK batches: threads only add contention
     except ImportError:
         pass
-    return run_node(SegmentationNode, "segmentation_node", args, lambda: MultiThreadedExecutor(num_threads=2))
+    # single-threaded executor: the callbacks only store messages; segmentation runs on the node's
+    # worker thread (rclpy's EventsExecutor of Jazzy 7.1 was measured busy-looping at 100 % CPU idle)
+    return run_node(SegmentationNode, "segmentation_node", args)
 
 
 if __name__ == "__main__":

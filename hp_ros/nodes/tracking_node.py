@@ -21,6 +21,7 @@ from hp_ros.nodes import exit_quietly_while_loading
 
 exit_quietly_while_loading(__name__)  # before the imports below: they take seconds
 
+import collections
 import math
 import time
 
@@ -37,11 +38,15 @@ from std_srvs.srv import Trigger
 from hp_ros import graph
 from hp_ros.core.ekf import EKFConfig, EKFTracker, TrackState
 from hp_ros.io import msgs
-from hp_ros.nodes.common import (diagnostics_message, COMMON_PARAMS, run_node, OUTPUT_QOS, STATE_QOS, CameraToHand, JointStateBuffer, OnceLogger,
+from hp_ros.nodes.common import (diagnostics_message, stage_medians_ms, COMMON_PARAMS, run_node, OUTPUT_QOS, STATE_QOS, CameraToHand, JointStateBuffer, OnceLogger,
                                  Param, camera_to_hand_from_param, declare_parameters, length_in,
                                  load_hand, load_object, non_negative, one_of, positive)
 
 _D = EKFConfig()
+# stages of a frame in this node (wall-clock): camera_info delivery, executor queue, waiting for
+# the frame's observations and joint states (at most pairing_timeout), filter + publishing
+TRACKER_STAGES = (("transport", "sent", "received"), ("executor", "received", "callback"),
+                  ("wait_observations", "callback", "start"), ("filter_publish", "start", "published"))
 OWN_PARAMS = {
     "initial_pose": Param([0.0], "initial object pose in the camera frame [x y z qx qy qz qw]; [0.0] = wait for "
                                  "/hp_ros/initial_pose or a refinement result", length_in(1, 7)),
@@ -66,9 +71,17 @@ OWN_PARAMS = {
                                                               "(fingertip updates do not count)", positive),
     "max_covariance_trace": Param(_D.max_covariance_trace, "pose covariance trace [m^2+rad^2] above which -> LOST", positive),
     "min_confidence": Param(0.3, "ignore observations with a lower confidence", non_negative),
-    "pairing_timeout": Param(0.1, "process a frame at the latest this long [s] after its first observation "
-                                  "(normally earlier: once its observations and the joint states after it arrived)",
+    "pairing_timeout": Param(0.03, "latency budget [s]: a frame is processed (and its pose published) at the "
+                                   "latest this long after the tracker first heard of it (its camera_info or an "
+                                   "observation), normally earlier: once its observations and the joint states "
+                                   "after it arrived; observations arriving later are applied afterwards",
                              positive),
+    "pose_every_frame": Param(True, "publish a pose for every camera frame (its camera_info stamp): predicted from "
+                                    "the joint states when the frame's observations are late or missing (status "
+                                    "'predicted')"),
+    "reprocess_window": Param(1.0, "an observation up to this much [s] older than the newest processed frame is "
+                                   "still applied: the filter returns to its frame and re-predicts the frames after "
+                                   "it (0 = late observations are dropped)", non_negative),
     "max_joint_gap": Param(0.1, "max distance [s] from an image stamp to the joint states around it", positive),
     "publish_on_joint_states": Param(False, "also publish a predicted pose for every joint state"),
     "publish_when_lost": Param(False, "keep publishing pose and TF while the track is LOST (default: status only, "
@@ -98,7 +111,10 @@ class TrackingNode(Node):
         self.sdf = MeshSDF(self.obj.vertices, self.obj.faces)
         self._warm_up()
         self.errors = OnceLogger(self)
-        self.joints = JointStateBuffer(self.hand.joint_state_mapper())
+        # joint states of the last refinement_timeout (+ margin) at 100 Hz: a refinement answer for a
+        # frame seconds old re-initialises there and re-predicts through them (4 s were not enough)
+        self.joints = JointStateBuffer(self.hand.joint_state_mapper(),
+                                       capacity=max(400, int(150 * (p["refinement_timeout"] + 2.0))))
         self.calib = CameraToHand(self, p["camera_frame"], p["hand_base_frame"], camera_to_hand_from_param(p["camera_to_hand"]))
         self.ekf: EKFTracker | None = None
         self.K = None
@@ -109,8 +125,11 @@ class TrackingNode(Node):
         self.last_q = None
         self.last_center = None      # (stamp_ns, u, v, depth) of the latest usable object observation
         self.last_joint_wall = -math.inf  # monotonic time of the last joint state received
-        self.counts = {"frames": 0, "late": 0, "resets": 0, "updates_accepted": 0, "updates_rejected": 0,
-                       "refine_requests": 0}
+        self.stage_times = collections.deque(maxlen=300)  # per-frame wall-clock ns stamps, see on_camera_info
+        self.history: list = []      # processed frames of the last reprocess_window, see _reprocess
+        self.timeline: list = []     # (state name, stamp_ns, reason) at every state change
+        self.counts = {"frames": 0, "predicted": 0, "late": 0, "reprocessed": 0, "resets": 0,
+                       "updates_accepted": 0, "updates_rejected": 0, "refine_requests": 0}
         self.last_status = None
         self.refine_future = None
         self.refine_started = 0.0
@@ -155,13 +174,22 @@ class TrackingNode(Node):
 
         return as_pose(v), None
 
-    def on_camera_info(self, msg) -> None:
+    def on_camera_info(self, msg, info) -> None:
         try:
             self.K = msgs.camera_info_to_intrinsics(msg).K
             if self.ekf is not None:
                 self.ekf.set_camera(self.K)
         except ValueError as e:
             self.errors.warn("camera_info", f"camera_info ignored: {e}")
+            return
+        # every camera frame gets a pose: the frame is known from its camera_info (small, sent next
+        # to each image), whether or not the segmentation keeps up with it
+        stamp = msgs.header_stamp_ns(msg)
+        if self.p["pose_every_frame"] and (self.last_stamp is None or stamp > self.last_stamp):
+            frame = self.frames.setdefault(stamp, {"t_first": time.monotonic()})
+            frame["stages"] = {"sent": info["source_timestamp"], "received": info["received_timestamp"],
+                               "callback": time.time_ns()}
+            self.drain_frames()
 
     def on_joint_state(self, msg) -> None:
         try:
@@ -185,11 +213,12 @@ class TrackingNode(Node):
         stamp = msgs.header_stamp_ns(msg)
         if self.last_stamp is not None and stamp < self.last_stamp - 1_000_000_000:
             self.reset("time went backwards in the observations")
-        if self.last_stamp is not None and stamp <= self.last_stamp:
-            self.counts["late"] += 1
-            return
         if kind == "object" and msg.valid and not (math.isfinite(msg.centroid_u) and math.isfinite(msg.centroid_v)):
             self.errors.warn("nan_object", "object observation with a non-finite centroid ignored")
+            return
+        if self.last_stamp is not None and stamp <= self.last_stamp:
+            if not self._reprocess(kind, stamp, msg):
+                self.counts["late"] += 1
             return
         now = time.monotonic()
         self.kinds_seen[kind] = now
@@ -202,18 +231,37 @@ class TrackingNode(Node):
         every observation kind seen recently or a newer frame exists; after ``pairing_timeout`` it
         is processed with what it has (without joint states only when they stopped arriving)."""
         now = time.monotonic()
+        if self.calib.T_cam_hand is None:
+            # /tf_static (transient local) can reach a node a second after the first frames: keep
+            # them (bounded) instead of dropping them, they are processed once it is there
+            old = [s for s, f in self.frames.items() if now - f["t_first"] > 2.0]
+            for s in old:
+                del self.frames[s]
+            if old:
+                self.errors.warn("no_calibration", "no camera->hand transform yet (parameter camera_to_hand or "
+                                                   "/tf_static): frames older than 2 s dropped")
+            return
         expected = {k for k, t in self.kinds_seen.items() if now - t < 1.0}
         newest = self.joints.latest()
         stamps = sorted(self.frames)
-        for i, s in enumerate(stamps):
+        for s in stamps:
             frame = self.frames[s]
             joints_ready = newest is not None and newest[0] >= s
-            complete = expected <= set(frame) or i + 1 < len(stamps)
+            complete = bool(expected) and expected <= set(frame)
             # wait for joint states while they keep coming (a busy executor lags behind its queue)
-            joints_stalled = now - self.last_joint_wall >= self.p["pairing_timeout"]
+            # (DDS delivers in bursts under load: a frame skipped for want of joint states is a
+            # frame without a pose, so they count as stopped only after 0.5 s without any)
+            joints_stalled = now - self.last_joint_wall >= max(0.5, self.p["max_joint_gap"])
             timed_out = now - frame["t_first"] >= self.p["pairing_timeout"] and (joints_ready or joints_stalled)
             if (joints_ready and complete) or timed_out:
-                self.process_frame(s, self.frames.pop(s))
+                frame = self.frames.pop(s)
+                stages = frame.get("stages")
+                if stages is not None:
+                    stages["start"] = time.time_ns()
+                self.process_frame(s, frame)
+                if stages is not None:
+                    stages["published"] = time.time_ns()
+                    self.stage_times.append(stages)
             else:
                 break  # keep the frames in order
 
@@ -251,10 +299,18 @@ class TrackingNode(Node):
             self.errors.warn("initial_pose", f"initial pose ignored: {e}")
 
     def on_refined_pose(self, msg) -> None:
+        """A refinement result (ours, or one a user asked for): re-initialises a tracker that is not
+        TRACKING, at the refined frame's stamp (the answer to our own request arrives here too, and
+        usually before the service response: both carry the same pose and stamp)."""
+        if self.ekf is not None and self.ekf.state == TrackState.TRACKING:
+            return
         try:
-            self.pending_init = (msgs.pose_to_matrix(msg), msgs.covariance_from_msg(msg))
+            self.pending_init = (msgs.pose_to_matrix(msg), msgs.covariance_from_msg(msg), msgs.header_stamp_ns(msg))
         except (ValueError, TypeError) as e:
             self.errors.warn("refined_pose", f"refined pose ignored: {e}")
+            return
+        self.get_logger().info(f"re-initialising from the refinement result on {graph.TOPICS['refined_pose']} "
+                               f"(stamp {self.pending_init[2]})")
 
     def on_reset(self, request, response):
         self.reset("reset service")
@@ -266,8 +322,11 @@ class TrackingNode(Node):
         self.counts["resets"] += 1
         self.get_logger().info(f"reset: {why}")
         if self.ekf is not None:
+            before = self.ekf.state
             self.ekf.reset()
+            self._transition(before, self.last_stamp or 0, f"reset: {why}")
         self.frames.clear()
+        self.history.clear()
         self.last_stamp = None
         self.last_q = None
         self.pending_init = self._param_initial_pose() or self.pending_init
@@ -292,6 +351,7 @@ class TrackingNode(Node):
         if q is None:
             self.errors.warn("no_joints", "no joint states around the observation stamp: frame skipped")
             return
+        state_before = ekf.state
         if self.pending_init is not None:
             T, cov, *when = self.pending_init
             self.pending_init = None
@@ -300,6 +360,8 @@ class TrackingNode(Node):
             t_init = when[0] if when and when[0] < stamp else stamp
             q_init = self.joints.at(t_init, int(self.p["max_joint_gap"] * 1e9)) if t_init != stamp else q
             if q_init is None:
+                self.errors.warn("init_joints", "the initial pose's stamp is older than the buffered joint states: "
+                                                "initialised at the current frame instead")
                 t_init, q_init = stamp, q
             if cov is not None and np.all(np.isfinite(cov)) and np.all(np.diag(cov) > 0):
                 ps, rs = _sec_pose_cov(cov)
@@ -307,29 +369,56 @@ class TrackingNode(Node):
             else:
                 ekf.initialize(T, q=q_init)
             self.last_stamp, self.last_q = t_init, q_init
+            self.history.clear()  # nothing before an initialisation is reprocessed
+            self._transition(state_before, stamp, f"initialised at stamp {t_init}")
+            state_before = ekf.state
         elif not ekf.initialized:
             self.publish_status(stamp, None)
             return
-        if self.last_stamp is not None and self.last_stamp < stamp:
-            dt = (stamp - self.last_stamp) * 1e-9
-            # the joint states between the two stamps: predict through each of them
-            for s, qj in zip(list(self.joints.stamps), list(self.joints.values)):
-                if self.last_stamp is not None and self.last_stamp < s < stamp:
-                    ekf.predict(qj, (s - self.last_stamp) * 1e-9)
-                    self.last_stamp = s
-                    dt = (stamp - s) * 1e-9
-            ekf.predict(q, max(dt, 0.0))
-            self.last_stamp, self.last_q = stamp, q
+        self._predict_to(stamp, q)
+        rec = {"stamp": stamp, "q": q, "snap": ekf.snapshot(),
+               "obs": {k: frame[k] for k in ("object", "fingertips") if k in frame}}
+        applied = self._apply_observations(stamp, rec["obs"], count=True)
+        if self.p["reprocess_window"] > 0:
+            self.history.append(rec)
+            horizon = stamp - int(self.p["reprocess_window"] * 1e9)
+            while self.history and self.history[0]["stamp"] < horizon:
+                self.history.pop(0)
+        self.counts["frames"] += 1
+        self.counts["predicted"] += 0 if applied else 1
+        self._transition(state_before, stamp, ekf.message)
+        self.publish(stamp, predicted=not applied)
+        if ekf.state == TrackState.LOST:
+            self.request_refinement(stamp)
+
+    def _predict_to(self, stamp: int, q) -> None:
+        """Predict from ``last_stamp`` through every buffered joint state before ``stamp`` to ``stamp``."""
+        ekf = self.ekf
+        if self.last_stamp is None or self.last_stamp >= stamp:
+            return
+        import bisect
+
+        stamps = self.joints.stamps
+        i = bisect.bisect_right(stamps, self.last_stamp)
+        j = bisect.bisect_left(stamps, stamp)
+        for s, qj in zip(stamps[i:j], self.joints.values[i:j]):
+            ekf.predict(qj, (s - self.last_stamp) * 1e-9)
+            self.last_stamp = s
+        ekf.predict(q, max((stamp - self.last_stamp) * 1e-9, 0.0))
+        self.last_stamp, self.last_q = stamp, q
+
+    def _apply_observations(self, stamp: int, obs: dict, count: bool) -> bool:
+        """Update with the frame's object / fingertip observations; True when one was applied."""
+        ekf = self.ekf
         if self.K is not None:
             ekf.set_camera(self.K)
         results = []
-        obj_msg = frame.get("object")
+        obj_msg = obs.get("object")
         if obj_msg is not None and obj_msg.valid and obj_msg.confidence >= self.p["min_confidence"]:
             self.last_center = (stamp, obj_msg.centroid_u, obj_msg.centroid_v, obj_msg.median_depth)
-        if obj_msg is not None and self.p["use_object_center"]:
-            if obj_msg.valid and obj_msg.confidence >= self.p["min_confidence"]:
+            if self.p["use_object_center"]:
                 results.append(ekf.update_center(obj_msg.centroid_u, obj_msg.centroid_v, obj_msg.median_depth))
-        tips_msg = frame.get("fingertips")
+        tips_msg = obs.get("fingertips")
         if tips_msg is not None and self.p["use_fingertips"]:
             uv = np.full((4, 2), np.nan)
             for name, u, v, c in zip(tips_msg.names, tips_msg.u, tips_msg.v, tips_msg.confidence):
@@ -339,12 +428,43 @@ class TrackingNode(Node):
                     self.errors.warn("tip_name", f"unknown fingertip name {name!r} ignored")
             if np.any(np.all(np.isfinite(uv), axis=1)):
                 results.append(ekf.update_fingertips_2d(uv))
-        for r in results:
-            self.counts["updates_accepted" if r.accepted else "updates_rejected"] += 1
-        self.counts["frames"] += 1
-        self.publish(stamp)
-        if ekf.state == TrackState.LOST:
-            self.request_refinement(stamp)
+        if count:
+            for r in results:
+                self.counts["updates_accepted" if r.accepted else "updates_rejected"] += 1
+        return any(r.accepted for r in results)
+
+    def _reprocess(self, kind: str, stamp: int, msg) -> bool:
+        """An observation of an already processed frame (it arrived after the frame's latency
+        budget): return the filter to that frame, apply it, and re-predict and re-update the frames
+        after it. Poses already published stay as they were; the next one includes it. False when
+        the frame is no longer in the history (older than ``reprocess_window``)."""
+        idx = next((i for i, r in enumerate(self.history) if r["stamp"] == stamp), None)
+        if idx is None or self.ekf is None or kind in self.history[idx]["obs"]:
+            return False
+        state_before = self.ekf.state
+        self.history[idx]["obs"][kind] = msg
+        last_stamp, last_q = self.last_stamp, self.last_q
+        for k, rec in enumerate(self.history[idx:]):
+            if k > 0:
+                self._predict_to(rec["stamp"], rec["q"])
+                rec["snap"] = self.ekf.snapshot()
+            else:
+                self.ekf.restore(rec["snap"])
+                self.last_stamp, self.last_q = rec["stamp"], rec["q"]
+            self._apply_observations(rec["stamp"], rec["obs"], count=k == 0)
+        self.last_stamp, self.last_q = last_stamp, last_q
+        self.counts["reprocessed"] += 1
+        self._transition(state_before, stamp, self.ekf.message)
+        return True
+
+    def _transition(self, before: int, stamp: int, reason: str) -> None:
+        """Log every state change at INFO as one timeline entry (state, stamp, reason)."""
+        after = self.ekf.state if self.ekf is not None else TrackState.INITIALIZING
+        if after == before and self.timeline:
+            return
+        name = TrackState.NAMES[after]
+        self.timeline.append((name, stamp, reason))
+        self.get_logger().info(f"state {TrackState.NAMES[before]} -> {name} at stamp {stamp}: {reason}")
 
     def request_refinement(self, stamp: int) -> None:
         if (not self.p["request_refinement"] or self.refine_future is not None
@@ -367,19 +487,19 @@ class TrackingNode(Node):
         self.counts["refine_requests"] += 1
 
     # ------------------------------------------------------------------ outputs
-    def publish(self, stamp: int) -> None:
+    def publish(self, stamp: int, predicted: bool = False) -> None:
         ekf = self.ekf
         if ekf.state == TrackState.LOST and not self.p["publish_when_lost"]:
-            self.publish_status(stamp, ekf)
+            self.publish_status(stamp, ekf, predicted)
             return
         cam = self.p["camera_frame"]
         cov = ekf.covariance
         self.pose_pub.publish(msgs.make_pose_with_covariance_stamped(ekf.T_cam_obj, cov, stamp, cam,
                                                                      PoseWithCovarianceStamped))
         self.tf.send(msgs.make_transform_stamped(ekf.T_cam_obj, stamp, cam, self.p["object_frame"], TransformStamped))
-        self.publish_status(stamp, ekf)
+        self.publish_status(stamp, ekf, predicted)
 
-    def publish_status(self, stamp: int, ekf) -> None:
+    def publish_status(self, stamp: int, ekf, predicted: bool = False) -> None:
         st = TrackingStatus()
         st.header = msgs.make_header(type(st.header), stamp, self.p["camera_frame"])
         state = TrackState.INITIALIZING if ekf is None else ekf.state
@@ -391,6 +511,7 @@ class TrackingNode(Node):
         st.contact_count = int(ekf.contact_count) if ekf is not None else 0
         st.covariance_trace = float(ekf.covariance_trace) if ekf is not None else float("nan")
         st.latency_ms = (self.get_clock().now().nanoseconds - stamp) * 1e-6
+        st.predicted = bool(predicted)
         st.message = ekf.message if ekf is not None else "waiting for an initial pose"
         self.status_pub.publish(st)
         self.last_status = st
@@ -404,6 +525,7 @@ class TrackingNode(Node):
         else:
             level, message = DiagnosticStatus.OK, "tracking"
         vals = dict(self.counts)
+        vals.update(stage_medians_ms(list(self.stage_times), TRACKER_STAGES))
         vals.update({f"input_errors.{k}": v for k, v in self.errors.counts.items()})
         if st is not None:
             vals.update(nis=st.nis, covariance_trace=st.covariance_trace, contacts=st.contact_count,

@@ -46,6 +46,7 @@ class Collector:
         import rclpy
         from geometry_msgs.msg import PoseWithCovarianceStamped
         from sensor_msgs.msg import CameraInfo
+        from diagnostic_msgs.msg import DiagnosticArray
         from tf2_msgs.msg import TFMessage
 
         from hp_ros import graph
@@ -62,11 +63,13 @@ class Collector:
         self.images: dict = {}      # stamp_ns -> wall receive time of the colour camera_info
         self.status: list = []      # (wall, state_name)
         self.observations = 0       # object observations from the segmentation node
+        self.diagnostics: dict = {}  # status name -> {key: value} of its latest /diagnostics
         self._lock = threading.Lock()
         n = self.node
         n.create_subscription(PoseWithCovarianceStamped, graph.TOPICS["object_pose"], self._on_pose, OUTPUT_QOS)
         n.create_subscription(TFMessage, "/tf", self._on_tf, OUTPUT_QOS)
         n.create_subscription(TrackingStatus, graph.TOPICS["tracking_status"], self._on_status, OUTPUT_QOS)
+        n.create_subscription(DiagnosticArray, "/diagnostics", self._on_diagnostics, OUTPUT_QOS)
         n.create_subscription(ObjectObservation, graph.TOPICS["object_observation"], self._on_observation, STATE_QOS)
         # camera_info goes out next to each colour image with the same stamp: its arrival time
         # stands for the image's, without copying every 640x480 image into this process.
@@ -109,6 +112,11 @@ class Collector:
         with self._lock:
             self.images[msgs.header_stamp_ns(msg)] = info["source_timestamp"] * 1e-9
 
+    def _on_diagnostics(self, msg):
+        with self._lock:
+            for st in msg.status:
+                self.diagnostics[st.name] = {kv.key: kv.value for kv in st.values}
+
     def _on_observation(self, msg):
         with self._lock:
             self.observations += 1
@@ -141,12 +149,14 @@ def _wait(predicate, timeout: float, what: str, procs=()):
 
 def run_pipeline(out_dir: Path, object_spec: str = "builtin:cracker_box", duration: float = 8.0, seed: int = 0,
                  rate: float = 1.0, startup_timeout: float = 90.0, log=print,
-                 initial_offset: tuple = (0.01, 5.0), object_backend: str | None = None) -> dict:
+                 initial_offset: tuple = (0.01, 5.0), object_backend: str | None = None,
+                 transport: str = "shm") -> dict:
     """Synthetic bag -> node graph -> replay -> collected estimates -> metrics dict.
 
     ``initial_offset``: (metres, degrees) between the tracker's initial pose and the first
     frame's ground truth; ``object_backend``: the segmentation node's object backend (None =
-    the params file's). Every process gets loopback-only DDS and one domain id for the run;
+    the params file's); ``transport``: ``shm`` (the package's Fast DDS profile: shared memory +
+    UDP on 127.0.0.1) or ``udp`` (rmw default). Every process gets loopback-only DDS and one domain id for the run;
     the node logs stay in ``out_dir/logs`` (the result's ``logs`` entry).
     """
     import os
@@ -165,9 +175,14 @@ def run_pipeline(out_dir: Path, object_spec: str = "builtin:cracker_box", durati
     log(f"[demo] synthetic sequence: {len(seq.frame_stamps_ns)} frames, {len(seq.joint_stamps_ns)} joint states "
         f"({time.monotonic() - t0:.1f} s) -> {bag}")
 
-    env = loopback_env(domain_id=int(os.environ.get("ROS_DOMAIN_ID", pick_domain_id())))
-    os.environ.update({k: env[k] for k in ("ROS_DOMAIN_ID", "ROS_AUTOMATIC_DISCOVERY_RANGE",
-                                           "ROS_LOCALHOST_ONLY", "RMW_IMPLEMENTATION")})
+    env = loopback_env(domain_id=int(os.environ.get("ROS_DOMAIN_ID", pick_domain_id())),
+                       base={**os.environ, "HP_ROS_DDS_TRANSPORT": transport})
+    for k in ("ROS_DOMAIN_ID", "ROS_AUTOMATIC_DISCOVERY_RANGE", "ROS_LOCALHOST_ONLY", "RMW_IMPLEMENTATION",
+              "FASTDDS_DEFAULT_PROFILES_FILE", "FASTRTPS_DEFAULT_PROFILES_FILE", "HP_ROS_DDS_TRANSPORT"):
+        if k in env:  # this process's listener joins the graph with the same transports
+            os.environ[k] = env[k]
+        else:
+            os.environ.pop(k, None)
     launch_args = {"object_mesh": object_spec}
     procs = []
     collector = None
@@ -186,11 +201,19 @@ def run_pipeline(out_dir: Path, object_spec: str = "builtin:cracker_box", durati
         log(f"[demo] node graph up ({', '.join(p.name for p in procs)}); replaying at {rate}x")
         # only what a robot would publish: the ground truth stays in the bag for scoring
         inputs = [*graph.CAMERA_TOPICS.values(), graph.JOINT_STATES, "/tf_static"]
+        # play only once the replay's writers have matched every reader of the graph (discovery
+        # takes 0.3-2.7 s): a late match lost the first second of frames, /tf_static with it
+        readers = sum(1 for spec in graph.NODES for t in spec.subscribes if t in inputs
+                      and not (spec.name == "refinement_node" and t == graph.CAMERA_TOPICS["depth_image"]))
+        readers += 1  # this listener's colour camera_info
         replay = NodeProcess([sys.executable, "-m", "hp_ros.tools.replay", str(bag), "--rate", str(rate),
-                              "--topics", *inputs, "--wait-subscribers", "1", "--quiet"],
+                              "--topics", *inputs, "--wait-subscribers", str(readers), "--quiet"],
                              log_dir=logs, env=env, name="replay")
         t_start = time.monotonic()
+        cpu0 = {p.name: _cpu_seconds(p.proc.pid) for p in [*procs, replay]}
+        cpu_last = dict(cpu0)
         while replay.alive():
+            cpu_last.update({p.name: _cpu_seconds(p.proc.pid) for p in [*procs, replay]})
             for p in procs:
                 if not p.alive():
                     raise RuntimeError(f"{p.name} died during replay:\n{p.log_text()[-3000:]}")
@@ -198,6 +221,9 @@ def run_pipeline(out_dir: Path, object_spec: str = "builtin:cracker_box", durati
         if replay.proc.returncode != 0:
             raise RuntimeError(f"replay failed:\n{replay.log_text()[-2000:]}")
         t_replay = time.monotonic() - t_start
+        cpu_last.update({p.name: _cpu_seconds(p.proc.pid) for p in procs})
+        cpu_percent = {k: round(100.0 * (cpu_last[k] - cpu0[k]) / t_replay, 1)
+                       for k in cpu0 if cpu0[k] is not None and cpu_last.get(k) is not None}
         time.sleep(1.5)  # trailing outputs
     finally:
         for p in procs:
@@ -206,7 +232,20 @@ def run_pipeline(out_dir: Path, object_spec: str = "builtin:cracker_box", durati
             collector.close()
     result = score(seq, collector, object_spec, t_replay)
     result["logs"] = str(logs)
+    result["cpu_percent"] = cpu_percent  # per process during the replay (100 = one core)
     return result
+
+
+def _cpu_seconds(pid: int):
+    """User + system CPU seconds of a running process (Linux /proc), None when unreadable."""
+    import os
+
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            fields = f.read().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    except (OSError, IndexError, ValueError):
+        return None
 
 
 def demo_parameters(node_name: str, seq, initial_offset: tuple = (0.01, 5.0)) -> list:
@@ -249,10 +288,13 @@ def score(seq, collector, object_spec: str, t_replay: float) -> dict:
     result["output_rate_hz"] = len(collector.poses) / t_replay if t_replay > 0 else 0.0
     result["latency_ms_p95"] = float(np.percentile(lat, 95)) if lat else float("nan")
     result["latency_ms_median"] = float(np.median(lat)) if lat else float("nan")
+    result["latencies_ms"] = [round(x, 2) for _, x in sorted(zip(
+        [s for s in collector.poses if s in collector.images], lat))]  # in stamp order
     result["tf_messages"] = len(collector.tf)
     result["segmentation_rate_hz"] = collector.observations / t_replay if t_replay > 0 else 0.0
     result["max_penetration_mm"] = _max_penetration_mm(seq, obj, est)
     result["final_state"] = collector.status[-1][1] if collector.status else "none"
+    result["diagnostics"] = dict(collector.diagnostics)
     # the tracker's state changes in order, e.g. ["INITIALIZING", "TRACKING", "LOST", "TRACKING"]
     result["states"] = [name for k, (_, name) in enumerate(collector.status)
                         if k == 0 or collector.status[k - 1][1] != name]

@@ -214,7 +214,6 @@ class SegmentationNode(Node):
         self.stage_times = collections.deque(maxlen=300)  # per-frame stage stamps, see on_image
         self.diag_pub = self.create_publisher(DiagnosticArray, "/diagnostics", OUTPUT_QOS)
         self.create_timer(1.0, self.publish_diagnostics)
-        self.create_timer(0.05, self._wake)  # input_wait deadlines pass without a message arriving
         self._worker = threading.Thread(target=self._work, name="segmentation", daemon=True)
         self._worker.start()
         self.get_logger().info(f"segmentation: object backend {p['object_backend']!r}, "
@@ -239,10 +238,6 @@ class SegmentationNode(Node):
     def on_external_mask(self, msg):
         with self._cv:
             self.mask_queue.append(msg)
-            self._cv.notify()
-
-    def _wake(self):
-        with self._cv:
             self._cv.notify()
 
     def on_prior(self, msg):
@@ -377,7 +372,7 @@ class SegmentationNode(Node):
             with self._cv:
                 job = self._next_ready()
                 if job is None:
-                    self._cv.wait(timeout=0.1)
+                    self._cv.wait(timeout=0.05)  # input_wait deadlines pass without a message
                     continue
             try:
                 self._process(*job)

@@ -21,6 +21,7 @@ from hp_ros.nodes import exit_quietly_while_loading
 
 exit_quietly_while_loading(__name__)  # before the imports below: they take seconds
 
+import bisect
 import collections
 import math
 import time
@@ -127,7 +128,6 @@ class TrackingNode(Node):
         self.last_joint_wall = -math.inf  # monotonic time of the last joint state received
         self.stage_times = collections.deque(maxlen=300)  # per-frame wall-clock ns stamps, see on_camera_info
         self.history: list = []      # processed frames of the last reprocess_window, see _reprocess
-        self.timeline: list = []     # (state name, stamp_ns, reason) at every state change
         self.counts = {"frames": 0, "predicted": 0, "late": 0, "reprocessed": 0, "resets": 0,
                        "updates_accepted": 0, "updates_rejected": 0, "refine_requests": 0}
         self.last_status = None
@@ -228,8 +228,8 @@ class TrackingNode(Node):
     def drain_frames(self) -> None:
         """Process pending frames in stamp order. A frame is ready when the joint states cover its
         stamp (a joint state at or after it has arrived: topics arrive independently) and it has
-        every observation kind seen recently or a newer frame exists; after ``pairing_timeout`` it
-        is processed with what it has (without joint states only when they stopped arriving)."""
+        every observation kind seen recently; after ``pairing_timeout`` it is processed with what it
+        has (without joint states only when none arrived for 0.5 s)."""
         now = time.monotonic()
         if self.calib.T_cam_hand is None:
             # /tf_static (transient local) can reach a node a second after the first frames: keep
@@ -396,8 +396,6 @@ class TrackingNode(Node):
         ekf = self.ekf
         if self.last_stamp is None or self.last_stamp >= stamp:
             return
-        import bisect
-
         stamps = self.joints.stamps
         i = bisect.bisect_right(stamps, self.last_stamp)
         j = bisect.bisect_left(stamps, stamp)
@@ -458,13 +456,11 @@ class TrackingNode(Node):
         return True
 
     def _transition(self, before: int, stamp: int, reason: str) -> None:
-        """Log every state change at INFO as one timeline entry (state, stamp, reason)."""
+        """Log every state change at INFO as one timeline line (state, stamp, reason)."""
         after = self.ekf.state if self.ekf is not None else TrackState.INITIALIZING
-        if after == before and self.timeline:
-            return
-        name = TrackState.NAMES[after]
-        self.timeline.append((name, stamp, reason))
-        self.get_logger().info(f"state {TrackState.NAMES[before]} -> {name} at stamp {stamp}: {reason}")
+        if after != before:
+            self.get_logger().info(f"state {TrackState.NAMES[before]} -> {TrackState.NAMES[after]} at stamp "
+                                   f"{stamp}: {reason}")
 
     def request_refinement(self, stamp: int) -> None:
         if (not self.p["request_refinement"] or self.refine_future is not None

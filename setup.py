@@ -30,6 +30,7 @@ setup(
             "segmentation_node = hp_ros.nodes.segmentation_node:main",
             "tracking_node = hp_ros.nodes.tracking_node:main",
             "refinement_node = hp_ros.nodes.refinement_node:main",
+            "hp_ros_graph = hp_ros.nodes.graph_process:main",
             "pose_smoke_node = hp_ros.nodes.pose_smoke_node:main",
         ],
     },

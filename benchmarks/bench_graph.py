@@ -1,8 +1,10 @@
 """Live-graph benchmark: the real node graph (separate processes over loopback DDS, started from
 ``hp_ros.graph`` as the launch file does) tracking replayed synthetic sequences at 1.0x rate.
 
-For each variant (DDS transport: ``shm`` = the package's Fast DDS profile, shared memory + UDP on
-127.0.0.1, the default; ``udp`` = the rmw default) and each object x seed, :func:`hp_ros.tools.demo.run_pipeline`
+For each variant (``shm``: one process per node, the package's Fast DDS profile, shared memory +
+UDP on 127.0.0.1, the default; ``udp``: one process per node, the rmw default transport;
+``single``: the three nodes in one process, ``hp_ros.nodes.graph_process``, with the shm profile
+towards the replay) and each object x seed, :func:`hp_ros.tools.demo.run_pipeline`
 generates the sequence, starts the three nodes, replays the bag and scores the published poses.
 Printed per run and per variant: frames posed / frames, output rate, latency p50/p95 (tracker
 publish time minus the replay's publish time of the frame, both writers' source timestamps), CPU
@@ -15,7 +17,7 @@ frames), ``final_tracking_fraction``, ``adds_mean_cm`` (mean over matched frames
 plus ``load_avg_1min`` and per-variant figures under ``variants``.
 
 Usage: ``scripts/run_isolated.sh .venv/bin/python benchmarks/bench_graph.py [--seeds 0 1 2]
-[--objects builtin:cracker_box builtin:soup_can] [--variants shm udp] [--duration 8]``
+[--objects builtin:cracker_box builtin:soup_can] [--variants shm single udp] [--duration 8]``
 (about 45 s per run on 2 cores).
 """
 from __future__ import annotations
@@ -29,6 +31,11 @@ from pathlib import Path
 import numpy as np
 
 
+# variant -> run_pipeline arguments
+VARIANTS = {"shm": {"transport": "shm"}, "udp": {"transport": "udp"},
+            "single": {"transport": "shm", "single_process": True}}
+
+
 def run_variant(variant: str, objects, seeds, duration: float, work: Path) -> dict:
     from hp_ros.tools.demo import run_pipeline
 
@@ -36,7 +43,7 @@ def run_variant(variant: str, objects, seeds, duration: float, work: Path) -> di
     for obj in objects:
         for seed in seeds:
             r = run_pipeline(work / f"{variant}-{obj.split(':')[-1]}-{seed}", object_spec=obj, duration=duration,
-                             seed=seed, log=lambda *a: None, transport=variant)
+                             seed=seed, log=lambda *a: None, **VARIANTS[variant])
             runs.append(r)
             stages = {name.split(": ")[-1].split("/")[-1]: {k.split(".", 1)[1]: v for k, v in vals.items()
                                                           if k.startswith("stage_ms.")}
@@ -70,8 +77,9 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--objects", nargs="+", default=["builtin:cracker_box", "builtin:soup_can"])
     ap.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
-    ap.add_argument("--variants", nargs="+", default=["shm", "udp"], choices=["shm", "udp"],
-                    help="DDS transports; the first is the default reported in the JSON line")
+    ap.add_argument("--variants", nargs="+", default=["shm", "single", "udp"], choices=list(VARIANTS),
+                    help="graph variants (see the module docstring); the first is the default reported in the "
+                         "JSON line")
     ap.add_argument("--duration", type=float, default=8.0)
     args = ap.parse_args()
     print(f"load average {os.getloadavg()[0]:.2f} on {os.cpu_count()} cores at start", flush=True)

@@ -98,6 +98,8 @@ LAUNCH_ARGUMENTS = {
     "params_file": ("", "parameter YAML; empty = share/hp_ros/config/allegro_tracking.yaml"),
     "log_level": ("info", "log level of the hp_ros nodes"),
     "use_sim_time": ("false", "use /clock (bag replay with --clock)"),
+    "single_process": ("false", "true: the three nodes in one process (hp_ros_graph: no serialisation between "
+                                "them, camera images received once); false: one process per node"),
     "dds_transport": ("shm", "Fast DDS transports of the nodes: shm (config/fastdds_loopback_shm.xml: shared memory "
                              "+ UDP on 127.0.0.1) or udp (the rmw default); a FASTDDS_DEFAULT_PROFILES_FILE already "
                              "set wins"),
@@ -165,17 +167,36 @@ def node_invocations(args: dict | None = None) -> list:
     return out
 
 
+# The single-process variant (launch argument single_process): console script and module.
+GRAPH_PROCESS = ("hp_ros_graph", "hp_ros.nodes.graph_process")
+
+
+def single_process(args: dict | None = None) -> bool:
+    """The value of the ``single_process`` launch argument."""
+    value = (args or {}).get("single_process", LAUNCH_ARGUMENTS["single_process"][0])
+    return str(value).lower() in ("1", "true", "yes")
+
+
 def process_commands(args: dict | None = None, python: str | None = None) -> list:
-    """The graph as argv lists for separate processes, exactly as the launch file starts it."""
+    """The graph as ``(name, argv)`` for its processes, exactly as the launch file starts it: one
+    per node, or one ``graph_process`` for all (``single_process``: the node names come from the
+    code, the parameters from the params file's per-node sections)."""
     import sys
 
+    invocations = node_invocations(args)
+    if single_process(args):
+        spec, params, params_file, remaps, ros_args = invocations[0]  # the shared arguments are the same
+        invocations = [(None, params, params_file, remaps, ros_args)]
     cmds = []
-    for spec, params, params_file, remaps, ros_args in node_invocations(args):
-        cmd = [python or sys.executable, "-m", spec.module, "--ros-args",
-               "-r", f"__ns:=/{NAMESPACE}", "-r", f"__node:={spec.name}", "--params-file", params_file]
+    for spec, params, params_file, remaps, ros_args in invocations:
+        module = spec.module if spec is not None else GRAPH_PROCESS[1]
+        cmd = [python or sys.executable, "-m", module, "--ros-args", "-r", f"__ns:=/{NAMESPACE}"]
+        if spec is not None:
+            cmd += ["-r", f"__node:={spec.name}"]
+        cmd += ["--params-file", params_file]
         for k, v in params.items():
             cmd += ["-p", f"{k}:={str(v).lower() if isinstance(v, bool) else v}"]
         for a, b in remaps:
             cmd += ["-r", f"{a}:={b}"]
-        cmds.append((spec.name, cmd + ros_args))
+        cmds.append((spec.name if spec is not None else "graph_process", cmd + ros_args))
     return cmds

@@ -22,7 +22,15 @@ def _nodes(context):
     # shared-memory transport for the 1 MB images (see config/fastdds_loopback_shm.xml)
     dds_env = {k: v for k, v in dds_profile_env(values["dds_transport"], base=os.environ).items() if v is not None}
     actions = []
-    for spec, params, params_file, remaps, ros_args in graph.node_invocations(values):
+    invocations = graph.node_invocations(values)
+    if graph.single_process(values):
+        # one process for the three nodes (names from the code, parameters from the params file's
+        # per-node sections): no name remapping, which would rename all three
+        _, params, params_file, remaps, ros_args = invocations[0]
+        return [Node(package="hp_ros", executable=graph.GRAPH_PROCESS[0], namespace=graph.NAMESPACE,
+                     parameters=[params_file, params], remappings=remaps, arguments=["--ros-args", *ros_args],
+                     additional_env=dds_env, output="screen", emulate_tty=True)]
+    for spec, params, params_file, remaps, ros_args in invocations:
         actions.append(Node(
             package="hp_ros", executable=spec.executable, name=spec.name, namespace=graph.NAMESPACE,
             parameters=[params_file, params], remappings=remaps, arguments=["--ros-args", *ros_args],

@@ -351,12 +351,21 @@ def run_node(make_node: Callable[[], Node], name: str, args=None, make_executor=
     the process ends with ``os._exit`` (waiting for them would keep it alive until they end).
     Installs signal handlers only when called from the main thread.
     """
+    return run_nodes([(make_node, make_executor)], name, args, shutdown_timeout)
+
+
+def run_nodes(nodes: list, name: str, args=None, shutdown_timeout: float = 1.0) -> int:
+    """:func:`run_node` for several nodes in one process: ``nodes`` is a list of
+    ``(make_node, make_executor or None)``; each node gets its own executor. One node spins on
+    the main thread; several spin on one thread each (the main thread waits for the signal), so
+    every node keeps the threading it has as a process of its own."""
     import rclpy
     from rclpy.executors import ExternalShutdownException, SingleThreadedExecutor
     from rclpy.signals import SignalHandlerOptions
 
     stop = threading.Event()
     starting = True
+    failures = []
 
     def on_signal(signum, frame):
         _ignore_stop_signals()
@@ -366,21 +375,47 @@ def run_node(make_node: Callable[[], Node], name: str, args=None, make_executor=
         if starting:
             raise KeyboardInterrupt  # abort start-up (node construction, warm-up); caught below
 
-    if threading.current_thread() is threading.main_thread():
-        for sig in _STOP_SIGNALS:
-            signal.signal(sig, on_signal)
-    node = executor = None
-    code = 0
-    try:
-        rclpy.init(args=args, signal_handler_options=SignalHandlerOptions.NO)
-        node = make_node()
-        executor = make_executor() if make_executor is not None else SingleThreadedExecutor()
-        executor.add_node(node)
-        starting = False
+    def spin(executor):
         # the Python handler runs between bytecodes of the main thread: the timeout lets it run
         # (and this loop see ``stop``) within 0.1 s also when no callback is due
         while not stop.is_set() and rclpy.ok():
             executor.spin_once(timeout_sec=0.1)
+
+    def spin_thread(executor):
+        try:
+            spin(executor)
+        except ExternalShutdownException:
+            pass
+        except BaseException as e:  # noqa: BLE001 - reported, and the whole process stops
+            import traceback
+            failures.append(e)
+            traceback.print_exc()
+        stop.set()
+
+    if threading.current_thread() is threading.main_thread():
+        for sig in _STOP_SIGNALS:
+            signal.signal(sig, on_signal)
+    built, executors, threads = [], [], []
+    code = 0
+    try:
+        rclpy.init(args=args, signal_handler_options=SignalHandlerOptions.NO)
+        for make_node, make_executor in nodes:
+            built.append(make_node())
+        for node, (_, make_executor) in zip(built, nodes):
+            executor = make_executor() if make_executor is not None else SingleThreadedExecutor()
+            executor.add_node(node)
+            executors.append(executor)
+        starting = False
+        if len(executors) == 1:
+            spin(executors[0])
+        else:
+            threads = [threading.Thread(target=spin_thread, args=(e,), name=f"spin-{n.get_name()}", daemon=True)
+                       for n, e in zip(built, executors)]
+            for t in threads:
+                t.start()
+            while not stop.is_set() and rclpy.ok():
+                stop.wait(0.1)
+            code = 1 if failures else 0
     except (KeyboardInterrupt, ExternalShutdownException):
         starting = False
     except (FileNotFoundError, ValueError, RuntimeError) as e:  # ParameterError is a ValueError
@@ -390,16 +425,21 @@ def run_node(make_node: Callable[[], Node], name: str, args=None, make_executor=
         code = 2
     finally:
         starting = False
+        stop.set()
         _ignore_stop_signals()
         abandoned = []
-        if executor is not None:
+        if executors:
             deadline = time.monotonic() + shutdown_timeout
-            executor.shutdown(timeout_sec=shutdown_timeout)
-            abandoned = _join_callback_threads(executor, deadline)
-            if abandoned and node is not None:
-                node.get_logger().info(f"stopping with {len(abandoned)} callback(s) still running after "
-                                       f"{shutdown_timeout:.1f} s: abandoned")
-        if node is not None:
+            for t in threads:
+                t.join(max(0.0, deadline - time.monotonic()))
+            for executor in executors:
+                executor.shutdown(timeout_sec=shutdown_timeout)
+                abandoned += _join_callback_threads(executor, deadline)
+            abandoned = list(dict.fromkeys(abandoned + [t for t in threads if t.is_alive()]))
+            if abandoned and built:
+                built[0].get_logger().info(f"stopping with {len(abandoned)} callback(s) still running after "
+                                           f"{shutdown_timeout:.1f} s: abandoned")
+        for node in built:
             node.destroy_node()
         rclpy.try_shutdown()
         if abandoned:  # the interpreter's exit would wait for them (concurrent.futures joins its threads)

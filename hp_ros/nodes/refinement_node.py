@@ -43,6 +43,7 @@ from sensor_msgs.msg import CameraInfo, Image, JointState
 
 from hp_ros import graph
 from hp_ros.io import msgs
+from hp_ros.nodes.local_bus import publisher, subscribe
 from hp_ros.nodes.common import (diagnostics_message, COMMON_PARAMS, run_node, IMAGE_QOS, OUTPUT_QOS, STATE_QOS, CameraToHand, JointStateBuffer,
                                  OnceLogger, Param, camera_to_hand_from_param, declare_parameters,
                                  length_in, load_hand, load_object, non_negative, positive)
@@ -103,9 +104,14 @@ def frame_for_stamp(stamps: list, want_ns: int, tol_ns: int):
     return None
 
 
+# executor threads: buffering, the service, diagnostics
+REFINEMENT_THREADS = 3
+
+
 class RefinementNode(Node):
-    def __init__(self):
+    def __init__(self, bus=None):
         super().__init__("refinement_node")
+        self.bus = bus  # LocalBus when the graph runs in one process (hp_ros.nodes.graph_process)
         p = declare_parameters(self, {**COMMON_PARAMS, **OWN_PARAMS})
         self.p = p
         from hp_ros.core.refine import RefineConfig, Refiner
@@ -134,10 +140,11 @@ class RefinementNode(Node):
         # in its own group: it runs concurrently with buffering
         data = MutuallyExclusiveCallbackGroup()
         service = MutuallyExclusiveCallbackGroup()
-        sub = lambda t, topic, cb, qos, raw=False: self.create_subscription(  # noqa: E731
-            t, topic, cb, qos, callback_group=data, raw=raw)
+        sub = lambda t, topic, cb, qos, raw=False: subscribe(  # noqa: E731
+            self, bus, t, topic, cb, qos, callback_group=data, **({"raw": True} if raw and bus is None else {}))
         # images are buffered serialised (raw=True: no Python message is built for the ~90 frames a
-        # second that are never refined; measured ~1/3 of this node's CPU) and decoded on request
+        # second that are never refined; measured ~1/3 of this node's CPU) and decoded on request;
+        # in one process with the segmentation node (bus) they are the message objects it received
         sub(Image, graph.CAMERA_TOPICS["color_image"], lambda d: self.on_buffered(d, "rgb"), IMAGE_QOS, raw=True)
         sub(CameraInfo, graph.CAMERA_TOPICS["color_info"], self.on_camera_info, IMAGE_QOS)
         sub(Image, graph.TOPICS["object_mask"], lambda d: self.on_buffered(d, "object_mask"), IMAGE_QOS, raw=True)
@@ -146,7 +153,7 @@ class RefinementNode(Node):
         sub(PoseWithCovarianceStamped, graph.TOPICS["object_pose"], self.on_object_pose, OUTPUT_QOS)
         if p["use_depth"]:
             sub(Image, graph.CAMERA_TOPICS["depth_image"], lambda d: self.on_buffered(d, "depth"), IMAGE_QOS, raw=True)
-        self.pub = self.create_publisher(PoseWithCovarianceStamped, graph.TOPICS["refined_pose"], OUTPUT_QOS)
+        self.pub = publisher(self, bus, PoseWithCovarianceStamped, graph.TOPICS["refined_pose"], OUTPUT_QOS)
         self.diag_pub = self.create_publisher(DiagnosticArray, "/diagnostics", OUTPUT_QOS)
         self.create_timer(float(p["diagnostics_period"]), self.publish_diagnostics, callback_group=data)
         self.create_service(RefinePose, graph.SERVICES["refine_pose"], self.on_refine, callback_group=service)
@@ -171,10 +178,11 @@ class RefinementNode(Node):
 
     # Buffering keeps the messages themselves: they are decoded only for the few frames a request
     # refines, not for every frame at 30 Hz (the node spends its idle time buffering).
-    def on_buffered(self, data: bytes, kind: str) -> None:
-        """A serialised sensor_msgs/Image (colour, mask or depth): stored under its header stamp."""
+    def on_buffered(self, data, kind: str) -> None:
+        """A sensor_msgs/Image (colour, mask or depth), serialised (bytes) or a message object
+        (from the in-process bus): stored under its header stamp."""
         try:
-            stamp = msgs.serialized_header_stamp_ns(data)
+            stamp = msgs.serialized_header_stamp_ns(data) if isinstance(data, bytes) else msgs.header_stamp_ns(data)
         except ValueError as e:
             self.errors.warn(f"{kind}_data", f"{kind} skipped: {e}")
             return
@@ -190,7 +198,7 @@ class RefinementNode(Node):
         ValueError for an encoding the kind does not accept."""
         from rclpy.serialization import deserialize_message
 
-        msg = deserialize_message(data, Image)
+        msg = deserialize_message(data, Image) if isinstance(data, bytes) else data
         if msg.encoding not in cls._ENCODINGS[kind]:
             raise ValueError(f"{kind} image has encoding {msg.encoding!r} (expected one of {list(cls._ENCODINGS[kind])})")
         arr = msgs.image_to_numpy(msg)
@@ -391,7 +399,7 @@ class RefinementNode(Node):
 
 
 def main(args=None):
-    return run_node(RefinementNode, "refinement_node", args, lambda: MultiThreadedExecutor(num_threads=3))
+    return run_node(RefinementNode, "refinement_node", args, lambda: MultiThreadedExecutor(num_threads=REFINEMENT_THREADS))
 
 
 if __name__ == "__main__":

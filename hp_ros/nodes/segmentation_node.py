@@ -23,6 +23,7 @@ from sensor_msgs.msg import CameraInfo, Image, JointState, RegionOfInterest
 
 from hp_ros.graph import CAMERA_TOPICS, JOINT_STATES, TOPICS
 from hp_ros.io import msgs
+from hp_ros.nodes.local_bus import publisher, subscribe
 from hp_ros.nodes.common import (diagnostics_message, stage_medians_ms, COMMON_PARAMS, run_node, IMAGE_QOS, OUTPUT_QOS, STATE_QOS, CameraToHand, JointStateBuffer,
                                  OnceLogger, Param, ParameterError, camera_to_hand_from_param, declare_parameters,
                                  load_hand, load_object, non_negative, one_of, positive)
@@ -102,6 +103,9 @@ SEG_PARAMS = {
                                "drops the oldest frames instead of lagging; raise it to segment every frame of "
                                "a bag (loopback DDS delivers large images in bursts)", positive),
     "use_depth": Param(True, "subscribe to the aligned depth image"),
+    "latest_only": Param(True, "segment the newest colour image whose inputs are there and drop older waiting "
+                         "ones (live: a node that falls behind catches up instead of working through a backlog; "
+                         "the tracker poses dropped frames from the joint states); false: every image in order"),
     "external_mask_topic": Param("", "mono8 mask topic for the external backend (same stamps as the images)"),
     "detectron2_config": Param("", "detectron2 (PointRend) config file for the detectron2 backend"),
     "detectron2_weights": Param("", "detectron2 weights file"),
@@ -118,8 +122,9 @@ STAGES = (("transport", "sent", "received"), ("executor", "received", "callback"
 
 
 class SegmentationNode(Node):
-    def __init__(self):
+    def __init__(self, bus=None):
         super().__init__("segmentation_node")
+        self.bus = bus  # LocalBus when the graph runs in one process (hp_ros.nodes.graph_process)
         self.p = p = declare_parameters(self, {**COMMON_PARAMS, **SEG_PARAMS})
         from hp_ros.core.segmentation import Detectron2Backend, SegmenterConfig
         try:
@@ -177,6 +182,7 @@ class SegmentationNode(Node):
         self._last_joint_wall = -1e9
         self._first_image_wall = None
         self.frames = 0
+        self.skipped_behind = 0  # waiting images dropped for a newer one (latest_only)
         # Callbacks only store what arrives (cheap, under self._cv) and wake the worker thread, which
         # segments the frames whose inputs are complete: the executor never waits behind a 10-15 ms
         # segmentation, joint states and depth stay current, and a frame is processed the moment
@@ -188,26 +194,26 @@ class SegmentationNode(Node):
         lost = SubscriptionEventCallbacks(message_lost=self._on_images_lost)
         frames_qos = QoSProfile(depth=int(p["image_queue_depth"]), reliability=IMAGE_QOS.reliability,
                                 history=IMAGE_QOS.history)
-        self.create_subscription(Image, CAMERA_TOPICS["color_image"], self.on_image, frames_qos,
+        subscribe(self, bus, Image, CAMERA_TOPICS["color_image"], self.on_image, frames_qos,
                                  event_callbacks=lost)
-        self.create_subscription(CameraInfo, CAMERA_TOPICS["color_info"], self.on_info, IMAGE_QOS)
+        subscribe(self, bus, CameraInfo, CAMERA_TOPICS["color_info"], self.on_info, IMAGE_QOS)
         if p["use_depth"]:
-            self.create_subscription(Image, CAMERA_TOPICS["depth_image"], self.on_depth, frames_qos)
+            subscribe(self, bus, Image, CAMERA_TOPICS["depth_image"], self.on_depth, frames_qos)
         if p["external_mask_topic"]:
-            self.create_subscription(Image, p["external_mask_topic"], self.on_external_mask, IMAGE_QOS)
-        self.create_subscription(JointState, JOINT_STATES, self.on_joints, STATE_QOS)
+            subscribe(self, bus, Image, p["external_mask_topic"], self.on_external_mask, IMAGE_QOS)
+        subscribe(self, bus, JointState, JOINT_STATES, self.on_joints, STATE_QOS)
         self.priors = collections.deque(maxlen=16)  # (stamp_ns, T_cam_obj (4, 4), position sigma [m])
         if self.uses_prior:
             from geometry_msgs.msg import PoseWithCovarianceStamped
             prior_qos = QoSProfile(depth=self.priors.maxlen, reliability=OUTPUT_QOS.reliability,
                                    history=OUTPUT_QOS.history)  # as many as are kept: none lost in a burst
-            self.create_subscription(PoseWithCovarianceStamped, TOPICS["object_pose"], self.on_prior, prior_qos)
+            subscribe(self, bus, PoseWithCovarianceStamped, TOPICS["object_pose"], self.on_prior, prior_qos)
         self.new_info = None
-        self.pub_hand = self.create_publisher(Image, TOPICS["hand_mask"], OUTPUT_QOS)
-        self.pub_obj = self.create_publisher(Image, TOPICS["object_mask"], OUTPUT_QOS)
-        self.pub_obs = self.create_publisher(ObjectObservation, TOPICS["object_observation"], OUTPUT_QOS)
-        self.pub_tips = self.create_publisher(FingertipObservations, TOPICS["fingertips"], OUTPUT_QOS)
-        self.pub_overlay = self.create_publisher(Image, TOPICS["overlay"], OUTPUT_QOS) if p["publish_overlay"] else None
+        self.pub_hand = publisher(self, bus, Image, TOPICS["hand_mask"], OUTPUT_QOS)
+        self.pub_obj = publisher(self, bus, Image, TOPICS["object_mask"], OUTPUT_QOS)
+        self.pub_obs = publisher(self, bus, ObjectObservation, TOPICS["object_observation"], OUTPUT_QOS)
+        self.pub_tips = publisher(self, bus, FingertipObservations, TOPICS["fingertips"], OUTPUT_QOS)
+        self.pub_overlay = publisher(self, bus, Image, TOPICS["overlay"], OUTPUT_QOS) if p["publish_overlay"] else None
         # frames segmented and every input problem counted (OnceLogger logs each kind only once)
         from diagnostic_msgs.msg import DiagnosticArray
         self.lost_images = 0
@@ -231,7 +237,10 @@ class SegmentationNode(Node):
             self._cv.notify()
 
     def on_depth(self, msg):
+        from hp_ros.core.segmentation import DEPTH_ENCODINGS
         with self._cv:
+            if not self._image_ok(msg, DEPTH_ENCODINGS, "depth", self.info or self.new_info):
+                return
             self.depth_queue.append(msg)
             self._cv.notify()
 
@@ -334,14 +343,17 @@ class SegmentationNode(Node):
             return None
         return best
 
-    def _image_ok(self, msg, allowed, kind) -> bool:
+    def _image_ok(self, msg, allowed, kind, info="current") -> bool:
+        """Encoding accepted and size as camera_info says (``info``: the intrinsics to check
+        against, default the current ones; None = no size check yet)."""
+        info = self.info if info == "current" else info
         if msg.encoding not in allowed:
             self.bad.warn(f"{kind}_encoding:{msg.encoding}",
                           f"{kind} image with encoding {msg.encoding!r} skipped: accepted {list(allowed)}")
             return False
-        if (msg.width, msg.height) != (self.info.width, self.info.height):
+        if info is not None and (msg.width, msg.height) != (info.width, info.height):
             self.bad.warn(f"{kind}_size", f"{kind} image {msg.width}x{msg.height} skipped: camera_info says "
-                          f"{self.info.width}x{self.info.height}")
+                          f"{info.width}x{info.height}")
             return False
         return True
 
@@ -353,7 +365,12 @@ class SegmentationNode(Node):
     def on_image(self, msg, info):
         # the driver publishes colour, camera_info and depth of one frame in any order: a colour
         # image waits (bounded) for its camera_info, its depth and the joint states around it
+        from hp_ros.core.segmentation import COLOR_ENCODINGS
         with self._cv:
+            # malformed images are turned away here (cheap header checks), so a burst of them
+            # cannot push good frames out of the queue
+            if not self._image_ok(msg, COLOR_ENCODINGS, "colour", self.info or self.new_info):
+                return
             if len(self.pending) == self.pending.maxlen:
                 self.bad.warn("queue_full", "colour image queue full while waiting for camera_info / depth / joint "
                               "states: the oldest image is dropped")
@@ -392,41 +409,60 @@ class SegmentationNode(Node):
         return super().destroy_node()
 
     def _next_ready(self):
-        """The oldest waiting colour image whose inputs are complete (or waited long enough) as
-        ``(image msg, depth msg or None)``, removed from the queue; None when nothing is ready.
-        Called with self._cv held."""
+        """The colour image to segment next as ``(image msg, depth msg or None, stages)``, removed
+        from the queue; None when nothing is ready. Called with self._cv held.
+
+        ``latest_only`` (live): the newest image whose inputs are complete (or waited long enough);
+        the older ones still waiting are dropped - a node that fell behind catches up at once
+        instead of segmenting a backlog (the tracker poses the dropped frames from the joint
+        states). Otherwise the oldest, in order."""
         self._update_segmenter()
-        while self.pending:
-            msg, t_arrival, stages = self.pending[0]
-            if self.segmenter is None:
-                if time.monotonic() - t_arrival > self.p["input_wait"] or len(self.pending) == self.pending.maxlen:
-                    self.pending.popleft()
-                    self.bad.warn("no_info", "image skipped: no camera_info received for it")
-                    continue
-                return None
-            depth_msg = None
-            stamp = msgs.header_stamp_ns(msg)
+        if self.segmenter is None:
             now = time.monotonic()
-            waited = now - t_arrival > self.p["input_wait"]
-            full = len(self.pending) == self.pending.maxlen
-            if not full and not waited and self.cam_hand.T_cam_hand is None:
-                return None  # /tf_static may still come (start-up)
-            # wait for the joint states to reach the image while they are flowing - and at
-            # start-up, for the first input_wait after the first image, for the first ones (the
-            # stream's first images must not go out without a hand mask because they won a race)
-            joints_flowing = now - self._last_joint_wall <= self.p["input_wait"] or (
-                self._last_joint_wall < 0 and now - self._first_image_wall <= self.p["input_wait"])
-            if not full and joints_flowing and not self._joints_cover(stamp):
-                return None
-            if self.p["use_depth"]:
-                depth_msg = self._paired(self.depth_queue, stamp)
-                newer_depth = any(msgs.header_stamp_ns(d) > stamp + self.p["depth_max_dt"] * 1e9
-                                  for d in self.depth_queue)
-                if depth_msg is None and not (newer_depth or waited or len(self.pending) > 1):
-                    return None  # its depth may still come
-            self.pending.popleft()
-            return msg, depth_msg, stages
+            while self.pending and (now - self.pending[0][1] > self.p["input_wait"]
+                                    or len(self.pending) == self.pending.maxlen):
+                self.pending.popleft()
+                self.bad.warn("no_info", "image skipped: no camera_info received for it")
+            return None
+        order = range(len(self.pending) - 1, -1, -1) if self.p["latest_only"] else range(len(self.pending))
+        for i in order:
+            msg, t_arrival, stages = self.pending[i]
+            ready, depth_msg = self._inputs_ready(msg, t_arrival, len(self.pending) - i)
+            if ready:
+                for _ in range(i):  # older than the chosen one: dropped (latest_only) - none otherwise
+                    self.pending.popleft()
+                    self.skipped_behind += 1
+                self.pending.popleft()
+                return msg, depth_msg, stages
+            if not self.p["latest_only"]:
+                return None  # keep the order: wait for the oldest
         return None
+
+    def _inputs_ready(self, msg, t_arrival, waiting_behind: int):
+        """``(ready, depth msg or None)`` of one waiting colour image: its joint states, depth and
+        the camera->hand transform are there, or it waited ``input_wait``, or the queue is full.
+        Called with self._cv held."""
+        stamp = msgs.header_stamp_ns(msg)
+        now = time.monotonic()
+        waited = now - t_arrival > self.p["input_wait"]
+        full = len(self.pending) == self.pending.maxlen
+        if not full and not waited and self.cam_hand.T_cam_hand is None:
+            return False, None  # /tf_static may still come (start-up)
+        # wait for the joint states to reach the image while they are flowing - and at start-up,
+        # for the first input_wait after the first image, for the first ones (the stream's first
+        # images must not go out without a hand mask because they won a race)
+        joints_flowing = now - self._last_joint_wall <= self.p["input_wait"] or (
+            self._last_joint_wall < 0 and now - self._first_image_wall <= self.p["input_wait"])
+        if not full and joints_flowing and not self._joints_cover(stamp):
+            return False, None
+        depth_msg = None
+        if self.p["use_depth"]:
+            depth_msg = self._paired(self.depth_queue, stamp)
+            newer_depth = any(msgs.header_stamp_ns(d) > stamp + self.p["depth_max_dt"] * 1e9
+                              for d in self.depth_queue)
+            if depth_msg is None and not (newer_depth or waited or waiting_behind > 1 or full):
+                return False, None  # its depth may still come
+        return True, depth_msg
 
     def _joints_cover(self, stamp_ns) -> bool:
         """Joint states reach this stamp (a message at or after it, or within one message period)."""
@@ -511,6 +547,7 @@ class SegmentationNode(Node):
         level = DiagnosticStatus.OK if self.frames and not problems else DiagnosticStatus.WARN
         message = f"{self.frames} frames segmented" if self.frames else "no frame segmented yet"
         values = {"frames": self.frames, "pending": len(self.pending), "images_lost": self.lost_images,
+                  "skipped_behind": self.skipped_behind,
                   **stage_medians_ms(list(self.stage_times), STAGES),
                   **{f"input_errors.{k}": v for k, v in self.bad.counts.items()}}
         self.diag_pub.publish(diagnostics_message(self, "hp_ros: segmentation_node", level, message, values))

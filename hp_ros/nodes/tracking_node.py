@@ -39,6 +39,7 @@ from std_srvs.srv import Trigger
 from hp_ros import graph
 from hp_ros.core.ekf import EKFConfig, EKFTracker, TrackState
 from hp_ros.io import msgs
+from hp_ros.nodes.local_bus import publisher, subscribe
 from hp_ros.nodes.common import (diagnostics_message, stage_medians_ms, COMMON_PARAMS, run_node, OUTPUT_QOS, STATE_QOS, CameraToHand, JointStateBuffer, OnceLogger,
                                  Param, camera_to_hand_from_param, declare_parameters, length_in,
                                  load_hand, load_object, non_negative, one_of, positive)
@@ -100,8 +101,9 @@ def _sec_pose_cov(cov: np.ndarray) -> tuple:
 
 
 class TrackingNode(Node):
-    def __init__(self):
+    def __init__(self, bus=None):
         super().__init__("tracking_node")
+        self.bus = bus  # LocalBus when the graph runs in one process (hp_ros.nodes.graph_process)
         p = declare_parameters(self, {**COMMON_PARAMS, **OWN_PARAMS})
         self.p = p
         self.cfg = EKFConfig.from_dict({k: p[k] for k in OWN_PARAMS if k in EKFConfig.__dataclass_fields__})
@@ -134,20 +136,20 @@ class TrackingNode(Node):
         self.refine_future = None
         self.refine_started = 0.0
 
-        self.pose_pub = self.create_publisher(PoseWithCovarianceStamped, graph.TOPICS["object_pose"], OUTPUT_QOS)
-        self.status_pub = self.create_publisher(TrackingStatus, graph.TOPICS["tracking_status"], OUTPUT_QOS)
+        self.pose_pub = publisher(self, bus, PoseWithCovarianceStamped, graph.TOPICS["object_pose"], OUTPUT_QOS)
+        self.status_pub = publisher(self, bus, TrackingStatus, graph.TOPICS["tracking_status"], OUTPUT_QOS)
         self.diag_pub = self.create_publisher(DiagnosticArray, "/diagnostics", OUTPUT_QOS)
         from hp_ros.nodes.tf_out import TfPublisher
 
         self.tf = TfPublisher(self)
-        self.create_subscription(JointState, graph.JOINT_STATES, self.on_joint_state, STATE_QOS)
-        self.create_subscription(CameraInfo, graph.CAMERA_TOPICS["color_info"], self.on_camera_info, OUTPUT_QOS)
-        self.create_subscription(ObjectObservation, graph.TOPICS["object_observation"],
+        subscribe(self, bus, JointState, graph.JOINT_STATES, self.on_joint_state, STATE_QOS)
+        subscribe(self, bus, CameraInfo, graph.CAMERA_TOPICS["color_info"], self.on_camera_info, OUTPUT_QOS)
+        subscribe(self, bus, ObjectObservation, graph.TOPICS["object_observation"],
                                  lambda m: self.on_observation("object", m), STATE_QOS)
-        self.create_subscription(FingertipObservations, graph.TOPICS["fingertips"],
+        subscribe(self, bus, FingertipObservations, graph.TOPICS["fingertips"],
                                  lambda m: self.on_observation("fingertips", m), STATE_QOS)
-        self.create_subscription(PoseStamped, graph.TOPICS["initial_pose"], self.on_initial_pose, OUTPUT_QOS)
-        self.create_subscription(PoseWithCovarianceStamped, graph.TOPICS["refined_pose"], self.on_refined_pose, OUTPUT_QOS)
+        subscribe(self, bus, PoseStamped, graph.TOPICS["initial_pose"], self.on_initial_pose, OUTPUT_QOS)
+        subscribe(self, bus, PoseWithCovarianceStamped, graph.TOPICS["refined_pose"], self.on_refined_pose, OUTPUT_QOS)
         self.create_service(Trigger, graph.SERVICES["reset_tracking"], self.on_reset)
         self.refine_client = self.create_client(RefinePose, graph.SERVICES["refine_pose"])
         self.create_timer(0.01, self.on_timer)

@@ -33,6 +33,8 @@ def add_arguments(parser):
     parser.add_argument("--object-backend", default=None,
                         help="segmentation object backend (default: the params file's, color|depth); e.g. model "
                              "(the tracker's pose refined against depth) or model|depth")
+    parser.add_argument("--single-process", action="store_true",
+                        help="run the three nodes in one process (the launch file's single_process:=true)")
     parser.add_argument("--keep-bag", action="store_true",
                         help="keep the synthetic bag in the report folder (about 65 MB per second)")
 
@@ -150,13 +152,15 @@ def _wait(predicate, timeout: float, what: str, procs=()):
 def run_pipeline(out_dir: Path, object_spec: str = "builtin:cracker_box", duration: float = 8.0, seed: int = 0,
                  rate: float = 1.0, startup_timeout: float = 90.0, log=print,
                  initial_offset: tuple = (0.01, 5.0), object_backend: str | None = None,
-                 transport: str = "shm") -> dict:
+                 transport: str = "shm", single_process: bool = False, during_replay=None) -> dict:
     """Synthetic bag -> node graph -> replay -> collected estimates -> metrics dict.
 
     ``initial_offset``: (metres, degrees) between the tracker's initial pose and the first
     frame's ground truth; ``object_backend``: the segmentation node's object backend (None =
     the params file's); ``transport``: ``shm`` (the package's Fast DDS profile: shared memory +
-    UDP on 127.0.0.1) or ``udp`` (rmw default). Every process gets loopback-only DDS and one domain id for the run;
+    UDP on 127.0.0.1) or ``udp`` (rmw default); ``single_process``: the three nodes in one
+    process (``hp_ros.nodes.graph_process``) instead of one each; ``during_replay(seconds, collector)``:
+    called every 0.2 s of the replay (tests inject bad input through ``collector.node``). Every process gets loopback-only DDS and one domain id for the run;
     the node logs stay in ``out_dir/logs`` (the result's ``logs`` entry).
     """
     import os
@@ -183,20 +187,21 @@ def run_pipeline(out_dir: Path, object_spec: str = "builtin:cracker_box", durati
             os.environ[k] = env[k]
         else:
             os.environ.pop(k, None)
-    launch_args = {"object_mesh": object_spec}
+    launch_args = {"object_mesh": object_spec, "single_process": str(single_process).lower()}
     procs = []
     collector = None
     logs = out_dir / "logs"
     try:
         for name, cmd in graph.process_commands(launch_args, python=sys.executable):
-            cmd += demo_parameters(name, seq, initial_offset)
-            if name == "segmentation_node" and object_backend:
+            for spec in graph.NODES if name == "graph_process" else [s for s in graph.NODES if s.name == name]:
+                cmd += demo_parameters(spec.name, seq, initial_offset)  # distinct names: one process takes all
+            if name in ("segmentation_node", "graph_process") and object_backend:
                 cmd += ["-p", f"object_backend:={object_backend}"]
             procs.append(NodeProcess(cmd, log_dir=logs, env=env, name=name))
         collector = Collector(object_frame="object", camera_frame=graph.CAMERA_FRAME)
         _wait(lambda: collector.count(graph.TOPICS["object_pose"], "publishers") >= 1
               and collector.count(graph.CAMERA_TOPICS["color_image"]) >= 1
-              and collector.count(graph.JOINT_STATES) >= 2,
+              and collector.count(graph.JOINT_STATES) >= (1 if single_process else 2),
               startup_timeout, "the hp_ros nodes to come up", procs)
         log(f"[demo] node graph up ({', '.join(p.name for p in procs)}); replaying at {rate}x")
         # only what a robot would publish: the ground truth stays in the bag for scoring
@@ -205,6 +210,9 @@ def run_pipeline(out_dir: Path, object_spec: str = "builtin:cracker_box", durati
         # takes 0.3-2.7 s): a late match lost the first second of frames, /tf_static with it
         readers = sum(1 for spec in graph.NODES for t in spec.subscribes if t in inputs
                       and not (spec.name == "refinement_node" and t == graph.CAMERA_TOPICS["depth_image"]))
+        if single_process:  # one DDS reader per input topic for all nodes (LocalBus), /tf_static one each
+            readers = len({t for spec in graph.NODES for t in spec.subscribes if t in inputs and t != "/tf_static"}) \
+                + sum(1 for spec in graph.NODES if "/tf_static" in spec.subscribes)
         readers += 1  # this listener's colour camera_info
         replay = NodeProcess([sys.executable, "-m", "hp_ros.tools.replay", str(bag), "--rate", str(rate),
                               "--topics", *inputs, "--wait-subscribers", str(readers), "--quiet"],
@@ -213,6 +221,8 @@ def run_pipeline(out_dir: Path, object_spec: str = "builtin:cracker_box", durati
         cpu0 = {p.name: _cpu_seconds(p.proc.pid) for p in [*procs, replay]}
         cpu_last = dict(cpu0)
         while replay.alive():
+            if during_replay is not None:
+                during_replay(time.monotonic() - t_start, collector)
             cpu_last.update({p.name: _cpu_seconds(p.proc.pid) for p in [*procs, replay]})
             for p in procs:
                 if not p.alive():
@@ -329,7 +339,7 @@ def run(args) -> int:
     out = Path(args.out) if args.out else Path("reports") / time.strftime("demo-%Y%m%d-%H%M%S")
     t0 = time.monotonic()
     result = run_pipeline(out, args.object, args.duration, args.seed, args.rate, args.startup_timeout,
-                          object_backend=args.object_backend)
+                          object_backend=args.object_backend, single_process=args.single_process)
     write_report(result, out)
     with open(out / "metrics.json") as f:
         merged = json.load(f)

@@ -108,3 +108,48 @@ def test_replay_rejects_bad_rate(tmp_path):
     r = subprocess.run([sys.executable, "-m", "hp_ros.tools.replay", str(bag), "--rate", "0"],
                        capture_output=True, text=True, timeout=60)
     assert r.returncode != 0 and "--rate" in r.stderr and "Traceback" not in r.stderr
+
+
+@pytest.mark.ros
+def test_replay_resends_tf_static_and_gives_each_topic_its_own_participant(tmp_path, ros_node, start_process):
+    """/tf_static (once in the bag) is re-sent every --static-period seconds, and the camera's
+    topics and the joint states come from separate participants (nodes): small topics written
+    next to 1 MB images by one Fast DDS participant were measured arriving in 0.3-1.5 s batches."""
+    from rclpy.qos import QoSProfile, ReliabilityPolicy
+    from sensor_msgs.msg import Image, JointState
+    from tf2_msgs.msg import TFMessage
+
+    from hp_ros.nodes.common import TF_STATIC_QOS
+    from rostest_utils import spin_until
+
+    bag = tmp_path / "static"
+    stamps = {B.TOPIC_JOINT_STATES: [], B.TOPIC_COLOR_IMAGE: []}
+    with B.BagWriter(bag) as w:
+        TF, TS = w.msg_class("tf2_msgs/msg/TFMessage"), w.msg_class("geometry_msgs/msg/TransformStamped")
+        JS, Img = w.msg_class("sensor_msgs/msg/JointState"), w.msg_class("sensor_msgs/msg/Image")
+        w.write(B.TOPIC_TF_STATIC, "tf2_msgs/msg/TFMessage",
+                M.make_tf_message([M.make_transform_stamped(np.eye(4), T0, "cam", "hand", TS)], TF), T0)
+        for k in range(201):  # 2 s of joint states at 100 Hz, images at 10 Hz
+            t = T0 + k * 10_000_000
+            w.write(B.TOPIC_JOINT_STATES, "sensor_msgs/msg/JointState", M.make_joint_state(JOINTS, np.zeros(16), t, JS), t)
+            if k % 10 == 0:
+                w.write(B.TOPIC_COLOR_IMAGE, "sensor_msgs/msg/Image",
+                        M.numpy_to_image(np.zeros((48, 64, 3), np.uint8), "rgb8", t, "cam", Img), t)
+    got = {"tf": 0, "js": 0, "img": 0}
+    ros_node.create_subscription(TFMessage, "/tf_static", lambda m: got.__setitem__("tf", got["tf"] + 1), TF_STATIC_QOS)
+    qos = QoSProfile(depth=50, reliability=ReliabilityPolicy.RELIABLE)
+    ros_node.create_subscription(JointState, B.TOPIC_JOINT_STATES, lambda m: got.__setitem__("js", got["js"] + 1), qos)
+    ros_node.create_subscription(Image, B.TOPIC_COLOR_IMAGE, lambda m: got.__setitem__("img", got["img"] + 1), qos)
+    proc = start_process(python_module_cmd("hp_ros.tools.replay", str(bag), "--static-period", "0.5",
+                                           "--wait-subscribers", "3", "--wait-timeout", "30"), name="replay")
+    assert spin_until(ros_node, lambda: got["js"] >= 201 and got["img"] >= 21, timeout=40), (got, proc.log_text())
+    # publishers of each topic, by node: the replay's camera topic and joint states differ
+    writers = {t: {i.node_name for i in ros_node.get_publishers_info_by_topic(t)}
+               for t in (B.TOPIC_JOINT_STATES, B.TOPIC_COLOR_IMAGE, "/tf_static")}
+    spin_until(ros_node, lambda: not proc.alive(), timeout=10)
+    assert proc.proc.returncode == 0, proc.log_text()
+    assert len(writers[B.TOPIC_JOINT_STATES]) == 1 and len(writers[B.TOPIC_COLOR_IMAGE]) == 1, writers
+    assert writers[B.TOPIC_JOINT_STATES] != writers[B.TOPIC_COLOR_IMAGE], writers
+    assert writers["/tf_static"] == writers[B.TOPIC_JOINT_STATES], writers  # the robot's participant
+    # once as recorded + every 0.5 s of the 2 s replay
+    assert got["tf"] >= 4, got

@@ -146,7 +146,7 @@ def run(args) -> int:
 def _device(topic: str) -> str:
     """Participant name of a topic: one per topic (``/a/b`` -> ``a_b``); /tf_static and /clock go
     with the joint states as ``robot`` (a robot's driver and state publisher)."""
-    if topic in ("/tf_static", "/clock", "/tf"):
+    if topic in ("/tf_static", "/clock", "/tf") or topic.endswith("joint_states"):
         return "robot"
     return topic.strip("/").replace("/", "_") or "robot"
 

@@ -27,7 +27,8 @@ def test_full_graph_tracks_synthetic_sequence(tmp_path, ros_env):
     assert r["final_state"] == "TRACKING"
 
 
-def test_bad_initial_pose_is_recovered_through_refinement(tmp_path, ros_env):
+@pytest.mark.parametrize("single_process", [False, True], ids=["processes", "single_process"])
+def test_bad_initial_pose_is_recovered_through_refinement(tmp_path, ros_env, single_process):
     """LOST -> refinement -> re-initialised, with the real nodes: the tracker starts 6 cm / 10 deg off
     (outside its 1 cm prior), rejects the object observations until it declares the track LOST
     (publishing no pose meanwhile), asks /hp_ros/refine_pose with its estimate re-centred on the
@@ -39,10 +40,11 @@ def test_bad_initial_pose_is_recovered_through_refinement(tmp_path, ros_env):
     from hp_ros.tools.demo import run_pipeline
 
     r = run_pipeline(tmp_path / "run", object_spec="builtin:cracker_box", duration=10.0, seed=2,
-                     log=lambda *a: None, initial_offset=(0.06, 10.0))
+                     log=lambda *a: None, initial_offset=(0.06, 10.0), single_process=single_process)
     print({k: v for k, v in r.items() if k not in ("per_frame", "frames")})
-    log = (Path(r["logs"]) / "tracking_node.log").read_text()
-    refine_log = (Path(r["logs"]) / "refinement_node.log").read_text()
+    logs = {p.stem: p.read_text() for p in Path(r["logs"]).glob("*.log")}
+    log = logs["graph_process"] if single_process else logs["tracking_node"]
+    refine_log = logs["graph_process"] if single_process else logs["refinement_node"]
     # the tracker's state timeline (state, stamp, reason: one INFO line per transition) and the
     # refinement answers, printed by any failing assertion below
     timeline = "\n".join(ln for ln in log.splitlines() if "state " in ln and " -> " in ln

@@ -28,11 +28,6 @@ def main(args=None) -> int:
     from hp_ros.nodes.tracking_node import TrackingNode
     from hp_ros.nodes.common import run_nodes
 
-    try:
-        import torch
-        torch.set_num_threads(1)  # small batches: threads only add contention (as in each node's main)
-    except ImportError:
-        pass
     # what the graph's nodes publish, except the topics that also come from outside (/tf) or that
     # no node here subscribes to (/diagnostics)
     bus = LocalBus({t for spec in graph.NODES for t in spec.publishes if t not in ("/diagnostics", "/tf")})

@@ -33,8 +33,9 @@ def add_arguments(parser):
     parser.add_argument("--object-backend", default=None,
                         help="segmentation object backend (default: the params file's, color|depth); e.g. model "
                              "(the tracker's pose refined against depth) or model|depth")
-    parser.add_argument("--single-process", action="store_true",
-                        help="run the three nodes in one process (the launch file's single_process:=true)")
+    parser.add_argument("--separate-processes", action="store_true",
+                        help="run the three nodes as one process each (the launch file's single_process:=false; "
+                             "default: all in one process)")
     parser.add_argument("--keep-bag", action="store_true",
                         help="keep the synthetic bag in the report folder (about 65 MB per second)")
 
@@ -152,14 +153,14 @@ def _wait(predicate, timeout: float, what: str, procs=()):
 def run_pipeline(out_dir: Path, object_spec: str = "builtin:cracker_box", duration: float = 8.0, seed: int = 0,
                  rate: float = 1.0, startup_timeout: float = 90.0, log=print,
                  initial_offset: tuple = (0.01, 5.0), object_backend: str | None = None,
-                 transport: str = "shm", single_process: bool = False, during_replay=None) -> dict:
+                 transport: str = "shm", single_process: bool = True, during_replay=None) -> dict:
     """Synthetic bag -> node graph -> replay -> collected estimates -> metrics dict.
 
     ``initial_offset``: (metres, degrees) between the tracker's initial pose and the first
     frame's ground truth; ``object_backend``: the segmentation node's object backend (None =
     the params file's); ``transport``: ``shm`` (the package's Fast DDS profile: shared memory +
     UDP on 127.0.0.1) or ``udp`` (rmw default); ``single_process``: the three nodes in one
-    process (``hp_ros.nodes.graph_process``) instead of one each; ``during_replay(seconds, collector)``:
+    process (``hp_ros.nodes.graph_process``, the default) or one each; ``during_replay(seconds, collector)``:
     called every 0.2 s of the replay (tests inject bad input through ``collector.node``). Every process gets loopback-only DDS and one domain id for the run;
     the node logs stay in ``out_dir/logs`` (the result's ``logs`` entry).
     """
@@ -220,9 +221,13 @@ def run_pipeline(out_dir: Path, object_spec: str = "builtin:cracker_box", durati
         t_start = time.monotonic()
         cpu0 = {p.name: _cpu_seconds(p.proc.pid) for p in [*procs, replay]}
         cpu_last = dict(cpu0)
+        streaming = False  # CPU is counted from the first frame on (not the replay's start-up)
         while replay.alive():
             if during_replay is not None:
                 during_replay(time.monotonic() - t_start, collector)
+            if not streaming and collector.images:
+                streaming, t_stream = True, time.monotonic()
+                cpu0 = {p.name: _cpu_seconds(p.proc.pid) for p in [*procs, replay]}
             cpu_last.update({p.name: _cpu_seconds(p.proc.pid) for p in [*procs, replay]})
             for p in procs:
                 if not p.alive():
@@ -231,8 +236,9 @@ def run_pipeline(out_dir: Path, object_spec: str = "builtin:cracker_box", durati
         if replay.proc.returncode != 0:
             raise RuntimeError(f"replay failed:\n{replay.log_text()[-2000:]}")
         t_replay = time.monotonic() - t_start
+        t_cpu = time.monotonic() - (t_stream if streaming else t_start)
         cpu_last.update({p.name: _cpu_seconds(p.proc.pid) for p in procs})
-        cpu_percent = {k: round(100.0 * (cpu_last[k] - cpu0[k]) / t_replay, 1)
+        cpu_percent = {k: round(100.0 * (cpu_last[k] - cpu0[k]) / t_cpu, 1)
                        for k in cpu0 if cpu0[k] is not None and cpu_last.get(k) is not None}
         time.sleep(1.5)  # trailing outputs
     finally:
@@ -295,13 +301,17 @@ def score(seq, collector, object_spec: str, t_replay: float) -> dict:
     result = metrics.evaluate_sequence(gt, est, pts, symmetric=obj.symmetric)
     # rate and latency: pose receive time minus the receive time of the image with that stamp
     lat = [1000.0 * (v[2] - collector.images[s]) for s, v in collector.poses.items() if s in collector.images]
-    result["output_rate_hz"] = len(collector.poses) / t_replay if t_replay > 0 else 0.0
+    # poses per second while the stream runs: over the span of the frames' own publish times (the
+    # replay's start-up - imports, discovery - is not part of the stream)
+    t_frames = sorted(collector.images.values())
+    span = (t_frames[-1] - t_frames[0]) * len(t_frames) / max(1, len(t_frames) - 1) if len(t_frames) > 1 else t_replay
+    result["output_rate_hz"] = len(collector.poses) / span if span > 0 else 0.0
     result["latency_ms_p95"] = float(np.percentile(lat, 95)) if lat else float("nan")
     result["latency_ms_median"] = float(np.median(lat)) if lat else float("nan")
     result["latencies_ms"] = [round(x, 2) for _, x in sorted(zip(
         [s for s in collector.poses if s in collector.images], lat))]  # in stamp order
     result["tf_messages"] = len(collector.tf)
-    result["segmentation_rate_hz"] = collector.observations / t_replay if t_replay > 0 else 0.0
+    result["segmentation_rate_hz"] = collector.observations / span if span > 0 else 0.0
     result["max_penetration_mm"] = _max_penetration_mm(seq, obj, est)
     result["final_state"] = collector.status[-1][1] if collector.status else "none"
     result["diagnostics"] = dict(collector.diagnostics)
@@ -339,7 +349,7 @@ def run(args) -> int:
     out = Path(args.out) if args.out else Path("reports") / time.strftime("demo-%Y%m%d-%H%M%S")
     t0 = time.monotonic()
     result = run_pipeline(out, args.object, args.duration, args.seed, args.rate, args.startup_timeout,
-                          object_backend=args.object_backend, single_process=args.single_process)
+                          object_backend=args.object_backend, single_process=not args.separate_processes)
     write_report(result, out)
     with open(out / "metrics.json") as f:
         merged = json.load(f)

@@ -45,11 +45,11 @@ def test_masks_for_every_frame_match_ground_truth(tmp_path, ros_node, start_proc
     from scipy.spatial.transform import Rotation
     T = seq.T_cam_hand_published  # the bag's /tf_static value, as a parameter (a late-joining /tf_static
     cam_hand = list(T[:3, 3]) + list(Rotation.from_matrix(T[:3, :3]).as_quat())  # is slow on a loaded machine)
-    # image_queue_depth / input_wait: keep every frame of the bag and wait for its joint states (the
-    # live defaults, 5 frames / 0.3 s, favour latency: loopback DDS here carries the 1 MB images over
+    # image_queue_depth / input_wait / latest_only: keep every frame of the bag, in order, and wait
+    # for its joint states (the live defaults, 5 frames / 0.3 s / newest first, favour latency: loopback DDS here carries the 1 MB images over
     # UDP and, under load, delivers them - and the joint states behind them - in delayed bursts)
     node = start_process(_node_cmd(f"workspace_box:={_param(BOX)}", f"object_backend:={backend}",
-                                   "image_queue_depth:=30", "input_wait:=1.0",
+                                   "image_queue_depth:=30", "input_wait:=1.0", "latest_only:=false",
                                    f"camera_to_hand:=[{','.join(f'{v:.9f}' for v in cam_hand)}]",
                                    f"marker_colors:={_param(np.asarray(seq.marker_colors).reshape(-1) * 255)}",
                                    f"marker_radius:={seq.marker_radius:.6f}"), name="segmentation_node")
@@ -200,3 +200,51 @@ def test_bad_images_are_skipped_with_one_log_line(ros_node, start_process):
     values = seg_status()
     assert values["input_errors.colour_encoding:mono16"] == "2" and values["input_errors.colour_size"] == "2", values
     assert node.alive(), log
+
+
+@pytest.mark.ros
+@pytest.mark.parametrize("latest_only", [True, False])
+def test_a_node_behind_segments_the_newest_frame_first(ros_env, latest_only):
+    """Three colour images wait with their inputs complete (the node fell behind): ``latest_only``
+    takes the newest and drops the two older ones (counted); otherwise the oldest, keeping the rest."""
+    import rclpy
+    from sensor_msgs.msg import CameraInfo, Image, JointState
+
+    from hp_ros.nodes.segmentation_node import SegmentationNode
+
+    ctx_args = ["--ros-args", "-p", "use_depth:=false", "-p", "object_backend:=color",
+                "-p", "camera_to_hand:=[0.0,0.0,0.5,0.0,0.0,0.0,1.0]", "-p", f"latest_only:={str(latest_only).lower()}"]
+    rclpy.init(args=ctx_args)
+    node = None
+    try:
+        node = SegmentationNode()
+        node._running = False  # stop the worker: this test takes the frames itself
+        with node._cv:
+            node._cv.notify_all()
+        node._worker.join(5.0)
+        t0 = 1_700_000_000_000_000_000
+        K = np.array([[300.0, 0, 80], [0, 300.0, 60], [0, 0, 1]])
+        node.on_info(M.make_camera_info(K, 160, 120, CameraInfo, frame_id=graph.CAMERA_FRAME, stamp_ns=t0))
+        names = [f"ah_joint{f}{j}" for f in range(4) for j in range(4)]
+        for k in range(12):
+            node.on_joints(M.make_joint_state(names, np.zeros(16), t0 + k * 10_000_000, JointState))
+        stamps = [t0 + k * 33_333_333 for k in range(3)]
+        for s in stamps:
+            node.on_image(M.numpy_to_image(np.zeros((120, 160, 3), np.uint8), "rgb8", s, graph.CAMERA_FRAME, Image),
+                          {"source_timestamp": 0, "received_timestamp": 0})
+        # a malformed image is turned away at once: it never takes a place in the queue
+        node.on_image(M.numpy_to_image(np.zeros((60, 80, 3), np.uint8), "rgb8", t0 + 1, graph.CAMERA_FRAME, Image),
+                      {"source_timestamp": 0, "received_timestamp": 0})
+        with node._cv:
+            assert len(node.pending) == 3
+            job = node._next_ready()
+            assert job is not None
+            if latest_only:
+                assert M.header_stamp_ns(job[0]) == stamps[-1] and node.skipped_behind == 2 and not node.pending
+            else:
+                assert M.header_stamp_ns(job[0]) == stamps[0] and node.skipped_behind == 0 and len(node.pending) == 2
+        assert node.bad.counts.get("colour_size") == 1
+    finally:
+        if node is not None:
+            node.destroy_node()
+        rclpy.shutdown()

@@ -153,7 +153,8 @@ def _wait(predicate, timeout: float, what: str, procs=()):
 def run_pipeline(out_dir: Path, object_spec: str = "builtin:cracker_box", duration: float = 8.0, seed: int = 0,
                  rate: float = 1.0, startup_timeout: float = 90.0, log=print,
                  initial_offset: tuple = (0.01, 5.0), object_backend: str | None = None,
-                 transport: str = "shm", single_process: bool = True, during_replay=None) -> dict:
+                 transport: str = "shm", single_process: bool = True, during_replay=None,
+                 node_params: dict | None = None) -> dict:
     """Synthetic bag -> node graph -> replay -> collected estimates -> metrics dict.
 
     ``initial_offset``: (metres, degrees) between the tracker's initial pose and the first
@@ -161,7 +162,8 @@ def run_pipeline(out_dir: Path, object_spec: str = "builtin:cracker_box", durati
     the params file's); ``transport``: ``shm`` (the package's Fast DDS profile: shared memory +
     UDP on 127.0.0.1) or ``udp`` (rmw default); ``single_process``: the three nodes in one
     process (``hp_ros.nodes.graph_process``, the default) or one each; ``during_replay(seconds, collector)``:
-    called every 0.2 s of the replay (tests inject bad input through ``collector.node``). Every process gets loopback-only DDS and one domain id for the run;
+    called every 0.2 s of the replay (tests inject bad input through ``collector.node``);
+    ``node_params``: extra parameters for every node (``{"pairing_timeout": 0.0}``). Every process gets loopback-only DDS and one domain id for the run;
     the node logs stay in ``out_dir/logs`` (the result's ``logs`` entry).
     """
     import os
@@ -196,6 +198,8 @@ def run_pipeline(out_dir: Path, object_spec: str = "builtin:cracker_box", durati
         for name, cmd in graph.process_commands(launch_args, python=sys.executable):
             for spec in graph.NODES if name == "graph_process" else [s for s in graph.NODES if s.name == name]:
                 cmd += demo_parameters(spec.name, seq, initial_offset)  # distinct names: one process takes all
+            for k, v in (node_params or {}).items():
+                cmd += ["-p", f"{k}:={v}"]
             if name in ("segmentation_node", "graph_process") and object_backend:
                 cmd += ["-p", f"object_backend:={object_backend}"]
             procs.append(NodeProcess(cmd, log_dir=logs, env=env, name=name))

@@ -42,6 +42,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="re-publish the bag's latest /tf_static every S seconds of replay (0 = only as "
                              "recorded): a node whose transient-local late-joiner delivery fails still gets the "
                              "calibration within S (default 1)")
+    parser.add_argument("--participants", choices=("per-topic", "one"), default="per-topic",
+                        help="DDS participants of the replay: one per topic (default; joint states, /tf_static "
+                             "and /clock share one) or one for everything (for comparison: see README)")
     parser.add_argument("--quiet", action="store_true", help="print nothing but errors")
 
 
@@ -111,13 +114,14 @@ def run(args) -> int:
     # own, p95 0.9 ms and 1.4 ms (and the colour image p50 0.7 ms). A real camera driver holds
     # its topics in one participant: the nodes must not depend on camera_info arriving promptly.
     contexts, nodes = [], {}
-    for device in sorted({_device(t) for t in classes} | {"robot"}):
+    device_of = _device if getattr(args, "participants", "per-topic") == "per-topic" else (lambda t: "robot")
+    for device in sorted({device_of(t) for t in classes} | {"robot"}):
         ctx = rclpy.Context()
         rclpy.init(context=ctx, signal_handler_options=SignalHandlerOptions.NO)
         contexts.append(ctx)
         nodes[device] = rclpy.create_node(f"hp_ros_replay_{device}", context=ctx)
     try:
-        pubs = {t: nodes[_device(t)].create_publisher(c, t, _qos(t)) for t, c in classes.items()}
+        pubs = {t: nodes[device_of(t)].create_publisher(c, t, _qos(t)) for t, c in classes.items()}
         clock_pub = None
         if args.clock is not None:
             from rosgraph_msgs.msg import Clock

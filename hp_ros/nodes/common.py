@@ -405,6 +405,7 @@ def run_nodes(nodes: list, name: str, args=None, shutdown_timeout: float = 1.0) 
             executor = make_executor() if make_executor is not None else SingleThreadedExecutor()
             executor.add_node(node)
             executors.append(executor)
+        freeze_startup_objects()
         starting = False
         if len(executors) == 1:
             spin(executors[0])
@@ -445,6 +446,17 @@ def run_nodes(nodes: list, name: str, args=None, shutdown_timeout: float = 1.0) 
         if abandoned:  # the interpreter's exit would wait for them (concurrent.futures joins its threads)
             _exit_now(code if sys.exc_info()[0] is None else 1)  # 1: an exception is propagating
     return code
+
+
+def freeze_startup_objects() -> None:
+    """Move everything allocated so far (imports: torch, trimesh, warp; models; warm-up) out of the
+    garbage collector's reach (``gc.freeze``). A full collection then walks only what the node
+    allocates while running: measured in the graph process, full collections took up to 245 ms
+    each - every frame in flight waited for them."""
+    import gc
+
+    gc.collect()
+    gc.freeze()
 
 
 def _exit_now(code: int) -> None:

@@ -73,7 +73,7 @@ OWN_PARAMS = {
                                                               "(fingertip updates do not count)", positive),
     "max_covariance_trace": Param(_D.max_covariance_trace, "pose covariance trace [m^2+rad^2] above which -> LOST", positive),
     "min_confidence": Param(0.3, "ignore observations with a lower confidence", non_negative),
-    "pairing_timeout": Param(0.03, "latency budget [s]: a frame is processed (and its pose published) at the "
+    "pairing_timeout": Param(0.001, "latency budget [s]: a frame is processed (and its pose published) at the "
                                    "latest this long after the tracker first heard of it (its camera_info or an "
                                    "observation), normally earlier: once its observations and the joint states "
                                    "after it arrived; observations arriving later are applied afterwards",

@@ -131,6 +131,18 @@ pooled-frames band (+-2 %) resolves this filter's consistency only to about +-5 
 Open: the box's runs 4 and 5 (NEES 13.9 / 8.2) and the can's under-confident lateral translation
 (e^2 / sigma^2 0.4-0.8 per axis).
 
+Depth fit and penetration (issue 15; ``bench_ekf.py`` variant ``+depth``, 6 seeds x 2 objects,
+3,588 fits of the ``model`` backend on the generator's noisy ray-cast depth): per axis the ICP
+sigma equals the fits' frame-to-frame (white) error (box 0.01-0.05 mm, 0.20-0.28 mrad; can 0.02
+mm, 0.44-0.68 mrad of tilt), hence ``depth_cov_scale`` 1; on top a slowly varying offset of
+0.05-0.07 mm (mostly along the view axis: the trilinear SDF grid) and 0.1-0.16 mrad that the
+white ICP covariance misses (NEES/dof of the fits under it: 3.4 box, 2.3 can) - modelled as a
+Gauss-Markov bias of the fitted pose (``depth_bias_*``, 0.047 mm / 0.18 mrad: pooled NEES 5.99 in
+the band 5.88-6.12, box 7.41 of 6, can 3.59 of 5; 0.045 mm gave 6.12, 0.05 mm / 0.2 mrad 5.74,
+0.04 / 0.15 6.59) plus a small white floor. In frames with an accepted fit the
+centre update is skipped (same depth pixels). The projection out of penetration is an output
+step (:meth:`EKFTracker.project_out_of_penetration`): fed back it fought these fits.
+
 Numerics: the filter algebra is float64 numpy (tiny matrices, no autograd on the hot path); the
 hand model and the SDF are torch/Warp.
 """
@@ -220,8 +232,8 @@ class EKFConfig:
     depth_min_confidence: float = 0.3      # fits with a lower depth agreement are ignored (0: always ignored)
     # error of the depth fit correlated over frames (model / occlusion / view dependent): a first-order
     # Gauss-Markov bias of the fitted pose (6 states; both sigmas 0 = no such states)
-    depth_bias_pos_sigma: float = 0.00005  # m per axis, stationary (measured mean offset of the fits)
-    depth_bias_rot_sigma: float = 0.0002   # rad per axis, stationary
+    depth_bias_pos_sigma: float = 0.000047  # m per axis, stationary (measured offset of the fits 0.05-0.07 mm)
+    depth_bias_rot_sigma: float = 0.00018  # rad per axis, stationary (measured 0.1-0.16 mrad)
     depth_bias_time: float = 2.0           # s, correlation time (measured: no decay within 1 s)
     # physics: after the updates the estimate is projected out of penetration (project_out_of_penetration)
     penetration_tolerance: float = 0.0005  # m, hand points deeper than this inside the object are pushed out

@@ -29,10 +29,12 @@ def box():
     return ObjectModel.builtin("cracker_box")
 
 
-def _tracker(hand, box, q=None, calib=True):
+def _tracker(hand, box, q=None, calib=True, pos_sigma=0.001, rot_sigma=0.005):
+    """A tracker at a pose near the palm, as precise as after depth fits (``rot_sigma`` [rad] below
+    ``projection_max_rot_sigma``: the projection needs it)."""
     ekf = EKFTracker(hand, box, K_CAM, T_CAM_HAND, EKFConfig(estimate_calibration=calib))
     T_co = T_CAM_HAND @ np.array([[0, 0, 1, 0.06], [0, 1, 0, 0.0], [-1, 0, 0, 0.07], [0, 0, 0, 1.0]])
-    ekf.initialize(T_co, q=hand.zero_q()[0].numpy() if q is None else q)
+    ekf.initialize(T_co, q=hand.zero_q()[0].numpy() if q is None else q, pos_sigma=pos_sigma, rot_sigma=rot_sigma)
     return ekf
 
 
@@ -121,6 +123,12 @@ def test_projection_removes_a_5mm_penetration(hand, box, grasp, calib):
     np.testing.assert_array_equal(ekf.T_cam_obj_published, res.T_cam_obj)
     ekf.T_ho = apply_delta_np(T_ho, np.array([1e-4, 0, 0, 0, 0, 0]))   # the state moved: no stale output
     np.testing.assert_array_equal(ekf.T_cam_obj_published, ekf.T_cam_obj)
+    # an orientation known only to 3 deg: the penetration is mostly that error, no projection
+    loose = _tracker(hand, box, q, calib=calib, rot_sigma=0.05)
+    loose.T_ho = T_ho.copy()
+    res = loose.project_out_of_penetration()
+    assert not res.moved
+    np.testing.assert_array_equal(loose.T_cam_obj_published, loose.T_cam_obj)
 
 
 def test_penetration_jacobian_matches_finite_differences(hand, box, grasp):
@@ -175,7 +183,7 @@ def test_pose_update_jacobian_matches_finite_differences(hand, box):
 
 
 def test_confidence_zero_fit_is_ignored(hand, box):
-    ekf = _tracker(hand, box)
+    ekf = _tracker(hand, box, pos_sigma=0.01, rot_sigma=0.05)
     T_fit = apply_delta_np(ekf.T_cam_obj, np.array([0.004, -0.003, 0.002, 0.05, -0.03, 0.02]))
     cov = np.diag([1e-6] * 3 + [1e-4] * 3)
     T_ho, T_ch, P = ekf.T_ho.copy(), ekf.T_ch.copy(), ekf.P.copy()

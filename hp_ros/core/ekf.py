@@ -137,8 +137,8 @@ sigma equals the fits' frame-to-frame (white) error (box 0.01-0.05 mm, 0.20-0.28
 mm, 0.44-0.68 mrad of tilt), hence ``depth_cov_scale`` 1; on top a slowly varying offset of
 0.05-0.07 mm (mostly along the view axis: the trilinear SDF grid) and 0.1-0.16 mrad that the
 white ICP covariance misses (NEES/dof of the fits under it: 3.4 box, 2.3 can) - modelled as a
-Gauss-Markov bias of the fitted pose (``depth_bias_*``, 0.047 mm / 0.18 mrad: pooled NEES 5.99 in
-the band 5.88-6.12, box 7.41 of 6, can 3.59 of 5; 0.045 mm gave 6.12, 0.05 mm / 0.2 mrad 5.74,
+Gauss-Markov bias of the fitted pose (``depth_bias_*``, 0.047 mm / 0.18 mrad: pooled NEES 6.00 in
+the band 5.88-6.12, box 7.42 of 6, can 3.59 of 5; 0.045 mm gave 6.12, 0.05 mm / 0.2 mrad 5.74,
 0.04 / 0.15 6.59) plus a small white floor. In frames with an accepted fit the
 centre update is skipped (same depth pixels). The projection out of penetration is an output
 step (:meth:`EKFTracker.project_out_of_penetration`): fed back it fought these fits.
@@ -237,7 +237,12 @@ class EKFConfig:
     depth_bias_time: float = 2.0           # s, correlation time (measured: no decay within 1 s)
     # physics: after the updates the estimate is projected out of penetration (project_out_of_penetration)
     penetration_tolerance: float = 0.0005  # m, hand points deeper than this inside the object are pushed out
-    projection_iterations: int = 3         # re-linearisations of the projection (SDF queries)
+    projection_iterations: int = 5         # re-linearisations of the projection (SDF queries; a pinch needed 5)
+    projection_max_rot_sigma: float = 0.01  # rad: project only when the orientation is known this well (2nd
+    #                                         largest rotation sigma: a body of revolution's spin is free).
+    #                                         Measured in the demo without the depth fit (~3 deg sigma):
+    #                                         the smallest move out of the modelled fingers is a turn that
+    #                                         pushed the true fingers 25 mm in (6 mm unprojected)
     projection_feedback: bool = False      # True: the projected pose becomes the filter state (measured:
     #                                        the NIS gate then rejects the depth fits, see project_out_of_penetration)
     projection_corrects_calibration: bool = False  # with feedback: the projection may also move the
@@ -1087,7 +1092,11 @@ class EKFTracker:
         (10 % of the constraint's sigma in that metric; the information form costs
         ``6 x 6`` whatever the number of points, and stays bounded when two fingers ask for opposite
         moves). Re-linearised up to ``iterations`` times (default ``projection_iterations``), one
-        SDF query each.
+        SDF query each. Skipped (the estimate is published as it is) while the orientation is
+        uncertain, second-largest rotation sigma above ``projection_max_rot_sigma`` (a body of
+        revolution's spin stays free): then the penetration is mostly the rotation error itself
+        and the smallest move out of the modelled fingers is not the truth - in the demo without
+        the depth fit (sigma ~3 deg) projecting raised the true hand's penetration from 6 to 25 mm.
 
         By default the filter state is *not* changed (``projection_feedback = False``): the
         projected pose is an output, and ``P`` stays the covariance of the unconstrained estimate
@@ -1103,6 +1112,12 @@ class EKFTracker:
         n_it = c.projection_iterations if iterations is None else int(iterations)
         self._published = None
         if not self.initialized or self._T_links is None:
+            return ProjectionResult(False, 0.0, 0.0, 0, T_cam_obj=self.T_cam_obj)
+        lam = np.linalg.eigvalsh(self.covariance[3:, 3:])
+        if math.sqrt(max(float(lam[1]), 0.0)) > c.projection_max_rot_sigma:
+            # orientation too uncertain: penetrating points are mostly the rotation error, and the
+            # smallest move out of them is not the truth
+            self._published = (self.T_ho.copy(), self.T_ch.copy(), self.T_cam_obj)
             return ProjectionResult(False, 0.0, 0.0, 0, T_cam_obj=self.T_cam_obj)
         T_ho = self.T_ho.copy()
         p = self.hand_surface_points()

@@ -124,7 +124,7 @@ def test_measurement_jacobians_match_finite_differences(hand, box):
     # linearisation at +-1 sigma of the rotation covariance: with a tiny covariance (steps clamp to
     # offset_eps) it must equal the local derivative, and the second-order terms vanish
     n = ekf.n
-    assert n == 15  # object, calibration, centre bias
+    assert n == 21  # object, calibration, centre bias, depth-fit bias
 
     def center(d):
         saved = _perturbed(ekf, d)
@@ -137,7 +137,8 @@ def test_measurement_jacobians_match_finite_differences(hand, box):
     ekf._offset_jac = None
     _, H = ekf.center_model(offset_eps=1e-5)
     np.testing.assert_allclose(H, _fd(center, None, n, eps=1e-5), rtol=1e-3, atol=0.05)
-    np.testing.assert_allclose(H[:, 12:], np.eye(3))
+    np.testing.assert_allclose(H[:, 12:15], np.eye(3))
+    np.testing.assert_allclose(H[:, 15:], 0.0)  # the depth-fit bias is not in the centre model
     assert np.abs(ekf.center_consider_cov).max() < 1e-10
     # realistic rotation uncertainty: the curvature terms inflate the noise (positive semidefinite)
     ekf.P = P_saved
@@ -367,14 +368,14 @@ def test_center_bias_is_gauss_markov_scaled_by_the_visible_spread(hand):
         s = ekf.center_bias_sigma
         _, spread = ekf._visible_stats(ekf.T_cam_obj)
         np.testing.assert_allclose(s[2], math.hypot(cfg.center_bias_depth_sigma, 0.02 * spread[2]), rtol=1e-9)
-        np.testing.assert_allclose(np.diag(ekf.P)[-3:], s ** 2, rtol=1e-9)
-        ekf.P[-3:, -3:] = 0.0
+        np.testing.assert_allclose(np.diag(ekf.P)[ekf._cb], s ** 2, rtol=1e-9)
+        ekf.P[ekf._cb, ekf._cb] = 0.0
         ekf.center_bias = np.array([1.0, -1.0, 0.001])
         for _ in range(50):
             ekf.predict(np.zeros(hand.num_joints), 0.01)
         a = math.exp(-0.5 / 0.5)
         np.testing.assert_allclose(ekf.center_bias, np.array([1.0, -1.0, 0.001]) * a, rtol=1e-9)
-        np.testing.assert_allclose(np.diag(ekf.P)[-3:], s ** 2 * (1 - a * a), rtol=1e-6)
+        np.testing.assert_allclose(np.diag(ekf.P)[ekf._cb], s ** 2 * (1 - a * a), rtol=1e-6)
         sig[name] = s
     assert sig["cracker_box"][2] > 1.5 * sig["soup_can"][2], sig
 

@@ -120,6 +120,21 @@ def test_masks_for_every_frame_match_ground_truth(tmp_path, ros_node, start_proc
         tip_err.append(np.nanmedian(err))
     # median over frames: a frame whose joint states came late (held, up to joint_max_gap) is off
     assert np.median(tip_err) <= 3.0, tip_err
+    # the model backend's depth fit travels with the observation (pose, ICP covariance, confidence)
+    from hp_ros.core.ekf import pose_error
+    fits = [(k, obs[s]) for k, s in enumerate(stamps) if s in obs and obs[s].has_pose]
+    if backend != "model":
+        assert not fits
+    else:
+        assert len(fits) >= 0.75 * len(stamps), len(fits)
+        err = np.array([pose_error(seq.T_cam_obj[k], M.pose_to_matrix(o.pose)) for k, o in fits])
+        # from priors 1 cm / 3 deg off: the fit lands within a millimetre / a few mrad of the truth
+        assert np.median(np.linalg.norm(err[:, :3], axis=1)) < 0.001, err
+        assert np.median(np.linalg.norm(err[:, 3:], axis=1)) < 0.01, err
+        for _, o in fits:
+            C = np.asarray(o.pose_covariance).reshape(6, 6)
+            assert np.allclose(C, C.T) and np.linalg.eigvalsh(C).min() > 0 and 0 < o.pose_confidence <= 1
+            assert np.sqrt(C[0, 0]) < 0.001   # a position sigma, in metres
     assert node.alive(), node.log_text()
 
 

@@ -36,6 +36,10 @@ def _write_bag(path, seq, obs):
         PS = bag.msg_class("geometry_msgs/msg/PoseStamped")
         Hdr, Roi = M.field_class(OO, "header"), M.field_class(OO, "bbox")
         Pt = M.field_class(OO, "center_3d")
+        Pose = M.field_class(OO, "pose")
+        Q = M.field_class(Pose, "orientation")
+        no_pose = dict(has_pose=False, pose=Pose(position=Pt(x=0.0, y=0.0, z=0.0), orientation=Q(x=0.0, y=0.0, z=0.0, w=1.0)),
+                       pose_covariance=np.zeros(36), pose_confidence=0.0)
         for t, kind, k in events:
             if kind == 0:
                 bag.write(graph.JOINT_STATES, "sensor_msgs/msg/JointState",
@@ -51,7 +55,7 @@ def _write_bag(path, seq, obs):
                 centroid_v=float(c[1]) if ok else math.nan,
                 bbox=Roi(x_offset=0, y_offset=0, height=0, width=0, do_rectify=False), area=1000,
                 median_depth=float(c[2]) if ok else math.nan, has_center_3d=False, center_3d=Pt(x=0.0, y=0.0, z=0.0),
-                backend="ground_truth"), t)
+                backend="ground_truth", **no_pose), t)
             uv = obs.tips_px[k]
             seen = np.all(np.isfinite(uv), axis=1)
             bag.write(graph.TOPICS["fingertips"], "hp_ros_msgs/msg/FingertipObservations", FO(

@@ -40,7 +40,7 @@ import numpy as np
 
 __all__ = [
     "to_rgb", "depth_to_metres", "object_surface_colors", "HandRender", "HandMasker", "visible_hand_mask", "HandAligner", "HSVColorModel", "HistogramColorModel",
-    "DepthBoxForeground", "Detectron2Backend", "ModelObjectMasker", "ModelFit", "clean_mask", "extent_3d", "CleanResult", "ObjectObservation",
+    "DepthBoxForeground", "Detectron2Backend", "ModelObjectMasker", "ModelFit", "icp_pose_covariance", "clean_mask", "extent_3d", "CleanResult", "ObjectObservation",
     "object_observation", "FingertipMarkerDetector", "FingertipResult", "SegmenterConfig",
     "SegmentationResult", "Segmenter", "overlay", "parse_combination", "OBJECT_BACKENDS",
 ]
@@ -746,6 +746,12 @@ class ModelFit:
     confidence: share of the rendered silhouette's valid-depth pixels that depth confirms,
         scaled down when less than half of the silhouette has depth; 0 when nothing is seen.
     inliers: depth points + model samples used in the last refinement step.
+    covariance: ``(6, 6)`` covariance of ``T_cam_obj`` from the ICP's normal matrix (depth noise
+        only, see :func:`icp_pose_covariance`) in the :func:`hp_ros.core.se3.apply_delta`
+        convention of the EKF (x, y, z in the camera frame, then the rotation vector about the
+        object origin); None without a refinement step (``iterations = 0`` or too few inliers).
+    residual_sigma: ``(2,)`` robust RMS [m] of the two ICP terms' residuals at the result
+        (measured points to the surface, model samples to depth); NaN without a refinement.
     """
 
     mask: np.ndarray
@@ -753,6 +759,8 @@ class ModelFit:
     T_cam_obj: np.ndarray
     confidence: float
     inliers: int = 0
+    covariance: Optional[np.ndarray] = None
+    residual_sigma: np.ndarray = field(default_factory=lambda: np.full(2, np.nan))
 
 
 # signed-distance grids per object model (building one takes ~1-3 s), keyed by grid parameters
@@ -764,6 +772,58 @@ def _cross(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     a0, a1, a2 = a[:, 0], a[:, 1], a[:, 2]
     b0, b1, b2 = b[:, 0], b[:, 1], b[:, 2]
     return np.stack([a1 * b2 - a2 * b1, a2 * b0 - a0 * b2, a0 * b1 - a1 * b0], 1)
+
+
+def icp_pose_covariance(J: np.ndarray, r: np.ndarray, huber: np.ndarray, n1: int, t: np.ndarray):
+    """Covariance of the pose found by :class:`ModelObjectMasker`'s robust ICP, from its normal matrix.
+
+    Args:
+        J: ``(M, 6)`` Jacobian of the residuals w.r.t. the ICP's left perturbation ``(v, w)``
+            (``T' = [exp(w) | v] T``, camera frame); rows ``[:n1]`` are the first term (measured
+            points to the surface), rows ``[n1:]`` the second (model samples to depth).
+        r: ``(M,)`` residuals [m] at the result. huber: ``(M,)`` Huber weights in (0, 1].
+        n1: number of first-term rows. t: ``(3,)`` translation of the result (camera frame).
+
+    The ICP step solves ``A xi = -J^T W r`` with ``A = J^T W J`` and ``W = huber / (its term's
+    count)`` (each term averaged). Those weights are not inverse variances, so the covariance of
+    ``xi`` under independent residual noise of variance ``s_k^2`` per term is the sandwich
+    ``A^-1 (J^T W S W J) A^-1``; ``s_k^2`` is the Huber-weighted mean square of the term's
+    residuals. Checked against the scatter of fits over depth-noise draws
+    (``test/test_ekf_physics_depth.py``; box, 3 faces seen): per axis 0.7-1.0 x the predicted
+    sigma, per direction 0.26-1.5 x the predicted variance - conservative; the residuals also
+    hold the model's own misfit (SDF grid, pixel rounding), which does not scatter. Weighting
+    each row by the stereo noise law along its ray (``z |n . X|``) matched no better (0.45-3.7x,
+    one direction under-stated). Directions the geometry does not constrain (the spin of a body of revolution) get
+    a variance of ~1e9 x the constrained ones (eigenvalues of ``A`` floored), not infinity.
+    The result is mapped to the EKF's :func:`hp_ros.core.se3.apply_delta` convention
+    (``t' = t + v_a``, rotation about the object origin): ``v_a = v - [t]x w``.
+
+    This is the depth *noise* part only: model and occlusion errors correlated over frames are
+    not in it (the tracker's depth-fit noise model adds them, measured in ``bench_ekf.py``).
+    Returns ``(covariance (6, 6), sigma (2,) per-term RMS [m], NaN for an empty term)``.
+    """
+    J, r, huber = np.asarray(J, np.float64), np.asarray(r, np.float64), np.asarray(huber, np.float64)
+    m = len(r)
+    var, sigma = np.zeros(m), np.full(2, np.nan)
+    cnt = np.zeros(m)
+    for k, sl in enumerate((slice(0, n1), slice(n1, m))):
+        h, rk = huber[sl], r[sl]
+        if len(rk):
+            sigma[k] = np.sqrt(float((h * rk * rk).sum() / max(float(h.sum()), 1e-12)))
+            var[sl], cnt[sl] = sigma[k] ** 2, len(rk)
+    w = huber / np.maximum(cnt, 1.0)
+    Jw = J * w[:, None]
+    A = Jw.T @ J
+    B = (Jw * var[:, None]).T @ Jw                       # J^T W S W J
+    lam, V = np.linalg.eigh((A + A.T) / 2)
+    lam = np.maximum(lam, 1e-9 * max(float(lam[-1]), 1e-300))
+    Ai = (V / lam) @ V.T
+    C = Ai @ B @ Ai
+    M = np.eye(6)
+    tx = np.asarray(t, np.float64)
+    M[:3, 3:] = -np.array([[0.0, -tx[2], tx[1]], [tx[2], 0.0, -tx[0]], [-tx[1], tx[0], 0.0]])
+    C = M @ C @ M.T
+    return (C + C.T) / 2, sigma
 
 
 def _sdf_grid(obj, pad: float, grid_size: int):
@@ -1015,8 +1075,10 @@ class ModelObjectMasker:
             P = P[np.linspace(0, len(P) - 1, self.max_points).astype(np.int64)]
         return P
 
-    def _refine(self, T: np.ndarray, P: np.ndarray, depth_m, exclude, margin: float) -> tuple[np.ndarray, int]:
-        """Step 2 of the class doc; returns the refined pose and the last step's inlier count.
+    def _refine(self, T: np.ndarray, P: np.ndarray, depth_m, exclude, margin: float):
+        """Step 2 of the class doc; returns the refined pose, the last step's inlier count and
+        that step's system ``(J (M, 6), residuals after the step (M,), Huber weights (M,), n1)``
+        at the final gate (None when no step ran there), for :func:`icp_pose_covariance`.
 
         A step smaller than ``converged`` (m, rad) ends the wide-gate phase at once (the gate jumps
         to its final ``2 tolerance``) and, at the final gate, the refinement."""
@@ -1024,6 +1086,7 @@ class ModelObjectMasker:
         n_it, inliers = self.iterations, 0
         final_gate = 2.0 * self.tolerance
         it = 0
+        system = None
         for _ in range(n_it):
             gate = margin * (final_gate / margin) ** (min(it, n_it - 1) / max(n_it - 1, 1))
             # the wide-gate steps only bring the pose near: subsets do that as well, cheaper
@@ -1054,6 +1117,7 @@ class ModelObjectMasker:
             # Huber weights, each term averaged over its own count
             ar = np.abs(r)
             w = np.where(ar <= huber, 1.0, huber / np.maximum(ar, 1e-12))
+            hub = w.copy() if not wide else None
             w[:n1] *= 1.0 / max(n1, 1)
             w[n1:] *= 1.0 / max(inliers - n1, 1)
             Jw = J * w[:, None]
@@ -1067,13 +1131,15 @@ class ModelObjectMasker:
             dT[:3, :3] = cv2.Rodrigues(xi[3:].reshape(3, 1))[0]
             dT[:3, 3] = xi[:3]
             T = dT @ T
+            if hub is not None:    # final gate: the linearised residuals after this step
+                system = (J, r + J @ xi, hub, n1, T[:3, 3])
             if np.abs(xi[:3]).max() < self.converged[0] and np.abs(xi[3:]).max() < self.converged[1]:
                 if it >= n_it - 1:
                     break
                 it = n_it - 1      # converged under a wide gate: go on at the final one
             else:
                 it += 1
-        return T, inliers
+        return T, inliers, system
 
     # ------------------------------------------------------------------ one frame
     def fit(self, depth_m: np.ndarray, T_cam_obj_prior: np.ndarray, prior_pos_sigma: float = 0.0,
@@ -1093,7 +1159,9 @@ class ModelObjectMasker:
         if self.window(T, margin) is None:
             return None
         T = self._coarse_search(T, depth_m, exclude, margin)
-        T, inliers = self._refine(T, self._depth_points(depth_m, exclude, T, margin), depth_m, exclude, margin)
+        T, inliers, system = self._refine(T, self._depth_points(depth_m, exclude, T, margin), depth_m, exclude,
+                                          margin)
+        cov, res_sigma = (None, np.full(2, np.nan)) if system is None else icp_pose_covariance(*system)
         # 3. mask at the refined pose
         rect = self.window(T, 0.0)
         if rect is None:
@@ -1117,7 +1185,7 @@ class ModelObjectMasker:
             mask &= ~exclude[y0:y1, x0:x1]
         n_sil, n_valid = np.count_nonzero(sil), np.count_nonzero(sil & valid)
         conf = np.count_nonzero(sil & agree) / n_valid * min(1.0, 2.0 * n_valid / n_sil) if n_valid else 0.0
-        return ModelFit(mask, rect, T, float(conf), inliers)
+        return ModelFit(mask, rect, T, float(conf), inliers, cov, res_sigma)
 
 
 def _check_model_settings(margin, tolerance, max_margin, iterations, scale, dilate_px) -> None:
@@ -1557,8 +1625,9 @@ class Segmenter:
         Object work happens inside the workspace box's image rectangle (see
         :meth:`_object_rect`); ``raw`` masks in the result are that rectangle's crops
         (``raw["rect"]`` = ``(x0, y0, x1, y1)``). With the model backend ``raw["model_pose"]``
-        is the prior refined against depth (``(4, 4)``, None without a fit) and
-        ``raw["model_confidence"]`` its depth agreement.
+        is the prior refined against depth (``(4, 4)``, None without a fit),
+        ``raw["model_confidence"]`` its depth agreement and ``raw["model_covariance"]`` its
+        ``(6, 6)`` ICP covariance (:attr:`ModelFit.covariance`, None without one).
         """
         H, W = self.height, self.width
         if rgb.shape != (H, W, 3) or rgb.dtype != np.uint8:
@@ -1598,6 +1667,7 @@ class Segmenter:
         if self.model_masker is not None:
             raw["model_pose"] = None if fit is None else fit.T_cam_obj
             raw["model_confidence"] = 0.0 if fit is None else fit.confidence
+            raw["model_covariance"] = None if fit is None else fit.covariance
         if fit is not None and not empty:
             mx0, my0, mx1, my1 = fit.rect
             m = np.zeros((y1 - y0, x1 - x0), bool)

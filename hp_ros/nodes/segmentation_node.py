@@ -567,6 +567,12 @@ class SegmentationNode(Node):
         if o.center_3d is not None:
             m.center_3d.x, m.center_3d.y, m.center_3d.z = (float(v) for v in o.center_3d)
         m.backend = o.backend
+        T, cov = res.raw.get("model_pose"), res.raw.get("model_covariance")
+        m.has_pose = T is not None and cov is not None
+        if m.has_pose:  # the model backend's depth fit: a rotation-bearing observation for the tracker
+            m.pose = msgs.matrix_to_pose(T, type(m.pose))
+            m.pose_covariance = [float(v) for v in np.asarray(cov, dtype=np.float64).reshape(36)]
+            m.pose_confidence = float(res.raw.get("model_confidence", 0.0))
         return m
 
     def _fingertips_msg(self, tips, header):

@@ -55,6 +55,19 @@ OWN_PARAMS = {
     "estimate_calibration": Param(_D.estimate_calibration, "estimate a camera->hand correction (needed for fingertips)"),
     "use_fingertips": Param(True, "update with /hp_ros/fingertips"),
     "use_object_center": Param(True, "update with /hp_ros/object_observation (centroid + median depth)"),
+    "use_object_pose": Param(True, "update with the model backend's depth fit in /hp_ros/object_observation (pose "
+                             "with its ICP covariance; only published with object_backend model)"),
+    "depth_min_confidence": Param(_D.depth_min_confidence, "ignore depth fits with a lower depth agreement",
+                                  non_negative),
+    "depth_pos_sigma": Param(_D.depth_pos_sigma, "white noise floor [m] per axis of the depth fit, added to its ICP "
+                             "covariance (default measured on synthetic depth: raise it for a real camera)", non_negative),
+    "depth_rot_sigma": Param(_D.depth_rot_sigma, "white noise floor [rad] per axis of the depth fit's rotation",
+                             non_negative),
+    "project_penetration": Param(True, "publish the estimate moved out of penetration after each frame's updates "
+                                 "(no hand point deeper than penetration_tolerance inside the object; the covariance "
+                                 "grows by the move; the filter state is not changed)"),
+    "penetration_tolerance": Param(_D.penetration_tolerance, "hand points deeper than this [m] inside the object "
+                                   "are pushed out", positive),
     "contact_threshold": Param(_D.contact_threshold, "hand point within this distance [m] of the object = contact", positive),
     "out_of_contact": Param(_D.out_of_contact, "motion without contacts", one_of("hold", "constant_velocity")),
     "fingertip_px_sigma": Param(_D.fingertip_px_sigma, "fingertip observation noise [px]", positive),
@@ -414,9 +427,18 @@ class TrackingNode(Node):
             ekf.set_camera(self.K)
         results = []
         obj_msg = obs.get("object")
+        fitted = False
+        if obj_msg is not None and self.p["use_object_pose"] and getattr(obj_msg, "has_pose", False):
+            T_fit = msgs.pose_to_matrix(obj_msg.pose)
+            cov = np.asarray(obj_msg.pose_covariance, dtype=np.float64).reshape(6, 6)
+            r = ekf.update_depth_pose(T_fit, cov, obj_msg.pose_confidence)
+            if r.accepted or r.reason == "gated":  # a low-confidence fit is no observation
+                results.append(r)
+            fitted = r.accepted
         if obj_msg is not None and obj_msg.valid and obj_msg.confidence >= self.p["min_confidence"]:
             self.last_center = (stamp, obj_msg.centroid_u, obj_msg.centroid_v, obj_msg.median_depth)
-            if self.p["use_object_center"]:
+            # after an accepted depth fit the centre (same depth pixels) is no new information
+            if self.p["use_object_center"] and not fitted:
                 results.append(ekf.update_center(obj_msg.centroid_u, obj_msg.centroid_v, obj_msg.median_depth))
         tips_msg = obs.get("fingertips")
         if tips_msg is not None and self.p["use_fingertips"]:
@@ -428,6 +450,8 @@ class TrackingNode(Node):
                     self.errors.warn("tip_name", f"unknown fingertip name {name!r} ignored")
             if np.any(np.all(np.isfinite(uv), axis=1)):
                 results.append(ekf.update_fingertips_2d(uv))
+        if self.p["project_penetration"]:
+            ekf.project_out_of_penetration()
         if count:
             for r in results:
                 self.counts["updates_accepted" if r.accepted else "updates_rejected"] += 1
@@ -491,10 +515,10 @@ class TrackingNode(Node):
             self.publish_status(stamp, ekf, predicted)
             return
         cam = self.p["camera_frame"]
-        cov = ekf.covariance
-        self.pose_pub.publish(msgs.make_pose_with_covariance_stamped(ekf.T_cam_obj, cov, stamp, cam,
-                                                                     PoseWithCovarianceStamped))
-        self.tf.send(msgs.make_transform_stamped(ekf.T_cam_obj, stamp, cam, self.p["object_frame"], TransformStamped))
+        # the pose moved out of penetration when project_penetration (else the estimate itself)
+        T, cov = ekf.T_cam_obj_published, ekf.covariance_published
+        self.pose_pub.publish(msgs.make_pose_with_covariance_stamped(T, cov, stamp, cam, PoseWithCovarianceStamped))
+        self.tf.send(msgs.make_transform_stamped(T, stamp, cam, self.p["object_frame"], TransformStamped))
         self.publish_status(stamp, ekf, predicted)
 
     def publish_status(self, stamp: int, ekf, predicted: bool = False) -> None:

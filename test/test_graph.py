@@ -32,7 +32,8 @@ def test_params_file_has_a_section_per_node_and_nothing_else():
 
 def test_process_commands_follow_launch_arguments():
     cmds = dict(graph.process_commands({"camera_namespace": "/cam", "object_mesh": "builtin:soup_can",
-                                        "joint_states_topic": "/allegro/joint_states", "use_sim_time": "true"}))
+                                        "joint_states_topic": "/allegro/joint_states", "use_sim_time": "true",
+                                        "single_process": "false"}))
     assert set(cmds) == {n.name for n in graph.NODES}
     for name, cmd in cmds.items():
         joined = " ".join(cmd)
@@ -73,3 +74,19 @@ def test_launch_file_builds_nodes_from_the_graph_module():
     assert "graph.node_invocations" in src and "graph.LAUNCH_ARGUMENTS" in src
     for spec in graph.NODES:
         assert spec.name not in src  # node names come from the graph, not from the launch file
+
+
+def test_single_process_command_is_one_process_without_a_node_name_remap():
+    """The default: one graph process; a __node remap would rename all three nodes in it."""
+    args = {"camera_namespace": "/cam", "object_mesh": "builtin:soup_can"}
+    cmds = graph.process_commands(args)
+    assert [name for name, _ in cmds] == ["graph_process"]
+    cmd = cmds[0][1]
+    joined = " ".join(cmd)
+    assert graph.GRAPH_PROCESS[1] in cmd and "__node:=" not in joined
+    assert f"-r __ns:=/{graph.NAMESPACE}" in joined and "-p object_mesh:=builtin:soup_can" in joined
+    assert "-r /camera/camera/color/image_raw:=/cam/color/image_raw" in joined
+    import importlib.metadata as md
+
+    scripts = {e.name: e.value for e in md.entry_points(group="console_scripts")}
+    assert scripts.get(graph.GRAPH_PROCESS[0]) == f"{graph.GRAPH_PROCESS[1]}:main"

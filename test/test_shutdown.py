@@ -32,7 +32,10 @@ EXIT_TIMEOUT = 10.0  # s from the first signal to the exit (launch escalates to 
 
 
 def _command(name: str, *params: str) -> list:
-    cmd = dict(graph.process_commands(python=sys.executable))[name]
+    if name == "graph_process":
+        cmd = dict(graph.process_commands(python=sys.executable))[name]
+    else:
+        cmd = dict(graph.process_commands({"single_process": "false"}, python=sys.executable))[name]
     for p in params:
         cmd += ["-p", p]
     return cmd
@@ -112,6 +115,16 @@ def test_graph_exits_cleanly_on_two_sigints(ros_node, start_process):
     _wait_spinning(ros_node, diags, procs)
     t0 = _signal(procs.values(), (signal.SIGINT, signal.SIGINT))
     _assert_clean_exit(procs.values(), t0)
+
+
+@pytest.mark.parametrize("sigs", [(signal.SIGINT, signal.SIGINT), (signal.SIGTERM,)], ids=["sigint-twice", "sigterm"])
+def test_single_graph_process_exits_cleanly(ros_node, start_process, sigs):
+    """The default launch: the three nodes in one process, each spinning on its own thread."""
+    proc = start_process(_command("graph_process"), name="graph_process")
+    diags = Diagnostics(ros_node)
+    _wait_spinning(ros_node, diags, {name: proc for name in NODES})  # all three nodes report
+    t0 = _signal([proc], sigs)
+    _assert_clean_exit([proc], t0)
 
 
 @pytest.fixture(scope="module")

@@ -14,19 +14,8 @@ from hp_ros.core.hand import HandModel
 from hp_ros.core.objects import ObjectModel
 from hp_ros.core.sdf import MeshSDF, signed_distance_world
 
-K_CAM = np.array([[615.0, 0.0, 322.0], [0.0, 615.0, 247.0], [0.0, 0.0, 1.0]])
-# camera ~45 cm in front of the palm, looking at it (as in test_ekf.py)
-T_CAM_HAND = np.array([[0.0, 1.0, 0.0, 0.0], [0.0, 0.0, -1.0, 0.07], [-1.0, 0.0, 0.0, 0.5], [0, 0, 0, 1.0]])
-
-
-@pytest.fixture(scope="module")
-def hand():
-    return HandModel.default()
-
-
-@pytest.fixture(scope="module")
-def box():
-    return ObjectModel.builtin("cracker_box")
+# camera, calibration and the hand / box fixtures of the EKF tests (camera ~45 cm in front of the palm)
+from test_ekf import K_CAM, T_CAM_HAND, box, hand  # noqa: E402,F401 - fixtures are used by name
 
 
 def _tracker(hand, box, q=None, calib=True, pos_sigma=0.001, rot_sigma=0.005):

@@ -126,7 +126,8 @@ class SegmentationNode(Node):
         super().__init__("segmentation_node")
         self.bus = bus  # LocalBus when the graph runs in one process (hp_ros.nodes.graph_process)
         self.p = p = declare_parameters(self, {**COMMON_PARAMS, **SEG_PARAMS})
-        from hp_ros.core.segmentation import Detectron2Backend, SegmenterConfig
+        from hp_ros.core.segmentation import COLOR_ENCODINGS, DEPTH_ENCODINGS, Detectron2Backend, SegmenterConfig
+        self._color_encodings, self._depth_encodings = COLOR_ENCODINGS, DEPTH_ENCODINGS  # checked per message
         try:
             from hp_ros_msgs.msg import FingertipObservations, ObjectObservation
         except ImportError as e:
@@ -237,9 +238,8 @@ class SegmentationNode(Node):
             self._cv.notify()
 
     def on_depth(self, msg):
-        from hp_ros.core.segmentation import DEPTH_ENCODINGS
         with self._cv:
-            if not self._image_ok(msg, DEPTH_ENCODINGS, "depth", self.info or self.new_info):
+            if not self._image_ok(msg, self._depth_encodings, "depth", self.info or self.new_info):
                 return
             self.depth_queue.append(msg)
             self._cv.notify()
@@ -365,11 +365,10 @@ class SegmentationNode(Node):
     def on_image(self, msg, info):
         # the driver publishes colour, camera_info and depth of one frame in any order: a colour
         # image waits (bounded) for its camera_info, its depth and the joint states around it
-        from hp_ros.core.segmentation import COLOR_ENCODINGS
         with self._cv:
             # malformed images are turned away here (cheap header checks), so a burst of them
             # cannot push good frames out of the queue
-            if not self._image_ok(msg, COLOR_ENCODINGS, "colour", self.info or self.new_info):
+            if not self._image_ok(msg, self._color_encodings, "colour", self.info or self.new_info):
                 return
             if len(self.pending) == self.pending.maxlen:
                 self.bad.warn("queue_full", "colour image queue full while waiting for camera_info / depth / joint "

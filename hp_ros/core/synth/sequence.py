@@ -1,0 +1,81 @@
+"""``generate_sequence``: the scenario, the motion, the sensors and the renders, composed in the
+order that fixes the random stream of a seed."""
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from .assets import _hand_model, _object_model, _object_sdf, _single_thread_torch
+from .data import SynthConfig, SynthSequence
+from .motion import _joint_trajectory, _motion_params, _object_trajectory, _penetration_and_contacts, _time_base
+from .render import _auto_marker_radius, _scene_params, iter_rendered_frames
+from .scenario import _grasp_contacts, _plan_scenario
+from .sensor import _encoder_readings
+
+
+def generate_sequence(cfg: SynthConfig) -> SynthSequence:
+    """Generate a sequence (see :mod:`hp_ros.core.synth`). Deterministic for a given config (incl. seed)."""
+    cfg.validate()
+    with _single_thread_torch():
+        return _generate(cfg)
+
+
+def _generate(cfg: SynthConfig) -> SynthSequence:
+    hand = _hand_model(None if cfg.hand_urdf is None else str(cfg.hand_urdf), cfg.naming)
+    obj = _object_model(str(cfg.object), cfg.object_units)
+    sdf = _object_sdf(str(cfg.object), cfg.object_units)
+    # one random stream per seed; the steps below draw from it in this order (moving a step
+    # changes every sequence): grasp, camera, calibration error, motion, slip signs, encoder
+    # noise, appearance. Renders use their own per-frame streams.
+    rng = np.random.default_rng(cfg.seed)
+
+    # ---- scene: grasp, camera, calibration error, contacts --------------------------------
+    scen = _plan_scenario(hand, obj, sdf, rng, cfg)
+    grip = _grasp_contacts(hand, sdf, scen, cfg)
+
+    # ---- motion: joints, then the object carried by the contacts --------------------------
+    tb = _time_base(cfg)
+    params = _motion_params(rng, cfg)
+    q_all, ik_res, scale = _joint_trajectory(hand, scen, grip, tb, params, cfg)
+    Nj = tb.num_joint_states
+    q_joint_true = q_all[tb.inv[:Nj]]
+    q_frames = q_all[tb.inv[Nj:]]
+    T_cam_palm = scen.T_cam_palm
+    pts_f = hand.surface_points(torch.as_tensor(q_frames), base=torch.as_tensor(T_cam_palm)[None]).numpy()  # (Nf, N, 3)
+    T_cam_obj, in_contact, slip = _object_trajectory(obj, scen, pts_f[:, grip.contact_ids], tb, cfg.slips, rng)
+    penetration_mm, n_contacts = _penetration_and_contacts(sdf, T_cam_obj, pts_f, cfg.contact_threshold)
+
+    # ---- published joint states ----------------------------------------------------------
+    q_pub = _encoder_readings(q_joint_true, cfg, rng)
+
+    # ---- fingertips in the image ---------------------------------------------------------
+    tips = hand.fingertips(torch.as_tensor(q_frames), base=torch.as_tensor(T_cam_palm)[None]).numpy()
+    K = cfg.K
+    uv = tips @ K.T
+    tips_px = uv[..., :2] / uv[..., 2:3]
+
+    # ---- scene appearance (per seed) -------------------------------------------------------
+    scene = _scene_params(rng, cfg, scen.centre_palm, T_cam_palm)
+    marker_radius = cfg.marker_radius if cfg.marker_radius is not None else _auto_marker_radius(hand)
+
+    start = int(cfg.start_time_ns)
+    seq = SynthSequence(
+        config=cfg, joint_names=list(hand.joint_names),
+        joint_stamps_ns=start + np.round(tb.tj * 1e9).astype(np.int64), joint_positions=q_pub,
+        joint_positions_true=q_joint_true, frame_stamps_ns=start + np.round(tb.tf * 1e9).astype(np.int64),
+        q_frames_true=q_frames, T_cam_obj=T_cam_obj, T_cam_hand_true=T_cam_palm,
+        T_cam_hand_published=scen.T_cam_palm_published, K=K, width=int(cfg.width), height=int(cfg.height),
+        in_contact=in_contact, slip=slip, fingertips_px_true=tips_px, fingertips_cam_true=tips,
+        contact_point_ids=grip.contact_ids, contact_fingers=scen.contact_fingers, penetration_mm=penetration_mm,
+        n_contacts=n_contacts, hand_frame=hand.base_link,
+        marker_colors=np.asarray(cfg.marker_colors, float), marker_radius=float(marker_radius), scene=scene,
+    )
+    seq.scene["ik_residual_max_m"] = float(ik_res[..., 0].max()) if ik_res.size else 0.0
+    seq.scene["motion_scale"] = float(scale)
+    if cfg.render:
+        frames = list(iter_rendered_frames(seq))
+        seq.rgb = np.stack([f["rgb"] for f in frames])
+        seq.depth_mm = np.stack([f["depth_mm"] for f in frames])
+        seq.object_mask = np.stack([f["object_mask"] for f in frames])
+        seq.hand_mask = np.stack([f["hand_mask"] for f in frames])
+    return seq

@@ -96,7 +96,7 @@ class Fingertips2D(ObservationModel):
 
     def camera_points(self, x: Estimate) -> np.ndarray:
         """``(N, 3)`` tips in the camera (a tip behind the camera cannot be projected)."""
-        return hand_points_in_camera(x, self.tips_hand)[0]
+        return self.tips_hand @ x.T_ch[:3, :3].T + x.T_ch[:3, 3]
 
     def linearize(self, x: Estimate):
         p, Hp = hand_points_in_camera(x, self.tips_hand)

@@ -397,7 +397,7 @@ def test_contact_motion_noise_is_a_random_walk_in_the_angle_turned(hand, box, mo
     the distance travelled), not per step: a rotation of A rad with a translation of D m in any
     number of steps adds ``rot_motion_random_walk^2 A + rot_random_walk^2 T`` (translation:
     ``pos_motion_random_walk^2 D + pos_random_walk^2 T``) to each axis."""
-    import hp_ros.core.ekf as ekf_mod
+    import hp_ros.core.ekf.motion as ekf_mod  # the process model calls rigid_motion_from_contacts
     from hp_ros.core.quasistatic import ContactMotion
 
     cfg = EKFConfig(estimate_calibration=False, center_bias_fraction=0.0, center_bias_px_sigma=0.0,

@@ -1,0 +1,112 @@
+"""Tuning of the EKF tracker: :class:`EKFConfig` (units m, rad, s, pixels).
+
+The defaults are measured values; how each was measured is in the package docstring
+(:mod:`hp_ros.core.ekf`, "Tuning") and reproducible with ``benchmarks/bench_ekf.py``.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, fields
+
+__all__ = ["EKFConfig"]
+
+
+@dataclass
+class EKFConfig:
+    """Tuning of :class:`EKFTracker` (units: m, rad, s, pixels)."""
+
+    estimate_calibration: bool = True      # estimate a camera->hand correction (fingertips need it)
+    contact_threshold: float = 0.004       # hand point within this distance of the surface = contact
+    max_penetration: float = 0.02          # deeper "contacts" are ignored (wrong pose)
+    min_contacts: int = 3                  # fewer: translation only
+    min_contact_bodies: int = 2            # contacts on fewer bodies (fingers / palm): a push, not a grasp -> hold
+    min_spread: float = 0.005              # second principal spread of contacts for a rotation [m]
+    out_of_contact: str = "hold"           # hold | constant_velocity
+    velocity_decay: float = 2.0            # 1/s, constant-velocity model decay
+    contact_refresh: float = 0.05          # s between contact-set queries on the SDF (reused in between)
+    # process noise (standard deviations)
+    pos_random_walk: float = 0.0005        # m / sqrt(s)
+    rot_random_walk: float = 0.003         # rad / sqrt(s)
+    # slip / rolling error of the contact motion: a random walk in the motion variable (variance grows
+    # with the distance / angle travelled, not with time; measured with exact inputs, see module doc)
+    pos_motion_random_walk: float = 0.0023  # m / sqrt(m travelled)
+    rot_motion_random_walk: float = 0.013   # rad / sqrt(rad turned)
+    fit_residual_weight: float = 0.1       # x RMS residual of the rigid contact fit (per step; encoder
+                                           # noise in it largely cancels between steps, so not 1)
+    free_pos_random_walk: float = 0.002    # m / sqrt(s), out of contact (measured: the untouched
+    free_rot_random_walk: float = 0.01     # rad / sqrt(s)   object rests; 5 mm / 20 mrad was 3-50x too much)
+    calib_pos_random_walk: float = 0.0002  # m / sqrt(s)
+    calib_rot_random_walk: float = 0.0005  # rad / sqrt(s)
+    # initial uncertainty
+    init_pos_sigma: float = 0.01
+    init_rot_sigma: float = 0.05
+    calib_pos_sigma: float = 0.002         # prior on the published calibration (per axis)
+    calib_rot_sigma: float = 0.006
+    # observation noise
+    fingertip_px_sigma: float = 3.0
+    fingertip_3d_sigma: float = 0.005
+    fingertip_offset: float = 0.0          # tip point along the fingertip link's z axis [m]
+    center_px_sigma: float = 2.5           # white part of the centroid / median-depth error (measured,
+    center_depth_sigma: float = 0.0005     # see the module doc); the correlated part is the bias state
+    center_3d_sigma: float = 0.008
+    # error of the visible-centre model (finger occlusion, depth median) correlated over ~0.5 s: a
+    # first-order Gauss-Markov state, not white noise the filter could average away. Its stationary
+    # sigma scales with the visible surface's spread (pixels u, v; depth), with a floor.
+    center_bias_px_sigma: float = 0.3             # px, floor
+    center_bias_depth_sigma: float = 0.0002       # m, floor
+    center_bias_fraction: float = 0.01            # x spread of the visible surface (u, v [px], depth [m])
+    center_bias_time: float = 0.5                 # s, correlation time (0: constant per track)
+    center_rotation: str = "model"         # model | consider: visible-centre offset's rotation dependence
+    center_corrects_rotation: bool = False  # True: the centre update may also turn the object and the
+    #                                         calibration (measured: it turns model error into rotation)
+    pose_pos_sigma: float = 0.01
+    pose_rot_sigma: float = 0.05
+    # depth fit of the model segmentation backend (update_depth_pose): R = depth_cov_scale^2 x its
+    # ICP covariance + a white floor (measured against ground truth, see the module doc)
+    depth_cov_scale: float = 1.0           # measured: the ICP sigma per axis = the fits' white error
+    depth_pos_sigma: float = 0.00001       # m per axis, white floor (synthetic depth: see the module doc;
+    depth_rot_sigma: float = 0.00005       # rad per axis   a real sensor needs far more)
+    depth_min_confidence: float = 0.3      # fits with a lower depth agreement are ignored (0: always ignored)
+    # error of the depth fit correlated over frames (model / occlusion / view dependent): a first-order
+    # Gauss-Markov bias of the fitted pose (6 states; both sigmas 0 = no such states)
+    depth_bias_pos_sigma: float = 0.000047  # m per axis, stationary (measured offset of the fits 0.05-0.07 mm)
+    depth_bias_rot_sigma: float = 0.00018  # rad per axis, stationary (measured 0.1-0.16 mrad)
+    depth_bias_time: float = 2.0           # s, correlation time (measured: no decay within 1 s)
+    # physics: after the updates the estimate is projected out of penetration (project_out_of_penetration)
+    penetration_tolerance: float = 0.0005  # m, hand points deeper than this inside the object are pushed out
+    projection_iterations: int = 5         # re-linearisations of the projection (SDF queries; a pinch needed 5)
+    projection_max_rot_sigma: float = 0.01  # rad: project only when the orientation is known this well (2nd
+    #                                         largest rotation sigma: a body of revolution's spin is free).
+    #                                         Measured in the demo without the depth fit (~3 deg sigma):
+    #                                         the smallest move out of the modelled fingers is a turn that
+    #                                         pushed the true fingers 25 mm in (6 mm unprojected)
+    projection_feedback: bool = False      # True: the projected pose becomes the filter state (measured:
+    #                                        the NIS gate then rejects the depth fits, see project_out_of_penetration)
+    projection_corrects_calibration: bool = False  # with feedback: the projection may also move the
+    #                                                camera->hand estimate (measured: it walks away)
+    # gating / lost track
+    gate_probability: float = 0.999
+    lost_after_rejections: int = 15
+    max_covariance_trace: float = 0.05     # m^2 + rad^2
+
+    def __post_init__(self):
+        if self.center_rotation not in ("model", "consider"):
+            raise ValueError(f"center_rotation must be 'model' or 'consider', got {self.center_rotation!r}")
+        if self.out_of_contact not in ("hold", "constant_velocity"):
+            raise ValueError(f"out_of_contact must be 'hold' or 'constant_velocity', got {self.out_of_contact!r}")
+        if not 0.0 < self.gate_probability < 1.0:
+            raise ValueError(f"gate_probability must be in (0, 1), got {self.gate_probability}")
+        for f in fields(self):
+            v = getattr(self, f.name)
+            if isinstance(v, float) and f.name != "fingertip_offset" and not (v >= 0 and math.isfinite(v)):
+                raise ValueError(f"{f.name} must be a finite value >= 0, got {v}")
+        if self.contact_threshold <= 0:
+            raise ValueError("contact_threshold must be > 0")
+        if int(self.projection_iterations) != self.projection_iterations or self.projection_iterations < 0:
+            raise ValueError(f"projection_iterations must be an integer >= 0, got {self.projection_iterations}")
+
+    @classmethod
+    def from_dict(cls, values: dict) -> "EKFConfig":
+        """Config from a dict, ignoring keys that are not config fields."""
+        names = {f.name for f in fields(cls)}
+        return cls(**{k: v for k, v in values.items() if k in names})

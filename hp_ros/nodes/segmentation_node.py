@@ -1,6 +1,6 @@
 """Segmentation node: hand and object masks, object observation, fingertip observations, overlay.
 
-Thin wrapper around :class:`hp_ros.core.segmentation.Segmenter`: messages -> arrays ->
+Thin wrapper around :class:`hp_ros.core.segmentation.segmenter.Segmenter`: messages -> arrays ->
 ``Segmenter.segment`` -> messages. Masks (mono8 0/255) and the overlay carry the colour image's
 header. Depth (optional) is paired with colour by header stamp (nearest within
 ``depth_max_dt``, small queue); joint states are interpolated to the image stamp.
@@ -35,7 +35,7 @@ except ImportError:  # pragma: no cover - depends on the installation
 
 
 def _backend_check(v):
-    from hp_ros.core.segmentation import parse_combination
+    from hp_ros.core.segmentation.registry import parse_combination
     try:
         parse_combination(v)
     except ValueError as e:
@@ -126,7 +126,9 @@ class SegmentationNode(Node):
         super().__init__("segmentation_node")
         self.bus = bus  # LocalBus when the graph runs in one process (hp_ros.nodes.graph_process)
         self.p = p = declare_parameters(self, {**COMMON_PARAMS, **SEG_PARAMS})
-        from hp_ros.core.segmentation import COLOR_ENCODINGS, DEPTH_ENCODINGS, Detectron2Backend, SegmenterConfig
+        from hp_ros.core.segmentation.detectron2 import Detectron2Backend
+        from hp_ros.core.segmentation.image import COLOR_ENCODINGS, DEPTH_ENCODINGS
+        from hp_ros.core.segmentation.segmenter import SegmenterConfig
         self._color_encodings, self._depth_encodings = COLOR_ENCODINGS, DEPTH_ENCODINGS  # checked per message
         try:
             from hp_ros_msgs.msg import FingertipObservations, ObjectObservation
@@ -156,7 +158,7 @@ class SegmentationNode(Node):
         self.object_model = load_object(p) if (p["color_model"] == "object" or p["object_size"] < 0
                                                or self.uses_prior) else None
         if "detectron2" not in p["object_backend"]:
-            from hp_ros.core.segmentation import Segmenter
+            from hp_ros.core.segmentation.segmenter import Segmenter
             try:  # validate the settings now, not at the first image
                 Segmenter(np.eye(3), 8, 8, None, self.cfg, object_model=self.object_model)
             except ValueError as e:
@@ -283,7 +285,7 @@ class SegmentationNode(Node):
     def _warm_up(self) -> None:
         """Run the segmenter once on a dummy 640x480 frame (torch, rasteriser, aligner first calls
         take ~1 s; paid here instead of dropping the stream's first frames)."""
-        from hp_ros.core.segmentation import Segmenter
+        from hp_ros.core.segmentation.segmenter import Segmenter
 
         t0 = time.monotonic()
         try:
@@ -314,7 +316,7 @@ class SegmentationNode(Node):
             return
         if self.info is None or info.width != self.info.width or info.height != self.info.height \
                 or not np.allclose(info.K, self.info.K):
-            from hp_ros.core.segmentation import Segmenter
+            from hp_ros.core.segmentation.segmenter import Segmenter
             self.segmenter = Segmenter(info.K, info.width, info.height, self.hand, self.cfg, self.detectron2,
                                        object_model=self.object_model)
         self.info = info
@@ -469,7 +471,7 @@ class SegmentationNode(Node):
         return latest is not None and latest[0] >= stamp_ns - self.p["depth_max_dt"] * 1e9
 
     def _process(self, msg, dmsg, stages=None):
-        from hp_ros.core.segmentation import COLOR_ENCODINGS, DEPTH_ENCODINGS, depth_to_metres, overlay, to_rgb
+        from hp_ros.core.segmentation.image import COLOR_ENCODINGS, DEPTH_ENCODINGS, depth_to_metres, overlay, to_rgb
         stages = dict(stages or {}, start=time.time_ns())
         if not self._image_ok(msg, COLOR_ENCODINGS, "colour"):
             return

@@ -1,0 +1,526 @@
+"""The ``model`` backend: the object model at a pose prior (e.g. the tracker's estimate), refined
+against depth and rendered (:class:`ModelObjectMasker`, :class:`ModelBackend`), and the
+covariance of that refinement (:func:`icp_pose_covariance`)."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Optional
+
+import cv2
+import numpy as np
+
+from hp_ros.core.segmentation.backend import LOCATED, BackendMask, BackendSetup, Frame, ObjectBackend
+from hp_ros.core.segmentation.image import _check_K, _disk, _grow_mask, _ray_grid
+
+
+@dataclass
+class ModelFit:
+    """Result of :meth:`ModelObjectMasker.fit` for one frame.
+
+    mask: ``(y1 - y0, x1 - x0)`` bool object pixels inside ``rect = (x0, y0, x1, y1)``.
+    T_cam_obj: ``(4, 4)`` camera->object pose refined against depth.
+    confidence: share of the rendered silhouette's valid-depth pixels that depth confirms,
+        scaled down when less than half of the silhouette has depth; 0 when nothing is seen.
+    inliers: depth points + model samples used in the last refinement step.
+    covariance: ``(6, 6)`` covariance of ``T_cam_obj`` from the ICP's normal matrix (depth noise
+        only, see :func:`icp_pose_covariance`) in the :func:`hp_ros.core.se3.apply_delta`
+        convention of the EKF (x, y, z in the camera frame, then the rotation vector about the
+        object origin); None without a refinement step (``iterations = 0`` or too few inliers).
+    residual_sigma: ``(2,)`` robust RMS [m] of the two ICP terms' residuals at the result
+        (measured points to the surface, model samples to depth); NaN without a refinement.
+    """
+
+    mask: np.ndarray
+    rect: tuple
+    T_cam_obj: np.ndarray
+    confidence: float
+    inliers: int = 0
+    covariance: Optional[np.ndarray] = None
+    residual_sigma: np.ndarray = field(default_factory=lambda: np.full(2, np.nan))
+
+
+# signed-distance grids per object model (building one takes ~1-3 s), keyed by grid parameters
+_SDF_GRIDS: "weakref.WeakKeyDictionary" = None
+
+
+def _cross(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """Row-wise cross product of ``(N, 3)`` arrays (np.cross costs ~30 us of overhead a call)."""
+    a0, a1, a2 = a[:, 0], a[:, 1], a[:, 2]
+    b0, b1, b2 = b[:, 0], b[:, 1], b[:, 2]
+    return np.stack([a1 * b2 - a2 * b1, a2 * b0 - a0 * b2, a0 * b1 - a1 * b0], 1)
+
+
+def icp_pose_covariance(J: np.ndarray, r: np.ndarray, huber: np.ndarray, n1: int, t: np.ndarray):
+    """Covariance of the pose found by :class:`ModelObjectMasker`'s robust ICP, from its normal matrix.
+
+    Args:
+        J: ``(M, 6)`` Jacobian of the residuals w.r.t. the ICP's left perturbation ``(v, w)``
+            (``T' = [exp(w) | v] T``, camera frame); rows ``[:n1]`` are the first term (measured
+            points to the surface), rows ``[n1:]`` the second (model samples to depth).
+        r: ``(M,)`` residuals [m] at the result. huber: ``(M,)`` Huber weights in (0, 1].
+        n1: number of first-term rows. t: ``(3,)`` translation of the result (camera frame).
+
+    The ICP step solves ``A xi = -J^T W r`` with ``A = J^T W J`` and ``W = huber / (its term's
+    count)`` (each term averaged). Those weights are not inverse variances, so the covariance of
+    ``xi`` under independent residual noise of variance ``s_k^2`` per term is the sandwich
+    ``A^-1 (J^T W S W J) A^-1``; ``s_k^2`` is the Huber-weighted mean square of the term's
+    residuals. Checked against the scatter of fits over depth-noise draws
+    (``test/test_ekf_physics_depth.py``; box, 3 faces seen): per axis 0.7-1.0 x the predicted
+    sigma, per direction 0.26-1.5 x the predicted variance - conservative; the residuals also
+    hold the model's own misfit (SDF grid, pixel rounding), which does not scatter. Weighting
+    each row by the stereo noise law along its ray (``z |n . X|``) matched no better (0.45-3.7x,
+    one direction under-stated). Directions the geometry does not constrain (the spin of a body of revolution) get
+    a variance of ~1e9 x the constrained ones (eigenvalues of ``A`` floored), not infinity.
+    The result is mapped to the EKF's :func:`hp_ros.core.se3.apply_delta` convention
+    (``t' = t + v_a``, rotation about the object origin): ``v_a = v - [t]x w``.
+
+    This is the depth *noise* part only: model and occlusion errors correlated over frames are
+    not in it (the tracker's depth-fit noise model adds them, measured in ``bench_ekf.py``).
+    Returns ``(covariance (6, 6), sigma (2,) per-term RMS [m], NaN for an empty term)``.
+    """
+    J, r, huber = np.asarray(J, np.float64), np.asarray(r, np.float64), np.asarray(huber, np.float64)
+    m = len(r)
+    var, sigma = np.zeros(m), np.full(2, np.nan)
+    cnt = np.zeros(m)
+    for k, sl in enumerate((slice(0, n1), slice(n1, m))):
+        h, rk = huber[sl], r[sl]
+        if len(rk):
+            sigma[k] = np.sqrt(float((h * rk * rk).sum() / max(float(h.sum()), 1e-12)))
+            var[sl], cnt[sl] = sigma[k] ** 2, len(rk)
+    w = huber / np.maximum(cnt, 1.0)
+    Jw = J * w[:, None]
+    A = Jw.T @ J
+    B = (Jw * var[:, None]).T @ Jw                       # J^T W S W J
+    lam, V = np.linalg.eigh((A + A.T) / 2)
+    lam = np.maximum(lam, 1e-9 * max(float(lam[-1]), 1e-300))
+    Ai = (V / lam) @ V.T
+    C = Ai @ B @ Ai
+    M = np.eye(6)
+    tx = np.asarray(t, np.float64)
+    M[:3, 3:] = -np.array([[0.0, -tx[2], tx[1]], [tx[2], 0.0, -tx[0]], [-tx[1], tx[0], 0.0]])
+    C = M @ C @ M.T
+    return (C + C.T) / 2, sigma
+
+
+def _sdf_grid(obj, pad: float, grid_size: int):
+    """``(lo (3,), voxel, sdf (nx, ny, nz) float32, vertices (V, 3), faces (F, 3) long tensor)``
+    of an object model's signed distance (:class:`hp_ros.core.sdf.MeshSDF`, negative inside)
+    sampled on a grid over its bounding box grown by ``pad``; cached per model."""
+    global _SDF_GRIDS
+    import warnings
+    import weakref
+
+    import torch
+
+    from hp_ros.core.sdf import MeshSDF
+
+    if _SDF_GRIDS is None:
+        _SDF_GRIDS = weakref.WeakKeyDictionary()
+    per_obj = _SDF_GRIDS.setdefault(obj, {})
+    key = (round(float(pad), 6), int(grid_size), int(obj.faces.shape[0]))
+    if key not in per_obj:
+        with warnings.catch_warnings():  # open meshes fall back to the winding-number sign: fine here
+            warnings.simplefilter("ignore", UserWarning)
+            sdf = MeshSDF(obj.vertices, obj.faces, max_dist=pad * 1.5)
+        verts = sdf.vertices.numpy().astype(np.float64)
+        lo, hi = verts.min(0) - pad, verts.max(0) + pad
+        voxel = float((hi - lo).max() / (int(grid_size) - 1))
+        n = np.ceil((hi - lo) / voxel).astype(int) + 1
+        g = np.stack(np.meshgrid(*[lo[i] + voxel * np.arange(n[i]) for i in range(3)], indexing="ij"), -1)
+        with torch.no_grad():
+            d = sdf.query(torch.from_numpy(g.reshape(-1, 3)).float())[0].numpy().reshape(tuple(n))
+        per_obj[key] = (lo, voxel, np.ascontiguousarray(d, dtype=np.float32), verts, sdf.faces)
+    return per_obj[key]
+
+
+class ModelObjectMasker:
+    """Object mask from the known object model at a pose prior (e.g. the tracker's estimate).
+
+    Per frame (:meth:`fit`), with the search margin ``m = clip(3 prior_pos_sigma, margin,
+    max_margin)``:
+
+    1. Coarse search: the prior shifted across the view on a ``7 x 7`` grid of spacing ``m / 3``
+       (camera x, y), each shift moved along its ray by the median offset between measured depth
+       and the model's camera-facing surface samples; the shift whose samples agree best with
+       depth (within ``2 tolerance``; samples with background far behind them count against)
+       wins. Depth fixes the distance error of a prior at once; the grid the lateral one.
+    2. Pose refinement: ``iterations`` robust Gauss-Newton steps of a symmetric ICP with an
+       association gate shrinking geometrically from ``m`` to ``2 tolerance`` and Huber weights
+       at ``tolerance / 2``: measured points (every ``1 / scale``-th pixel of the window around the
+       object, off ``exclude``, seen on the surface's camera-facing side) to the surface
+       (signed distance, no correspondences) and the model's camera-facing samples to the depth
+       on their pixels (point-to-plane). Neighbouring objects fall out as the gate shrinks.
+       The wide-gate steps use every ``wide_every``-th point / sample (they only bring the pose
+       near; the final gate uses all); a step below ``converged`` (m, rad) jumps to the final
+       gate, and ends the refinement there.
+    3. Mask: the object rendered at the refined pose (front-face z-buffer at ``scale``,
+       :func:`hp_ros.core.render.rasterize`), grown by ``dilate_px``; a pixel is object when its
+       measured depth lies within ``tolerance`` of the rendered depth range around it, or when it
+       has no depth but lies inside the silhouette.
+
+    The signed distance is sampled once from :class:`hp_ros.core.sdf.MeshSDF` on a grid
+    (``grid_size`` nodes along the longest side of the bounding box grown by ``max_margin``;
+    cached per model) and interpolated trilinearly, so the per-frame cost does not depend on
+    the mesh size (except for the final render).
+
+    Args:
+        obj: :class:`hp_ros.core.objects.ObjectModel` (metres).
+        K: ``(3, 3)``; ``width``, ``height``: image size.
+        margin, tolerance, max_margin: metres (see above); ``iterations``; ``scale`` in (0, 1];
+        dilate_px: silhouette growth absorbing the remaining pose error (px);
+        max_points: measured points kept for the refinement (evenly spaced subset);
+        n_samples: model surface samples.
+    """
+
+    def __init__(self, obj, K, width: int, height: int, margin: float = 0.02, tolerance: float = 0.006,
+                 iterations: int = 8, scale: float = 0.5, dilate_px: int = 2, max_margin: float = 0.04,
+                 max_points: int = 1200, n_samples: int = 1500, grid_size: int = 56, min_points: int = 30):
+        _check_model_settings(margin, tolerance, max_margin, iterations, scale, dilate_px)
+        self.K = _check_K(K)
+        self.width, self.height = int(width), int(height)
+        self.margin, self.tolerance, self.max_margin = float(margin), float(tolerance), float(max_margin)
+        self.iterations, self.scale, self.dilate_px = int(iterations), float(scale), int(dilate_px)
+        self.max_points, self.min_points = int(max_points), int(min_points)
+        self.converged = (1e-4, 1e-4)   # ICP step (m, rad) below which a gate phase has converged
+        self.wide_every = (3, 2)        # (measured point, model sample) strides before the final gate
+        self._rx, self._ry = _ray_grid(self.K, self.width, self.height)
+        lo, voxel, sdf, verts, faces = _sdf_grid(obj, 1.2 * self.max_margin, grid_size)
+        self._grid_lo, self._voxel, self._sdf = lo, voxel, sdf
+        self._verts, self._faces_t = verts, faces
+        self._box = np.stack([verts.min(0), verts.max(0)])
+        self.center = self._box.mean(0)
+        # signed distance and its gradient per grid node (4, nodes): a trilinear lookup is then
+        # one gather of the 8 corner nodes (much cheaper than 4 map_coordinates calls)
+        self._field = np.stack([sdf, *np.gradient(sdf, voxel)]).reshape(4, -1).astype(np.float32)
+        self._top = np.array(sdf.shape)[:, None] - 1                             # (3, 1) last node index
+        self._stride = np.array([sdf.shape[1] * sdf.shape[2], sdf.shape[2], 1])  # flat node index
+        corners = np.array([[i, j, k] for i in (0, 1) for j in (0, 1) for k in (0, 1)])  # (8, 3), 4 i + 2 j + k
+        self._corner_offset = corners @ self._stride                             # (8,)
+        # surface samples with outward normals (the grid's gradient: consistent with its sign)
+        self._samples = obj.surface_points(int(n_samples), seed=0).detach().cpu().numpy().astype(np.float64)
+        self._normals = self.signed_distance(self._samples, gradient=True)[1]
+        self._sample_sets = {}          # stride -> contiguous [sample, normal] rows (M, 6)
+
+    # ------------------------------------------------------------------ pieces
+    def signed_distance(self, p_obj: np.ndarray, gradient: bool = False):
+        """Signed distance (m, negative inside) of object-frame points ``(N, 3)``, trilinear in the
+        grid, ``+inf`` outside it; with ``gradient`` also the unit gradient ``(N, 3)`` (outward,
+        central differences of the grid, interpolated; clamped to the grid outside it)."""
+        c = np.ascontiguousarray(((np.asarray(p_obj, dtype=np.float64) - self._grid_lo)
+                                  * (1.0 / self._voxel)).T)                               # (3, N)
+        top = self._top                                                                   # (3, 1)
+        inside = ((c >= 0) & (c <= top)).all(0)
+        np.clip(c, 0, top, out=c)
+        i0 = np.minimum(c.astype(np.int64), top - 1)
+        f = c - i0
+        # corner weights (8, N), corner k = 4 i + 2 j + l: prod of f (bit set) or 1 - f per axis;
+        # everything is laid out (small axis, N) so the 8-corner sums run over contiguous rows
+        fx, fy, fz = f
+        wxy = np.stack([(1 - fx) * (1 - fy), (1 - fx) * fy, fx * (1 - fy), fx * fy])     # (4, N)
+        w = np.empty((8, f.shape[1]))
+        w[0::2], w[1::2] = wxy * (1 - fz), wxy * fz
+        idx = self._stride @ i0 + self._corner_offset[:, None]                           # (8, N)
+        # np.take is ~10x faster than fancy indexing here
+        if not gradient:
+            sd = (np.take(self._field[0], idx) * w).sum(0)
+            return np.where(inside, sd, np.inf)
+        val = (np.take(self._field, idx, axis=1) * w).sum(1)                             # (4, N)
+        sd = np.where(inside, val[0], np.inf)
+        g = val[1:].T
+        g /= np.maximum(np.sqrt(np.einsum("ij,ij->i", g, g)), 1e-12)[:, None]
+        return sd, g
+
+    def window(self, T_cam_obj: np.ndarray, margin: float) -> Optional[tuple[int, int, int, int]]:
+        """Image rectangle ``(x0, y0, x1, y1)`` (exclusive ends) holding the object's bounding box
+        grown by ``margin`` at a pose; the whole image when the box reaches behind the camera,
+        None when it is entirely behind it or off-image."""
+        lo, hi = self._box[0] - margin, self._box[1] + margin
+        box = np.array([[x, y, z] for x in (lo[0], hi[0]) for y in (lo[1], hi[1]) for z in (lo[2], hi[2])])
+        box = box @ T_cam_obj[:3, :3].T + T_cam_obj[:3, 3]
+        if (box[:, 2] <= 0.02).any():
+            return (0, 0, self.width, self.height) if box[:, 2].max() > 0.02 else None
+        # a convex solid in front of the camera projects inside the hull of its projected corners
+        K = self.K
+        u = (K[0, 0] * box[:, 0] + K[0, 1] * box[:, 1]) / box[:, 2] + K[0, 2]
+        v = K[1, 1] * box[:, 1] / box[:, 2] + K[1, 2]
+        x0, x1 = max(int(np.floor(u.min())), 0), min(int(np.ceil(u.max())) + 1, self.width)
+        y0, y1 = max(int(np.floor(v.min())), 0), min(int(np.ceil(v.max())) + 1, self.height)
+        return (x0, y0, x1, y1) if x0 < x1 and y0 < y1 else None
+
+    def render(self, T_cam_obj: np.ndarray, rect: tuple, scale: float = 1.0) -> np.ndarray:
+        """Depth ``(ceil(h scale), ceil(w scale))`` float32 of the object's camera-facing surface at
+        a pose inside ``rect = (x0, y0, x1, y1)`` (pixel centres mapped), ``inf`` off the object."""
+        import torch
+
+        from hp_ros.core.render import rasterize
+
+        x0, y0, x1, y1 = rect
+        K = self.K
+        p = self._verts @ T_cam_obj[:3, :3].T + T_cam_obj[:3, 3]
+        z = p[:, 2]
+        zs = np.where(z > 1e-3, z, np.nan)
+        u = ((K[0, 0] * p[:, 0] + K[0, 1] * p[:, 1]) / zs + K[0, 2] - x0 + 0.5) * scale - 0.5
+        v = (K[1, 1] * p[:, 1] / zs + K[1, 2] - y0 + 0.5) * scale - 0.5
+        uv = torch.from_numpy(np.nan_to_num(np.stack([u, v], -1), nan=-1e6)).float()
+        fu = uv[self._faces_t]
+        area2 = (fu[:, 1, 0] - fu[:, 0, 0]) * (fu[:, 2, 1] - fu[:, 0, 1]) \
+            - (fu[:, 2, 0] - fu[:, 0, 0]) * (fu[:, 1, 1] - fu[:, 0, 1])
+        front = self._faces_t[area2 < 0]   # camera-facing faces (outward winding)
+        size = (max(int(np.ceil((y1 - y0) * scale)), 1), max(int(np.ceil((x1 - x0) * scale)), 1))
+        fr = rasterize(uv[None], torch.from_numpy(z).float()[None], front, size, near=1e-3)
+        return fr.zbuf[0].numpy().astype(np.float32)
+
+    def _visible_samples(self, T: np.ndarray, depth_m: np.ndarray, exclude: Optional[np.ndarray], every: int = 1):
+        """Camera-facing model samples (every ``every``-th) at pose ``T`` that project into the
+        image: points ``(M, 3)`` and normals ``(M, 3)`` (camera frame), measured depth at their
+        pixels ``(M,)`` (0 = none or excluded)."""
+        if every not in self._sample_sets:   # rows [point, normal] (M, 6), contiguous
+            self._sample_sets[every] = np.ascontiguousarray(
+                np.concatenate([self._samples, self._normals], 1)[::every])
+        H, W = self.height, self.width
+        Rt = T[:3, :3].T
+        qn = self._sample_sets[every] @ np.block([[Rt, np.zeros((3, 3))], [np.zeros((3, 3)), Rt]])
+        qn[:, :3] += T[:3, 3]
+        q, nq = qn[:, :3], qn[:, 3:]
+        z = q[:, 2]
+        ok = (np.einsum("ij,ij->i", nq, q) < 0) & (z > 0.02)
+        uv = np.rint((q @ self.K[:2].T) / np.where(ok, z, 1.0)[:, None])                # (M, 2)
+        ok &= (uv[:, 0] >= 0) & (uv[:, 0] < W) & (uv[:, 1] >= 0) & (uv[:, 1] < H)
+        i = np.flatnonzero(ok)
+        qn, uv = np.take(qn, i, axis=0), np.take(uv, i, axis=0)   # np.take: faster than fancy indexing
+        q, nq = qn[:, :3], qn[:, 3:]
+        pix = (uv[:, 1] * W + uv[:, 0]).astype(np.int64)
+        dq = np.take(depth_m, pix).astype(np.float64)
+        if exclude is not None:
+            dq[np.take(exclude, pix)] = 0.0
+        return q, nq, dq
+
+    def _coarse_search(self, T: np.ndarray, depth_m: np.ndarray, exclude, margin: float, steps: int = 3) -> np.ndarray:
+        """Step 1 of the class doc: the best of ``(2 steps + 1)^2`` shifted, depth-aligned priors."""
+        q, _, _ = self._visible_samples(T, depth_m, None)
+        if len(q) < self.min_points:
+            return T
+        K, H, W = self.K, self.height, self.width
+        a = np.arange(-steps, steps + 1) * (margin / steps)
+        off = np.zeros(((2 * steps + 1) ** 2, 3))                           # (G, 3): x major, then y
+        off[:, 0], off[:, 1] = np.repeat(a, len(a)), np.tile(a, len(a))
+        # a lateral shift keeps each sample's depth: its pixel moves by (K off) / z
+        iz = 1.0 / q[:, 2]
+        u = np.rint(((K[0, 0] * q[:, 0] + K[0, 1] * q[:, 1]) * iz + K[0, 2])[None]
+                    + (K[0, 0] * off[:, 0] + K[0, 1] * off[:, 1])[:, None] * iz[None]).astype(np.int64)
+        v = np.rint((K[1, 1] * q[:, 1] * iz + K[1, 2])[None]
+                    + (K[1, 1] * off[:, 1])[:, None] * iz[None]).astype(np.int64)
+        on = (u >= 0) & (u < W) & (v >= 0) & (v < H)
+        pix = np.where(on, v * W + u, 0)                                    # (G, M)
+        d = np.where(on, np.take(depth_m, pix), 0.0).astype(np.float64)
+        if exclude is not None:
+            d[np.take(exclude, pix)] = 0.0
+        r = d - q[:, 2]
+        near = (d > 0) & (np.abs(r) < 2.0 * margin)
+        cnt = near.sum(1)
+        srt = np.sort(np.where(near, r, np.inf).astype(np.float32), axis=1)  # near offsets first
+        med = np.where(cnt > 0, srt[np.arange(len(srt)), np.maximum(cnt - 1, 0) // 2], 0.0)   # (G,)
+        rr = r - med[:, None]
+        tol = 2.0 * self.tolerance
+        score = ((d > 0) & (np.abs(rr) < tol)).sum(1) - ((d > 0) & (rr > 2.0 * tol)).sum(1)
+        best = int(np.argmax(score))
+        c = T[:3, :3] @ self.center + T[:3, 3] + off[best]
+        out = T.copy()
+        out[:3, 3] += off[best] + c / c[2] * med[best]
+        return out
+
+    def _depth_points(self, depth_m, exclude, T, margin) -> np.ndarray:
+        """Measured points ``(N, 3)`` (camera frame, every ``1 / scale``-th pixel or sparser) within
+        ``margin`` of the surface at pose ``T``, at most ``max_points`` (evenly spaced)."""
+        rect = self.window(T, margin)
+        if rect is None:
+            return np.zeros((0, 3))
+        x0, y0, x1, y1 = rect
+        # every 1/scale-th pixel, sparser when that would give far more than max_points candidates
+        step = max(int(round(1.0 / self.scale)), int(np.sqrt((x1 - x0) * (y1 - y0) / (4.0 * self.max_points))), 1)
+        sl = (slice(y0, y1, step), slice(x0, x1, step))
+        d = depth_m[sl]
+        ok = d > 0
+        if exclude is not None:
+            ok &= ~exclude[sl]
+        d = d[ok].astype(np.float64)
+        P = np.stack([self._rx[sl][ok] * d, self._ry[sl][ok] * d, d], -1)
+        if len(P):
+            P = P[np.abs(self.signed_distance((P - T[:3, 3]) @ T[:3, :3])) < margin]
+        if len(P) > self.max_points:
+            P = P[np.linspace(0, len(P) - 1, self.max_points).astype(np.int64)]
+        return P
+
+    def _refine(self, T: np.ndarray, P: np.ndarray, depth_m, exclude, margin: float):
+        """Step 2 of the class doc; returns the refined pose, the last step's inlier count and
+        that step's system ``(J (M, 6), residuals after the step (M,), Huber weights (M,), n1)``
+        at the final gate (None when no step ran there), for :func:`icp_pose_covariance`.
+
+        A step smaller than ``converged`` (m, rad) ends the wide-gate phase at once (the gate jumps
+        to its final ``2 tolerance``) and, at the final gate, the refinement."""
+        huber = 0.5 * self.tolerance
+        n_it, inliers = self.iterations, 0
+        final_gate = 2.0 * self.tolerance
+        it = 0
+        system = None
+        for _ in range(n_it):
+            gate = margin * (final_gate / margin) ** (min(it, n_it - 1) / max(n_it - 1, 1))
+            # the wide-gate steps only bring the pose near: subsets do that as well, cheaper
+            wide = it < n_it - 1
+            Pi = P[::self.wide_every[0]] if wide else P
+            R, t = T[:3, :3], T[:3, 3]
+            # residual r + J xi for a left perturbation (v, w) of the pose, each term averaged:
+            # measured points to the surface (signed distance), then model samples to depth
+            s, g = self.signed_distance((Pi - t) @ R, gradient=True)
+            n = g @ R.T                                                      # outward normals
+            keep = (np.abs(s) < gate) & (np.einsum("ij,ij->i", n, Pi) < 0)  # camera-facing side
+            q, nq, dq = self._visible_samples(T, depth_m, exclude, self.wide_every[1] if wide else 1)
+            ok = (dq > 0) & (np.abs(dq - q[:, 2]) < gate)
+            r2 = np.einsum("ij,ij->i", q, nq) * (1.0 - dq / q[:, 2])
+            # both terms in one system: points X, normals N (sign folded in), J = [N, X x N]
+            # (a term with fewer than min_points inliers is left out)
+            none = np.zeros(0, dtype=np.int64)
+            i1, i2 = np.flatnonzero(keep), np.flatnonzero(ok)
+            i1, i2 = (i1 if len(i1) >= self.min_points else none), (i2 if len(i2) >= self.min_points else none)
+            n1, inliers = len(i1), len(i1) + len(i2)
+            if not inliers:
+                break
+            X = np.concatenate([np.take(Pi, i1, axis=0), np.take(q, i2, axis=0)])
+            J = np.empty((inliers, 6))                                      # [N, X x N]
+            J[:n1, :3], J[n1:, :3] = -np.take(n, i1, axis=0), np.take(nq, i2, axis=0)
+            J[:, 3:] = _cross(X, J[:, :3])
+            r = np.concatenate([np.take(s, i1), np.take(r2, i2)])
+            # Huber weights, each term averaged over its own count
+            ar = np.abs(r)
+            w = np.where(ar <= huber, 1.0, huber / np.maximum(ar, 1e-12))
+            hub = w.copy() if not wide else None
+            w[:n1] *= 1.0 / max(n1, 1)
+            w[n1:] *= 1.0 / max(inliers - n1, 1)
+            Jw = J * w[:, None]
+            A, b = Jw.T @ J, Jw.T @ r
+            A[np.diag_indices(6)] += 1e-6 * np.trace(A)
+            solved, xi = cv2.solve(A, -b.reshape(6, 1), flags=cv2.DECOMP_CHOLESKY)
+            if not solved:   # degenerate geometry (A singular despite the damping): least squares
+                xi = cv2.solve(A, -b.reshape(6, 1), flags=cv2.DECOMP_SVD)[1]
+            xi = xi[:, 0]
+            dT = np.eye(4)
+            dT[:3, :3] = cv2.Rodrigues(xi[3:].reshape(3, 1))[0]
+            dT[:3, 3] = xi[:3]
+            T = dT @ T
+            if hub is not None:    # final gate: the linearised residuals after this step
+                system = (J, r + J @ xi, hub, n1, T[:3, 3])
+            if np.abs(xi[:3]).max() < self.converged[0] and np.abs(xi[3:]).max() < self.converged[1]:
+                if it >= n_it - 1:
+                    break
+                it = n_it - 1      # converged under a wide gate: go on at the final one
+            else:
+                it += 1
+        return T, inliers, system
+
+    # ------------------------------------------------------------------ one frame
+    def fit(self, depth_m: np.ndarray, T_cam_obj_prior: np.ndarray, prior_pos_sigma: float = 0.0,
+            exclude: Optional[np.ndarray] = None) -> Optional[ModelFit]:
+        """Refine the prior against ``depth_m`` ``(H, W)`` (metres, 0 = invalid) and build the mask.
+
+        ``exclude``: ``(H, W)`` bool pixels that are not object (the hand), left out of the fit
+        and the mask. Returns None when the object at the prior is off-image."""
+        T = np.asarray(T_cam_obj_prior, dtype=np.float64)
+        if T.shape != (4, 4) or not np.isfinite(T).all():
+            raise ValueError(f"T_cam_obj_prior must be a finite (4, 4) pose, got shape {T.shape}")
+        if not prior_pos_sigma >= 0:
+            raise ValueError(f"prior_pos_sigma must be >= 0 m, got {prior_pos_sigma}")
+        if depth_m.shape != (self.height, self.width):
+            raise ValueError(f"depth is {depth_m.shape}, the camera is {(self.height, self.width)}")
+        margin = min(max(self.margin, 3.0 * float(prior_pos_sigma)), self.max_margin)
+        if self.window(T, margin) is None:
+            return None
+        T = self._coarse_search(T, depth_m, exclude, margin)
+        T, inliers, system = self._refine(T, self._depth_points(depth_m, exclude, T, margin), depth_m, exclude,
+                                          margin)
+        cov, res_sigma = (None, np.full(2, np.nan)) if system is None else icp_pose_covariance(*system)
+        # 3. mask at the refined pose
+        rect = self.window(T, 0.0)
+        if rect is None:
+            return None
+        pad = self.dilate_px + 1
+        x0, y0, x1, y1 = rect = (max(rect[0] - pad, 0), max(rect[1] - pad, 0), min(rect[2] + pad, self.width),
+                                 min(rect[3] + pad, self.height))
+        zb = cv2.resize(self.render(T, rect, self.scale), (x1 - x0, y1 - y0), interpolation=cv2.INTER_NEAREST)
+        sil = np.isfinite(zb)
+        dm = depth_m[y0:y1, x0:x1]
+        valid = dm > 0
+        if self.dilate_px > 0:  # the ring takes the nearest / farthest rendered depth around it
+            k = _disk(self.dilate_px)
+            zlo = cv2.erode(zb, k, borderType=cv2.BORDER_CONSTANT, borderValue=np.inf)
+            zhi = cv2.dilate(np.where(sil, zb, 0).astype(np.float32), k)
+        else:
+            zlo, zhi = zb, np.where(sil, zb, 0)
+        agree = valid & (dm >= zlo - self.tolerance) & (dm <= zhi + self.tolerance)
+        mask = agree | (sil & ~valid)
+        if exclude is not None:
+            mask &= ~exclude[y0:y1, x0:x1]
+        n_sil, n_valid = np.count_nonzero(sil), np.count_nonzero(sil & valid)
+        conf = np.count_nonzero(sil & agree) / n_valid * min(1.0, 2.0 * n_valid / n_sil) if n_valid else 0.0
+        return ModelFit(mask, rect, T, float(conf), inliers, cov, res_sigma)
+
+
+def _check_model_settings(margin, tolerance, max_margin, iterations, scale, dilate_px) -> None:
+    """ValueError for settings of the model backend that cannot work."""
+    if not (0 < tolerance < margin <= max_margin):
+        raise ValueError(f"model backend needs 0 < model_tolerance < model_margin <= model_max_margin (m), got "
+                         f"{tolerance}, {margin}, {max_margin}")
+    if int(iterations) != iterations or iterations < 0:
+        raise ValueError(f"model_icp_iterations must be an integer >= 0, got {iterations}")
+    if not 0 < scale <= 1:
+        raise ValueError(f"model_scale must be in (0, 1], got {scale}")
+    if int(dilate_px) != dilate_px or dilate_px < 0:
+        raise ValueError(f"model_dilate_px must be an integer >= 0, got {dilate_px}")
+
+
+class ModelBackend(ObjectBackend):
+    """``model``: the object model at the frame's pose prior, refined against depth
+    (:class:`ModelObjectMasker`). Nothing without a prior or without depth.
+
+    :meth:`locate` runs the fit (the visible hand, grown by ``hand_margin_px``, left out) and
+    returns the fit's rectangle, which joins the working rectangle; :meth:`object_mask` places
+    the fit's mask in it. Extras (``SegmentationResult.raw``): ``model_pose`` (refined pose,
+    None without a fit), ``model_confidence``, ``model_covariance`` (:attr:`ModelFit.covariance`).
+    """
+
+    name = "model"
+    region = LOCATED
+
+    def __init__(self, setup: BackendSetup):
+        cfg = setup.config
+        if setup.object_model is None:
+            raise ValueError("object backend 'model' needs the object model (object_model=...)")
+        self.masker = ModelObjectMasker(
+            setup.object_model, setup.K, setup.width, setup.height, margin=cfg.model_margin,
+            tolerance=cfg.model_tolerance, iterations=int(cfg.model_icp_iterations), scale=cfg.model_scale,
+            dilate_px=int(cfg.model_dilate_px), max_margin=cfg.model_max_margin)
+        self.hand_margin_px = cfg.hand_margin_px
+        self._fit: Optional[ModelFit] = None   # this frame's fit, from locate() to object_mask()
+
+    def locate(self, frame: Frame) -> Optional[tuple]:
+        self._fit = None
+        if frame.T_cam_obj_prior is None or frame.depth_m is None:
+            return None
+        exclude = _grow_mask(frame.hand_mask, frame.hand_roi, self.hand_margin_px)
+        self._fit = self.masker.fit(frame.depth_m, frame.T_cam_obj_prior, frame.prior_pos_sigma or 0.0,
+                                    exclude if exclude.any() else None)
+        return None if self._fit is None else self._fit.rect
+
+    def object_mask(self, frame: Frame) -> BackendMask:
+        fit = self._fit
+        extras = {"model_pose": None if fit is None else fit.T_cam_obj,
+                  "model_confidence": 0.0 if fit is None else fit.confidence,
+                  "model_covariance": None if fit is None else fit.covariance}
+        if fit is None:
+            return BackendMask(extras=extras)
+        mask = None
+        if not frame.empty:
+            x0, y0, x1, y1 = frame.rect
+            mx0, my0, mx1, my1 = fit.rect
+            mask = np.zeros((y1 - y0, x1 - x0), bool)
+            mask[my0 - y0:my1 - y0, mx0 - x0:mx1 - x0] = fit.mask
+        return BackendMask(mask, fit.confidence, extras)

@@ -1,0 +1,307 @@
+"""The :class:`Segmenter`: one frame's hand mask, object mask from the configured backends,
+clean-up, observation and fingertip markers.
+
+Pipeline of :meth:`Segmenter.segment`:
+
+1. Hand (:mod:`~hp_ros.core.segmentation.hand`): align the camera->hand transform to depth,
+   render the hand, keep what depth confirms.
+2. Object: each configured backend (:data:`~hp_ros.core.segmentation.registry.OBJECT_BACKENDS`,
+   one or two joined by ``+`` = intersection or ``|`` = union) gives a mask inside the working
+   rectangle (the projected workspace box, joined with the rectangles LOCATED backends report);
+   minus the visible hand, combined (in a union, colour pixels whose valid depth lies outside the
+   workspace are dropped: colour only fills depth holes), then cleaned
+   (:func:`~hp_ros.core.segmentation.components.clean_mask`, with the object-size check).
+3. Observation (:func:`~hp_ros.core.segmentation.observation.object_observation`) and fingertip
+   markers (:class:`~hp_ros.core.segmentation.markers.FingertipMarkerDetector`).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Optional, Sequence
+
+import cv2
+import numpy as np
+
+from hp_ros.core.segmentation.backend import LOCATED, WORKSPACE, BackendMask, BackendSetup, Frame, ObjectBackend
+from hp_ros.core.segmentation.color import check_color_settings
+from hp_ros.core.segmentation.components import clean_mask
+from hp_ros.core.segmentation.depth import DepthBoxForeground
+from hp_ros.core.segmentation.detectron2 import Detectron2Backend
+from hp_ros.core.segmentation.hand import HandAligner, HandMasker, visible_hand_mask
+from hp_ros.core.segmentation.image import _check_K, _disk
+from hp_ros.core.segmentation.markers import FingertipMarkerDetector, FingertipResult
+from hp_ros.core.segmentation.model import _check_model_settings
+from hp_ros.core.segmentation.observation import ObjectObservation, object_observation
+from hp_ros.core.segmentation.registry import OBJECT_BACKENDS, parse_combination
+
+
+@dataclass
+class SegmenterConfig:
+    """Settings of :class:`Segmenter` (the node's parameters of the same names)."""
+
+    object_backend: str = "color|depth"     # names in registry.OBJECT_BACKENDS, one or two joined by + (and) / | (or)
+    color_model: str = "hsv"                 # hsv | histogram (learned from the first confident mask)
+    #                                          | object (histogram from the object model's texture/colours)
+    object_size: float = 0.0                 # m, expected 3D extent of the object component (0 = no
+    #                                          check; < 0 = the object model's diameter)
+    object_size_tolerance: float = 2.0       # components more than this factor off that size are rejected
+    hsv_ranges: Sequence[float] = (0, 120, 70, 10, 255, 255, 170, 120, 70, 180, 255, 255)
+    histogram_threshold: float = 0.5
+    histogram_rate: float = 0.05
+    histogram_learn_confidence: float = 0.7
+    workspace_box: Sequence[float] = (-0.05, -0.12, 0.0, 0.20, 0.12, 0.25)
+    workspace_frame: str = "hand"            # hand | camera
+    color_in_workspace: bool = True          # colour search limited to the projected workspace box
+    hand_dilate_px: int = 0
+    hand_depth_tolerance: float = 0.02       # measured depth this far behind the hand = background
+    hand_occluder_tolerance: float = 0.006   # this far in front of the hand = occluder (the object)
+    hand_align_iterations: int = 2           # ICP steps per frame correcting camera->hand (0 = off)
+    hand_depth_scale: float = 0.5            # resolution factor of the hand depth raster
+    hand_margin_px: int = 2                  # extra ring around the visible hand removed from the object
+    min_area: int = 100
+    open_px: int = 1
+    close_px: int = 2
+    fill_holes: bool = True
+    keep: str = "largest"
+    marker_colors: Sequence[float] = ()      # 12 numbers (4 RGB) or empty = no marker detection
+    marker_hue_tolerance: int = 10
+    marker_min_saturation: int = 100
+    marker_min_value: int = 60
+    marker_window_px: int = 40
+    marker_radius: float = 0.0144           # synthetic default (fingertip size); set for your markers
+    # model backend: the object model at a pose prior (the tracker's estimate), refined against depth
+    model_margin: float = 0.02               # m, search margin around the prior (>= 3 x prior_pos_sigma is used)
+    model_max_margin: float = 0.04           # m, largest search margin (bounds the signed-distance grid)
+    model_tolerance: float = 0.006           # m, depth within this of the refined model's surface = object
+    model_icp_iterations: int = 8            # robust ICP steps per frame (0 = coarse search only)
+    model_scale: float = 0.5                 # working resolution of the fit and the rendered silhouette
+    model_dilate_px: int = 2                 # silhouette growth absorbing the remaining pose error
+
+
+@dataclass
+class SegmentationResult:
+    """One frame: masks ``(H, W)`` bool, confidences, observation and fingertips."""
+
+    hand_mask: np.ndarray
+    object_mask: np.ndarray
+    hand_confidence: float
+    object_confidence: float
+    observation: ObjectObservation
+    fingertips: Optional[FingertipResult]
+    raw: dict = field(default_factory=dict)  # per-backend masks before combination (debugging)
+    T_cam_hand: Optional[np.ndarray] = None  # camera->hand used (after depth alignment)
+
+
+class Segmenter:
+    """Per-frame segmentation for one camera (``K``, ``width`` x ``height``) and one hand."""
+
+    def __init__(self, K, width: int, height: int, hand=None, config: Optional[SegmenterConfig] = None,
+                 detectron2: Optional[Detectron2Backend] = None, object_model=None):
+        self.K = _check_K(K)
+        self.width, self.height = int(width), int(height)
+        self.cfg = cfg = config or SegmenterConfig()
+        self.backends, self.op = parse_combination(cfg.object_backend)
+        if cfg.color_model not in ("hsv", "histogram", "object"):
+            raise ValueError(f"color_model must be 'hsv', 'histogram' or 'object', got {cfg.color_model!r}")
+        if (cfg.color_model == "object" or cfg.object_size < 0) and object_model is None:
+            raise ValueError("color_model='object' and object_size < 0 need the object model (object_model=...)")
+        self.object_size = float(object_model.diameter) if cfg.object_size < 0 else float(cfg.object_size)
+        if not cfg.object_size_tolerance >= 1:
+            raise ValueError(f"object_size_tolerance must be >= 1, got {cfg.object_size_tolerance}")
+        if cfg.keep not in ("largest", "near_prior"):
+            raise ValueError(f"keep must be 'largest' or 'near_prior', got {cfg.keep!r}")
+        check_color_settings(cfg)
+        self.box = DepthBoxForeground(self.K, width, height, cfg.workspace_box, cfg.workspace_frame)
+        self.hand_masker = HandMasker(hand, self.K, width, height, depth_scale=cfg.hand_depth_scale,
+                                      marker_radius=cfg.marker_radius
+                                      if len(cfg.marker_colors) else 0.0) if hand is not None else None
+        mr = cfg.marker_radius if len(cfg.marker_colors) else 0.0
+        self.aligner = HandAligner(hand, self.K, width, height, cfg.hand_align_iterations, marker_radius=mr) \
+            if hand is not None and cfg.hand_align_iterations > 0 else None
+        self._last_render = None
+        self.markers = None
+        if len(cfg.marker_colors):
+            self.markers = FingertipMarkerDetector(
+                np.asarray(cfg.marker_colors, dtype=np.float64).reshape(-1, 3), cfg.marker_hue_tolerance,
+                cfg.marker_min_saturation, cfg.marker_min_value, cfg.marker_window_px, cfg.marker_radius)
+        _check_model_settings(cfg.model_margin, cfg.model_tolerance, cfg.model_max_margin, cfg.model_icp_iterations,
+                              cfg.model_scale, cfg.model_dilate_px)
+        setup = BackendSetup(self.K, self.width, self.height, cfg, self.box, object_model, detectron2)
+        # the configured object backends, in the order of object_backend
+        self.object_backends: list[ObjectBackend] = [OBJECT_BACKENDS[n].create(setup) for n in self.backends]
+        # confidence factors multiply in registry order: "a|b" and "b|a" rate a frame bit for bit alike
+        names = list(OBJECT_BACKENDS)
+        self._factor_order = sorted(range(len(self.backends)), key=lambda i: names.index(self.backends[i]))
+
+    # ------------------------------------------------------------------ backends by name
+    def backend(self, name: str) -> Optional[ObjectBackend]:
+        """The configured object backend of that name, or None."""
+        return dict(zip(self.backends, self.object_backends)).get(name)
+
+    @property
+    def model_masker(self):
+        """The model backend's :class:`~hp_ros.core.segmentation.model.ModelObjectMasker` (None
+        without that backend)."""
+        b = self.backend("model")
+        return None if b is None else b.masker
+
+    @property
+    def hsv_model(self):
+        """The colour backend's HSV model (None without it or without HSV ranges)."""
+        b = self.backend("color")
+        return None if b is None else b.hsv_model
+
+    @property
+    def hist_model(self):
+        """The colour backend's histogram model (None without it or with ``color_model=hsv``)."""
+        b = self.backend("color")
+        return None if b is None else b.hist_model
+
+    @property
+    def detectron2(self):
+        return self.backend("detectron2")
+
+    # ------------------------------------------------------------------ pieces
+    def _object_rect(self, T_cam_hand, located: Sequence[tuple] = ()) -> tuple[int, int, int, int]:
+        """Image rectangle the object masks can live in: the projected workspace box when every
+        backend is bounded by it (depth; colour with ``color_in_workspace``), else the image;
+        joined with the rectangles ``located`` by LOCATED backends (the model backend's fit)."""
+        cfg = self.cfg
+        others = [b for b in self.object_backends if b.region != LOCATED]
+        rect = None
+        if others:
+            bounded = all(b.region == WORKSPACE for b in others)
+            if bounded and (cfg.workspace_frame == "camera" or T_cam_hand is not None):
+                rect = self.box.project_box(T_cam_hand) or (0, 0, 0, 0)
+            else:
+                rect = (0, 0, self.width, self.height)
+        for r in located:
+            if rect is None or rect[0] >= rect[2] or rect[1] >= rect[3]:
+                rect = tuple(r)
+            else:
+                rect = (min(rect[0], r[0]), min(rect[1], r[1]), max(rect[2], r[2]), max(rect[3], r[3]))
+        return rect or (0, 0, 0, 0)
+
+    def segment(self, rgb: np.ndarray, depth_m: Optional[np.ndarray] = None, q: Optional[np.ndarray] = None,
+                T_cam_hand: Optional[np.ndarray] = None, external_mask: Optional[np.ndarray] = None, *,
+                T_cam_obj_prior: Optional[np.ndarray] = None,
+                prior_pos_sigma: Optional[float] = None) -> SegmentationResult:
+        """Segment one frame.
+
+        Args:
+            rgb: ``(H, W, 3)`` uint8 RGB (see :func:`~hp_ros.core.segmentation.image.to_rgb`).
+            depth_m: ``(H, W)`` float32 metres aligned to ``rgb`` (0 = invalid) or None.
+            q: ``(J,)`` joint angles in the hand model's order, and ``T_cam_hand`` ``(4, 4)``;
+                without them there is no hand mask (and a hand-frame box cannot be used).
+            external_mask: ``(H, W)`` mask from another detector (``external`` backend).
+            T_cam_obj_prior: ``(4, 4)`` camera->object pose prior (``model`` backend: the tracker's
+                current estimate or the initial pose); without it, or without depth, the model
+                backend gives no mask this frame (confidence halved like any missing input).
+            prior_pos_sigma: the prior's position uncertainty (m, e.g. the square root of the
+                largest position variance of the tracker's covariance); widens the model search
+                margin to ``3 sigma`` (between ``model_margin`` and ``model_max_margin``).
+
+        Object work happens inside the workspace box's image rectangle (see
+        :meth:`_object_rect`); ``raw`` masks in the result are that rectangle's crops
+        (``raw["rect"]`` = ``(x0, y0, x1, y1)``). With the model backend ``raw["model_pose"]``
+        is the prior refined against depth (``(4, 4)``, None without a fit),
+        ``raw["model_confidence"]`` its depth agreement and ``raw["model_covariance"]`` its
+        ``(6, 6)`` ICP covariance (:attr:`ModelFit.covariance`, None without one).
+        """
+        H, W = self.height, self.width
+        if rgb.shape != (H, W, 3) or rgb.dtype != np.uint8:
+            raise ValueError(f"rgb must be ({H}, {W}, 3) uint8, got {rgb.shape} {rgb.dtype}")
+        if depth_m is not None and depth_m.shape != (H, W):
+            raise ValueError(f"depth must be ({H}, {W}), got {depth_m.shape}")
+        if external_mask is not None and external_mask.shape != (H, W):
+            raise ValueError(f"external mask must be ({H}, {W}), got {external_mask.shape}")
+        if T_cam_obj_prior is not None:
+            T_cam_obj_prior = np.asarray(T_cam_obj_prior, dtype=np.float64)
+            if T_cam_obj_prior.shape != (4, 4) or not np.isfinite(T_cam_obj_prior).all():
+                raise ValueError(f"T_cam_obj_prior must be a finite (4, 4) pose, got {T_cam_obj_prior.shape}")
+        if prior_pos_sigma is not None and not (np.isfinite(prior_pos_sigma) and prior_pos_sigma >= 0):
+            raise ValueError(f"prior_pos_sigma must be a finite value >= 0 m, got {prior_pos_sigma}")
+        cfg = self.cfg
+        # 1. hand: align the camera->hand transform to depth, render, keep what depth confirms
+        render = None
+        hand_mask, hand_conf = np.zeros((H, W), bool), 0.0
+        if self.hand_masker is not None and q is not None and T_cam_hand is not None:
+            if depth_m is not None and self.aligner is not None:
+                # self-occlusion from the previous frame's render (the hand moves little per frame)
+                vis = self._last_render or self.hand_masker.render(q, self.aligner.correction @ T_cam_hand)
+                T_cam_hand = self.aligner.update(q, T_cam_hand, depth_m, vis)
+            render = self._last_render = self.hand_masker.render(q, T_cam_hand)
+            hand_mask, hand_conf = visible_hand_mask(render, cfg.hand_dilate_px, depth_m, cfg.hand_depth_tolerance,
+                                                     occluder_tolerance=cfg.hand_occluder_tolerance)
+        # 2. object masks inside the working rectangle
+        frame = Frame(rgb, depth_m, T_cam_hand, hand_mask, None if render is None else render.roi, external_mask,
+                      T_cam_obj_prior, prior_pos_sigma)
+        located = [r for r in (b.locate(frame) for b in self.object_backends) if r is not None]
+        x0, y0, x1, y1 = rect = frame.rect = self._object_rect(T_cam_hand, located)
+        sl = frame.sl
+        empty = frame.empty
+        raw = {"rect": rect}
+        answers: list[BackendMask] = []
+        for name, backend in zip(self.backends, self.object_backends):
+            a = backend.object_mask(frame)
+            answers.append(a)
+            raw.update(a.extras)
+            if a.mask is not None:
+                raw[name] = a.mask
+        if self.op == "|" and "color" in raw and "depth" in raw:
+            # union: a colour pixel whose valid depth lies outside the workspace is background of
+            # the object's colour, not object (colour fills depth holes)
+            raw["color"] = raw["color"] & (raw["depth"] | ~(depth_m[sl] > 0))
+        hand_c = hand_mask[sl]
+        hand_cut = hand_c
+        if cfg.hand_margin_px > 0 and hand_c.any():
+            hand_cut = cv2.dilate(hand_c.view(np.uint8), _disk(cfg.hand_margin_px)).astype(bool)
+        present = [raw[n] & ~hand_cut for n, a in zip(self.backends, answers) if a.mask is not None]
+        if not present:
+            obj = np.zeros(hand_c.shape, bool)
+        elif len(present) == 1:
+            obj = present[0]
+        elif self.op == "+":
+            obj = present[0] & present[1]
+        else:
+            obj = present[0] | present[1]
+        prior = None
+        if render is not None:
+            prior = np.nanmean(render.fingertips_uv, axis=0) - (x0, y0)
+        points = None
+        if self.object_size > 0 and depth_m is not None and not empty:
+            d = depth_m[sl]
+            points = np.stack([self.box._rx[sl] * d, self.box._ry[sl] * d, d], -1)
+        clean = clean_mask(obj, cfg.min_area, cfg.open_px, cfg.close_px, cfg.fill_holes, cfg.keep, prior,
+                           points=points, expected_size=self.object_size or None,
+                           size_tolerance=cfg.object_size_tolerance)
+        conf = clean.confidence
+        if len(present) == 2:  # agreement between the two backends inside the kept region
+            a, b = present[0], present[1]
+            inter, union = np.count_nonzero(a & b), np.count_nonzero(a | b)
+            conf *= 0.5 + 0.5 * (inter / union if union else 0.0)
+        elif len(present) < len(self.backends):
+            conf *= 0.5  # a configured backend had no input this frame
+        for i in self._factor_order:  # a detector's score, a fit's depth agreement
+            if answers[i].confidence is not None:
+                conf *= answers[i].confidence
+        obj_c = clean.mask
+        # the object in front of the fingers is not hand
+        if "color" in raw and obj_c.any():
+            hand_mask[sl] &= ~(obj_c & raw["color"])
+        for backend, a in zip(self.object_backends, answers):
+            backend.feedback(frame, a, obj_c, conf, len(present) == 2)
+        object_mask = np.zeros((H, W), bool)
+        object_mask[sl] = obj_c
+        obs = object_observation(obj_c, self.K, None if depth_m is None else depth_m[sl], conf,
+                                 cfg.object_backend, offset=(x0, y0))
+        if not obj_c.any():
+            obs.confidence = 0.0
+        tips = None
+        if render is not None:
+            if self.markers is not None:
+                tips = self.markers.detect(rgb, render.fingertips_uv, render.fingertips_z, float(self.K[0, 0]))
+            else:
+                tips = FingertipResult(np.full((4, 2), np.nan), np.zeros(4), render.fingertips_uv.copy())
+        return SegmentationResult(hand_mask, object_mask, hand_conf if render is not None else 0.0, conf,
+                                  obs, tips, raw, T_cam_hand)

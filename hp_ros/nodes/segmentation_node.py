@@ -115,10 +115,11 @@ SEG_PARAMS = {
 
 # stages of a frame in this node (wall-clock): DDS transport (writer's send to reader's receive),
 # executor queue, waiting for the frame's depth / joint states and for the worker, segmentation,
-# publishing the outputs
+# publishing the outputs; segment_cpu: the worker thread's CPU time for the segmentation (against
+# the wall-clock segment stage: the rest is waiting for the GIL or a core)
 STAGES = (("transport", "sent", "received"), ("executor", "received", "callback"),
           ("wait_inputs", "callback", "start"), ("segment", "start", "segmented"),
-          ("publish", "segmented", "published"))
+          ("segment_cpu", "cpu_start", "cpu_end"), ("publish", "segmented", "published"))
 
 
 class SegmentationNode(Node):
@@ -472,7 +473,7 @@ class SegmentationNode(Node):
 
     def _process(self, msg, dmsg, stages=None):
         from hp_ros.core.segmentation.image import COLOR_ENCODINGS, DEPTH_ENCODINGS, depth_to_metres, overlay, to_rgb
-        stages = dict(stages or {}, start=time.time_ns())
+        stages = dict(stages or {}, start=time.time_ns(), cpu_start=time.thread_time_ns())
         if not self._image_ok(msg, COLOR_ENCODINGS, "colour"):
             return
         stamp = msgs.header_stamp_ns(msg)
@@ -483,7 +484,8 @@ class SegmentationNode(Node):
             return
         depth = None
         if dmsg is None and self.p["use_depth"]:
-            self.bad.warn("no_depth", "no depth image with this colour image's stamp: segmenting without depth")
+            self.bad.warn("no_depth", f"no depth image with the stamp of colour image {stamp} ns: segmenting "
+                                      "without depth")
         if dmsg is not None and self._image_ok(dmsg, DEPTH_ENCODINGS, "depth"):
             try:
                 depth = depth_to_metres(self._to_array(dmsg), dmsg.encoding, self.p["depth_scale"])
@@ -522,7 +524,7 @@ class SegmentationNode(Node):
         res = self.segmenter.segment(rgb, depth, q if T is not None else None, T, ext,
                                      T_cam_obj_prior=None if prior is None else prior[0],
                                      prior_pos_sigma=None if prior is None else prior[1])
-        stages["segmented"] = time.time_ns()
+        stages["segmented"], stages["cpu_end"] = time.time_ns(), time.thread_time_ns()
         h, frame = msg.header, msg.header.frame_id
         for pub, m in ((self.pub_hand, res.hand_mask), (self.pub_obj, res.object_mask)):
             out = msgs.numpy_to_image(m.astype(np.uint8) * 255, "mono8", stamp, frame, Image)

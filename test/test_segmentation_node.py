@@ -263,3 +263,64 @@ def test_a_node_behind_segments_the_newest_frame_first(ros_env, latest_only):
         if node is not None:
             node.destroy_node()
         rclpy.shutdown()
+
+
+@pytest.mark.ros
+def test_first_frames_wait_for_the_depth_stream(ros_env):
+    """At start-up colour images wait for the first depth image (a colour-only first observation
+    can pull the tracker's wide initial estimate away); once depth flows, a frame whose own depth
+    was lost goes without it when a newer depth image shows it will not come."""
+    import time
+
+    import rclpy
+    from sensor_msgs.msg import CameraInfo, Image, JointState
+
+    from hp_ros.nodes.segmentation_node import SegmentationNode
+
+    rclpy.init(args=["--ros-args", "-p", "use_depth:=true", "-p", "object_backend:=color",
+                     "-p", "camera_to_hand:=[0.0,0.0,0.5,0.0,0.0,0.0,1.0]", "-p", "latest_only:=true"])
+    node = None
+    try:
+        node = SegmentationNode()
+        node._running = False  # stop the worker: this test takes the frames itself
+        with node._cv:
+            node._cv.notify_all()
+        node._worker.join(5.0)
+        t0 = 1_700_000_000_000_000_000
+        K = np.array([[300.0, 0, 80], [0, 300.0, 60], [0, 0, 1]])
+        node.on_info(M.make_camera_info(K, 160, 120, CameraInfo, frame_id=graph.CAMERA_FRAME, stamp_ns=t0))
+        names = [f"ah_joint{f}{j}" for f in range(4) for j in range(4)]
+        for k in range(30):
+            node.on_joints(M.make_joint_state(names, np.zeros(16), t0 + k * 10_000_000, JointState))
+        stamps = [t0 + k * 33_333_333 for k in range(6)]
+        colour = {s: M.numpy_to_image(np.zeros((120, 160, 3), np.uint8), "rgb8", s, graph.CAMERA_FRAME, Image)
+                  for s in stamps}
+        depth = {s: M.numpy_to_image(np.full((120, 160), 500, np.uint16), "16UC1", s, graph.CAMERA_FRAME, Image)
+                 for s in stamps}
+        info = {"source_timestamp": 0, "received_timestamp": 0}
+        for s in stamps[:3]:
+            node.on_image(colour[s], info)
+        time.sleep(node.p["input_wait"] + 0.05)  # past input_wait: only the start-up rule holds them
+        with node._cv:
+            assert node._next_ready() is None and len(node.pending) == 3
+        node.on_depth(depth[stamps[2]])
+        with node._cv:
+            job = node._next_ready()
+            assert job is not None and M.header_stamp_ns(job[0]) == stamps[2] and job[1] is depth[stamps[2]]
+        # depth flowing: frame 3's depth is lost (frame 4's is there), frame 5's not yet arrived
+        for s in stamps[3:]:
+            node.on_image(colour[s], info)
+        node.on_depth(depth[stamps[4]])
+        with node._cv:
+            job = node._next_ready()  # newest first: 5 waits for its depth, 4 has it
+            assert M.header_stamp_ns(job[0]) == stamps[4] and job[1] is depth[stamps[4]]
+            assert [M.header_stamp_ns(m) for m, _, _ in node.pending] == [stamps[5]]
+            assert node._next_ready() is None  # 5's depth may still come
+        node.on_depth(depth[stamps[5]])
+        with node._cv:
+            job = node._next_ready()
+            assert M.header_stamp_ns(job[0]) == stamps[5] and job[1] is depth[stamps[5]]
+    finally:
+        if node is not None:
+            node.destroy_node()
+        rclpy.shutdown()

@@ -122,6 +122,10 @@ STAGES = (("transport", "sent", "received"), ("executor", "received", "callback"
           ("segment_cpu", "cpu_start", "cpu_end"), ("publish", "segmented", "published"))
 
 
+# at start-up, how long colour images wait for the first depth image before going without depth [s]
+DEPTH_STARTUP_WAIT = 2.0
+
+
 class SegmentationNode(Node):
     def __init__(self, bus=None):
         super().__init__("segmentation_node")
@@ -185,6 +189,7 @@ class SegmentationNode(Node):
         self.pending = collections.deque(maxlen=max(4, int(p["image_queue_depth"])))
         self._last_joint_wall = -1e9
         self._first_image_wall = None
+        self._depth_seen = False  # a depth image has arrived (start-up: wait for the stream, see _inputs_ready)
         self.frames = 0
         self.skipped_behind = 0  # waiting images dropped for a newer one (latest_only)
         # Callbacks only store what arrives (cheap, under self._cv) and wake the worker thread, which
@@ -245,6 +250,7 @@ class SegmentationNode(Node):
             if not self._image_ok(msg, self._depth_encodings, "depth", self.info or self.new_info):
                 return
             self.depth_queue.append(msg)
+            self._depth_seen = True
             self._cv.notify()
 
     def on_external_mask(self, msg):
@@ -460,9 +466,17 @@ class SegmentationNode(Node):
         depth_msg = None
         if self.p["use_depth"]:
             depth_msg = self._paired(self.depth_queue, stamp)
+            if depth_msg is None and not self._depth_seen and now - self._first_image_wall < DEPTH_STARTUP_WAIT:
+                # no depth stream yet (its reader can match after the colour one's): the first
+                # observations must not be colour-only - one wrong centroid while the tracker's
+                # initial covariance is wide moved it 2 cm and lost the track (1 demo run in ~35)
+                return False, None
             newer_depth = any(msgs.header_stamp_ns(d) > stamp + self.p["depth_max_dt"] * 1e9
                               for d in self.depth_queue)
-            if depth_msg is None and not (newer_depth or waited or waiting_behind > 1 or full):
+            # in order (latest_only false) a frame without depth must not hold up those behind it;
+            # newest first, an older frame is taken only when its own depth is lost or late
+            behind = not self.p["latest_only"] and (waiting_behind > 1 or full)
+            if depth_msg is None and not (newer_depth or waited or behind):
                 return False, None  # its depth may still come
         return True, depth_msg
 

@@ -151,7 +151,7 @@ def test_refine_service(ros_node, start_process, seq):
     assert res.final_loss < res.initial_loss
     assert "mask_object" in res.loss_terms and len(res.loss_terms) == len(res.loss_values)
     assert res.max_penetration_mm <= 2.0
-    assert "hand not used" not in res.message
+    assert "hand not used" not in res.message, (res.message, proc.log_text())
     assert spin_until(ros_node, lambda: len(refined) >= 1, 10)
     cov = np.array(refined[-1].pose.covariance).reshape(6, 6)
     assert np.all(np.diag(cov) > 0) and np.allclose(M.pose_to_matrix(refined[-1]), T, atol=1e-9)

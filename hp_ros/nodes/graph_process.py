@@ -19,14 +19,13 @@ exit_quietly_while_loading(__name__)  # before the imports below: they take seco
 
 def main(args=None) -> int:
     import rclpy  # noqa: F401 - loaded before the node modules (their imports expect it)
-    from rclpy.executors import MultiThreadedExecutor
 
     from hp_ros import graph
     from hp_ros.nodes.local_bus import LocalBus
     from hp_ros.nodes.refinement_node import REFINEMENT_THREADS, RefinementNode
     from hp_ros.nodes.segmentation_node import SegmentationNode
     from hp_ros.nodes.tracking_node import TrackingNode
-    from hp_ros.nodes.common import run_nodes
+    from hp_ros.nodes.common import pool_executor, run_nodes
 
     # what the graph's nodes publish, except the topics that also come from outside (/tf) or that
     # no node here subscribes to (/diagnostics)
@@ -34,7 +33,7 @@ def main(args=None) -> int:
     return run_nodes([
         (lambda: SegmentationNode(bus=bus), None),
         (lambda: TrackingNode(bus=bus), None),
-        (lambda: RefinementNode(bus=bus), lambda: MultiThreadedExecutor(num_threads=REFINEMENT_THREADS)),
+        (lambda: RefinementNode(bus=bus), lambda: pool_executor(REFINEMENT_THREADS)),
     ], "graph_process", args)
 
 

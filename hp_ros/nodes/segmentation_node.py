@@ -114,11 +114,12 @@ SEG_PARAMS = {
 
 
 # stages of a frame in this node (wall-clock): DDS transport (writer's send to reader's receive),
-# executor queue, waiting for the frame's depth / joint states and for the worker, segmentation,
-# publishing the outputs; segment_cpu: the worker thread's CPU time for the segmentation (against
+# executor queue, waiting for the worker (still segmenting an earlier frame), then for the frame's
+# own inputs (depth / joint states) once the worker is free, segmentation, publishing the outputs; segment_cpu: the worker thread's CPU time for the segmentation (against
 # the wall-clock segment stage: the rest is waiting for the GIL or a core)
 STAGES = (("transport", "sent", "received"), ("executor", "received", "callback"),
-          ("wait_inputs", "callback", "start"), ("segment", "start", "segmented"),
+          ("wait_worker", "callback", "worker_free"), ("wait_inputs", "worker_free", "start"),
+          ("segment", "start", "segmented"),
           ("segment_cpu", "cpu_start", "cpu_end"), ("publish", "segmented", "published"))
 
 
@@ -229,6 +230,7 @@ class SegmentationNode(Node):
         self.stage_times = collections.deque(maxlen=300)  # per-frame stage stamps, see on_image
         self.diag_pub = self.create_publisher(DiagnosticArray, "/diagnostics", OUTPUT_QOS)
         self.create_timer(1.0, self.publish_diagnostics)
+        self._worker_free_ns = 0  # when the worker last finished a frame (stage wait_worker)
         self._worker = threading.Thread(target=self._work, name="segmentation", daemon=True)
         self._worker.start()
         self.get_logger().info(f"segmentation: object backend {p['object_backend']!r}, "
@@ -407,6 +409,8 @@ class SegmentationNode(Node):
                 if not self._running or not rclpy.ok(context=self.context):
                     return
                 self.bad.warn("segment_error", f"image skipped: {type(e).__name__}: {e}")
+            finally:
+                self._worker_free_ns = time.time_ns()
 
     def destroy_node(self):
         self._running = False
@@ -441,6 +445,8 @@ class SegmentationNode(Node):
                     self.pending.popleft()
                     self.skipped_behind += 1
                 self.pending.popleft()
+                if "callback" in stages:
+                    stages["worker_free"] = max(stages["callback"], self._worker_free_ns)
                 return msg, depth_msg, stages
             if not self.p["latest_only"]:
                 return None  # keep the order: wait for the oldest

@@ -1,9 +1,9 @@
 """Live-graph benchmark: the real node graph (separate processes over loopback DDS, started from
 ``hp_ros.graph`` as the launch file does) tracking replayed synthetic sequences at 1.0x rate.
 
-For each variant (``single``: the three nodes in one process, ``hp_ros.nodes.graph_process``, the
-default; ``shm``: one process per node, the package's Fast DDS profile, shared memory + UDP on
-127.0.0.1; ``udp``: one process per node, the rmw default transport) and each object x seed, :func:`hp_ros.tools.demo.run_pipeline`
+For each variant (``processes``: one process per node, the package's Fast DDS profile, shared
+memory + UDP on 127.0.0.1, the default; ``single``: the three nodes in one process,
+``hp_ros.nodes.graph_process``, same profile; ``udp``: one process per node, the rmw default transport) and each object x seed, :func:`hp_ros.tools.demo.run_pipeline`
 generates the sequence, starts the three nodes, replays the bag and scores the published poses.
 Printed per run and per variant: frames posed / frames, output rate, latency p50/p95 (tracker
 publish time minus the replay's publish time of the frame, both writers' source timestamps), CPU
@@ -16,7 +16,7 @@ frames), ``final_tracking_fraction``, ``adds_mean_cm`` (mean over matched frames
 plus ``load_avg_1min`` and per-variant figures under ``variants``.
 
 Usage: ``scripts/run_isolated.sh .venv/bin/python benchmarks/bench_graph.py [--seeds 0 1 2]
-[--objects builtin:cracker_box builtin:soup_can] [--variants single shm udp] [--duration 8]``
+[--objects builtin:cracker_box builtin:soup_can] [--variants processes single udp] [--duration 8]``
 (about 45 s per run on 2 cores).
 """
 from __future__ import annotations
@@ -31,8 +31,9 @@ import numpy as np
 
 
 # variant -> run_pipeline arguments
-VARIANTS = {"single": {"transport": "shm", "single_process": True},
-            "shm": {"transport": "shm", "single_process": False}, "udp": {"transport": "udp", "single_process": False}}
+VARIANTS = {"processes": {"transport": "shm", "single_process": False},
+            "single": {"transport": "shm", "single_process": True},
+            "udp": {"transport": "udp", "single_process": False}}
 
 
 def run_variant(variant: str, objects, seeds, duration: float, work: Path) -> dict:
@@ -76,7 +77,7 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--objects", nargs="+", default=["builtin:cracker_box", "builtin:soup_can"])
     ap.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
-    ap.add_argument("--variants", nargs="+", default=["single", "shm", "udp"], choices=list(VARIANTS),
+    ap.add_argument("--variants", nargs="+", default=["processes", "single", "udp"], choices=list(VARIANTS),
                     help="graph variants (see the module docstring); the first is the default reported in the "
                          "JSON line")
     ap.add_argument("--duration", type=float, default=8.0)

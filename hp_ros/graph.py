@@ -98,9 +98,9 @@ LAUNCH_ARGUMENTS = {
     "params_file": ("", "parameter YAML; empty = share/hp_ros/config/allegro_tracking.yaml"),
     "log_level": ("info", "log level of the hp_ros nodes"),
     "use_sim_time": ("false", "use /clock (bag replay with --clock)"),
-    "single_process": ("true", "true: the three nodes in one process (hp_ros_graph: no serialisation between "
-                               "them, camera images received once; measured faster, see README); false: one "
-                               "process per node"),
+    "single_process": ("false", "false: one process per node (measured faster on 2 cores, see README); true: "
+                                "the three nodes in one process (hp_ros_graph: no serialisation between them, "
+                                "camera images received once, one GIL)"),
     "dds_transport": ("shm", "Fast DDS transports of the nodes: shm (config/fastdds_loopback_shm.xml: shared memory "
                              "+ UDP on 127.0.0.1) or udp (the rmw default); a FASTDDS_DEFAULT_PROFILES_FILE already "
                              "set wins"),

@@ -19,8 +19,8 @@ def test_full_graph_tracks_synthetic_sequence(tmp_path, ros_env):
     assert r["n_matched"] >= 0.3 * r["n_frames"], "too few frames produced a pose"
     assert r["adds_mean_cm"] <= 1.5
     assert r["adds_max_cm"] <= 3.0
-    # output rate and latency of the whole graph on a 2-core machine (7-17 Hz out of the 30 Hz
-    # input measured; the segmentation node is the bottleneck, see README)
+    # output rate and latency of the whole graph (loose bounds: tests do not time anything; the
+    # measured figures are bench_graph.py's, see README)
     assert r["output_rate_hz"] >= 4.0
     assert r["latency_ms_p95"] < 1500.0
     assert r["tf_messages"] >= 0.3 * r["n_frames"]

@@ -76,9 +76,14 @@ def test_launch_file_builds_nodes_from_the_graph_module():
         assert spec.name not in src  # node names come from the graph, not from the launch file
 
 
+def test_default_is_one_process_per_node():
+    """The measured faster variant on 2 cores (README, bench_graph.py) is what a plain launch gets."""
+    assert [name for name, _ in graph.process_commands()] == [n.name for n in graph.NODES]
+
+
 def test_single_process_command_is_one_process_without_a_node_name_remap():
-    """The default: one graph process; a __node remap would rename all three nodes in it."""
-    args = {"camera_namespace": "/cam", "object_mesh": "builtin:soup_can"}
+    """single_process:=true: one graph process; a __node remap would rename all three nodes in it."""
+    args = {"camera_namespace": "/cam", "object_mesh": "builtin:soup_can", "single_process": "true"}
     cmds = graph.process_commands(args)
     assert [name for name, _ in cmds] == ["graph_process"]
     cmd = cmds[0][1]

@@ -33,9 +33,9 @@ EXIT_TIMEOUT = 10.0  # s from the first signal to the exit (launch escalates to 
 
 def _command(name: str, *params: str) -> list:
     if name == "graph_process":
-        cmd = dict(graph.process_commands(python=sys.executable))[name]
+        cmd = dict(graph.process_commands({"single_process": "true"}, python=sys.executable))[name]
     else:
-        cmd = dict(graph.process_commands({"single_process": "false"}, python=sys.executable))[name]
+        cmd = dict(graph.process_commands(python=sys.executable))[name]  # the default: one per node
     for p in params:
         cmd += ["-p", p]
     return cmd

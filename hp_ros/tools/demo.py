@@ -14,6 +14,7 @@ The last line printed is the report folder's path. DDS stays on loopback (see RE
 """
 from __future__ import annotations
 
+import argparse
 import json
 import math
 import threading
@@ -33,9 +34,11 @@ def add_arguments(parser):
     parser.add_argument("--object-backend", default=None,
                         help="segmentation object backend (default: the params file's, color|depth); e.g. model "
                              "(the tracker's pose refined against depth) or model|depth")
-    parser.add_argument("--separate-processes", action="store_true",
-                        help="run the three nodes as one process each (the launch file's single_process:=false; "
-                             "default: all in one process)")
+    parser.add_argument("--single-process", action="store_true",
+                        help="run the three nodes in one process (the launch file's single_process:=true; "
+                             "default: one process per node)")
+    # the default since the thread-pool executor fix; still accepted for commands written before
+    parser.add_argument("--separate-processes", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--keep-bag", action="store_true",
                         help="keep the synthetic bag in the report folder (about 65 MB per second)")
 
@@ -153,7 +156,7 @@ def _wait(predicate, timeout: float, what: str, procs=()):
 def run_pipeline(out_dir: Path, object_spec: str = "builtin:cracker_box", duration: float = 8.0, seed: int = 0,
                  rate: float = 1.0, startup_timeout: float = 90.0, log=print,
                  initial_offset: tuple = (0.01, 5.0), object_backend: str | None = None,
-                 transport: str = "shm", single_process: bool = True, during_replay=None,
+                 transport: str = "shm", single_process: bool = False, during_replay=None,
                  node_params: dict | None = None) -> dict:
     """Synthetic bag -> node graph -> replay -> collected estimates -> metrics dict.
 
@@ -161,7 +164,7 @@ def run_pipeline(out_dir: Path, object_spec: str = "builtin:cracker_box", durati
     frame's ground truth; ``object_backend``: the segmentation node's object backend (None =
     the params file's); ``transport``: ``shm`` (the package's Fast DDS profile: shared memory +
     UDP on 127.0.0.1) or ``udp`` (rmw default); ``single_process``: the three nodes in one
-    process (``hp_ros.nodes.graph_process``, the default) or one each; ``during_replay(seconds, collector)``:
+    process (``hp_ros.nodes.graph_process``) or one each (the default); ``during_replay(seconds, collector)``:
     called every 0.2 s of the replay (tests inject bad input through ``collector.node``);
     ``node_params``: extra parameters for every node (``{"pairing_timeout": 0.0}``). Every process gets loopback-only DDS and one domain id for the run;
     the node logs stay in ``out_dir/logs`` (the result's ``logs`` entry).
@@ -353,7 +356,7 @@ def run(args) -> int:
     out = Path(args.out) if args.out else Path("reports") / time.strftime("demo-%Y%m%d-%H%M%S")
     t0 = time.monotonic()
     result = run_pipeline(out, args.object, args.duration, args.seed, args.rate, args.startup_timeout,
-                          object_backend=args.object_backend, single_process=not args.separate_processes)
+                          object_backend=args.object_backend, single_process=args.single_process)
     write_report(result, out)
     with open(out / "metrics.json") as f:
         merged = json.load(f)

@@ -307,13 +307,17 @@ def test_first_frames_wait_for_the_depth_stream(ros_env):
         with node._cv:
             job = node._next_ready()
             assert job is not None and M.header_stamp_ns(job[0]) == stamps[2] and job[1] is depth[stamps[2]]
+            # the worker was idle: no wait for it (stage wait_worker = 0)
+            assert job[2]["worker_free"] == job[2]["callback"]
         # depth flowing: frame 3's depth is lost (frame 4's is there), frame 5's not yet arrived
         for s in stamps[3:]:
             node.on_image(colour[s], info)
         node.on_depth(depth[stamps[4]])
+        node._worker_free_ns = time.time_ns()  # the worker finished an earlier frame after these arrived
         with node._cv:
             job = node._next_ready()  # newest first: 5 waits for its depth, 4 has it
             assert M.header_stamp_ns(job[0]) == stamps[4] and job[1] is depth[stamps[4]]
+            assert job[2]["worker_free"] == node._worker_free_ns > job[2]["callback"]
             assert [M.header_stamp_ns(m) for m, _, _ in node.pending] == [stamps[5]]
             assert node._next_ready() is None  # 5's depth may still come
         node.on_depth(depth[stamps[5]])

@@ -18,6 +18,8 @@ from typing import Any, Callable, Optional
 
 import numpy as np
 from rcl_interfaces.msg import ParameterDescriptor, SetParametersResult
+from rclpy.executors import (ConditionReachedException, ExternalShutdownException, MultiThreadedExecutor,
+                             ShutdownException, TimeoutException)
 from rclpy.node import Node
 from rclpy.qos import DurabilityPolicy, HistoryPolicy, QoSProfile, ReliabilityPolicy
 
@@ -333,7 +335,7 @@ def _join_callback_threads(executor, deadline: float) -> list:
     return [t for t in busy if t.is_alive()]
 
 
-def pool_executor(num_threads: int, context=None):
+class PoolExecutor(MultiThreadedExecutor):
     """A ``MultiThreadedExecutor`` that waits, after handing a callback to its thread pool, until a
     pool thread has started it (at most ``START_WAIT`` s) before looking for the next one.
 
@@ -343,31 +345,27 @@ def pool_executor(num_threads: int, context=None):
     of a core this way (py-spy: ``Future.done`` and the wait-set set-up), and in the single
     process it took the GIL from the segmentation. Semantics are unchanged: callbacks still run on
     the pool, concurrently where their callback groups allow."""
-    from rclpy.executors import (ConditionReachedException, ExternalShutdownException, MultiThreadedExecutor,
-                                 ShutdownException, TimeoutException)
 
-    class PoolExecutor(MultiThreadedExecutor):
-        START_WAIT = 0.05  # [s] a full pool (a long refinement on every thread) cannot hold dispatch for longer
+    START_WAIT = 0.05  # [s] a full pool (a long refinement on every thread) cannot hold dispatch for longer
 
-        def _spin_once_impl(self, timeout_sec=None, wait_condition=lambda: False) -> None:
-            try:
-                handler, _, _ = self.wait_for_ready_callbacks(timeout_sec, None, wait_condition)
-            except (ExternalShutdownException, ShutdownException, TimeoutException, ConditionReachedException):
-                return
-            started = threading.Event()
+    def _spin_once_impl(self, timeout_sec=None, wait_condition=lambda: False) -> None:
+        try:
+            handler, _, _ = self.wait_for_ready_callbacks(timeout_sec, None, wait_condition)
+        except (ExternalShutdownException, ShutdownException, TimeoutException, ConditionReachedException):
+            return
+        started = threading.Event()
 
-            def run():
-                started.set()
-                handler()
+        def run():
+            started.set()
+            handler()
 
-            self._futures.append((self._executor.submit(run), handler))
-            started.wait(self.START_WAIT)
-            for item in self._futures[:]:
-                if item[1].done():
-                    self._futures.remove(item)
-                    item[1].result()  # raise any exception of the callback, as rclpy does
-
-    return PoolExecutor(num_threads=num_threads, context=context)
+        self._executor.submit(run)
+        self._futures.append(handler)
+        started.wait(self.START_WAIT)
+        for task in self._futures[:]:
+            if task.done():
+                self._futures.remove(task)
+                task.result()  # raise any exception of the callback, as rclpy does
 
 
 def run_node(make_node: Callable[[], Node], name: str, args=None, make_executor=None,

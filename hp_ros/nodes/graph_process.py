@@ -25,7 +25,7 @@ def main(args=None) -> int:
     from hp_ros.nodes.refinement_node import REFINEMENT_THREADS, RefinementNode
     from hp_ros.nodes.segmentation_node import SegmentationNode
     from hp_ros.nodes.tracking_node import TrackingNode
-    from hp_ros.nodes.common import pool_executor, run_nodes
+    from hp_ros.nodes.common import PoolExecutor, run_nodes
 
     # what the graph's nodes publish, except the topics that also come from outside (/tf) or that
     # no node here subscribes to (/diagnostics)
@@ -33,7 +33,7 @@ def main(args=None) -> int:
     return run_nodes([
         (lambda: SegmentationNode(bus=bus), None),
         (lambda: TrackingNode(bus=bus), None),
-        (lambda: RefinementNode(bus=bus), lambda: pool_executor(REFINEMENT_THREADS)),
+        (lambda: RefinementNode(bus=bus), lambda: PoolExecutor(num_threads=REFINEMENT_THREADS)),
     ], "graph_process", args)
 
 

@@ -17,7 +17,7 @@ a refinement that explains the observed mask well gets the nominal uncertainty, 
 larger one. Never zeros.
 
 Threading: subscriptions and the diagnostics timer run in one mutually exclusive callback group
-(in order), the service in another, on a thread pool (``common.pool_executor``), so a long refinement does not
+(in order), the service in another, on a thread pool (``common.PoolExecutor``), so a long refinement does not
 stall buffering (torch releases the GIL in its kernels); requests are served one at a time.
 """
 from __future__ import annotations
@@ -43,7 +43,7 @@ from sensor_msgs.msg import CameraInfo, Image, JointState
 from hp_ros import graph
 from hp_ros.io import msgs
 from hp_ros.nodes.local_bus import publisher, subscribe
-from hp_ros.nodes.common import (diagnostics_message, COMMON_PARAMS, run_node, pool_executor, IMAGE_QOS, OUTPUT_QOS, STATE_QOS, CameraToHand, JointStateBuffer,
+from hp_ros.nodes.common import (diagnostics_message, COMMON_PARAMS, run_node, PoolExecutor, IMAGE_QOS, OUTPUT_QOS, STATE_QOS, CameraToHand, JointStateBuffer,
                                  OnceLogger, Param, camera_to_hand_from_param, declare_parameters,
                                  length_in, load_hand, load_object, non_negative, positive)
 
@@ -398,7 +398,7 @@ class RefinementNode(Node):
 
 
 def main(args=None):
-    return run_node(RefinementNode, "refinement_node", args, lambda: pool_executor(REFINEMENT_THREADS))
+    return run_node(RefinementNode, "refinement_node", args, lambda: PoolExecutor(num_threads=REFINEMENT_THREADS))
 
 
 if __name__ == "__main__":

@@ -115,8 +115,9 @@ SEG_PARAMS = {
 
 # stages of a frame in this node (wall-clock): DDS transport (writer's send to reader's receive),
 # executor queue, waiting for the worker (still segmenting an earlier frame), then for the frame's
-# own inputs (depth / joint states) once the worker is free, segmentation, publishing the outputs; segment_cpu: the worker thread's CPU time for the segmentation (against
-# the wall-clock segment stage: the rest is waiting for the GIL or a core)
+# own inputs (depth / joint states) once the worker is free, segmentation, publishing the outputs;
+# segment_cpu: the worker thread's CPU time for the segmentation (against the wall-clock segment
+# stage: the rest is waiting for the GIL or a core)
 STAGES = (("transport", "sent", "received"), ("executor", "received", "callback"),
           ("wait_worker", "callback", "worker_free"), ("wait_inputs", "worker_free", "start"),
           ("segment", "start", "segmented"),
@@ -445,8 +446,7 @@ class SegmentationNode(Node):
                     self.pending.popleft()
                     self.skipped_behind += 1
                 self.pending.popleft()
-                if "callback" in stages:
-                    stages["worker_free"] = max(stages["callback"], self._worker_free_ns)
+                stages["worker_free"] = max(stages["callback"], self._worker_free_ns)
                 return msg, depth_msg, stages
             if not self.p["latest_only"]:
                 return None  # keep the order: wait for the oldest

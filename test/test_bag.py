@@ -47,7 +47,7 @@ def _write_sequence(path, storage, n=3):
             put(B.TOPIC_COLOR_IMAGE, "sensor_msgs/msg/Image",
                 M.numpy_to_image(rgb, "rgb8", t, "camera_color_optical_frame", Image), t)
             put(B.TOPIC_COLOR_INFO, "sensor_msgs/msg/CameraInfo",
-                M.make_camera_info(K, 64, 48, Info, stamp_ns=t), t)
+                M.make_camera_info(K, 640, 480, Info, stamp_ns=t), t)  # the intrinsics' own image size
             put(B.TOPIC_DEPTH_IMAGE, "sensor_msgs/msg/Image",
                 M.numpy_to_image(depth, "16UC1", t, "camera_color_optical_frame", Image), t + 1)
             put(B.TOPIC_GT_OBJECT_MASK, "sensor_msgs/msg/Image",

@@ -35,8 +35,10 @@ def test_interpolation_and_reordering(hand):
     np.testing.assert_allclose(buf.at(1_005_000_000), np.full(16, 0.25))
     np.testing.assert_allclose(buf.at(1_015_000_000), np.full(16, 0.75))
     assert buf.at(2_000_000_000) is None  # beyond the buffer by more than max_gap
-    # late beyond the reorder window: dropped, nothing changes
-    assert not buf.add(js(names, np.full(16, 9.0), 900_000_000))
+    # late beyond the reorder window: refused (counted by the node under its kind), nothing changes
+    with pytest.raises(ValueError, match="late") as e:
+        buf.add(js(names, np.full(16, 9.0), 900_000_000))
+    assert e.value.kind == "joint_states_late"
     assert len(buf.stamps) == 3 and not buf.reset_pending
 
 

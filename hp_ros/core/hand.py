@@ -206,8 +206,10 @@ class JointStateMapper:
         self._cache[name] = idx
         return idx
 
-    def update(self, names: Sequence[str], positions: Sequence[float], require_complete: bool = True) -> np.ndarray:
-        """Store ``positions`` for ``names`` (any order, any subset); return the full ``(J,)`` vector."""
+    def update(self, names: Sequence[str], positions: Sequence[float], require_complete: bool = True,
+               dry_run: bool = False) -> Optional[np.ndarray]:
+        """Store ``positions`` for ``names`` (any order, any subset); return the full ``(J,)`` vector.
+        ``dry_run``: only validate (ValueError as a real update would raise), store nothing, None."""
         names = list(names)
         positions = np.asarray(positions, dtype=float).reshape(-1)
         if len(names) != len(positions):
@@ -215,13 +217,17 @@ class JointStateMapper:
         idx = [self.index_of(n) for n in names]
         unknown = [n for n, i in zip(names, idx) if i is None]
         if unknown:
-            raise ValueError(f"unknown joint names {unknown}; the hand model has {self.joint_names}"
+            for n in unknown:  # unknown names are not cached: endless bad names must not grow memory
+                self._cache.pop(n, None)
+            raise ValueError(f"unknown joint names {unknown[:8]}; the hand model has {self.joint_names}"
                              f" (also accepted: {self.accept} names of the same joints)")
         dup = {n for n in names if names.count(n) > 1}
         if dup:
             raise ValueError(f"duplicate joint names in JointState: {sorted(dup)}")
         if not np.all(np.isfinite(positions)):
             raise ValueError(f"non-finite joint positions for {[n for n, p in zip(names, positions) if not np.isfinite(p)]}")
+        if dry_run:
+            return None
         self._q[idx] = positions
         self._seen[idx] = True
         return self.positions() if require_complete else self._q.copy()

@@ -21,6 +21,8 @@ from typing import Any, Sequence
 import numpy as np
 from scipy.spatial.transform import Rotation
 
+from hp_ros.io import validate
+
 __all__ = [
     "msg_type_name", "is_rosbags_msg", "field_class",
     "stamp_to_ns", "stamp_to_sec", "ns_to_stamp", "sec_to_ns", "make_header", "header_stamp_ns",
@@ -156,9 +158,10 @@ def image_to_numpy(msg: Any) -> np.ndarray:
     a fresh array (no aliasing of message memory).
     """
     dtype, channels = _encoding_info(msg.encoding)
-    h, w, step = int(msg.height), int(msg.width), int(msg.step)
+    w, h = validate.check_image_size(msg.width, msg.height)  # before anything is allocated
+    step = int(msg.step)
     row = w * channels * dtype.itemsize
-    if step < row:
+    if step < row or step > 4 * row + 4096:
         raise ValueError(f"image step {step} is smaller than width*channels*itemsize = {row}")
     buf = np.frombuffer(memoryview(msg.data).cast("B"), dtype=np.uint8)
     if buf.size != step * h:
@@ -228,11 +231,11 @@ class CameraIntrinsics:
     stamp_ns: int = 0
 
 
-def camera_info_to_intrinsics(msg: Any) -> CameraIntrinsics:
-    """sensor_msgs/CameraInfo -> :class:`CameraIntrinsics`."""
-    K = np.asarray(msg.k, dtype=np.float64).reshape(3, 3)
-    if K[2, 2] == 0 or K[0, 0] <= 0 or K[1, 1] <= 0:
-        raise ValueError(f"CameraInfo has an invalid K matrix (uncalibrated camera?): {K.ravel()}")
+def camera_info_to_intrinsics(msg: Any, frame_id: str | None = None) -> CameraIntrinsics:
+    """sensor_msgs/CameraInfo -> :class:`CameraIntrinsics`, validated first
+    (:func:`hp_ros.io.validate.check_camera_info`; ``frame_id``: the frame it must be in, None = any):
+    :class:`~hp_ros.io.validate.InvalidMessage` for a message that must not be used."""
+    K = validate.check_camera_info(msg, frame_id)
     return CameraIntrinsics(
         K=K, width=int(msg.width), height=int(msg.height),
         D=np.asarray(msg.d, dtype=np.float64).copy(),
@@ -276,10 +279,9 @@ def make_camera_info(
 
 def joint_state_to_numpy(msg: Any) -> tuple[list[str], np.ndarray, int]:
     """sensor_msgs/JointState -> (names, positions ``(J,)`` float64, stamp ns)."""
-    names = list(msg.name)
-    pos = np.asarray(msg.position, dtype=np.float64).copy()
-    if len(names) != pos.shape[0]:
-        raise ValueError(f"JointState has {len(names)} names but {pos.shape[0]} positions")
+    names = [str(n) for n in msg.name]
+    pos = np.asarray(msg.position, dtype=np.float64).copy().reshape(-1)
+    validate.check_joint_state(names, pos)
     return names, pos, header_stamp_ns(msg)
 
 
@@ -331,13 +333,10 @@ def pose_to_matrix(msg: Any) -> np.ndarray:
         p, q = msg.translation, msg.rotation
     else:
         raise TypeError(f"{type(msg).__name__} is not a pose or transform message")
-    quat = np.array([q.x, q.y, q.z, q.w], dtype=np.float64)
-    n = np.linalg.norm(quat)
-    if not n > 1e-9:
-        raise ValueError("pose message has a zero quaternion")
+    quat = validate.unit_quaternion(q.x, q.y, q.z, q.w)  # finite, normalisable
     T = np.eye(4)
-    T[:3, :3] = Rotation.from_quat(quat / n).as_matrix()
-    T[:3, 3] = [p.x, p.y, p.z]
+    T[:3, :3] = Rotation.from_quat(quat).as_matrix()
+    T[:3, 3] = validate.check_translation(p.x, p.y, p.z)
     return T
 
 

@@ -76,7 +76,19 @@ COMMON_PARAMS = {
     "object_frame": Param("object", "TF child frame of the object pose"),
     "camera_to_hand": Param([0.0], "camera->hand-base transform [x y z qx qy qz qw]; [0.0] = take it from /tf_static",
                             length_in(1, 7)),
+    "max_stamp_jump": Param(0.5, "a message stamped this far [s] from its own stream's newest accepted stamp is "
+                            "refused, unless stamp_jump_confirm messages in a row on two streams confirm a jump of "
+                            "the timeline (a looping bag, a restarted driver): then the node resets", positive),
+    "stamp_jump_confirm": Param(5, "consecutive advancing messages per stream that confirm a jump of the timeline",
+                                positive),
 }
+
+
+def stamp_detector(params: dict):
+    """The node's :class:`hp_ros.io.stamps.StampJumpDetector` from ``max_stamp_jump`` / ``stamp_jump_confirm``."""
+    from hp_ros.io.stamps import StampJumpDetector
+
+    return StampJumpDetector(int(params["max_stamp_jump"] * 1e9), int(params["stamp_jump_confirm"]))
 
 
 class ParameterError(ValueError):
@@ -192,18 +204,24 @@ def stage_medians_ms(frames: list, stages) -> dict:
 class JointStateBuffer:
     """Time-ordered joint vectors from JointState messages, interpolated to any stamp.
 
-    ``add`` returns False (and stores nothing) for a message older than the newest one by
-    more than ``reorder_ns`` (late) — it is dropped; messages slightly out of order are
-    inserted in place. A jump back in time by more than ``reset_ns`` (a looping bag, a
-    restarted driver) clears the buffer and sets :attr:`reset_pending`, so the owner can
-    reset its estimate.
+    ``add`` validates a message completely before it changes anything: names, finite positions
+    (:mod:`hp_ros.io.validate`) and, with a ``stamps`` detector (:class:`hp_ros.io.stamps.
+    StampJumpDetector`, shared with the node's other streams), its stamp against the stream's own
+    recent stamps. Refused messages raise :class:`~hp_ros.io.validate.InvalidMessage` (a
+    ValueError with a ``kind``): a stray stamp, a message older than the newest by more than
+    ``reorder_ns`` (late); messages slightly out of order are inserted in place. A sustained jump
+    of the timeline (the detector's RESET: a looping bag, a restarted driver) clears the buffer and
+    sets :attr:`reset_pending`, so the owner can reset its estimate. Without a detector a jump back
+    by more than ``reset_ns`` does that (one message suffices then).
     """
 
-    def __init__(self, mapper, capacity: int = 400, reorder_ns: int = 50_000_000, reset_ns: int = 1_000_000_000):
+    def __init__(self, mapper, capacity: int = 400, reorder_ns: int = 50_000_000, reset_ns: int = 1_000_000_000,
+                 stamps=None, stream: str = "joint_states"):
         self.mapper = mapper
         self.capacity = capacity
         self.reorder_ns = reorder_ns
         self.reset_ns = reset_ns
+        self.stamps_check, self.stream = stamps, stream
         self.stamps: list = []
         self.values: list = []
         self.reset_pending = False
@@ -213,16 +231,28 @@ class JointStateBuffer:
         self.values.clear()
 
     def add(self, msg) -> bool:
-        """Store one sensor_msgs/JointState; ValueError for unknown names / NaNs (nothing stored)."""
+        """Store one sensor_msgs/JointState; ValueError (nothing changed) for a refused message.
+        False when it is stored but the joint vector is not complete yet."""
+        from hp_ros.io.validate import InvalidMessage
+
         names, positions, stamp_ns = msgs.joint_state_to_numpy(msg)
-        jumped_back = bool(self.stamps) and stamp_ns < self.stamps[-1] - self.reset_ns
-        if not jumped_back and self.stamps and stamp_ns < self.stamps[-1] - self.reorder_ns:
-            return False
-        # validated before anything is cleared: a malformed message must not cost the buffer
-        q = self.mapper.update(names, positions, require_complete=False)
-        if jumped_back:
+        self.mapper.update(names, positions, require_complete=False, dry_run=True)  # names known
+        if self.stamps_check is not None:
+            v = self.stamps_check.check(self.stream, stamp_ns)
+            if not v.accepted:
+                raise InvalidMessage(f"joint_states_{v.kind}", f"joint state refused: {v.text}")
+            jumped = v.verdict == "reset"
+        else:
+            if stamp_ns <= 0:
+                raise InvalidMessage("joint_states_stamp_zero", "joint state with a zero stamp refused")
+            jumped = bool(self.stamps) and stamp_ns < self.stamps[-1] - self.reset_ns
+        if not jumped and self.stamps and stamp_ns < self.stamps[-1] - self.reorder_ns:
+            raise InvalidMessage("joint_states_late", f"joint state {(self.stamps[-1] - stamp_ns) * 1e-9:.3f} s "
+                                 f"older than the newest (more than {self.reorder_ns * 1e-9:.3f} s late): dropped")
+        if jumped:
             self.clear()
             self.reset_pending = True
+        q = self.mapper.update(names, positions, require_complete=False)
         if not self.mapper.is_complete:
             return False
         i = bisect.bisect_right(self.stamps, stamp_ns)
@@ -263,10 +293,13 @@ class CameraToHand:
     else from ``/tf_static`` (chaining static transforms from ``camera_frame`` to
     ``hand_base_frame`` in either direction)."""
 
+    MAX_FRAMES = 256  # static frames kept (a robot has tens)
+
     def __init__(self, node: Node, camera_frame: str, hand_frame: str, fixed: Optional[np.ndarray] = None):
         self.camera_frame, self.hand_frame = camera_frame, hand_frame
         self.fixed = fixed
         self._logger = node.get_logger()
+        self._problems = getattr(node, "problems", None)  # guard.ProblemLog of a GuardedNode
         self._edges: dict = {}  # child -> (parent, T_parent_child)
         self._value = fixed
         if fixed is None:
@@ -281,7 +314,19 @@ class CameraToHand:
         return self._value
 
     def _on_tf_static(self, msg) -> None:
-        for T, parent, child, _ in msgs.tf_message_to_list(msg):
+        # each transform validated on its own (finite translation, normalisable quaternion): a bad
+        # one is refused and changes nothing, the good ones of the same message are kept
+        for t in msg.transforms:
+            try:
+                T, parent, child, _ = msgs.transform_stamped_to_matrix(t)
+            except ValueError as e:
+                self._refuse(e, f"/tf_static {str(t.header.frame_id)[:40]!r} -> {str(t.child_frame_id)[:40]!r}")
+                continue
+            if parent == child or not child:
+                continue
+            if child not in self._edges and len(self._edges) >= self.MAX_FRAMES:
+                self._refuse(ValueError(f"more than {self.MAX_FRAMES} frames"), f"/tf_static frame {child[:40]!r}")
+                continue
             self._edges[child] = (parent, T)
         value = self._resolve()
         if value is not None and (self._value is None or not np.allclose(value, self._value)):
@@ -289,6 +334,12 @@ class CameraToHand:
             self._logger.info(f"camera->hand from /tf_static: {self.camera_frame} -> {self.hand_frame} "
                               f"t = [{t[0]:.4f}, {t[1]:.4f}, {t[2]:.4f}] m")
         self._value = value if value is not None else self._value
+
+    def _refuse(self, error: Exception, what: str) -> None:
+        if self._problems is not None:
+            self._problems.reject(error, "tf_static", f"{what} refused: ")
+        else:
+            self._logger.warning(f"{what} refused: {error}", throttle_duration_sec=60.0)
 
     def _chain_to_root(self, frame):
         T, chain = np.eye(4), [frame]

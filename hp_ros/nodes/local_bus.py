@@ -152,7 +152,10 @@ class LocalBus:
 def subscribe(node, bus, msg_type, topic, callback, qos, **kwargs):
     """``node.create_subscription`` or, with a bus, the bus's (see :meth:`LocalBus.create_subscription`)."""
     if bus is None:
-        return node.create_subscription(msg_type, topic, callback, qos, **kwargs)
+        return node.create_subscription(msg_type, topic, callback, qos, **kwargs)  # a GuardedNode guards it
+    guard = getattr(node, "guard", None)  # guard.CallbackGuard: each local delivery guarded on its own
+    if guard is not None:
+        callback = guard.wrap(callback, "sub." + topic.strip("/").replace("/", "."), message_callback=True)
     return bus.create_subscription(node, msg_type, topic, callback, qos, **kwargs)
 
 

@@ -17,8 +17,13 @@ a refinement that explains the observed mask well gets the nominal uncertainty, 
 larger one. Never zeros.
 
 Threading: subscriptions and the diagnostics timer run in one mutually exclusive callback group
-(in order), the service in another, on a thread pool (``common.PoolExecutor``), so a long refinement does not
-stall buffering (torch releases the GIL in its kernels); requests are served one at a time.
+(in order), the service in a reentrant one, on a thread pool (``common.PoolExecutor``), so a long
+refinement does not stall buffering (torch releases the GIL in its kernels). Requests are served
+one at a time: one that arrives while another is being refined is answered at once with
+``success = False`` and a message starting ``busy:`` with a retry hint, so every request gets an
+answer. The service's request queue (QoS depth ``SERVICE_QUEUE_DEPTH``, keep-last, reliable) holds
+requests that arrive in one burst before the executor takes them; busy answers take microseconds,
+so it only has to absorb a burst.
 """
 from __future__ import annotations
 
@@ -36,16 +41,18 @@ import rclpy
 from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus
 from geometry_msgs.msg import PoseStamped, PoseWithCovarianceStamped
 from hp_ros_msgs.srv import RefinePose
-from rclpy.callback_groups import MutuallyExclusiveCallbackGroup
+from rclpy.callback_groups import MutuallyExclusiveCallbackGroup, ReentrantCallbackGroup
+from rclpy.qos import HistoryPolicy, QoSProfile, ReliabilityPolicy
 from rclpy.node import Node
 from sensor_msgs.msg import CameraInfo, Image, JointState
 
 from hp_ros import graph
 from hp_ros.io import msgs
+from hp_ros.nodes.guard import GuardedNode
 from hp_ros.nodes.local_bus import publisher, subscribe
 from hp_ros.nodes.common import (diagnostics_message, COMMON_PARAMS, run_node, PoolExecutor, IMAGE_QOS, OUTPUT_QOS, STATE_QOS, CameraToHand, JointStateBuffer,
-                                 OnceLogger, Param, camera_to_hand_from_param, declare_parameters,
-                                 length_in, load_hand, load_object, non_negative, positive)
+                                 Param, camera_to_hand_from_param, declare_parameters,
+                                 length_in, load_hand, load_object, non_negative, positive, stamp_detector)
 
 _TERMS = ("mask", "rgb", "penetration", "sliding", "smoothness", "oscillation")
 MAX_ITERATIONS_LIMIT = 2000
@@ -58,6 +65,8 @@ def _terms_check(v):
 
 OWN_PARAMS = {
     "buffer_size": Param(30, "number of synchronised frames kept (ring buffer)", positive),
+    "max_frame_age": Param(2.0, "buffered frames older than this [s] behind the newest buffered frame are dropped",
+                           positive),
     "request_wait": Param(0.5, "longest wait [s] for a requested frame newer than the buffer (its image and "
                                "masks still on the way) and for the joint states to reach it", non_negative),
     "sync_tolerance": Param(0.005, "max stamp difference [s] to pair an image with its masks / a request stamp",
@@ -105,9 +114,15 @@ def frame_for_stamp(stamps: list, want_ns: int, tol_ns: int):
 
 # executor threads: buffering, the service, diagnostics
 REFINEMENT_THREADS = 3
+# requests of one burst the service's reader keeps until the executor takes them (the rmw default is
+# 10: of 20 concurrent requests 9 were lost and never answered); each is answered, "busy" at once
+# while another is refined
+SERVICE_QUEUE_DEPTH = 64
+SERVICE_QOS = QoSProfile(depth=SERVICE_QUEUE_DEPTH, reliability=ReliabilityPolicy.RELIABLE,
+                         history=HistoryPolicy.KEEP_LAST)
 
 
-class RefinementNode(Node):
+class RefinementNode(GuardedNode):
     def __init__(self, bus=None):
         super().__init__("refinement_node")
         self.bus = bus  # LocalBus when the graph runs in one process (hp_ros.nodes.graph_process)
@@ -123,22 +138,27 @@ class RefinementNode(Node):
                            optimize_camera_hand=bool(p["optimize_camera_hand"]),
                            optimize_joint_offsets=bool(p["optimize_joint_offsets"]))
         self.refiner = Refiner(self.obj, self.hand, cfg)
-        self.errors = OnceLogger(self)
+        self.errors = self.problems  # refused input, counted in /diagnostics (guard.ProblemLog)
+        self.stamps = stamp_detector(p)  # each stream's stamps against its own recent ones
+        self._serving = threading.Lock()  # one refinement at a time; others are answered "busy"
+        self._serving_since = 0.0
+        self._typical_s = 5.0             # duration of the last refinement [s] (retry hint)
         self.lock = threading.Lock()
         self.frames: "OrderedDict[int, dict]" = OrderedDict()  # stamp_ns -> {rgb, object_mask, hand_mask, depth}
         self.camera = None
+        self._camera_frame_seen = None
         self.tracked_pose = None   # (stamp_ns, T) from the tracker
         self.refined = None        # (stamp_ns, T) last result
         self.busy = False
-        self.counts = {"requests": 0, "succeeded": 0, "failed": 0, "frames_dropped": 0}
-        self.joints = JointStateBuffer(self.hand.joint_state_mapper())
+        self.counts = {"requests": 0, "succeeded": 0, "failed": 0, "answered_busy": 0, "frames_dropped": 0}
+        self.joints = JointStateBuffer(self.hand.joint_state_mapper(), stamps=self.stamps)
         self.cam_to_hand = CameraToHand(self, p["camera_frame"], p["hand_base_frame"],
                                         camera_to_hand_from_param(p["camera_to_hand"]))
 
         # data callbacks in order on one thread (joint states must not be reordered), the service
         # in its own group: it runs concurrently with buffering
         data = MutuallyExclusiveCallbackGroup()
-        service = MutuallyExclusiveCallbackGroup()
+        service = ReentrantCallbackGroup()  # a request during a refinement is answered "busy" at once
         sub = lambda t, topic, cb, qos, raw=False: subscribe(  # noqa: E731
             self, bus, t, topic, cb, qos, callback_group=data, **({"raw": True} if raw and bus is None else {}))
         # images are buffered serialised (raw=True: no Python message is built for the ~90 frames a
@@ -155,7 +175,8 @@ class RefinementNode(Node):
         self.pub = publisher(self, bus, PoseWithCovarianceStamped, graph.TOPICS["refined_pose"], OUTPUT_QOS)
         self.diag_pub = self.create_publisher(DiagnosticArray, "/diagnostics", OUTPUT_QOS)
         self.create_timer(float(p["diagnostics_period"]), self.publish_diagnostics, callback_group=data)
-        self.create_service(RefinePose, graph.SERVICES["refine_pose"], self.on_refine, callback_group=service)
+        self.create_service(RefinePose, graph.SERVICES["refine_pose"], self.on_refine, callback_group=service,
+                            qos_profile=SERVICE_QOS)
         self.get_logger().info(f"refinement service on {graph.SERVICES['refine_pose']} "
                                f"(buffer {p['buffer_size']} frames, {p['max_iterations']} iterations)")
 
@@ -170,8 +191,10 @@ class RefinementNode(Node):
             return {}  # older than the whole buffer: dropped (the caller's dict is discarded)
         self.frames[stamp] = slot = {}
         self.frames = OrderedDict(sorted(self.frames.items()))
-        while len(self.frames) > int(self.p["buffer_size"]):
-            self.frames.popitem(last=False)
+        newest = next(reversed(self.frames))
+        max_age = int(self.p["max_frame_age"] * 1e9)
+        while len(self.frames) > int(self.p["buffer_size"]) or next(iter(self.frames)) < newest - max_age:
+            self.frames.popitem(last=False)  # evicted by count and by age
             self.counts["frames_dropped"] += 1
         return slot
 
@@ -185,7 +208,16 @@ class RefinementNode(Node):
         except ValueError as e:
             self.errors.warn(f"{kind}_data", f"{kind} skipped: {e}")
             return
+        # the stamp against its own stream's recent ones: a stray (far future, far past) never
+        # takes a place in the buffer; a confirmed jump of the timeline empties it
+        v = self.stamps.check(kind, stamp)
+        if not v.accepted:
+            self.errors.warn(f"{kind}_{v.kind}", f"{kind} skipped: {v.text}")
+            return
         with self.lock:
+            if v.verdict == "reset":
+                self.frames.clear()
+                self.joints.clear()
             self._slot(stamp)[kind] = data
 
     _ENCODINGS = {"rgb": ("rgb8", "bgr8"), "depth": ("16UC1", "32FC1"),
@@ -210,14 +242,15 @@ class RefinementNode(Node):
 
         key = (tuple(msg.k), tuple(msg.p), msg.width, msg.height, msg.binning_x, msg.binning_y,
                msg.roi.x_offset, msg.roi.y_offset, msg.roi.width, msg.roi.height)
-        if key == getattr(self, "_camera_key", None):
+        if key == getattr(self, "_camera_key", None) and msg.header.frame_id == self._camera_frame_seen:
             return  # the same intrinsics every frame: nothing to rebuild
-        self._camera_key = key
         try:
+            msgs.camera_info_to_intrinsics(msg, self.p["camera_frame"])  # validated at the door
             cam = Camera.from_camera_info(msg)
         except ValueError as e:
-            self.errors.warn("camera_info", f"camera_info skipped: {e}")
+            self.errors.reject(e, "camera_info", "camera_info skipped: ")
             return
+        self._camera_key, self._camera_frame_seen = key, msg.header.frame_id
         self.camera = cam
 
     def on_joint_state(self, msg) -> None:
@@ -225,7 +258,7 @@ class RefinementNode(Node):
             with self.lock:
                 self.joints.add(msg)
         except ValueError as e:
-            self.errors.warn("joint_states", f"joint state skipped: {e}")
+            self.errors.reject(e, "joint_states", "joint state skipped: ")
 
     def on_object_pose(self, msg) -> None:
         try:
@@ -242,13 +275,22 @@ class RefinementNode(Node):
         level = DiagnosticStatus.OK if usable else DiagnosticStatus.WARN
         message = "busy" if self.busy else ("ready" if usable else "no synchronised frames yet")
         values = {"buffered_frames": len(usable), "newest_stamp_ns": usable[-1] if usable else 0,
-                  "busy": int(self.busy), "bad_messages": self.errors.total(), **self.counts}
+                  "busy": int(self.busy), "bad_messages": self.errors.total(), **self.counts,
+                  "stamp_resets": self.stamps.resets, **self.problem_values()}
         self.diag_pub.publish(diagnostics_message(self, "hp_ros/refinement_node", level, message, values))
 
     # ------------------------------------------------------------------ service
     def on_refine(self, request, response):
         self.counts["requests"] += 1
+        if not self._serving.acquire(blocking=False):
+            self.counts["answered_busy"] += 1
+            elapsed = time.monotonic() - self._serving_since
+            response.success = False
+            response.message = (f"busy: another refine_pose request is being served ({elapsed:.1f} s so far); "
+                                f"retry in about {max(1.0, self._typical_s - elapsed):.0f} s")
+            return response
         self.busy = True
+        self._serving_since = time.monotonic()
         try:
             self._serve(request, response)
         except Exception as e:  # noqa: BLE001 - a request must never take the node down
@@ -256,6 +298,8 @@ class RefinementNode(Node):
             response.message = f"refinement failed: {type(e).__name__}: {e}"
         finally:
             self.busy = False
+            self._typical_s = max(1.0, time.monotonic() - self._serving_since)
+            self._serving.release()
         self.counts["succeeded" if response.success else "failed"] += 1
         if not response.success:
             self.get_logger().warning(f"refine_pose: {response.message}")

@@ -23,10 +23,12 @@ from sensor_msgs.msg import CameraInfo, Image, JointState, RegionOfInterest
 
 from hp_ros.graph import CAMERA_TOPICS, JOINT_STATES, TOPICS
 from hp_ros.io import msgs
+from hp_ros.io.validate import InvalidMessage, check_frame, check_image_size
+from hp_ros.nodes.guard import GuardedNode, SupervisedWorker
 from hp_ros.nodes.local_bus import publisher, subscribe
 from hp_ros.nodes.common import (diagnostics_message, stage_medians_ms, COMMON_PARAMS, run_node, IMAGE_QOS, OUTPUT_QOS, STATE_QOS, CameraToHand, JointStateBuffer,
-                                 OnceLogger, Param, ParameterError, camera_to_hand_from_param, declare_parameters,
-                                 load_hand, load_object, non_negative, one_of, positive)
+                                 Param, ParameterError, camera_to_hand_from_param, declare_parameters,
+                                 load_hand, load_object, non_negative, one_of, positive, stamp_detector)
 
 try:  # cv_bridge when importable (a ROS workspace), numpy conversion otherwise
     from cv_bridge import CvBridge
@@ -128,7 +130,7 @@ STAGES = (("transport", "sent", "received"), ("executor", "received", "callback"
 DEPTH_STARTUP_WAIT = 2.0
 
 
-class SegmentationNode(Node):
+class SegmentationNode(GuardedNode):
     def __init__(self, bus=None):
         super().__init__("segmentation_node")
         self.bus = bus  # LocalBus when the graph runs in one process (hp_ros.nodes.graph_process)
@@ -178,10 +180,11 @@ class SegmentationNode(Node):
                 raise ParameterError(str(e)) from e
         self.hand = load_hand(p)
         self.mapper = self.hand.joint_state_mapper()
-        self.joints = JointStateBuffer(self.mapper)
+        self.stamps = stamp_detector(p)  # each stream's stamps against its own recent ones
+        self.joints = JointStateBuffer(self.mapper, stamps=self.stamps)
         self.cam_hand = CameraToHand(self, p["camera_frame"], p["hand_base_frame"],
                                      camera_to_hand_from_param(p["camera_to_hand"]))
-        self.bad = OnceLogger(self)
+        self.bad = self.problems  # refused input, counted in /diagnostics (guard.ProblemLog)
         self.bridge = CvBridge() if CvBridge is not None else None
         self.segmenter = None
         self.info = None
@@ -225,14 +228,16 @@ class SegmentationNode(Node):
         self.pub_obs = publisher(self, bus, ObjectObservation, TOPICS["object_observation"], OUTPUT_QOS)
         self.pub_tips = publisher(self, bus, FingertipObservations, TOPICS["fingertips"], OUTPUT_QOS)
         self.pub_overlay = publisher(self, bus, Image, TOPICS["overlay"], OUTPUT_QOS) if p["publish_overlay"] else None
-        # frames segmented and every input problem counted (OnceLogger logs each kind only once)
+        # frames segmented and every input problem counted (guard.ProblemLog: each kind logged once, then throttled)
         from diagnostic_msgs.msg import DiagnosticArray
         self.lost_images = 0
         self.stage_times = collections.deque(maxlen=300)  # per-frame stage stamps, see on_image
         self.diag_pub = self.create_publisher(DiagnosticArray, "/diagnostics", OUTPUT_QOS)
         self.create_timer(1.0, self.publish_diagnostics)
         self._worker_free_ns = 0  # when the worker last finished a frame (stage wait_worker)
-        self._worker = threading.Thread(target=self._work, name="segmentation", daemon=True)
+        # restarted when it dies (an exception the per-frame handling could not catch): /diagnostics
+        # says ERROR for a while, and frames flow again
+        self._worker = SupervisedWorker(self._work, "segmentation", self.problems, lambda: self._running)
         self._worker.start()
         self.get_logger().info(f"segmentation: object backend {p['object_backend']!r}, "
                                f"{'cv_bridge' if self.bridge else 'numpy'} image conversion")
@@ -240,9 +245,11 @@ class SegmentationNode(Node):
     # ------------------------------------------------------------------ inputs
     def on_info(self, msg):
         try:
-            info = msgs.camera_info_to_intrinsics(msg)
+            info = msgs.camera_info_to_intrinsics(msg, self.p["camera_frame"])
         except ValueError as e:
-            self.bad.warn("camera_info", f"camera_info skipped: {e}")
+            self.bad.reject(e, "camera_info", "camera_info skipped: ")
+            return
+        if not self._stamp_ok("camera_info", info.stamp_ns):
             return
         with self._cv:
             self.new_info = info   # taken over by the worker thread
@@ -250,7 +257,8 @@ class SegmentationNode(Node):
 
     def on_depth(self, msg):
         with self._cv:
-            if not self._image_ok(msg, self._depth_encodings, "depth", self.info or self.new_info):
+            if not self._image_ok(msg, self._depth_encodings, "depth", self.info or self.new_info) \
+                    or not self._stamp_ok("depth", msgs.header_stamp_ns(msg)):
                 return
             self.depth_queue.append(msg)
             self._depth_seen = True
@@ -334,11 +342,24 @@ class SegmentationNode(Node):
     def on_joints(self, msg):
         try:
             with self._cv:
-                self._last_joint_wall = time.monotonic()
                 self.joints.add(msg)
+                self._last_joint_wall = time.monotonic()
                 self._cv.notify()
         except ValueError as e:
-            self.bad.warn("joint_states", f"joint_states skipped: {e}")
+            self.bad.reject(e, "joint_states", "joint_states skipped: ")
+
+    def _stamp_ok(self, stream: str, stamp_ns: int) -> bool:
+        """The stamp fits its stream (hp_ros.io.stamps); a confirmed jump of the timeline resets the
+        alignment, the priors and the joint states (as a jump seen in the joint states does)."""
+        v = self.stamps.check(stream, stamp_ns)
+        if not v.accepted:
+            self.bad.warn(f"{stream}_{v.kind}", f"{stream} skipped: {v.text}")
+            return False
+        if v.verdict == "reset":
+            with self._cv:
+                self.joints.clear()
+                self.joints.reset_pending = True
+        return True
 
     def _to_array(self, msg):
         if self.bridge is not None:
@@ -360,8 +381,14 @@ class SegmentationNode(Node):
         against, default the current ones; None = no size check yet)."""
         info = self.info if info == "current" else info
         if msg.encoding not in allowed:
-            self.bad.warn(f"{kind}_encoding:{msg.encoding}",
-                          f"{kind} image with encoding {msg.encoding!r} skipped: accepted {list(allowed)}")
+            self.bad.warn(f"{kind}_encoding", f"{kind} image with encoding {str(msg.encoding)[:40]!r} skipped: "
+                          f"accepted {list(allowed)}", value=str(msg.encoding)[:40])
+            return False
+        try:
+            check_image_size(msg.width, msg.height, kind)
+            check_frame(msg.header.frame_id, self.p["camera_frame"], kind)
+        except InvalidMessage as e:
+            self.bad.reject(e, f"{kind}_size", f"{kind} image skipped: ")
             return False
         if info is not None and (msg.width, msg.height) != (info.width, info.height):
             self.bad.warn(f"{kind}_size", f"{kind} image {msg.width}x{msg.height} skipped: camera_info says "
@@ -380,7 +407,8 @@ class SegmentationNode(Node):
         with self._cv:
             # malformed images are turned away here (cheap header checks), so a burst of them
             # cannot push good frames out of the queue
-            if not self._image_ok(msg, self._color_encodings, "colour", self.info or self.new_info):
+            if not self._image_ok(msg, self._color_encodings, "colour", self.info or self.new_info) \
+                    or not self._stamp_ok("colour", msgs.header_stamp_ns(msg)):
                 return
             if len(self.pending) == self.pending.maxlen:
                 self.bad.warn("queue_full", "colour image queue full while waiting for camera_info / depth / joint "
@@ -417,8 +445,7 @@ class SegmentationNode(Node):
         self._running = False
         with self._cv:
             self._cv.notify_all()
-        if self._worker.is_alive() and self._worker is not threading.current_thread():
-            self._worker.join(timeout=2.0)
+        self._worker.join(timeout=2.0)
         return super().destroy_node()
 
     def _next_ready(self):
@@ -566,13 +593,19 @@ class SegmentationNode(Node):
     # ------------------------------------------------------------------ outputs
     def publish_diagnostics(self):
         from diagnostic_msgs.msg import DiagnosticStatus
+        self._worker.check()  # restarts the worker thread if it is gone
         problems = self.bad.total()
         level = DiagnosticStatus.OK if self.frames and not problems else DiagnosticStatus.WARN
         message = f"{self.frames} frames segmented" if self.frames else "no frame segmented yet"
+        if self._worker.error_active():
+            level = DiagnosticStatus.ERROR
+            message = (f"segmentation worker died ({self._worker.last_error}) and was restarted "
+                       f"({self._worker.restarts} restart(s)); {message}")
         values = {"frames": self.frames, "pending": len(self.pending), "images_lost": self.lost_images,
-                  "skipped_behind": self.skipped_behind,
+                  "skipped_behind": self.skipped_behind, "worker_restarts": self._worker.restarts,
+                  "stamp_resets": self.stamps.resets,
                   **stage_medians_ms(list(self.stage_times), STAGES),
-                  **{f"input_errors.{k}": v for k, v in self.bad.counts.items()}}
+                  **self.problem_values()}
         self.diag_pub.publish(diagnostics_message(self, "hp_ros: segmentation_node", level, message, values))
 
     def _observation_msg(self, res, header):

@@ -12,8 +12,10 @@ observation kinds seen recently have arrived (or a newer frame has), or at the l
 ``pairing_timeout`` after its first observation: predict from the last
 processed stamp to this one with the joint states interpolated at both stamps, then update with
 each observation, then publish one pose for the frame. Messages older than the last processed
-frame are dropped (counted); a stamp jumping back by more than 1 s (looping bag, restarted
-driver) resets the tracker to INITIALIZING and re-arms the initial pose.
+frame are dropped (counted). Every input stream's stamps are checked against the stream's own
+recent ones (``max_stamp_jump``): a stray stamp is refused; a jump confirmed by several messages
+on two streams (looping bag, restarted driver) resets the tracker to INITIALIZING, re-arming the
+initial pose only when the stream restarted at its beginning (else it asks the refinement).
 """
 from __future__ import annotations
 
@@ -39,10 +41,12 @@ from std_srvs.srv import Trigger
 from hp_ros import graph
 from hp_ros.core.ekf import EKFConfig, EKFTracker, TrackState
 from hp_ros.io import msgs
+from hp_ros.io import validate
+from hp_ros.nodes.guard import GuardedNode
 from hp_ros.nodes.local_bus import publisher, subscribe
-from hp_ros.nodes.common import (diagnostics_message, stage_medians_ms, COMMON_PARAMS, run_node, OUTPUT_QOS, STATE_QOS, CameraToHand, JointStateBuffer, OnceLogger,
+from hp_ros.nodes.common import (diagnostics_message, stage_medians_ms, COMMON_PARAMS, run_node, OUTPUT_QOS, STATE_QOS, CameraToHand, JointStateBuffer,
                                  Param, camera_to_hand_from_param, declare_parameters, length_in,
-                                 load_hand, load_object, non_negative, one_of, positive)
+                                 load_hand, load_object, non_negative, one_of, positive, stamp_detector)
 
 _D = EKFConfig()
 # stages of a frame in this node (wall-clock): camera_info delivery, executor queue, waiting for
@@ -113,7 +117,7 @@ def _sec_pose_cov(cov: np.ndarray) -> tuple:
     return float(d[:3].mean()), float(d[3:].mean())
 
 
-class TrackingNode(Node):
+class TrackingNode(GuardedNode):
     def __init__(self, bus=None):
         super().__init__("tracking_node")
         self.bus = bus  # LocalBus when the graph runs in one process (hp_ros.nodes.graph_process)
@@ -126,11 +130,16 @@ class TrackingNode(Node):
 
         self.sdf = MeshSDF(self.obj.vertices, self.obj.faces)
         self._warm_up()
-        self.errors = OnceLogger(self)
+        self.errors = self.problems  # refused input, counted in /diagnostics (guard.ProblemLog)
+        self.stamps = stamp_detector(p)  # issue 28: each stream's stamps against its own recent ones
+        self.first_init_stamp = None     # issue 28: stamp of the first initialisation (see reset)
+        self.refine_seed = None          # issue 28: last estimate before a time-jump reset (see reset)
+        self.last_info_stamp = 0         # issue 28: newest accepted camera_info stamp
         # joint states of the last refinement_timeout (+ margin) at 100 Hz: a refinement answer for a
         # frame seconds old re-initialises there and re-predicts through them (4 s were not enough)
         self.joints = JointStateBuffer(self.hand.joint_state_mapper(),
-                                       capacity=max(400, int(150 * (p["refinement_timeout"] + 2.0))))
+                                       capacity=max(400, int(150 * (p["refinement_timeout"] + 2.0))),
+                                       stamps=self.stamps)
         self.calib = CameraToHand(self, p["camera_frame"], p["hand_base_frame"], camera_to_hand_from_param(p["camera_to_hand"]))
         self.ekf: EKFTracker | None = None
         self.K = None
@@ -192,15 +201,23 @@ class TrackingNode(Node):
 
     def on_camera_info(self, msg, info) -> None:
         try:
-            self.K = msgs.camera_info_to_intrinsics(msg).K
-            if self.ekf is not None:
-                self.ekf.set_camera(self.K)
+            intr = msgs.camera_info_to_intrinsics(msg, self.p["camera_frame"])
         except ValueError as e:
-            self.errors.warn("camera_info", f"camera_info ignored: {e}")
+            self.errors.reject(e, "camera_info", "camera_info ignored: ")
             return
+        stamp = intr.stamp_ns
+        if not self._stamp_ok("camera_info", stamp):
+            return
+        if stamp <= self.last_info_stamp:  # issue 28: each camera_info is a new frame, in order
+            self.errors.warn("camera_info_order", f"camera_info stamped {(stamp - self.last_info_stamp) * 1e-9:+.3f} s "
+                             "from the previous one ignored (not a new frame)")
+            return
+        self.last_info_stamp = stamp
+        self.K = intr.K
+        if self.ekf is not None:
+            self.ekf.set_camera(self.K)
         # every camera frame gets a pose: the frame is known from its camera_info (small, sent next
         # to each image), whether or not the segmentation keeps up with it
-        stamp = msgs.header_stamp_ns(msg)
         if self.p["pose_every_frame"] and (self.last_stamp is None or stamp > self.last_stamp):
             frame = self.frames.setdefault(stamp, {"t_first": time.monotonic()})
             frame["stages"] = {"sent": info["source_timestamp"], "received": info["received_timestamp"],
@@ -211,11 +228,11 @@ class TrackingNode(Node):
         try:
             added = self.joints.add(msg)
         except ValueError as e:
-            self.errors.warn("joint_state", f"joint state ignored: {e}")
+            self.errors.reject(e, "joint_state", "joint state ignored: ")
             return
         if self.joints.reset_pending:
             self.joints.reset_pending = False
-            self.reset("time went backwards in /joint_states")
+            self.reset("time jumped in /joint_states", new_stamp=self.joints.latest()[0] if self.joints.stamps else None)
             return
         self.last_joint_wall = time.monotonic()
         if added and self.frames:
@@ -228,11 +245,14 @@ class TrackingNode(Node):
                 self.process_frame(stamp, {})
 
     def on_observation(self, kind: str, msg) -> None:
+        try:  # issue 28: validated at the door, stamp against the stream's own
+            (validate.check_object_observation if kind == "object" else validate.check_fingertips)(msg)
+            validate.check_frame(msg.header.frame_id, self.p["camera_frame"], kind)
+        except ValueError as e:
+            self.errors.reject(e, kind, f"{kind} observation ignored: ")
+            return
         stamp = msgs.header_stamp_ns(msg)
-        if self.last_stamp is not None and stamp < self.last_stamp - 1_000_000_000:
-            self.reset("time went backwards in the observations")
-        if kind == "object" and msg.valid and not (math.isfinite(msg.centroid_u) and math.isfinite(msg.centroid_v)):
-            self.errors.warn("nan_object", "object observation with a non-finite centroid ignored")
+        if not self._stamp_ok(kind, stamp):
             return
         if self.last_stamp is not None and stamp <= self.last_stamp:
             # applied by the next drain (before a newer frame is processed, at the latest by the
@@ -307,7 +327,7 @@ class TrackingNode(Node):
             elif not res.mask_iou >= self.p["min_refinement_iou"]:
                 self.errors.warn("refine_iou", f"refinement result not used: mask IoU {res.mask_iou:.2f} < "
                                                f"min_refinement_iou {self.p['min_refinement_iou']}")
-            elif self.ekf is not None and self.ekf.state == TrackState.LOST:
+            elif self.ekf is not None and self.ekf.state != TrackState.TRACKING:
                 # at the refined frame's stamp: the filter re-predicts from there with the joint
                 # states since (the object moved while the refinement ran)
                 self.pending_init = (msgs.pose_to_matrix(res.pose), msgs.covariance_from_msg(res.pose),
@@ -316,6 +336,8 @@ class TrackingNode(Node):
 
     def on_initial_pose(self, msg) -> None:
         try:
+            if msg.header.frame_id:
+                validate.check_frame(msg.header.frame_id, self.p["camera_frame"], "initial_pose")
             self.pending_init = (msgs.pose_to_matrix(msg), None)
         except (ValueError, TypeError) as e:
             self.errors.warn("initial_pose", f"initial pose ignored: {e}")
@@ -327,6 +349,7 @@ class TrackingNode(Node):
         if self.ekf is not None and self.ekf.state == TrackState.TRACKING:
             return
         try:
+            validate.check_covariance(msg.pose.covariance, "refined_pose")
             self.pending_init = (msgs.pose_to_matrix(msg), msgs.covariance_from_msg(msg), msgs.header_stamp_ns(msg))
         except (ValueError, TypeError) as e:
             self.errors.warn("refined_pose", f"refined pose ignored: {e}")
@@ -340,9 +363,13 @@ class TrackingNode(Node):
         response.message = "tracker reset" + (" (initial pose re-armed from the parameter)" if self.pending_init else "")
         return response
 
-    def reset(self, why: str) -> None:
+    def reset(self, why: str, new_stamp: int | None = None) -> None:
+        """Forget the estimate. ``new_stamp``: a confirmed jump of the timeline to this stamp (see
+        _after_time_jump); None: the reset service (the initial_pose parameter is re-armed)."""
         self.counts["resets"] += 1
-        self.get_logger().info(f"reset: {why}")
+        self.get_logger().info(f"reset: {why}", throttle_duration_sec=1.0)
+        if new_stamp is not None:
+            self._after_time_jump(new_stamp)
         if self.ekf is not None:
             before = self.ekf.state
             self.ekf.reset()
@@ -352,7 +379,38 @@ class TrackingNode(Node):
         self.late_obs.clear()
         self.last_stamp = None
         self.last_q = None
-        self.pending_init = self._param_initial_pose() or self.pending_init
+        if new_stamp is None:
+            self.pending_init = self._param_initial_pose() or self.pending_init
+            self.refine_seed = None
+
+    # --- issue 28: after a confirmed time jump (kept apart: re-apply to the frame tracker) ---------
+    def _after_time_jump(self, new_stamp: int) -> None:
+        """The initial_pose parameter describes the object at the stream's start: it is re-armed
+        only when the new timeline starts there again (a looping bag); after any other jump it is
+        stale, and the tracker waits for a refinement seeded with its last estimate instead."""
+        self.last_info_stamp = 0
+        jump = int(self.p["max_stamp_jump"] * 1e9)
+        restart = self.first_init_stamp is not None and new_stamp <= self.first_init_stamp + jump
+        if restart and self._param_initial_pose() is not None:
+            self.pending_init, self.refine_seed = self._param_initial_pose(), None
+            self.get_logger().info("the stream restarted at its beginning: initial pose re-armed")
+            return
+        if self.ekf is not None and self.ekf.initialized:
+            self.refine_seed = self.ekf.T_cam_obj.copy()
+        self.pending_init = None
+        self.get_logger().info("time jumped: waiting for a refinement (seeded with the last estimate)"
+                               if self.refine_seed is not None else "time jumped: waiting for an initial pose")
+
+    def _stamp_ok(self, stream: str, stamp_ns: int) -> bool:
+        """The stamp fits its stream (hp_ros.io.stamps); a confirmed jump of the timeline resets."""
+        v = self.stamps.check(stream, stamp_ns)
+        if not v.accepted:
+            self.errors.warn(f"{stream}_{v.kind}", f"{stream} ignored: {v.text}")
+            return False
+        if v.verdict == "reset":
+            self.joints.clear()
+            self.reset(f"{v.text}", new_stamp=stamp_ns)
+        return True
 
     # ------------------------------------------------------------------ processing
     def _ensure_tracker(self) -> bool:
@@ -392,11 +450,16 @@ class TrackingNode(Node):
             else:
                 ekf.initialize(T, q=q_init)
             self.last_stamp, self.last_q = t_init, q_init
+            self.refine_seed = None
+            if self.first_init_stamp is None:
+                self.first_init_stamp = t_init
             self.history.clear()  # nothing before an initialisation is reprocessed
             self._transition(state_before, stamp, f"initialised at stamp {t_init}")
             state_before = ekf.state
         elif not ekf.initialized:
             self.publish_status(stamp, None)
+            if self.refine_seed is not None:  # issue 28: after a time jump, ask the refinement
+                self.request_refinement(stamp, seed=self.refine_seed)
             return
         self._predict_to(stamp, q)
         rec = {"stamp": stamp, "q": q, "snap": ekf.snapshot(),
@@ -504,7 +567,7 @@ class TrackingNode(Node):
             self.get_logger().info(f"state {TrackState.NAMES[before]} -> {TrackState.NAMES[after]} at stamp "
                                    f"{stamp}: {reason}")
 
-    def request_refinement(self, stamp: int) -> None:
+    def request_refinement(self, stamp: int, seed=None) -> None:
         if (not self.p["request_refinement"] or self.refine_future is not None
                 or not self.refine_client.service_is_ready()):
             return
@@ -513,8 +576,8 @@ class TrackingNode(Node):
         req.use_initial_pose = True
         # a lost estimate can be beyond the refinement's reach: start it re-centred on the latest
         # object observation of this frame (rotation kept)
-        T0 = self.ekf.T_cam_obj
-        if self.last_center is not None and self.last_center[0] == stamp:
+        T0 = self.ekf.T_cam_obj if seed is None else seed
+        if self.last_center is not None and self.last_center[0] == stamp and seed is None:
             try:
                 T0 = self.ekf.recentred_pose(*self.last_center[1:])
             except ValueError:
@@ -564,7 +627,8 @@ class TrackingNode(Node):
             level, message = DiagnosticStatus.OK, "tracking"
         vals = dict(self.counts)
         vals.update(stage_medians_ms(list(self.stage_times), TRACKER_STAGES))
-        vals.update({f"input_errors.{k}": v for k, v in self.errors.counts.items()})
+        vals.update(self.problem_values())
+        vals["stamp_resets"] = self.stamps.resets
         if st is not None:
             vals.update(nis=st.nis, covariance_trace=st.covariance_trace, contacts=st.contact_count,
                         latency_ms=round(st.latency_ms, 2))

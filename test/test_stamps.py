@@ -1,0 +1,96 @@
+"""Stamps that make sense (issue 28, finding 5): the ROS-free stamp-jump detector resets only on a
+sustained jump of the timeline confirmed on several streams, never on isolated bad stamps, and
+still resets on a genuine bag loop."""
+from __future__ import annotations
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from hp_ros.io.stamps import ACCEPT, REJECT, RESET, StampJumpDetector
+
+T0 = 1_700_000_000_000_000_000
+MS = 1_000_000
+
+# a 100 Hz joint stream and a 30 Hz camera stream over 2 s, in arrival order
+CLEAN = sorted([("joint_states", T0 + k * 10 * MS) for k in range(200)]
+               + [("camera_info", T0 + k * 33 * MS) for k in range(60)]
+               + [("colour", T0 + k * 33 * MS + MS) for k in range(60)], key=lambda m: m[1])
+
+BAD_STAMP = st.one_of(
+    st.just(0),                                                     # header not set
+    st.integers(1, T0 // 2),                                        # ancient
+    st.integers(-3000, 3000).map(lambda d: d * 10 * MS),            # offset within +-30 s (from the current)
+    st.integers(T0 * 2, 2**62),                                     # far future
+)
+
+
+@settings(max_examples=200, deadline=None)
+@given(bad=st.lists(st.tuples(st.integers(0, len(CLEAN) - 1), st.sampled_from(["joint_states", "camera_info", "colour"]),
+                              BAD_STAMP), min_size=1, max_size=60))
+def test_isolated_bad_stamps_never_reset_and_good_ones_pass(bad):
+    """Bad stamps (zero, ancient, far future, seconds off) mixed anywhere into a clean stream: no reset,
+    and every clean message is accepted. Offsets are drawn relative to the clean message they follow."""
+    det = StampJumpDetector(max_jump_ns=500 * MS, confirm=5)
+    inject = {}
+    for i, stream, s in bad:
+        inject.setdefault(i, []).append((stream, s))
+    verdicts = []
+    for i, (stream, stamp) in enumerate(CLEAN):
+        verdicts.append(det.check(stream, stamp).verdict)
+        for bstream, s in inject.get(i, []):
+            s = stamp + s if abs(s) <= 30_000 * MS else s
+            v = det.check(bstream, s).verdict
+            assert v != RESET, (bstream, s)
+    assert det.resets == 0
+    assert verdicts.count(ACCEPT) == len(CLEAN), "a clean message was refused after a bad one"
+
+
+def test_bag_loop_resets_once_and_everything_flows_after():
+    """A genuine loop: every stream 1 s back (and advancing from there) resets exactly once, within
+    ``confirm`` messages of each stream; afterwards every message is accepted."""
+    det = StampJumpDetector(max_jump_ns=500 * MS, confirm=5)
+    for stream, s in CLEAN:
+        assert det.check(stream, s).verdict == ACCEPT
+    end = CLEAN[-1][1]
+    looped = [(stream, s - 1000 * MS) for stream, s in CLEAN if s > end - 900 * MS]  # replay of the tail, 1 s back
+    verdicts = [det.check(stream, s).verdict for stream, s in looped]
+    assert verdicts.count(RESET) == 1 and det.resets == 1
+    first_reset = verdicts.index(RESET)
+    # confirmed once joint states (100 Hz) and a camera stream (30 Hz) had 5 each: ~170 ms of the loop
+    assert first_reset < 30, first_reset
+    # the third stream re-joins the new timeline at its first message; nothing is refused after
+    assert all(v == ACCEPT for v in verdicts[first_reset + 1:]), verdicts[first_reset:]
+
+
+def test_one_stream_pausing_rejoins_without_reset():
+    """The camera pauses 2 s while the joint states go on: its stamps jump forward on its own,
+    agree with the joint states' timeline, and the stream re-joins with no reset."""
+    det = StampJumpDetector(max_jump_ns=500 * MS, confirm=5)
+    for k in range(100):
+        det.check("joint_states", T0 + k * 10 * MS)
+        if k % 3 == 0 and k < 30:
+            det.check("camera_info", T0 + k * 10 * MS)
+    for k in range(100, 400):  # camera silent for 3.6 s
+        det.check("joint_states", T0 + k * 10 * MS)
+    verdicts = [det.check("camera_info", T0 + 3950 * MS + k * 33 * MS).verdict for k in range(8)]
+    assert det.resets == 0 and verdicts[-1] == ACCEPT and det.rejoined == 1
+
+
+def test_sustained_jump_on_one_stream_alone_does_not_reset():
+    """A colleague's publisher sending a consistent old timeline on one stream only (advancing,
+    2 s back): refused, no reset, while the other streams are not confirming it."""
+    det = StampJumpDetector(max_jump_ns=500 * MS, confirm=5)
+    for stream, s in CLEAN[:200]:
+        det.check(stream, s)
+    now = CLEAN[199][1]
+    verdicts = [det.check("joint_states", now - 2000 * MS + k * 10 * MS).verdict for k in range(50)]
+    assert set(verdicts) == {REJECT} and det.resets == 0
+    assert det.check("camera_info", now + 33 * MS).verdict == ACCEPT
+
+
+@pytest.mark.parametrize("bad", [0, -5])
+def test_zero_and_negative_stamps_are_refused(bad):
+    det = StampJumpDetector()
+    v = det.check("joint_states", bad)
+    assert v.verdict == REJECT and v.kind in ("stamp_zero", "stamp_negative")

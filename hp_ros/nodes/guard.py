@@ -174,20 +174,27 @@ class GuardedNode(Node):
         self.problems = ProblemLog(self)
         self.guard = CallbackGuard(self.problems)
 
+    # rclpy's own Node.__init__ creates the parameter services before ``guard`` exists: those stay as they are
+    def _wrap(self, callback, site: str, message_callback: bool = False):
+        guard = self.__dict__.get("guard")
+        return callback if guard is None else guard.wrap(callback, site, message_callback)
+
     def create_subscription(self, msg_type, topic, callback, qos_profile, **kwargs):
-        return super().create_subscription(msg_type, topic, self.guard.wrap(callback, f"sub.{_site(topic)}", True),
+        return super().create_subscription(msg_type, topic, self._wrap(callback, f"sub.{_site(topic)}", True),
                                            qos_profile, **kwargs)
 
     def create_service(self, srv_type, srv_name, callback, **kwargs):
-        return super().create_service(srv_type, srv_name, self.guard.wrap_service(callback, f"srv.{_site(srv_name)}"),
-                                      **kwargs)
+        guard = self.__dict__.get("guard")
+        if guard is not None:
+            callback = guard.wrap_service(callback, f"srv.{_site(srv_name)}")
+        return super().create_service(srv_type, srv_name, callback, **kwargs)
 
     def create_timer(self, timer_period_sec, callback, *args, **kwargs):
         name = getattr(callback, "__name__", "timer")
-        return super().create_timer(timer_period_sec, self.guard.wrap(callback, f"timer.{name}"), *args, **kwargs)
+        return super().create_timer(timer_period_sec, self._wrap(callback, f"timer.{name}"), *args, **kwargs)
 
     def create_guard_condition(self, callback, *args, **kwargs):
-        return super().create_guard_condition(self.guard.wrap(callback, "guard_condition"), *args, **kwargs)
+        return super().create_guard_condition(self._wrap(callback, "guard_condition"), *args, **kwargs)
 
     def problem_values(self) -> dict:
         """/diagnostics values of the refused input and callback failures."""

@@ -189,6 +189,10 @@ class RefinementNode(GuardedNode):
             return self.frames[best]
         if self.frames and stamp < next(iter(self.frames)):
             return {}  # older than the whole buffer: dropped (the caller's dict is discarded)
+        # frames far ahead of an accepted stamp belong to a timeline its stream left (hp_ros.io.stamps)
+        jump = int(self.p["max_stamp_jump"] * 1e9)
+        for s in [s for s in self.frames if s > stamp + jump]:
+            del self.frames[s]
         self.frames[stamp] = slot = {}
         self.frames = OrderedDict(sorted(self.frames.items()))
         newest = next(reversed(self.frames))

@@ -17,7 +17,7 @@ a refinement that explains the observed mask well gets the nominal uncertainty, 
 larger one. Never zeros.
 
 Threading: subscriptions and the diagnostics timer run in one mutually exclusive callback group
-(in order), the service in another, on a thread pool (``common.PoolExecutor``), so a long refinement does not
+(in order), the service in another, on a thread pool (``nodes.executor.PoolExecutor``), so a long refinement does not
 stall buffering (torch releases the GIL in its kernels); requests are served one at a time.
 """
 from __future__ import annotations
@@ -43,10 +43,16 @@ from sensor_msgs.msg import CameraInfo, Image, JointState
 from hp_ros import graph
 from hp_ros.io import msgs
 from hp_ros.nodes.deferred import DeferredReader
+from hp_ros.nodes.buffers import JointStateBuffer
+from hp_ros.nodes.calibration import CameraToHand
+from hp_ros.nodes.diagnostics import diagnostics_message
+from hp_ros.nodes.executor import PoolExecutor
+from hp_ros.nodes.loaders import camera_to_hand_from_param, load_hand, load_object
 from hp_ros.nodes.local_bus import publisher
-from hp_ros.nodes.common import (diagnostics_message, COMMON_PARAMS, run_node, PoolExecutor, OUTPUT_QOS, CameraToHand, JointStateBuffer,
-                                 OnceLogger, Param, camera_to_hand_from_param, declare_parameters,
-                                 length_in, load_hand, load_object, non_negative, positive)
+from hp_ros.nodes.logs import OnceLogger
+from hp_ros.nodes.params import COMMON_PARAMS, declare_parameters, length_in, non_negative, Param, positive
+from hp_ros.nodes.process import run_node
+from hp_ros.nodes.qos import OUTPUT_QOS
 
 _TERMS = ("mask", "rgb", "penetration", "sliding", "smoothness", "oscillation")
 MAX_ITERATIONS_LIMIT = 2000

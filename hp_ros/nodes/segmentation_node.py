@@ -23,11 +23,16 @@ from sensor_msgs.msg import CameraInfo, Image, JointState, RegionOfInterest
 
 from hp_ros.graph import CAMERA_TOPICS, JOINT_STATES, TOPICS
 from hp_ros.io import msgs
+from hp_ros.nodes.buffers import JointStateBuffer
+from hp_ros.nodes.calibration import CameraToHand
+from hp_ros.nodes.diagnostics import diagnostics_message, stage_medians_ms
+from hp_ros.nodes.loaders import camera_to_hand_from_param, load_hand, load_object
 from hp_ros.nodes.deferred import DeferredReader
 from hp_ros.nodes.local_bus import publisher, subscribe
-from hp_ros.nodes.common import (diagnostics_message, stage_medians_ms, COMMON_PARAMS, run_node, IMAGE_QOS, OUTPUT_QOS, STATE_QOS, CameraToHand, JointStateBuffer,
-                                 OnceLogger, Param, ParameterError, camera_to_hand_from_param, declare_parameters,
-                                 load_hand, load_object, non_negative, one_of, positive)
+from hp_ros.nodes.logs import OnceLogger
+from hp_ros.nodes.params import COMMON_PARAMS, declare_parameters, non_negative, one_of, Param, ParameterError, positive
+from hp_ros.nodes.process import run_node
+from hp_ros.nodes.qos import IMAGE_QOS, OUTPUT_QOS
 
 try:  # cv_bridge when importable (a ROS workspace), numpy conversion otherwise
     from cv_bridge import CvBridge

@@ -56,7 +56,7 @@ class Collector:
         from tf2_msgs.msg import TFMessage
 
         from hp_ros import graph
-        from hp_ros.nodes.common import OUTPUT_QOS, STATE_QOS
+        from hp_ros.nodes.qos import OUTPUT_QOS, STATE_QOS
 
         from hp_ros_msgs.msg import ObjectObservation, TrackingStatus
 

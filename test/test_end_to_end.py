@@ -78,7 +78,7 @@ class _BadImageBurst:
 
         from hp_ros import graph
         from hp_ros.io import msgs
-        from hp_ros.nodes.common import IMAGE_QOS
+        from hp_ros.nodes.qos import IMAGE_QOS
 
         node = collector.node
         color = node.create_publisher(Image, graph.CAMERA_TOPICS["color_image"], IMAGE_QOS)

@@ -294,7 +294,8 @@ def test_finding6_refinement_buffer_evicts_by_age(ref):
 def test_finding8_endless_encodings_and_joint_names_make_no_new_keys(seg):
     for k in range(300):
         seg.on_image(colour(T0 + k * MS, encoding=f"enc{k}"), INFO)
-        seg.on_joints(M.make_joint_state([f"bogus_{k}"], np.zeros(1), T0 + k * MS, JointState))
+        with seg._cv:
+            seg.on_joints(M.make_joint_state([f"bogus_{k}"], np.zeros(1), T0 + k * MS, JointState))
     keys = [k for k in seg.problem_values() if "enc2" in k or "bogus" in k]
     assert len(seg.problems.counts) < 64 and not keys, keys
     assert seg.problems.counts["colour_encoding"] >= 300 and seg.problems.last_values["colour_encoding"] == "enc299"
@@ -335,8 +336,9 @@ def test_segmentation_worker_is_restarted_and_frames_flow_again(seg):
         for _ in range(n):
             stamp[0] += 33 * MS
             seg.on_info(info(stamp=stamp[0]))
-            for d in (-20, -10, 0, 10, 20):
-                seg.on_joints(joints(stamp[0] + d * MS))
+            with seg._cv:  # as the worker's joint-state intake calls it
+                for d in (-20, -10, 0, 10, 20):
+                    seg.on_joints(joints(stamp[0] + d * MS))
             seg.on_image(colour(stamp[0]), INFO)
             time.sleep(0.05)
 
@@ -363,3 +365,53 @@ def test_segmentation_worker_is_restarted_and_frames_flow_again(seg):
     seg.publish_diagnostics()
     st = sent[-1].status[0]
     assert st.level == DiagnosticStatus.ERROR and "restarted" in st.message, st
+
+
+# --- finding 7: the service under load ------------------------------------------------------
+
+def test_finding7_every_concurrent_refine_pose_request_is_answered(context, ref):
+    """20 requests at once while each refinement takes 0.3 s: every one is answered - refined
+    (here: a failure after 0.3 s, the refinement is stubbed) or refused at once with "busy" and a
+    retry hint. With a queue of 10 and one request at a time, 9 were never answered."""
+    import threading
+
+    from hp_ros_msgs.srv import RefinePose
+    from rclpy.executors import SingleThreadedExecutor
+
+    from hp_ros.nodes.executor import PoolExecutor
+    from hp_ros.nodes.refinement_node import REFINEMENT_THREADS
+
+    def slow_serve(request, response):
+        time.sleep(0.3)
+        response.success, response.message = False, "stub: no frames"
+        return response
+
+    ref._serve = slow_serve
+    ex = PoolExecutor(num_threads=REFINEMENT_THREADS, context=context)
+    ex.add_node(ref)
+    stop = threading.Event()
+    spinner = threading.Thread(target=lambda: [ex.spin_once(timeout_sec=0.05) for _ in iter(stop.is_set, True)],
+                               daemon=True)
+    spinner.start()
+    client_node = rclpy.create_node("hp_ros_test_refine_client", context=context)
+    cex = SingleThreadedExecutor(context=context)
+    cex.add_node(client_node)
+    try:
+        client = client_node.create_client(RefinePose, graph.SERVICES["refine_pose"])
+        assert client.wait_for_service(timeout_sec=20.0)
+        futures = [client.call_async(RefinePose.Request()) for _ in range(20)]
+        t = time.monotonic()
+        while not all(f.done() for f in futures) and time.monotonic() - t < 60.0:
+            cex.spin_once(timeout_sec=0.05)
+        answered = [f.result() for f in futures if f.done()]
+        assert len(answered) == 20, f"{20 - len(answered)} of 20 requests never answered"
+        busy = [r for r in answered if r.message.startswith("busy")]
+        assert busy and all("retry in about" in r.message and not r.success for r in busy)
+        assert len(answered) - len(busy) >= 1  # at least one was actually served
+    finally:
+        stop.set()
+        spinner.join(5.0)
+        ex.remove_node(ref)
+        cex.remove_node(client_node)
+        client_node.destroy_node()
+        del ref._serve

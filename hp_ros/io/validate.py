@@ -185,9 +185,10 @@ def check_object_observation(msg: Any) -> None:
 
 
 def check_fingertips(msg: Any) -> None:
-    """hp_ros_msgs/FingertipObservations: one u, v, confidence per name, all finite."""
+    """hp_ros_msgs/FingertipObservations: one u, v, confidence per name (at most 64), finite
+    confidences (a tip not found has NaN u, v: the tracker skips it)."""
     n = len(msg.names)
     if not (len(msg.u) == len(msg.v) == len(msg.confidence) == n) or n > 64:
         raise InvalidMessage("fingertips", "fingertip observation arrays of different lengths")
-    if not _finite(list(msg.u) + list(msg.v) + list(msg.confidence)):
-        raise InvalidMessage("fingertips", "fingertip observation with non-finite values")
+    if not _finite(list(msg.confidence)):
+        raise InvalidMessage("fingertips", "fingertip observation with non-finite confidences")

@@ -47,7 +47,7 @@ from rclpy.node import Node
 from sensor_msgs.msg import CameraInfo, Image, JointState
 
 from hp_ros import graph
-from hp_ros.io import msgs
+from hp_ros.io import msgs, validate
 from hp_ros.nodes.deferred import DeferredReader
 from hp_ros.nodes.buffers import JointStateBuffer
 from hp_ros.nodes.calibration import CameraToHand
@@ -292,10 +292,13 @@ class RefinementNode(GuardedNode):
             self.errors.reject(e, "joint_states", "joint state skipped: ")
 
     def on_object_pose(self, msg) -> None:
-        try:
+        try:  # the whole message validated (pose, covariance, frame), not only what is used
+            validate.check_covariance(msg.pose.covariance, "object_pose")
+            if msg.header.frame_id:
+                validate.check_frame(msg.header.frame_id, self.p["camera_frame"], "object_pose")
             self.tracked_pose = (msgs.header_stamp_ns(msg), msgs.pose_to_matrix(msg))
         except (ValueError, TypeError) as e:
-            self.errors.warn("object_pose", f"object pose ignored: {e}")
+            self.errors.reject(e, "object_pose", "object pose ignored: ")
 
     def usable_stamps(self) -> list:
         self.ingest()

@@ -226,6 +226,7 @@ def run_pipeline(out_dir: Path, object_spec: str = "builtin:cracker_box", durati
                               "--topics", *inputs, "--wait-subscribers", str(readers), "--quiet"],
                              log_dir=logs, env=env, name="replay")
         t_start = time.monotonic()
+        rss = []  # (seconds into the replay, {process: resident MB}) every 0.2 s
         cpu0 = {p.name: _cpu_seconds(p.proc.pid) for p in [*procs, replay]}
         cpu_last = dict(cpu0)
         streaming = False  # CPU is counted from the first frame on (not the replay's start-up)
@@ -236,6 +237,7 @@ def run_pipeline(out_dir: Path, object_spec: str = "builtin:cracker_box", durati
                 streaming, t_stream = True, time.monotonic()
                 cpu0 = {p.name: _cpu_seconds(p.proc.pid) for p in [*procs, replay]}
             cpu_last.update({p.name: _cpu_seconds(p.proc.pid) for p in [*procs, replay]})
+            rss.append((time.monotonic() - t_start, {p.name: _rss_mb(p.proc.pid) for p in procs}))
             for p in procs:
                 if not p.alive():
                     raise RuntimeError(f"{p.name} died during replay:\n{p.log_text()[-3000:]}")
@@ -252,6 +254,8 @@ def run_pipeline(out_dir: Path, object_spec: str = "builtin:cracker_box", durati
         cpu_ms_per_frame = {k: round(1000.0 * (cpu_last[k] - cpu0[k]) / n_stream, 2)
                             for k in cpu0 if cpu0[k] is not None and cpu_last.get(k) is not None}
         time.sleep(1.5)  # trailing outputs
+        rss.append((time.monotonic() - t_start, {p.name: _rss_mb(p.proc.pid) for p in procs}))
+        alive = {p.name: p.alive() for p in procs}
     finally:
         for p in procs:
             p.stop()
@@ -262,7 +266,21 @@ def run_pipeline(out_dir: Path, object_spec: str = "builtin:cracker_box", durati
     result["cpu_percent"] = cpu_percent  # per process during the replay (100 = one core)
     result["cpu_ms_per_frame"] = cpu_ms_per_frame  # per process, CPU ms per streamed camera frame
     result["cpu_ms_per_frame_total"] = round(sum(v for k, v in cpu_ms_per_frame.items() if k != "replay"), 2)
+    result["rss_mb"] = rss                # resident memory of the node processes over the replay
+    result["alive_at_end"] = alive        # every node process still running after the replay
     return result
+
+
+def _rss_mb(pid: int):
+    """Resident memory [MB] of a running process (Linux /proc), None when unreadable."""
+    try:
+        with open(f"/proc/{pid}/status") as f:
+            for line in f:
+                if line.startswith("VmRSS:"):
+                    return int(line.split()[1]) / 1024.0
+    except (OSError, ValueError, IndexError):
+        pass
+    return None
 
 
 def _cpu_seconds(pid: int):

@@ -24,13 +24,33 @@ class MalformedBurst:
     fast as it can, stamps drawn around the stream's current stamp) and ``requests`` malformed
     refine_pose requests in batches of 20 concurrent ones."""
 
-    def __init__(self, after_frames: int, per_input: int = PER_INPUT, requests: int = 100, seed: int = 0):
+    P = 1_800_000_000_000_000_000  # stream time the messages are built at; shifted to the stream's when sent
+
+    def __init__(self, after_frames: int, per_input: int = PER_INPUT, requests: int = 100, seed: int = 0,
+                 rate: float = 100.0):
+        import fuzz_messages as F
+
         self.after_frames, self.per_input, self.requests, self.seed = after_frames, per_input, requests, seed
+        self.period = 1.0 / rate  # [s] between batches (one message per input each)
+        # built before the replay (a few seconds of Python): the burst itself only re-stamps and sends
+        pick = F.rng_pick(np.random.default_rng(seed))
+        self.messages, big = [], {}
+        for _ in range(per_input):
+            batch = []
+            for topic, build in F.INPUTS.items():
+                msg = build(pick, self.P)
+                if hasattr(msg, "encoding") and msg.width * msg.height == 640 * 480 and len(msg.data) > 0:
+                    # full-size images (a bad stamp only) share one message per topic: 1 MB each
+                    stamp = msg.header.stamp.sec * 1_000_000_000 + msg.header.stamp.nanosec
+                    msg = (big.setdefault(topic, msg), stamp)
+                batch.append((topic, msg))
+            self.messages.append(batch)
+        self.refine_requests = [F.bad_refine_request(pick, self.P) for _ in range(requests)]
         self.sent: dict = {}
         self.answered = 0
         self.thread = None
         self.t_start = self.t_end = None  # replay seconds
-        self.stamp_end = None              # the stream's stamp when the burst ended
+        self.stamp_start = self.stamp_end = None  # the stream's stamps when the burst began / ended
         self.error = None
 
     def __call__(self, elapsed: float, collector) -> None:
@@ -60,30 +80,46 @@ class MalformedBurst:
 
         self._wall0 = wall0 = time.monotonic()
         node = collector.node
-        rng = np.random.default_rng(self.seed)
-        pick = F.rng_pick(rng)
         pubs = {}
-        for topic, build in F.INPUTS.items():
-            msg_type = type(build(pick, base_stamp))
+        for topic, msg in self.messages[0]:
+            msg_type = type(msg[0] if isinstance(msg, tuple) else msg)
             qos = QoSProfile(depth=50, reliability=ReliabilityPolicy.RELIABLE,
                              durability=DurabilityPolicy.TRANSIENT_LOCAL if topic == "/tf_static"
                              else DurabilityPolicy.VOLATILE)
             pubs[topic] = node.create_publisher(msg_type, topic, qos)
-        client = node.create_client(RefinePose, graph.SERVICES["refine_pose"])
+        from hp_ros.nodes.refinement_node import SERVICE_QOS
+
+        # responses to 20 requests at once: the client's own response queue must hold them too
+        # (the rmw default of 10 would lose half of every batch while this busy listener is behind)
+        client = node.create_client(RefinePose, graph.SERVICES["refine_pose"], qos_profile=SERVICE_QOS)
         deadline = time.monotonic() + 10.0
         while time.monotonic() < deadline and not (client.service_is_ready() and all(
                 p.get_subscription_count() > 0 for p in pubs.values())):
             time.sleep(0.05)
         futures = []
-        for i in range(self.per_input):
-            now = base_stamp + int((time.monotonic() - wall0) * 1e9)
-            for topic, build in F.INPUTS.items():
-                pubs[topic].publish(build(pick, now))
+        now, mine = base_stamp, set()
+        self.stamp_start = base_stamp
+        for i, batch in enumerate(self.messages):
+            # the stream's current stamp: the newest camera_info the listener got from the replay
+            # (not a clock of our own: one that ran ahead of a slowed replay would be a second,
+            # consistent timeline on every topic - a jump the nodes must believe)
+            with collector._lock:
+                now = max([now] + [k for k in list(collector.images)[-20:] if k not in mine and k < 2 ** 61])
+            for topic, msg in batch:
+                if isinstance(msg, tuple):  # a shared full-size image and the stamp it was built with
+                    msg, stamp = msg
+                    msg.header.stamp.sec, msg.header.stamp.nanosec = divmod(stamp, 1_000_000_000)
+                t = _restamp(msg, now - self.P)
+                if topic == graph.CAMERA_TOPICS["color_info"]:
+                    mine.add(t)
+                pubs[topic].publish(msg)
                 self.sent[topic] = self.sent.get(topic, 0) + 1
             if i % (self.per_input // max(1, self.requests // 20)) == 0 and len(futures) < self.requests:
-                futures += [client.call_async(F.bad_refine_request(pick, now)) for _ in range(20)]
-            time.sleep(0.001)
-        self.stamp_end = base_stamp + int((time.monotonic() - wall0) * 1e9)
+                futures += [client.call_async(r) for r in self.refine_requests[len(futures):len(futures) + 20]]
+            lag = wall0 + (i + 1) * self.period - time.monotonic()  # paced: 12 inputs x 100/s
+            if lag > 0:
+                time.sleep(lag)
+        self.stamp_end = now
         t = time.monotonic()
         while not all(f.done() for f in futures) and time.monotonic() - t < 30.0:
             time.sleep(0.05)
@@ -91,16 +127,40 @@ class MalformedBurst:
         self.requested = len(futures)
 
 
+def _restamp(msg, shift: int):
+    """Move a stamp built around ``MalformedBurst.P`` by ``shift`` (absolute ones - zero, 2**62 -
+    stay); returns the new stamp [ns]."""
+    header = msg.transforms[0].header if hasattr(msg, "transforms") else getattr(msg, "header", None)
+    if header is None:
+        return 0
+    t = header.stamp.sec * 1_000_000_000 + header.stamp.nanosec
+    if abs(t - MalformedBurst.P) < 4000 * 1_000_000_000:
+        t += shift
+        header.stamp.sec, header.stamp.nanosec = int(t // 1_000_000_000), int(t % 1_000_000_000)
+    return t
+
+
 def test_live_graph_survives_a_burst_of_malformed_messages_on_every_input(tmp_path, ros_env):
     from hp_ros.tools.demo import run_pipeline
 
     burst = MalformedBurst(after_frames=45)
-    r = run_pipeline(tmp_path / "run", object_spec="builtin:cracker_box", duration=16.0, seed=2,
+    r = run_pipeline(tmp_path / "run", object_spec="builtin:cracker_box", duration=28.0, seed=2,
                      log=lambda *a: None, during_replay=burst)
     burst.thread.join(60.0)
-    summary = {k: v for k, v in r.items() if k not in ("per_frame", "frames", "latencies_ms", "rss_mb")}
+    summary = {k: v for k, v in r.items() if k not in ("per_frame", "frames", "latencies_ms", "rss_mb", "diagnostics")}
     print(summary)
+    for name, values in r["diagnostics"].items():
+        print(name, {k: v for k, v in values.items() if not k.startswith("stage_ms")})
     print({"sent": burst.sent, "answered": burst.answered, "burst_s": (burst.t_start, burst.t_end)})
+    posed = r["n_matched"] / r["n_frames"]
+    missing = [f["stamp_ns"] for f in r["per_frame"] if not f["matched"]]
+    during = [s for s in missing if burst.stamp_start <= s <= burst.stamp_end]
+    print({"unposed": len(missing), "unposed_during_burst": len(during), "cpu_percent": r["cpu_percent"]})
+    # memory: resident size at the end against just before the burst, per node
+    before = [s for t, s in r["rss_mb"] if t <= burst.t_start]
+    growth = {k: r["rss_mb"][-1][1][k] - before[-1][k] for k in before[-1]}
+    print({"rss_series": [(round(t, 1), {k: round(v) for k, v in m.items()}) for t, m in r["rss_mb"][::10]]})
+    print({"rss_growth_mb": growth, "posed_fraction": posed, "rss_parts_end": r["rss_parts_mb"]})
     logs = {p.stem: p.read_text() for p in Path(r["logs"]).glob("*.log")}
     assert burst.error is None, burst.error
     assert not burst.thread.is_alive(), "the burst did not finish during the replay"
@@ -114,10 +174,5 @@ def test_live_graph_survives_a_burst_of_malformed_messages_on_every_input(tmp_pa
     # the frames after the burst (and 1 s for the queues to drain) are all posed
     after = [f for f in r["per_frame"] if f["stamp_ns"] > burst.stamp_end + 1_000_000_000]
     assert len(after) >= 30 and all(f["matched"] for f in after), [f["stamp_ns"] for f in after if not f["matched"]]
-    posed = r["n_matched"] / r["n_frames"]
     assert posed >= 0.8, posed
-    # memory: resident size at the end against just before the burst, per node
-    before = [s for t, s in r["rss_mb"] if t <= burst.t_start]
-    growth = {k: r["rss_mb"][-1][1][k] - before[-1][k] for k in before[-1]}
-    print({"rss_growth_mb": growth, "posed_fraction": posed})
     assert all(g < 40.0 for g in growth.values()), growth

@@ -10,6 +10,8 @@ without the wall clock (bags carry their recording time and ``use_sim_time`` mus
 * a jump is believed only when it is **sustained**: ``confirm`` consecutive messages of a stream,
   each newer than the one before and within ``max_jump`` of it (a new timeline that advances),
   on at least ``min_topics`` streams whose new timelines agree (``RESET``: the caller resets);
+* a stream moving forward, up to where the other streams are, is catching up (a node that
+  dropped a backlog, a stream that paused): accepted at once;
 * a stream that paused or started late re-joins without a reset once it has ``confirm``
   consecutive messages that agree with another stream's timeline, and a stream not anchored
   since the last reset once it has ``confirm`` advancing messages (``ACCEPT``).
@@ -38,6 +40,7 @@ class StampVerdict:
     verdict: str
     kind: str = ""
     text: str = ""
+    jump_ns: int = 0  # RESET: how far the timeline jumped (negative: back)
 
     @property
     def accepted(self) -> bool:
@@ -78,8 +81,12 @@ class StampJumpDetector:
             return StampVerdict(REJECT, "stamp_zero" if stamp == 0 else "stamp_negative",
                                 f"{stream}: stamp {stamp} ns (header not set?)")
         own = self.newest.get(stream)
-        near = abs(stamp - own) <= self.max_jump_ns if own is not None else (
-            not self.newest or self._near_any(stamp))
+        if own is None:
+            near = not self.newest or self._near_any(stamp)
+        else:  # close to its own stream, or a lagging stream catching up with the others (not past them)
+            others = [v for k, v in self.newest.items() if k != stream]
+            near = abs(stamp - own) <= self.max_jump_ns or (
+                stamp > own and bool(others) and stamp <= max(others) + self.max_jump_ns)
         if near:
             self.newest[stream] = stamp if own is None else max(own, stamp)
             self._pending.pop(stream, None)
@@ -107,4 +114,5 @@ class StampJumpDetector:
         self.newest = {k: self._pending[k].newest for k in voters}  # the other streams re-join later
         self._pending.clear()
         self.resets += 1
-        return StampVerdict(RESET, "stamp_reset", f"time jumped {(stamp - ref) * 1e-9:+.3f} s on {sorted(voters)}")
+        return StampVerdict(RESET, "stamp_reset", f"time jumped {(stamp - ref) * 1e-9:+.3f} s on {sorted(voters)}",
+                            stamp - ref)

@@ -235,11 +235,16 @@ class RefinementNode(GuardedNode):
 
     def on_buffered(self, data, kind: str) -> None:
         """A sensor_msgs/Image (colour, mask or depth), serialised (bytes) or a message object
-        (from the in-process bus): stored under its header stamp (lock held)."""
+        (from the in-process bus): stored under its header stamp (lock held). Its header is checked
+        first (encoding, size, step and data length, frame; read from the bytes without
+        deserialising the pixels), so a malformed image never takes the place of a frame."""
         try:
-            stamp = msgs.serialized_header_stamp_ns(data) if isinstance(data, bytes) else msgs.header_stamp_ns(data)
+            header = msgs.serialized_image_header(data) if isinstance(data, (bytes, bytearray)) else data
+            msgs.check_image_header(header, self._ENCODINGS[kind], self.p["camera_frame"])
+            stamp = header.stamp_ns if isinstance(header, msgs.ImageHeader) else msgs.header_stamp_ns(data)
         except ValueError as e:
-            self.errors.warn(f"{kind}_data", f"{kind} skipped: {e}")
+            key = f"{kind}_{e.kind.split('_', 1)[1]}" if getattr(e, "kind", None) else f"{kind}_data"
+            self.errors.warn(key, f"{kind} skipped: {e}", getattr(e, "value", None))
             return
         # the stamp against its own stream's recent ones: a stray (far future, far past) never
         # takes a place in the buffer; a confirmed jump of the timeline empties it
@@ -247,9 +252,17 @@ class RefinementNode(GuardedNode):
         if not v.accepted:
             self.errors.warn(f"{kind}_{v.kind}", f"{kind} skipped: {v.text}")
             return
-        if v.verdict == "reset":
+        if v.verdict == "reset" and v.jump_ns < 0:
+            # back: the buffered frames are of a timeline that will not come again. (Forward - all
+            # streams ahead at once, also what a flood between two takes of the readers looks like -
+            # the buffer is kept: its frames age out.)
+            self.get_logger().info(f"{v.text}: frame buffer emptied", throttle_duration_sec=5.0)
             self.frames.clear()
             self.joints.clear()
+        if self.camera is not None and (header.width, header.height) != (self.camera.width, self.camera.height):
+            self.errors.warn(f"{kind}_size", f"{kind} {header.width}x{header.height} skipped: camera_info says "
+                             f"{self.camera.width}x{self.camera.height}")
+            return
         self._slot(stamp)[kind] = data
 
     _ENCODINGS = {"rgb": ("rgb8", "bgr8"), "depth": ("16UC1", "32FC1"),

@@ -170,7 +170,9 @@ class TrackingNode(GuardedNode):
 
         self.tf = TfPublisher(self)
         subscribe(self, bus, JointState, graph.JOINT_STATES, self.on_joint_state, STATE_QOS)
-        subscribe(self, bus, CameraInfo, graph.CAMERA_TOPICS["color_info"], self.on_camera_info, OUTPUT_QOS)
+        # every camera_info is a frame to pose: a deep reader queue (small messages), so that a burst
+        # (bad messages, a busy executor) does not push frames out before they are taken (issue 28)
+        subscribe(self, bus, CameraInfo, graph.CAMERA_TOPICS["color_info"], self.on_camera_info, STATE_QOS)
         subscribe(self, bus, ObjectObservation, graph.TOPICS["object_observation"],
                                  lambda m: self.on_observation("object", m), STATE_QOS)
         subscribe(self, bus, FingertipObservations, graph.TOPICS["fingertips"],

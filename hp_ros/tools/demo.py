@@ -65,6 +65,7 @@ class Collector:
         self.node = rclpy.create_node("hp_ros_demo_listener", context=self.ctx)
         self.object_frame, self.camera_frame = object_frame, camera_frame
         self.poses: dict = {}       # stamp_ns -> (T (4,4), cov (6,6), wall receive time)
+        self.invalid_poses = 0      # malformed messages on the pose topic (not the tracker's)
         self.tf: dict = {}          # stamp_ns -> T
         self.images: dict = {}      # stamp_ns -> wall receive time of the colour camera_info
         self.status: list = []      # (wall, state_name)
@@ -72,9 +73,10 @@ class Collector:
         self.diagnostics: dict = {}  # status name -> {key: value} of its latest /diagnostics
         self._lock = threading.Lock()
         n = self.node
-        n.create_subscription(PoseWithCovarianceStamped, graph.TOPICS["object_pose"], self._on_pose, OUTPUT_QOS)
-        n.create_subscription(TFMessage, "/tf", self._on_tf, OUTPUT_QOS)
-        n.create_subscription(TrackingStatus, graph.TOPICS["tracking_status"], self._on_status, OUTPUT_QOS)
+        # deep queues: every pose counts, also while this listener is busy (a burst in the fuzz test)
+        n.create_subscription(PoseWithCovarianceStamped, graph.TOPICS["object_pose"], self._on_pose, STATE_QOS)
+        n.create_subscription(TFMessage, "/tf", self._on_tf, STATE_QOS)
+        n.create_subscription(TrackingStatus, graph.TOPICS["tracking_status"], self._on_status, STATE_QOS)
         n.create_subscription(DiagnosticArray, "/diagnostics", self._on_diagnostics, OUTPUT_QOS)
         n.create_subscription(ObjectObservation, graph.TOPICS["object_observation"], self._on_observation, STATE_QOS)
         # camera_info goes out next to each colour image with the same stamp: its arrival time
@@ -96,9 +98,17 @@ class Collector:
     def _on_pose(self, msg, info):
         from hp_ros.io import msgs
 
+        from hp_ros.io import validate
+
         t = info["source_timestamp"] * 1e-9
+        try:  # the tracker's poses are valid; anything else on the topic is not scored
+            cov = validate.check_covariance(msg.pose.covariance)
+            T = msgs.pose_to_matrix(msg)
+        except ValueError:
+            self.invalid_poses += 1
+            return
         with self._lock:
-            self.poses[msgs.header_stamp_ns(msg)] = (msgs.pose_to_matrix(msg), msgs.covariance_from_msg(msg), t)
+            self.poses[msgs.header_stamp_ns(msg)] = (T, cov, t)
 
     def _on_tf(self, msg):
         from hp_ros.io import msgs
@@ -256,6 +266,7 @@ def run_pipeline(out_dir: Path, object_spec: str = "builtin:cracker_box", durati
         time.sleep(1.5)  # trailing outputs
         rss.append((time.monotonic() - t_start, {p.name: _rss_mb(p.proc.pid) for p in procs}))
         alive = {p.name: p.alive() for p in procs}
+        rss_parts = {p.name: _rss_mb(p.proc.pid, ("RssAnon:", "RssFile:", "RssShmem:")) for p in procs}
     finally:
         for p in procs:
             p.stop()
@@ -268,19 +279,22 @@ def run_pipeline(out_dir: Path, object_spec: str = "builtin:cracker_box", durati
     result["cpu_ms_per_frame_total"] = round(sum(v for k, v in cpu_ms_per_frame.items() if k != "replay"), 2)
     result["rss_mb"] = rss                # resident memory of the node processes over the replay
     result["alive_at_end"] = alive        # every node process still running after the replay
+    result["rss_parts_mb"] = rss_parts    # at the end: anonymous, file-backed, shared memory (DDS segments)
     return result
 
 
-def _rss_mb(pid: int):
-    """Resident memory [MB] of a running process (Linux /proc), None when unreadable."""
+def _rss_mb(pid: int, fields=("VmRSS:",)):
+    """Resident memory [MB] of a running process (Linux /proc ``status`` ``fields``: one -> a
+    number, several -> a dict), None when unreadable."""
+    found = {}
     try:
         with open(f"/proc/{pid}/status") as f:
             for line in f:
-                if line.startswith("VmRSS:"):
-                    return int(line.split()[1]) / 1024.0
+                if line.split(":")[0] + ":" in fields:
+                    found[line.split(":")[0]] = round(int(line.split()[1]) / 1024.0, 1)
     except (OSError, ValueError, IndexError):
-        pass
-    return None
+        return None
+    return found.get(fields[0].rstrip(":")) if len(fields) == 1 else found
 
 
 def _cpu_seconds(pid: int):

@@ -1,8 +1,6 @@
 """No message may kill a node or silently stop its work.
 
-* :class:`ProblemLog` - each kind of problem is logged once, then at most once per
-  ``repeat_period`` with the count since; counted under a bounded set of keys (the last
-  offending value is kept beside the count, so endless bad values never make endless keys).
+* :class:`~hp_ros.nodes.logs.ProblemLog` (in ``logs``) counts and logs what is refused.
 * :class:`GuardedNode` - a ``rclpy`` ``Node`` whose subscription, service, timer and guard
   condition callbacks all go through :class:`CallbackGuard`: an exception that escapes a
   callback is logged (one line, no traceback), counted, and the node keeps running. A service
@@ -18,63 +16,11 @@ from __future__ import annotations
 import inspect
 import threading
 import time
-from typing import Any, Callable, Optional
+from typing import Callable, Optional
 
 from rclpy.node import Node
 
-# keys a ProblemLog keeps apart; further kinds are counted together under OTHER
-MAX_KEYS = 64
-OTHER = "other"
-
-
-class ProblemLog:
-    """Log each kind of problem once, then at most every ``repeat_period`` s; count every one.
-
-    ``counts``: key -> occurrences; ``last_values``: key -> the last offending value given.
-    Same ``warn(key, text)`` / ``counts`` / ``total()`` as the ``OnceLogger`` it replaces."""
-
-    def __init__(self, node: Node, repeat_period: float = 60.0):
-        self._logger = node.get_logger()
-        self.repeat_period = repeat_period
-        self.counts: dict = {}
-        self.last_values: dict = {}
-        self._logged: dict = {}   # key -> (monotonic time of the last line, count then)
-        self._lock = threading.Lock()
-
-    def warn(self, key: str, text: str, value: Any = None) -> None:
-        with self._lock:
-            if key not in self.counts and len(self.counts) >= MAX_KEYS:
-                key, value = OTHER, key
-            n = self.counts.get(key, 0) + 1
-            self.counts[key] = n
-            if value is not None:
-                self.last_values[key] = str(value)[:80]
-            now = time.monotonic()
-            last = self._logged.get(key)
-            if last is not None and now - last[0] < self.repeat_period:
-                return
-            self._logged[key] = (now, n)
-        if last is None:
-            self._logger.warning(f"{text} (further occurrences counted in diagnostics, logged at most every "
-                                 f"{self.repeat_period:.0f} s)")
-        else:
-            self._logger.warning(f"{text} ({n - last[1]} more of this kind in the last {now - last[0]:.0f} s)")
-
-    def reject(self, error: Exception, default_key: str, prefix: str = "") -> None:
-        """Count a refused message: the key is the error's ``kind`` (an ``InvalidMessage``) or
-        ``default_key``; its ``value`` is kept as the last one seen."""
-        self.warn(getattr(error, "kind", None) or default_key, f"{prefix}{error}", getattr(error, "value", None))
-
-    def total(self) -> int:
-        return sum(self.counts.values())
-
-    def diagnostics(self, prefix: str = "input_errors.") -> dict:
-        """``{prefix + key: count}`` and ``{prefix + key + '.last': value}`` for /diagnostics."""
-        with self._lock:
-            out = {f"{prefix}{k}": v for k, v in self.counts.items()}
-            out.update({f"{prefix}{k}.last": v for k, v in self.last_values.items()})
-        return out
-
+from hp_ros.nodes.logs import ProblemLog
 
 def _takes_two(callback: Callable) -> bool:
     """True when ``callback`` cannot be called with one argument but can with two (an rclpy

@@ -644,11 +644,6 @@ class SegmentationNode(Node):
 
 
 def main(args=None):
-    try:
-        import torch
-        torch.set_num_threads(1)  # small FK batches: threads only add contention
-    except ImportError:
-        pass
     # single-threaded executor: the callbacks only store messages; segmentation runs on the node's
     # worker thread (rclpy's EventsExecutor of Jazzy 7.1 was measured busy-looping at 100 % CPU idle)
     return run_node(SegmentationNode, "segmentation_node", args)

@@ -10,9 +10,12 @@ The per-frame logic - pairing observations with frames by stamp, late observatio
 order, the penetration projection, LOST and re-initialisation - is the core's
 :class:`~hp_ros.core.ekf.FrameTracker` (see its module doc). This node turns messages into its
 typed inputs (:mod:`hp_ros.io.observations`), runs it when a camera_info or an observation
-arrives, when joint states arrive while a frame waits, and on a 10 ms timer while anything is
-pending, and publishes each processed frame's result. Joint states are handed over in batches:
-all that arrived since the tracker last ran.
+arrives and on a 10 ms timer (steady clock) while anything is pending, and publishes each
+processed frame's result. Joint states have no callback: they wait in a DDS reader
+(:class:`~hp_ros.nodes.deferred.DeferredReader`) and each run of the tracker takes all that arrived
+as one batch (without pending frames at least every 0.25 s). A frame waiting only for the joint
+state after its stamp is therefore processed at the next of: an observation, a camera_info, the
+timer tick.
 """
 from __future__ import annotations
 
@@ -37,6 +40,7 @@ from hp_ros.io import msgs
 from hp_ros.io.observations import fingertips_from_msg, object_observation_from_msg
 from hp_ros.nodes.buffers import joint_state_arrays
 from hp_ros.nodes.calibration import CameraToHand
+from hp_ros.nodes.deferred import DeferredReader
 from hp_ros.nodes.diagnostics import diagnostics_message, stage_medians_ms
 from hp_ros.nodes.loaders import camera_to_hand_from_param, load_hand, load_object
 from hp_ros.nodes.local_bus import publisher, subscribe
@@ -51,7 +55,8 @@ from hp_ros.nodes.tracking_params import OWN_PARAMS
 # the frame's observations and joint states (at most pairing_timeout), filter + publishing
 TRACKER_STAGES = (("transport", "sent", "received"), ("executor", "received", "callback"),
                   ("wait_observations", "callback", "start"), ("filter_publish", "start", "published"))
-JOINTS_IDLE = 0.25  # [s]
+JOINTS_IDLE = 0.25  # [s] joint states are taken at least this often
+JOINT_READER_DEPTH = 200  # joint states the DDS reader keeps between two takes (2 s at 100 Hz)
 FROM_MSG = {"object": object_observation_from_msg, "fingertips": fingertips_from_msg}
 
 
@@ -76,8 +81,10 @@ class TrackingNode(Node):
                                     initial_pose=camera_to_hand_from_param(p["initial_pose"]),  # same [x y z q] layout
                                     warn=self.errors.warn, info=self.get_logger().info)
         self.mapper = self.hand.joint_state_mapper()
-        self.joint_msgs = collections.deque(maxlen=capacity)  # taken as one batch whenever the tracker runs
-        self.joints_since = 0.0  # when the oldest of joint_msgs arrived
+        # joint states (100 Hz) wait in their DDS reader until the tracker runs (hp_ros.nodes.deferred):
+        # no executor callback per message; all that arrived are handed over as one batch
+        self.joint_reader = DeferredReader(self, bus, JointState, graph.JOINT_STATES, depth=JOINT_READER_DEPTH)
+        self.last_run = 0.0  # monotonic time of the last run_tracker
         self.stage_times = collections.deque(maxlen=300)  # per-frame wall-clock ns stamps, see on_camera_info
         self.last_status = None
 
@@ -87,7 +94,6 @@ class TrackingNode(Node):
         from hp_ros.nodes.tf_out import TfPublisher
 
         self.tf = TfPublisher(self)
-        subscribe(self, bus, JointState, graph.JOINT_STATES, self.on_joint_state, STATE_QOS)
         subscribe(self, bus, CameraInfo, graph.CAMERA_TOPICS["color_info"], self.on_camera_info, OUTPUT_QOS)
         for kind, msg_type, topic in (("object", ObjectObservation, "object_observation"),
                                       ("fingertips", FingertipObservations, "fingertips")):
@@ -127,14 +133,6 @@ class TrackingNode(Node):
             self.tracker.add_frame(msgs.header_stamp_ns(msg), time.monotonic(), stages)
             self.run_tracker()
 
-    def on_joint_state(self, msg) -> None:
-        """Kept for the next run of the tracker; a frame waiting for joint states runs it now."""
-        if not self.joint_msgs:
-            self.joints_since = time.monotonic()
-        self.joint_msgs.append(msg)
-        if self.tracker.frames or self.p["publish_on_joint_states"]:
-            self.run_tracker()
-
     def on_observation(self, kind: str, msg) -> None:
         try:
             obs = FROM_MSG[kind](msg)
@@ -171,9 +169,9 @@ class TrackingNode(Node):
         return response
 
     def on_timer(self) -> None:
-        # frames waiting for observations / joint states, late observations; joint states kept for
-        # JOINTS_IDLE s without a frame (checked and held, so bad input is reported while idle)
-        if self.tracker.pending or (self.joint_msgs and time.monotonic() - self.joints_since > JOINTS_IDLE):
+        # frames waiting for observations / joint states, late observations; without them only every
+        # JOINTS_IDLE s (joint states taken, checked - bad input is reported while idle - and held)
+        if self.tracker.pending or time.monotonic() - self.last_run > JOINTS_IDLE or self.p["publish_on_joint_states"]:
             self.run_tracker()
         self.refinement.poll()
 
@@ -181,10 +179,11 @@ class TrackingNode(Node):
     def run_tracker(self) -> None:
         """Hand the joint states that arrived since the last run to the tracker as one batch, run it,
         publish what it processed."""
-        now = time.monotonic()
-        if self.joint_msgs:
-            batch = [self.joint_msgs.popleft() for _ in range(len(self.joint_msgs))]
-            stamps, q = joint_state_arrays(batch, self.mapper, lambda text: self.errors.warn("joint_state", text))
+        now = self.last_run = time.monotonic()
+        batch = self.joint_reader.take()
+        if batch:
+            stamps, q = joint_state_arrays([m for m, _ in batch], self.mapper,
+                                           lambda text: self.errors.warn("joint_state", text))
             self.tracker.add_joint_states(stamps, q, now)
         self.tracker.set_calibration(self.calib.T_cam_hand)
         for result in self.tracker.process(now):

@@ -211,8 +211,10 @@ class HandAligner:
     def __init__(self, hand, K, width: int, height: int, iterations: int = 3, gate: float = 0.015,
                  huber: float = 0.003, max_translation: float = 0.02, max_rotation: float = 0.1,
                  damping: float = 1e-4, min_points: int = 50, marker_radius: float = 0.0,
-                 visibility_tolerance: float = 0.004, stride: int = 2, first_iterations: int = 8):
+                 visibility_tolerance: float = 0.004, stride: int = 2, first_iterations: int = 8,
+                 every: int = 1):
         self.visibility_tolerance = float(visibility_tolerance)
+        self.every = max(int(every), 1)
         self.stride, self.first_iterations = max(int(stride), 1), int(first_iterations)
         self._frames = 0
         self.hand, self.K = hand, _check_K(K)
@@ -253,7 +255,14 @@ class HandAligner:
         """One frame: refine the correction; returns the corrected ``T_cam_hand`` ``(4, 4)``.
 
         ``render``: the hand rendered at the current estimate (``correction @ T_cam_hand``); its
-        z-buffer drops samples hidden by other parts of the hand (self-occlusion)."""
+        z-buffer drops samples hidden by other parts of the hand (self-occlusion).
+
+        With ``every`` > 1 the steps run on every ``every``-th frame only (after the first
+        ``every`` frames, which all run): a calibration error drifts slowly, the held correction
+        serves the frames between."""
+        if self.every > 1 and self._frames >= self.every and self._frames % self.every:
+            self._frames += 1
+            return self.correction @ np.asarray(T_cam_hand, dtype=np.float64)
         p0, n0 = self._surface(q, T_cam_hand)
         K, H, W = self.K, self.height, self.width
         C = self.correction.copy()

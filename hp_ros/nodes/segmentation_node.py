@@ -263,6 +263,9 @@ class SegmentationNode(Node):
         except ValueError as e:
             self.bad.warn("camera_info", f"camera_info skipped: {e}")
             return
+        if info.distorted:
+            self.bad.warn("camera_distortion", "camera_info has distortion coefficients but no P: the image is used "
+                                               "as if undistorted (subscribe to a rectified image for accuracy)")
         with self._cv:
             self.new_info = info   # taken over by the worker thread
             self._cv.notify()

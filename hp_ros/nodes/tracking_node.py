@@ -121,10 +121,14 @@ class TrackingNode(Node):
     # ------------------------------------------------------------------ inputs
     def on_camera_info(self, msg, info) -> None:
         try:
-            self.tracker.set_camera(msgs.camera_info_to_intrinsics(msg).K)
+            intrinsics = msgs.camera_info_to_intrinsics(msg)  # the one CameraInfo rule (P, binning, ROI)
+            self.tracker.set_camera(intrinsics.K)
         except ValueError as e:
             self.errors.warn("camera_info", f"camera_info ignored: {e}")
             return
+        if intrinsics.distorted:
+            self.errors.warn("camera_distortion", "camera_info has distortion coefficients but no P: "
+                                                  "observations are used as if undistorted")
         # every camera frame gets a pose: the frame is known from its camera_info (small, sent next
         # to each image), whether or not the segmentation keeps up with it
         if self.p["pose_every_frame"]:

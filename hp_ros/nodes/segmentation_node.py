@@ -106,7 +106,8 @@ SEG_PARAMS = {
     "model_max_margin": Param(0.04, "model backend: largest search margin (m)", positive),
     "model_tolerance": Param(0.006, "model backend: depth within this (m) of the fitted model surface is object",
                              positive),
-    "model_icp_iterations": Param(4, "model backend: robust ICP steps per frame (0 = coarse search only)",
+    "model_icp_iterations": Param(8, "model backend: robust ICP steps per frame after the coarse search (a fit "
+                                  "without it, from the tracker's pose: at most 4; 0 = coarse search only)",
                                   non_negative),
     "model_scale": Param(0.5, "model backend: working resolution factor (0-1]", positive),
     "model_dilate_px": Param(2, "model backend: silhouette growth (pixels)", non_negative),

@@ -77,7 +77,7 @@ class SegmenterConfig:
     model_margin: float = 0.02               # m, search margin around the prior (>= 3 x prior_pos_sigma is used)
     model_max_margin: float = 0.04           # m, largest search margin (bounds the signed-distance grid)
     model_tolerance: float = 0.006           # m, depth within this of the refined model's surface = object
-    model_icp_iterations: int = 4            # robust ICP steps per frame (0 = coarse search only)
+    model_icp_iterations: int = 8            # robust ICP steps per frame (0 = coarse search only)
     model_scale: float = 0.5                 # working resolution of the fit and the rendered silhouette
     model_dilate_px: int = 2                 # silhouette growth absorbing the remaining pose error
 

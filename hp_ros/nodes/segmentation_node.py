@@ -53,7 +53,7 @@ def _backend_check(v):
 
 SEG_PARAMS = {
     "object_backend": Param("model", "object mask backends: color, depth, external, detectron2, model (the "
-                            "tracker's pose on /hp_ros/object_pose refined against depth), or two joined by '+' "
+                            "tracker's pose on /hp_ros/object_pose refined against depth), or several joined by '+' "
                             "(intersection) or '|' (union)", _backend_check),
     "fallback_backend": Param("color|depth", "object backends of the frames the model backend cannot serve (no "
                               "tracker pose within prior_max_age: before the first pose, after LOST; or no "

@@ -182,6 +182,23 @@ def _frame_observations(obs: Observations, i: int, variant: str, fit, hand) -> d
     return out
 
 
+def _start_tracker(seq, qj, hand, obj, sdf, cfg, T_ch, project: bool, seed: int, exact: bool) -> FrameTracker:
+    """The tracking node's per-frame path for ``seq``: all joint states ``qj`` ``(Nj, J)`` held (offline),
+    initialised at frame 0 from the ground truth perturbed by a draw from the initial covariance
+    (none when ``exact``)."""
+    rng = np.random.default_rng([seed, 77])
+    xi0 = np.concatenate([rng.normal(scale=cfg.init_pos_sigma, size=3), rng.normal(scale=cfg.init_rot_sigma, size=3)])
+    if exact:
+        xi0[:] = 0.0
+    tracker = FrameTracker(hand, obj, cfg, FrameTrackerConfig(project_penetration=project, joint_capacity=len(qj) + 1),
+                           sdf=sdf, K=seq.K, T_cam_hand=T_ch)
+    tracker.add_joint_states(seq.joint_stamps_ns, qj)
+    tracker.set_initial_pose(apply_delta_np(seq.T_cam_obj[0], xi0))
+    tracker.add_frame(int(seq.frame_stamps_ns[0]))
+    tracker.flush()
+    return tracker
+
+
 def run_filter(seq, obs: Observations, variant: str, hand, obj, sdf=None, config=None, timings=None, seed: int = 0,
                exact_inputs: bool = False, record: dict = None, depth_frames=None, masker=None):
     """Run one variant (dynamics | fingertips | center | both | +depth) over ``seq``.
@@ -220,20 +237,9 @@ def run_filter(seq, obs: Observations, variant: str, hand, obj, sdf=None, config
         nf = seq.num_frames
         fit_err, fit_cov = np.full((nf, 6), np.nan), np.full((nf, 6, 6), np.nan)
         fit_conf, fit_acc, proj = np.zeros(nf), np.zeros(nf, bool), []
-    rng = np.random.default_rng([seed, 77])
-    xi0 = np.concatenate([rng.normal(scale=cfg.init_pos_sigma, size=3), rng.normal(scale=cfg.init_rot_sigma, size=3)])
-    if exact_inputs:
-        xi0[:] = 0.0
     qj = seq.joint_positions_true if exact_inputs else seq.joint_positions
     tf = [int(s) for s in seq.frame_stamps_ns]
-    # the tracking node's per-frame path: all joint states held (offline), one flush per frame
-    tracker = FrameTracker(hand, obj, cfg, FrameTrackerConfig(project_penetration=depth,
-                                                              joint_capacity=len(qj) + 1),
-                           sdf=sdf, K=seq.K, T_cam_hand=T_ch)
-    tracker.add_joint_states(seq.joint_stamps_ns, qj)
-    tracker.set_initial_pose(apply_delta_np(seq.T_cam_obj[0], xi0))
-    tracker.add_frame(tf[0])
-    tracker.flush()
+    tracker = _start_tracker(seq, qj, hand, obj, sdf, cfg, T_ch, depth, seed, exact_inputs)
     ekf = tracker.ekf
     tp, tu = [], []  # (wall, thread CPU) seconds per predict / per frame's updates
     ekf.predict = _timed(ekf.predict, tp)

@@ -204,3 +204,17 @@ def test_uninitialised_frames_and_time_going_backwards(world):
     tr.add_joint_states(seq.joint_stamps_ns[:3] - 5_000_000_000, seq.joint_positions[:3])
     assert tr.state == TrackState.INITIALIZING and tr.counts["resets"] == 1 and tr.last_stamp is None
     assert len(tr.joints.stamps) == 3
+    # observations lagging more than a second behind the processed frames are late, not a reset ...
+    tr = _tracker(world)
+    _joints(world, tr)
+    tr.add_frame(s[0])
+    tr.flush()
+    tr.add_frame(s[1] + 3_000_000_000)  # the camera ran ahead (frames posed from the joint states)
+    tr.add_joint_states([s[1] + 3_000_000_000], seq.joint_positions[-1:])
+    tr.flush()
+    tr.add_observation(s[1], "object", _centre(world, 1))
+    tr.process(0.0)
+    assert tr.counts["resets"] == 0 and tr.counts["late"] == 1
+    # ... an observation stream jumping back by more than a second is
+    tr.add_observation(s[1] - 2_000_000_000, "object", _centre(world, 1))
+    assert tr.counts["resets"] == 1 and tr.state == TrackState.INITIALIZING

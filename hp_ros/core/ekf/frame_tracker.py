@@ -18,7 +18,8 @@ evaluation drive; it owns everything between typed inputs and one pose per frame
   ``reprocess_window``) waits for the next :meth:`process`, which returns the filter to the oldest
   such frame, adds them, and re-predicts and re-updates the frames after it in one pass. Published
   poses stay as they were. An observation older than the window, or of a kind its frame already
-  has, is counted ``late``. A stamp jumping back by more than 1 s resets the tracker.
+  has, is counted ``late``. Joint states or observations jumping back by more than 1 s against
+  the newest of their kind (a looping bag, a restarted driver) reset the tracker.
 * **LOST and re-initialisation.** The filter declares LOST (:mod:`hp_ros.core.ekf.track_policy`);
   a frame's result says so, and :meth:`refinement_start_pose` gives the pose to refine from. A pose
   from outside (:meth:`set_initial_pose`, :meth:`reinitialize` for a refinement result, possibly
@@ -121,6 +122,7 @@ class FrameTracker:
         self.pending_init = None if initial_pose is None else (initial_pose, None, None)  # (T, cov, stamp)
         self.frames: dict = {}       # stamp -> {"t_first": now, kind: observation, "stages": dict}
         self.kinds_seen: dict = {}   # kind -> time last seen
+        self.newest_obs: dict = {}   # kind -> newest observation stamp
         self.last_stamp: Optional[int] = None
         self.last_q = None
         self.last_center = None      # (stamp, u, v, depth) of the latest usable object observation
@@ -173,8 +175,12 @@ class FrameTracker:
         (``"fingertips"``) of the frame at ``stamp``."""
         if kind not in KINDS:
             raise ValueError(f"observation kind must be one of {KINDS}, got {kind!r}")
-        if self.last_stamp is not None and stamp < self.last_stamp - _JUMP_BACK_NS:
+        # time went backwards: against the newest observation of the same kind (a segmentation
+        # lagging more than a second behind the camera frames is late, not going backwards)
+        newest = self.newest_obs.get(kind)
+        if newest is not None and stamp < newest - _JUMP_BACK_NS:
             self.reset("time went backwards in the observations")
+        self.newest_obs[kind] = max(stamp, self.newest_obs.get(kind, stamp))
         if self.last_stamp is not None and stamp <= self.last_stamp:
             # applied by the next process(): the observations of a frame then cost one reprocess
             # pass instead of one each, and a backlog one pass instead of one per frame
@@ -207,6 +213,7 @@ class FrameTracker:
         self.frames.clear()
         self.history.clear()
         self.late_obs.clear()
+        self.newest_obs.clear()
         self.last_stamp = None
         self.last_q = None
         if self.initial_pose is not None:

@@ -24,6 +24,7 @@ from hp_ros.nodes import exit_quietly_while_loading
 exit_quietly_while_loading(__name__)  # before the imports below: they take seconds
 
 import collections
+import functools
 import time
 
 from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus
@@ -97,7 +98,8 @@ class TrackingNode(Node):
         subscribe(self, bus, CameraInfo, graph.CAMERA_TOPICS["color_info"], self.on_camera_info, OUTPUT_QOS)
         for kind, msg_type, topic in (("object", ObjectObservation, "object_observation"),
                                       ("fingertips", FingertipObservations, "fingertips")):
-            subscribe(self, bus, msg_type, graph.TOPICS[topic], lambda m, k=kind: self.on_observation(k, m), STATE_QOS)
+            # a one-argument callback (a lambda with a default would be handed the message info too)
+            subscribe(self, bus, msg_type, graph.TOPICS[topic], functools.partial(self.on_observation, kind), STATE_QOS)
         subscribe(self, bus, PoseStamped, graph.TOPICS["initial_pose"], self.on_initial_pose, OUTPUT_QOS)
         subscribe(self, bus, PoseWithCovarianceStamped, graph.TOPICS["refined_pose"], self.on_refined_pose, OUTPUT_QOS)
         self.create_service(Trigger, graph.SERVICES["reset_tracking"], self.on_reset)

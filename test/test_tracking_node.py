@@ -170,7 +170,10 @@ def test_tracking_node_follows_ground_truth_and_recovers(tmp_path, ros_node, sta
     bad = ObjectObservation(valid=True, confidence=1.0, centroid_u=math.nan, centroid_v=1.0, median_depth=math.nan)
     bad.header.stamp.sec = int((int(seq.frame_stamps_ns[-1]) + 10 ** 9) // 10 ** 9)
     obs_pub.publish(bad)
-    spin_until(ros_node, lambda: False, timeout=1.0)
+    # joint states are taken when the tracker runs (at least every 0.5 s while idle): wait for the log
+    spin_until(ros_node, lambda: "joint state ignored" in node.log_text() and "non-finite" in node.log_text(),
+               timeout=10.0)
+    spin_until(ros_node, lambda: False, timeout=1.0)  # a second report would come within this
     assert node.alive(), node.log_text()
     log = node.log_text()
     assert log.count("joint state ignored") == 1 and "not_a_joint" in log, log  # logged once, named
@@ -202,3 +205,36 @@ def test_tracking_node_follows_ground_truth_and_recovers(tmp_path, ros_node, sta
     assert fut.result().success and "re-armed" in fut.result().message
     assert spin_until(ros_node, lambda: "reset: reset service" in node.log_text(), timeout=5)
     assert node.alive()
+
+
+@pytest.mark.ros
+def test_the_frame_timer_runs_only_while_something_waits(ros_env):
+    """The 10 ms timer is cancelled while nothing is pending (no executor callback 100x/s when idle)
+    and restarted when a frame waits (here: for joint states that have not come)."""
+    import rclpy
+    from sensor_msgs.msg import CameraInfo
+
+    from hp_ros.core.synth import SynthConfig, generate_sequence
+    from hp_ros.nodes.tracking_node import TrackingNode
+
+    seq = generate_sequence(SynthConfig(duration_s=0.2, seed=2, render=False))
+    Tc = seq.T_cam_hand_published
+    from scipy.spatial.transform import Rotation
+    cam_hand = [*Tc[:3, 3], *Rotation.from_matrix(Tc[:3, :3]).as_quat()]
+    rclpy.init(args=["--ros-args", "-p", "object_mesh:=builtin:cracker_box", "-p", "request_refinement:=false",
+                     "-p", f"camera_to_hand:={[float(v) for v in cam_hand]}"])
+    node = None
+    try:
+        node = TrackingNode()
+        assert node.timer.is_canceled() and not node.tracker.pending
+        info = {"source_timestamp": 0, "received_timestamp": 0}
+        node.on_camera_info(M.make_camera_info(seq.K, seq.width, seq.height, CameraInfo,
+                                               stamp_ns=int(seq.frame_stamps_ns[0])), info)
+        assert node.tracker.pending and not node.timer.is_canceled()  # the frame waits for joint states
+        node.tracker.reset("test")
+        node.on_timer()
+        assert not node.tracker.pending and node.timer.is_canceled()
+    finally:
+        if node is not None:
+            node.destroy_node()
+        rclpy.shutdown()

@@ -13,7 +13,7 @@ typed inputs (:mod:`hp_ros.io.observations`), runs it when a camera_info or an o
 arrives and on a 10 ms timer (steady clock) while anything is pending, and publishes each
 processed frame's result. Joint states have no callback: they wait in a DDS reader
 (:class:`~hp_ros.nodes.deferred.DeferredReader`) and each run of the tracker takes all that arrived
-as one batch (without pending frames at least every 0.25 s). A frame waiting only for the joint
+as one batch (without pending frames at least every 0.5 s). A frame waiting only for the joint
 state after its stamp is therefore processed at the next of: an observation, a camera_info, the
 timer tick.
 """
@@ -43,7 +43,7 @@ from hp_ros.nodes.buffers import joint_state_arrays
 from hp_ros.nodes.calibration import CameraToHand
 from hp_ros.nodes.deferred import DeferredReader
 from hp_ros.nodes.diagnostics import diagnostics_message, stage_medians_ms
-from hp_ros.nodes.loaders import camera_to_hand_from_param, load_hand, load_object
+from hp_ros.nodes.loaders import camera_to_hand_from_param, load_hand, load_object, warm_up
 from hp_ros.nodes.local_bus import publisher, subscribe
 from hp_ros.nodes.logs import OnceLogger
 from hp_ros.nodes.params import COMMON_PARAMS, declare_parameters
@@ -56,7 +56,7 @@ from hp_ros.nodes.tracking_params import OWN_PARAMS
 # the frame's observations and joint states (at most pairing_timeout), filter + publishing
 TRACKER_STAGES = (("transport", "sent", "received"), ("executor", "received", "callback"),
                   ("wait_observations", "callback", "start"), ("filter_publish", "start", "published"))
-JOINTS_IDLE = 0.25  # [s] joint states are taken at least this often
+JOINTS_IDLE = 0.5  # [s] joint states are taken at least this often
 JOINT_READER_DEPTH = 200  # joint states the DDS reader keeps between two takes (2 s at 100 Hz)
 FROM_MSG = {"object": object_observation_from_msg, "fingertips": fingertips_from_msg}
 
@@ -71,7 +71,7 @@ class TrackingNode(Node):
         from hp_ros.core.sdf import MeshSDF
 
         self.sdf = MeshSDF(self.obj.vertices, self.obj.faces)
-        self._warm_up()
+        warm_up(self.sdf, self.hand)  # before subscribing: the first query compiles for seconds
         self.errors = OnceLogger(self)
         self.calib = CameraToHand(self, p["camera_frame"], p["hand_base_frame"], camera_to_hand_from_param(p["camera_to_hand"]))
         # joint states of the last refinement_timeout (+ margin) at 100 Hz: a refinement answer for a
@@ -105,20 +105,14 @@ class TrackingNode(Node):
         self.create_service(Trigger, graph.SERVICES["reset_tracking"], self.on_reset)
         self.refinement = RefinementClient(self, self.tracker, p, self.errors)
         # steady clock: pairing budgets are wall time, and a sim clock (use_sim_time) stops with the bag
-        self.create_timer(0.01, self.on_timer, clock=Clock(clock_type=ClockType.STEADY_TIME))
+        steady = Clock(clock_type=ClockType.STEADY_TIME)
+        # the 10 ms timer runs only while a frame, a late observation or a refinement waits (_arm_timer)
+        self.timer = self.create_timer(0.01, self.on_timer, clock=steady)
+        self.timer.cancel()
+        self.create_timer(JOINTS_IDLE, self.on_idle, clock=steady)
         self.create_timer(1.0, self.publish_diagnostics)
         self.get_logger().info(f"tracking {self.obj.name} (tf via {self.tf.backend}, "
                                f"calibration {'estimated' if self.cfg.estimate_calibration else 'fixed'})")
-
-    def _warm_up(self) -> None:
-        """Compile/load the Warp SDF kernels and run the hand FK once before subscribing: the first
-        query takes seconds, and a node that stalls on its first frame overflows its input queues
-        (observed: a 3 s bag replayed while the first frame compiled -> ~8 poses out of 91)."""
-        import torch
-
-        with torch.no_grad():
-            self.sdf.query(torch.zeros(1, 1, 3, dtype=torch.float32))
-            self.hand.surface_points(self.hand.zero_q())
 
     # ------------------------------------------------------------------ inputs
     def on_camera_info(self, msg, info) -> None:
@@ -175,11 +169,20 @@ class TrackingNode(Node):
         return response
 
     def on_timer(self) -> None:
-        # frames waiting for observations / joint states, late observations; without them only every
-        # JOINTS_IDLE s (joint states taken, checked - bad input is reported while idle - and held)
-        if self.tracker.pending or time.monotonic() - self.last_run > JOINTS_IDLE or self.p["publish_on_joint_states"]:
+        if self.tracker.pending or self.p["publish_on_joint_states"]:
             self.run_tracker()
         self.refinement.poll()
+        self._arm_timer()
+
+    def on_idle(self) -> None:
+        """Without frames the joint states are still taken, checked (bad input is reported) and held."""
+        if time.monotonic() - self.last_run >= JOINTS_IDLE:
+            self.run_tracker()
+
+    def _arm_timer(self) -> None:
+        waiting = self.tracker.pending or self.refinement.future is not None or self.p["publish_on_joint_states"]
+        if waiting == self.timer.is_canceled():
+            self.timer.reset() if waiting else self.timer.cancel()
 
     # ------------------------------------------------------------------ processing
     def run_tracker(self) -> None:
@@ -194,6 +197,7 @@ class TrackingNode(Node):
         self.tracker.set_calibration(self.calib.T_cam_hand)
         for result in self.tracker.process(now):
             self.publish(result)
+        self._arm_timer()
 
     # ------------------------------------------------------------------ outputs
     def publish(self, r) -> None:

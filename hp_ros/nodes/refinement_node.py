@@ -318,6 +318,7 @@ class RefinementNode(Node):
         max_it = int(request.max_iterations) or int(self.p["max_iterations"])
         if max_it > MAX_ITERATIONS_LIMIT:
             return self._fail(response, f"max_iterations {max_it} exceeds the limit {MAX_ITERATIONS_LIMIT}")
+        self.ingest()  # what arrived since the last request (camera_info, frames, joint states, pose)
         if self.camera is None:
             return self._fail(response, "no camera_info received yet")
         want = msgs.stamp_to_ns(request.stamp)

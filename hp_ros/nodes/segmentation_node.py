@@ -225,13 +225,16 @@ class SegmentationNode(Node):
                                 history=IMAGE_QOS.history)
         subscribe(self, bus, Image, CAMERA_TOPICS["color_image"], self.on_image, frames_qos,
                                  event_callbacks=lost)
-        subscribe(self, bus, CameraInfo, CAMERA_TOPICS["color_info"], self.on_info, IMAGE_QOS)
+        # camera_info, depth, joint states and the tracker's poses wait in their DDS readers until a
+        # colour image or the worker needs them (hp_ros.nodes.deferred): the executor runs one
+        # callback per frame (the colour image, which wakes the worker) instead of ~7
+        self.info_reader = DeferredReader(self, bus, CameraInfo, CAMERA_TOPICS["color_info"], depth=2)
+        self.depth_reader = None
         if p["use_depth"]:
-            subscribe(self, bus, Image, CAMERA_TOPICS["depth_image"], self.on_depth, frames_qos)
+            self.depth_reader = DeferredReader(self, bus, Image, CAMERA_TOPICS["depth_image"],
+                                               depth=int(p["image_queue_depth"]))
         if p["external_mask_topic"]:
             subscribe(self, bus, Image, p["external_mask_topic"], self.on_external_mask, IMAGE_QOS)
-        # joint states (100 Hz) and the tracker's poses wait in their DDS readers until the worker
-        # needs them for a frame (hp_ros.nodes.deferred): no executor callback per message
         self.joint_reader = DeferredReader(self, bus, JointState, JOINT_STATES, depth=200)
         self.priors = collections.deque(maxlen=16)  # (stamp_ns, T_cam_obj (4, 4), position sigma [m])
         self.prior_reader = None
@@ -369,6 +372,17 @@ class SegmentationNode(Node):
         for msg, _info in self.joint_reader.take():
             self.on_joints(msg)
 
+    def _take_inputs(self) -> None:
+        """camera_info (the newest), depth images and joint states received since the last call
+        (self._cv held: it is re-entrant)."""
+        infos = self.info_reader.take()
+        if infos:
+            self.on_info(infos[-1][0])
+        if self.depth_reader is not None:
+            for msg, _info in self.depth_reader.take():
+                self.on_depth(msg)
+        self._take_joints()
+
     def _to_array(self, msg):
         if self.bridge is not None:
             return self.bridge.imgmsg_to_cv2(msg, desired_encoding="passthrough")
@@ -407,6 +421,7 @@ class SegmentationNode(Node):
         # the driver publishes colour, camera_info and depth of one frame in any order: a colour
         # image waits (bounded) for its camera_info, its depth and the joint states around it
         with self._cv:
+            self._take_inputs()  # the camera_info the size check needs
             # malformed images are turned away here (cheap header checks), so a burst of them
             # cannot push good frames out of the queue
             if not self._image_ok(msg, self._color_encodings, "colour", self.info or self.new_info):
@@ -460,8 +475,8 @@ class SegmentationNode(Node):
         the older ones still waiting are dropped - a node that fell behind catches up at once
         instead of segmenting a backlog (the tracker poses the dropped frames from the joint
         states). Otherwise the oldest, in order."""
+        self._take_inputs()
         self._update_segmenter()
-        self._take_joints()
         if self.segmenter is None:
             now = time.monotonic()
             while self.pending and (now - self.pending[0][1] > self.p["input_wait"]
@@ -619,11 +634,6 @@ class SegmentationNode(Node):
 
 
 def main(args=None):
-    try:
-        import torch
-        torch.set_num_threads(1)  # small FK batches: threads only add contention
-    except ImportError:
-        pass
     # single-threaded executor: the callbacks only store messages; segmentation runs on the node's
     # worker thread (rclpy's EventsExecutor of Jazzy 7.1 was measured busy-looping at 100 % CPU idle)
     return run_node(SegmentationNode, "segmentation_node", args)

@@ -204,7 +204,7 @@ class ModelObjectMasker:
         self._sample_sets = {}          # stride -> contiguous [sample, normal] rows (M, 6)
         # coarse search: "auto" (only when the prior is wide or the direct fit is poor) or "always"
         self.search = "auto"
-        self.search_below = 0.8         # confidence below which a fit (this frame or the last) searches
+        self.search_below = 0.9         # confidence below which a fit (this frame or the last) searches
         self.direct_iterations = 4      # ICP steps of a fit without the search (a prior within the final gate)
         self._last_confidence = 0.0     # of the previous frame's fit (0: none yet -> search)
         self.searches_after_direct = 0  # frames whose direct fit was poor and searched again

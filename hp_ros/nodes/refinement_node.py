@@ -45,6 +45,7 @@ from rclpy.node import Node
 from sensor_msgs.msg import CameraInfo, Image, JointState
 
 from hp_ros import graph
+from hp_ros.core.refine import TERM_NAMES
 from hp_ros.io import msgs
 from hp_ros.nodes.deferred import DeferredReader
 from hp_ros.nodes.buffers import JointStateBuffer
@@ -58,7 +59,7 @@ from hp_ros.nodes.params import COMMON_PARAMS, declare_parameters, length_in, no
 from hp_ros.nodes.process import run_node
 from hp_ros.nodes.qos import OUTPUT_QOS
 
-_TERMS = ("mask", "rgb", "penetration", "sliding", "smoothness", "oscillation")
+_TERMS = TERM_NAMES  # the core's loss terms: one list
 MAX_ITERATIONS_LIMIT = 2000
 
 

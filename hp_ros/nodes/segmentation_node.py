@@ -19,10 +19,12 @@ import numpy as np
 import rclpy
 from rclpy.node import Node
 from rclpy.qos import QoSProfile
-from sensor_msgs.msg import CameraInfo, Image, JointState, RegionOfInterest
+from sensor_msgs.msg import CameraInfo, Image, JointState
 
+from hp_ros.core.observation import FingertipObservation
 from hp_ros.graph import CAMERA_TOPICS, JOINT_STATES, TOPICS
 from hp_ros.io import msgs
+from hp_ros.io.observations import fingertips_to_msg, object_observation_to_msg
 from hp_ros.nodes.buffers import JointStateBuffer
 from hp_ros.nodes.calibration import CameraToHand
 from hp_ros.nodes.diagnostics import diagnostics_message, stage_medians_ms
@@ -51,7 +53,7 @@ def _backend_check(v):
 
 SEG_PARAMS = {
     "object_backend": Param("model", "object mask backends: color, depth, external, detectron2, model (the "
-                            "tracker's pose on /hp_ros/object_pose refined against depth), or two joined by '+' "
+                            "tracker's pose on /hp_ros/object_pose refined against depth), or several joined by '+' "
                             "(intersection) or '|' (union)", _backend_check),
     "fallback_backend": Param("color|depth", "object backends of the frames the model backend cannot serve (no "
                               "tracker pose within prior_max_age: before the first pose, after LOST; or no "
@@ -265,6 +267,9 @@ class SegmentationNode(Node):
         except ValueError as e:
             self.bad.warn("camera_info", f"camera_info skipped: {e}")
             return
+        if info.distorted:
+            self.bad.warn("camera_distortion", "camera_info has distortion coefficients but no P: the image is used "
+                                               "as if undistorted (subscribe to a rectified image for accuracy)")
         with self._cv:
             self.new_info = info   # taken over by the worker thread
             self._cv.notify()
@@ -599,9 +604,11 @@ class SegmentationNode(Node):
             out = msgs.numpy_to_image(m.astype(np.uint8) * 255, "mono8", stamp, frame, Image)
             out.header = h
             pub.publish(out)
-        self.pub_obs.publish(self._observation_msg(res, h))
+        self.pub_obs.publish(object_observation_to_msg(res.observation, stamp, frame, self.ObjectObservation))
         if res.fingertips is not None:
-            self.pub_tips.publish(self._fingertips_msg(res.fingertips, h))
+            tips = FingertipObservation(tuple(self.hand.fingertip_links), res.fingertips.uv, res.fingertips.confidence,
+                                        res.fingertips.fk_uv)
+            self.pub_tips.publish(fingertips_to_msg(tips, stamp, frame, self.FingertipObservations))
         if self.pub_overlay is not None and self.pub_overlay.get_subscription_count() > 0:
             out = msgs.numpy_to_image(overlay(rgb, res.hand_mask, res.object_mask, res.fingertips), "rgb8",
                                       stamp, frame, Image)
@@ -624,38 +631,6 @@ class SegmentationNode(Node):
                   **stage_medians_ms(list(self.stage_times), STAGES),
                   **{f"input_errors.{k}": v for k, v in self.bad.counts.items()}}
         self.diag_pub.publish(diagnostics_message(self, "hp_ros: segmentation_node", level, message, values))
-
-    def _observation_msg(self, res, header):
-        o = res.observation
-        m = self.ObjectObservation()
-        m.header = header
-        m.valid = bool(o.valid)
-        m.confidence = float(o.confidence)
-        m.centroid_u, m.centroid_v = float(o.centroid_u), float(o.centroid_v)
-        x, y, w, hgt = (int(v) for v in o.bbox)
-        m.bbox = RegionOfInterest(x_offset=x, y_offset=y, width=w, height=hgt, do_rectify=False)
-        m.area = int(o.area)
-        m.median_depth = float(o.median_depth)
-        m.has_center_3d = o.center_3d is not None
-        if o.center_3d is not None:
-            m.center_3d.x, m.center_3d.y, m.center_3d.z = (float(v) for v in o.center_3d)
-        m.backend = o.backend
-        T, cov = res.raw.get("model_pose"), res.raw.get("model_covariance")
-        m.has_pose = T is not None and cov is not None
-        if m.has_pose:  # the model backend's depth fit: a rotation-bearing observation for the tracker
-            m.pose = msgs.matrix_to_pose(T, type(m.pose))
-            m.pose_covariance = [float(v) for v in np.asarray(cov, dtype=np.float64).reshape(36)]
-            m.pose_confidence = float(res.raw.get("model_confidence", 0.0))
-        return m
-
-    def _fingertips_msg(self, tips, header):
-        m = self.FingertipObservations()
-        m.header = header
-        m.names = list(self.hand.fingertip_links)
-        m.u, m.v = [float(v) for v in tips.uv[:, 0]], [float(v) for v in tips.uv[:, 1]]
-        m.confidence = [float(c) for c in tips.confidence]
-        m.fk_u, m.fk_v = [float(v) for v in tips.fk_uv[:, 0]], [float(v) for v in tips.fk_uv[:, 1]]
-        return m
 
 
 def main(args=None):

@@ -322,7 +322,7 @@ def test_hope_model_backend_mask_iou_from_perturbed_reference_pose(hope_model):
         r = sg.segment(rgb, depth, T_cam_obj_prior=prior, prior_pos_sigma=0.01)
         ious.append(mask_iou(r.object_mask, gt)[0])
         assert r.object_confidence > 0.8 and r.observation.valid
-        T = r.raw["model_pose"]
+        T = r.observation.pose
         assert T.shape == (4, 4) and np.allclose(T[:3, :3] @ T[:3, :3].T, np.eye(3), atol=1e-6)
     assert min(ious) >= 0.8, ious
 
@@ -337,13 +337,13 @@ def test_hope_model_backend_follows_the_prior(hope_model):
     aside[:3, 3] += (0.10, 0.0, 0.0)
     r = sg.segment(rgb, depth, T_cam_obj_prior=aside, prior_pos_sigma=0.01)
     assert mask_iou(r.object_mask, gt)[0] < 0.2
-    assert np.linalg.norm(r.raw["model_pose"][:3, 3] - aside[:3, 3]) < 0.06   # stayed near its prior
+    assert np.linalg.norm(r.observation.pose[:3, 3] - aside[:3, 3]) < 0.06   # stayed near its prior
     floating = HOPE_T_REF.copy()
     floating[:3, 3] *= 0.8   # along the viewing ray, ~15 cm towards the camera
     r = sg.segment(rgb, depth, T_cam_obj_prior=floating)
     assert r.object_confidence < 0.1 and r.object_mask.sum() < 0.1 * gt.sum()
     r = sg.segment(rgb, depth)
-    assert not r.object_mask.any() and r.object_confidence == 0.0 and r.raw["model_pose"] is None
+    assert not r.object_mask.any() and r.object_confidence == 0.0 and r.observation.pose is None
 
 
 def test_object_surface_colors_are_area_weighted():
@@ -463,12 +463,12 @@ def test_model_backend_on_synthetic_sequence_with_hand(seq, hand):
         assert (r.object_mask & seq.hand_mask[k]).sum() <= 0.01 * r.object_mask.sum()
         assert 0.8 < r.object_confidence <= 1.0
         err_prior.append(np.linalg.norm(prior[:3, 3] - seq.T_cam_obj[k][:3, 3]))
-        err_model.append(np.linalg.norm(r.raw["model_pose"][:3, 3] - seq.T_cam_obj[k][:3, 3]))
+        err_model.append(np.linalg.norm(r.observation.pose[:3, 3] - seq.T_cam_obj[k][:3, 3]))
     assert min(ious) >= 0.9, ious
     assert max(err_model) < 0.003 and np.mean(err_model) < 0.2 * np.mean(err_prior), (err_model, err_prior)
     # no prior: the model backend has no input; model|depth falls back to depth at half confidence
     r = sg.segment(seq.rgb[0], S.depth_to_metres(seq.depth_mm[0], "16UC1"), _q_at(seq, 0), seq.T_cam_hand_published)
-    assert not r.object_mask.any() and r.object_confidence == 0.0 and r.raw["model_pose"] is None
+    assert not r.object_mask.any() and r.object_confidence == 0.0 and r.observation.pose is None
     both = S.Segmenter(seq.K, seq.width, seq.height, hand,
                        S.SegmenterConfig(object_backend="model|depth", workspace_box=BOX), object_model=obj)
     depth = S.depth_to_metres(seq.depth_mm[0], "16UC1")
@@ -497,3 +497,59 @@ def test_model_backend_configuration_errors():
         sg.segment(rgb, depth, T_cam_obj_prior=np.eye(3))
     with pytest.raises(ValueError, match="prior_pos_sigma"):
         sg.segment(rgb, depth, T_cam_obj_prior=np.eye(4), prior_pos_sigma=-1.0)
+
+
+def test_model_backend_falls_back_without_a_prior(seq, hand):
+    """object_backend model with fallback_backend color|depth (the node's default): a frame without
+    the tracker's pose (before the first, after LOST) is segmented by the fallback, a frame with one
+    by the model backend alone; both find the object (IoU >= 0.9 against ground truth)."""
+    from hp_ros.core.objects import ObjectModel
+    sg = S.Segmenter(seq.K, seq.width, seq.height, hand,
+                     S.SegmenterConfig(object_backend="model", fallback_backend="color|depth", workspace_box=BOX,
+                                       hsv_ranges=(0, 100, 60, 180, 255, 255)),
+                     object_model=ObjectModel.builtin("cracker_box"))
+    depth = S.depth_to_metres(seq.depth_mm[1], "16UC1")
+    args = (seq.rgb[1], depth, _q_at(seq, 1), seq.T_cam_hand_published)
+    alone = sg.segment(*args)
+    assert sg.active_backend == "color|depth" and alone.observation.backend == "color|depth"
+    assert "model_pose" not in alone.raw and "depth" in alone.raw
+    fitted = sg.segment(*args, T_cam_obj_prior=_perturbed(seq.T_cam_obj[1], np.random.default_rng(2), 0.003, 2.0),
+                        prior_pos_sigma=0.003)
+    assert sg.active_backend == "model" and fitted.raw["model_pose"] is not None and "depth" not in fitted.raw
+    for r in (alone, fitted):
+        assert mask_iou(r.object_mask, seq.object_mask[1])[0] >= 0.9
+    with pytest.raises(ValueError, match="fallback_backend"):
+        S.Segmenter(K, 640, 480, None, S.SegmenterConfig(object_backend="model", fallback_backend="model|depth"),
+                    object_model=ObjectModel.builtin("cracker_box"))
+
+
+def test_model_backend_searches_only_when_the_direct_fit_is_poor(seq, hand, monkeypatch):
+    """Tracking (a prior known to within the final gate after a confident fit): the fit refines the
+    prior directly, without the coarse search, and gets the pose from 2 cm off. A prior 3 cm off
+    that claims 3 mm is caught by the fit's depth agreement and searched again in the same frame."""
+    from hp_ros.core.objects import ObjectModel
+    from hp_ros.core.segmentation.model import ModelObjectMasker
+    calls = []
+    search = ModelObjectMasker._coarse_search
+    monkeypatch.setattr(ModelObjectMasker, "_coarse_search", lambda self, *a, **k: calls.append(1) or search(self, *a, **k))
+    sg = S.Segmenter(seq.K, seq.width, seq.height, hand, S.SegmenterConfig(object_backend="model", workspace_box=BOX),
+                     object_model=ObjectModel.builtin("cracker_box"))
+    rng = np.random.default_rng(5)
+    for k in range(seq.num_frames):
+        depth = S.depth_to_metres(seq.depth_mm[k], "16UC1")
+        wide = k == 0
+        prior = _perturbed(seq.T_cam_obj[k], rng, 0.01 if wide else 0.002, 5.0 if wide else 1.0)
+        r = sg.segment(seq.rgb[k], depth, _q_at(seq, k), seq.T_cam_hand_published, T_cam_obj_prior=prior,
+                       prior_pos_sigma=0.01 if wide else 0.002)
+        assert np.linalg.norm(r.raw["model_pose"][:3, 3] - seq.T_cam_obj[k][:3, 3]) < 0.003
+    assert len(calls) == 1 and sg.model_masker.searches_after_direct == 0   # only the wide first prior searched
+    depth = S.depth_to_metres(seq.depth_mm[0], "16UC1")
+    for off, searched in ((0.02, 0), (0.03, 1)):
+        far = np.array(seq.T_cam_obj[0])
+        far[:3, 3] += (off, 0.0, 0.0)
+        r = sg.segment(seq.rgb[0], depth, _q_at(seq, 0), seq.T_cam_hand_published, T_cam_obj_prior=far,
+                       prior_pos_sigma=0.003)
+        assert sg.model_masker.searches_after_direct == searched and len(calls) == 1 + searched
+        if not searched:
+            assert np.linalg.norm(r.raw["model_pose"][:3, 3] - seq.T_cam_obj[0][:3, 3]) < 0.003
+            assert mask_iou(r.object_mask, seq.object_mask[0])[0] >= 0.9

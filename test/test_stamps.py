@@ -120,3 +120,16 @@ def test_a_stream_anchored_on_a_stray_rejoins_the_others():
     det.newest["colour"] = T0 + 3600 * 10 ** 9  # anchored on a stray before the fix of the others
     verdicts = [det.check("colour", T0 + 100 * MS + k * 33 * MS).verdict for k in range(6)]
     assert verdicts == [REJECT] * 4 + [ACCEPT] * 2 and det.rejoined == 1 and det.resets == 0
+
+
+def test_a_stream_read_in_batches_continues_after_the_gap_between_takes():
+    """The refinement node takes its readers' histories only for a request, seconds apart: the gap is
+    no jump; a stray inside the batch is still refused."""
+    det = StampJumpDetector(max_jump_ns=500 * MS, confirm=5)
+    for k in range(30):
+        det.check("rgb", T0 + k * 33 * MS)
+    later = [T0 + 60 * 10 ** 9 + k * 100 * MS for k in range(30)]  # 3 s of history in one take
+    batch = later[:10] + [T0 + 7200 * 10 ** 9] + later[10:]
+    det.skip_gap("rgb", batch)
+    verdicts = [det.check("rgb", s).verdict for s in batch]
+    assert verdicts.count(REJECT) == 1 and verdicts[10] == REJECT and det.resets == 0

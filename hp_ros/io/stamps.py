@@ -71,6 +71,27 @@ class StampJumpDetector:
         self.newest.clear()
         self._pending.clear()
 
+    def skip_gap(self, stream: str, stamps) -> None:
+        """A stream read in batches (a DDS reader's history taken now and then, seconds apart): the
+        time between two takes is no jump. The batch's largest cluster of ``stamps`` (sorted, no gap
+        above ``max_jump``) is its timeline: when it starts ahead of the stream's newest by more than
+        ``max_jump``, the stream continues from its start; strays of the batch are then refused as
+        usual by :meth:`check`."""
+        good = sorted(int(s) for s in stamps if int(s) > 0)
+        own = self.newest.get(stream)
+        if not good or own is None:
+            return
+        best, start = (0, 0), 0
+        for i in range(1, len(good) + 1):
+            if i == len(good) or good[i] - good[i - 1] > self.max_jump_ns:
+                if i - start > best[1] - best[0]:
+                    best = (start, i)
+                start = i
+        first = good[best[0]]
+        if first > own + self.max_jump_ns:
+            self.newest[stream] = first
+            self._pending.pop(stream, None)
+
     def _near_any(self, stamp: int, exclude=None) -> bool:
         return any(abs(stamp - s) <= self.max_jump_ns for k, s in self.newest.items() if k != exclude)
 

@@ -7,8 +7,12 @@ initial pose).
 Out: service /hp_ros/refine_pose (hp_ros_msgs/srv/RefinePose), /hp_ros/refined_pose
 (PoseWithCovarianceStamped), /diagnostics (buffer state, once per second).
 
-Frames: images and masks are matched by header stamp (within ``sync_tolerance``) into a ring
-buffer of ``buffer_size`` frames; a frame is usable once its image and object mask are there.
+Frames: the inputs wait in their DDS readers (keep-last, ``buffer_size`` frames; no Python runs
+per message, :mod:`hp_ros.nodes.deferred`); a request takes them and matches images and masks by
+header stamp (within ``sync_tolerance``) into a ring buffer of ``buffer_size`` frames; a frame is
+usable once its image and object mask are there. Only the refined frames' images are decoded.
+/diagnostics reports the buffer as the last request left it (``buffered_frames``), the messages
+taken and the images decoded.
 Joint states are interpolated to the frame stamp when a request is served.
 
 Covariance of /hp_ros/refined_pose: a fixed diagonal ``refined_pose_sigma`` (x, y, z in m,
@@ -47,6 +51,7 @@ from rclpy.node import Node
 from sensor_msgs.msg import CameraInfo, Image, JointState
 
 from hp_ros import graph
+from hp_ros.core.refine import TERM_NAMES
 from hp_ros.io import msgs, validate
 from hp_ros.nodes.deferred import DeferredReader
 from hp_ros.nodes.buffers import JointStateBuffer
@@ -60,7 +65,7 @@ from hp_ros.nodes.params import COMMON_PARAMS, declare_parameters, length_in, no
 from hp_ros.nodes.process import run_node
 from hp_ros.nodes.qos import OUTPUT_QOS
 
-_TERMS = ("mask", "rgb", "penetration", "sliding", "smoothness", "oscillation")
+_TERMS = TERM_NAMES  # the core's loss terms: one list
 MAX_ITERATIONS_LIMIT = 2000
 
 
@@ -116,6 +121,16 @@ def frame_for_stamp(stamps: list, want_ns: int, tol_ns: int):
     if abs(stamps[best] - want_ns) <= tol_ns or stamps[0] - tol_ns <= want_ns <= stamps[-1] + tol_ns:
         return best
     return None
+
+
+def _stamp_or_zero(msg_or_bytes) -> int:
+    """Header stamp [ns] of a message or its CDR bytes; 0 when it cannot be read."""
+    try:
+        if isinstance(msg_or_bytes, (bytes, bytearray)):
+            return msgs.serialized_header_stamp_ns(msg_or_bytes)
+        return msgs.header_stamp_ns(msg_or_bytes)
+    except (ValueError, AttributeError, TypeError):
+        return 0
 
 
 # executor threads: buffering, the service, diagnostics
@@ -197,12 +212,13 @@ class RefinementNode(GuardedNode):
         best = min(self.frames, key=lambda s: abs(s - stamp), default=None)
         if best is not None and abs(best - stamp) <= tol:
             return self.frames[best]
-        if self.frames and stamp < next(iter(self.frames)):
-            return {}  # older than the whole buffer: dropped (the caller's dict is discarded)
-        # frames far ahead of an accepted stamp belong to a timeline its stream left (hp_ros.io.stamps)
+        # frames far ahead of an accepted stamp belong to a timeline its stream left (hp_ros.io.stamps):
+        # a looping bag's new frames replace them instead of being "older than the buffer"
         jump = int(self.p["max_stamp_jump"] * 1e9)
         for s in [s for s in self.frames if s > stamp + jump]:
             del self.frames[s]
+        if len(self.frames) >= int(self.p["buffer_size"]) and stamp < next(iter(self.frames)):
+            return {}  # older than the whole (full) buffer: dropped (the caller's dict is discarded)
         self.frames[stamp] = slot = {}
         self.frames = OrderedDict(sorted(self.frames.items()))
         newest = next(reversed(self.frames))
@@ -219,10 +235,14 @@ class RefinementNode(GuardedNode):
         state buffer, the camera model and the tracked pose."""
         with self.lock:
             for kind, rd in self.image_readers.items():
-                for data, _info in rd.take():
+                batch = rd.take()
+                self.stamps.skip_gap(kind, [_stamp_or_zero(d) for d, _ in batch])  # takes are seconds apart
+                for data, _info in batch:
                     self.ingested += 1
                     self.on_buffered(data, kind)
-            for msg, _info in self.joint_reader.take():
+            batch = self.joint_reader.take()
+            self.stamps.skip_gap("joint_states", [_stamp_or_zero(m) for m, _ in batch])
+            for msg, _info in batch:
                 self.ingested += 1
                 self.on_joint_state(msg)
             infos = self.info_reader.take()
@@ -319,9 +339,13 @@ class RefinementNode(GuardedNode):
             return [s for s, f in self.frames.items() if "rgb" in f and "object_mask" in f]
 
     def publish_diagnostics(self) -> None:
-        usable = self.usable_stamps()
-        level = DiagnosticStatus.OK if usable else DiagnosticStatus.WARN
-        message = "busy" if self.busy else ("ready" if usable else "no synchronised frames yet")
+        # what the last request took from the readers: taking (copying) every frame just to count
+        # them cost ~1 ms of CPU per camera frame; the readers hold the newest buffer_size frames
+        with self.lock:
+            usable = [s for s, f in self.frames.items() if "rgb" in f and "object_mask" in f]
+        level = DiagnosticStatus.OK
+        message = "busy" if self.busy else ("ready" if self.camera is not None or not self.counts["requests"]
+                                            else "no camera_info yet")
         values = {"buffered_frames": len(usable), "newest_stamp_ns": usable[-1] if usable else 0,
                   "busy": int(self.busy), "bad_messages": self.errors.total(), "messages_taken": self.ingested,
                   "images_decoded": self.decoded, **self.counts,
@@ -380,6 +404,7 @@ class RefinementNode(GuardedNode):
         max_it = int(request.max_iterations) or int(self.p["max_iterations"])
         if max_it > MAX_ITERATIONS_LIMIT:
             return self._fail(response, f"max_iterations {max_it} exceeds the limit {MAX_ITERATIONS_LIMIT}")
+        self.ingest()  # what arrived since the last request (camera_info, frames, joint states, pose)
         if self.camera is None:
             return self._fail(response, "no camera_info received yet")
         want = msgs.stamp_to_ns(request.stamp)
@@ -443,7 +468,8 @@ class RefinementNode(GuardedNode):
         if T_cam_hand is None:
             no_hand = "no camera->hand transform"
         elif any(q is None for q in qs):
-            no_hand = "no joint states around the frame stamps"
+            no_hand = (f"no joint states around the frame stamps (buffer {len(self.joints.stamps)} joint states"
+                       + (f", {self.joints.stamps[0]}..{self.joints.stamps[-1]} ns)" if self.joints.stamps else ")"))
         hand_masks = all("hand_mask" in f for f in slots)
         try:
             slots = [{k: (self._decode(k, v) if k in ("rgb", "object_mask", "hand_mask", "depth") else v)

@@ -204,7 +204,8 @@ class ModelObjectMasker:
         self._sample_sets = {}          # stride -> contiguous [sample, normal] rows (M, 6)
         # coarse search: "auto" (only when the prior is wide or the direct fit is poor) or "always"
         self.search = "auto"
-        self.search_below = 0.8         # confidence below which a fit (this frame or the last) searches
+        self.search_below = 0.9         # confidence below which a fit (this frame or the last) searches
+        self.direct_iterations = 4      # ICP steps of a fit without the search (a prior within the final gate)
         self._last_confidence = 0.0     # of the previous frame's fit (0: none yet -> search)
         self.searches_after_direct = 0  # frames whose direct fit was poor and searched again
 
@@ -358,7 +359,7 @@ class ModelObjectMasker:
             P = P[np.linspace(0, len(P) - 1, self.max_points).astype(np.int64)]
         return P
 
-    def _refine(self, T: np.ndarray, P: np.ndarray, depth_m, exclude, margin: float):
+    def _refine(self, T: np.ndarray, P: np.ndarray, depth_m, exclude, margin: float, iterations=None):
         """Step 2 of the class doc; returns the refined pose, the last step's inlier count and
         that step's system ``(J (M, 6), residuals after the step (M,), Huber weights (M,), n1)``
         at the final gate (None when no step ran there), for :func:`icp_pose_covariance`.
@@ -366,7 +367,7 @@ class ModelObjectMasker:
         A step smaller than ``converged`` (m, rad) ends the wide-gate phase at once (the gate jumps
         to its final ``2 tolerance``) and, at the final gate, the refinement."""
         huber = 0.5 * self.tolerance
-        n_it, inliers = self.iterations, 0
+        n_it, inliers = self.iterations if iterations is None else int(iterations), 0
         final_gate = 2.0 * self.tolerance
         it = 0
         system = None
@@ -446,7 +447,7 @@ class ModelObjectMasker:
         # (or before: a wide prior, a poor previous frame)
         direct = self.search == "auto" and 3.0 * float(prior_pos_sigma) <= 2.0 * self.tolerance \
             and self._last_confidence >= self.search_below
-        fit = self._fit_at(T, depth_m, exclude, margin, search=not direct)
+        fit = self._fit_at(T, depth_m, exclude, margin, search=not direct)  # direct: direct_iterations ICP steps
         if direct and (fit is None or fit.confidence < self.search_below):
             self.searches_after_direct += 1
             second = self._fit_at(T, depth_m, exclude, margin, search=True)
@@ -460,7 +461,8 @@ class ModelObjectMasker:
         if search:
             T = self._coarse_search(T, depth_m, exclude, margin)
         T, inliers, system = self._refine(T, self._depth_points(depth_m, exclude, T, margin), depth_m, exclude,
-                                          margin)
+                                          margin, self.iterations if search else min(self.iterations,
+                                                                                     self.direct_iterations))
         cov, res_sigma = (None, np.full(2, np.nan)) if system is None else icp_pose_covariance(*system)
         # 3. mask at the refined pose
         rect = self.window(T, 0.0)
@@ -507,8 +509,8 @@ class ModelBackend(ObjectBackend):
 
     :meth:`locate` runs the fit (the visible hand, grown by ``hand_margin_px``, left out) and
     returns the fit's rectangle, which joins the working rectangle; :meth:`object_mask` places
-    the fit's mask in it. Extras (``SegmentationResult.raw``): ``model_pose`` (refined pose,
-    None without a fit), ``model_confidence``, ``model_covariance`` (:attr:`ModelFit.covariance`).
+    the fit's mask in it, and hands out the refined pose with its confidence and covariance
+    (:attr:`ModelFit.covariance`) as the answer's ``pose`` fields (the frame's observation).
     """
 
     name = "model"
@@ -536,15 +538,13 @@ class ModelBackend(ObjectBackend):
 
     def object_mask(self, frame: Frame) -> BackendMask:
         fit = self._fit
-        extras = {"model_pose": None if fit is None else fit.T_cam_obj,
-                  "model_confidence": 0.0 if fit is None else fit.confidence,
-                  "model_covariance": None if fit is None else fit.covariance}
         if fit is None:
-            return BackendMask(extras=extras)
+            return BackendMask()
         mask = None
         if not frame.empty:
             x0, y0, x1, y1 = frame.rect
             mx0, my0, mx1, my1 = fit.rect
             mask = np.zeros((y1 - y0, x1 - x0), bool)
             mask[my0 - y0:my1 - y0, mx0 - x0:mx1 - x0] = fit.mask
-        return BackendMask(mask, fit.confidence, extras)
+        return BackendMask(mask, fit.confidence, pose=fit.T_cam_obj, pose_covariance=fit.covariance,
+                           pose_confidence=fit.confidence)

@@ -17,7 +17,7 @@ from hypothesis import strategies as st
 import fuzz_messages as F
 from hp_ros import graph
 from hp_ros.io import msgs as M
-from test_node_robustness import INFO, _make, context, tf_static  # noqa: F401 - fixtures
+from test_node_robustness import INFO, _make, context, give_joints, tf_static  # noqa: F401 - fixtures
 
 pytestmark = pytest.mark.ros
 rclpy = pytest.importorskip("rclpy")
@@ -52,13 +52,13 @@ def trk(context):  # noqa: F811
     node = _make(TrackingNode, context)
     node.calib._on_tf_static(tf_static())
     node.p["pose_every_frame"] = False  # the frames dict then holds only observations' frames
-    _warm(node, lambda m: node.on_camera_info(m, INFO), node.on_joint_state)
+    _warm(node, lambda m: node.on_camera_info(m, INFO), lambda m: give_joints(node, [m]))
     yield node
     node.destroy_node()
 
 
 TRACKER_INPUTS = {
-    graph.JOINT_STATES: lambda n, m: n.on_joint_state(m),
+    graph.JOINT_STATES: lambda n, m: give_joints(n, [m]),
     graph.CAMERA_TOPICS["color_info"]: lambda n, m: n.on_camera_info(m, INFO),
     graph.TOPICS["object_observation"]: lambda n, m: n.on_observation("object", m),
     graph.TOPICS["fingertips"]: lambda n, m: n.on_observation("fingertips", m),
@@ -72,12 +72,13 @@ TRACKER_INPUTS = {
 @given(data=st.data(), topic=st.sampled_from(sorted(TRACKER_INPUTS)))
 def test_tracker_inputs(trk, data, topic):
     msg = F.INPUTS[topic](F.hypothesis_pick(data.draw), NOW)
-    before = (trk.K, trk.calib.T_cam_hand.copy(), sorted(trk.frames), trk.pending_init, trk.counts["resets"],
-              _snapshot_joints(trk.joints), trk.last_info_stamp)
+    t = trk.tracker
+    before = (t.K, trk.calib.T_cam_hand.copy(), sorted(t.frames), t.pending_init, t.counts["resets"],
+              _snapshot_joints(t.joints), dict(trk.newest))
     fails = trk.guard.failures
     TRACKER_INPUTS[topic](trk, msg)
-    after = (trk.K, trk.calib.T_cam_hand, sorted(trk.frames), trk.pending_init, trk.counts["resets"],
-             _snapshot_joints(trk.joints), trk.last_info_stamp)
+    after = (t.K, trk.calib.T_cam_hand, sorted(t.frames), t.pending_init, t.counts["resets"],
+             _snapshot_joints(t.joints), dict(trk.newest))
     assert before[0] is after[0] and np.array_equal(before[1], after[1])
     assert before[2:] == after[2:], (topic, msg)
     assert trk.guard.failures == fails and len(trk.problems.counts) < 64

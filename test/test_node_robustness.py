@@ -46,6 +46,15 @@ def joints(stamp, q=None):
     return M.make_joint_state(NAMES, np.zeros(16) if q is None else q, stamp, JointState)
 
 
+def give_joints(trk, messages):
+    """Joint states to the tracking node as its deferred reader would hand them over (one batch)."""
+    trk.joint_reader.take = lambda: [(m, None) for m in messages]
+    try:
+        trk.run_tracker()
+    finally:
+        trk.joint_reader.take = lambda: []
+
+
 def colour(stamp, encoding="rgb8", w=160, h=120):
     m = M.numpy_to_image(np.full((h, w, 3), 90, np.uint8), "rgb8", stamp, FRAME, Image)
     m.encoding = encoding
@@ -150,9 +159,9 @@ def test_findings_3_4_9_bad_camera_info_is_refused_by_every_node(seg, trk, ref, 
         seg.new_info = None
     seg.on_info(msg)
     assert seg.new_info is None, "the segmentation worker would take it"
-    K_before = trk.K
+    K_before = trk.tracker.K
     trk.on_camera_info(msg, INFO)
-    assert trk.K is K_before
+    assert trk.tracker.K is K_before
     cam_before = ref.camera
     ref.on_camera_info(msg)
     assert ref.camera is cam_before
@@ -161,18 +170,17 @@ def test_findings_3_4_9_bad_camera_info_is_refused_by_every_node(seg, trk, ref, 
 
 def test_finding9_camera_info_stamps_far_future_or_backwards_pose_no_extra_frame(trk):
     trk.on_camera_info(info(stamp=T0 + 100 * 33 * MS), INFO)
-    trk.frames.clear()
+    trk.tracker.frames.clear()
     n = trk.problems.total()
     for s in (T0 + 100 * 33 * MS + 3600 * 10 ** 9, T0 + 100 * 33 * MS - 10 * MS, T0 + 100 * 33 * MS):
         trk.on_camera_info(info(stamp=s), INFO)  # far future, backwards, repeated
-    assert not trk.frames, "an extra frame would be posed"
+    assert not trk.tracker.frames, "an extra frame would be posed"
     assert trk.problems.total() == n + 3
 
 
 def test_finding9_late_joint_states_are_counted(trk):
     now = T0 + 100 * 33 * MS  # the camera_info stream's time (test above)
-    trk.on_joint_state(joints(now))
-    trk.on_joint_state(joints(now - 200 * MS))  # 0.2 s late: dropped, and now counted
+    give_joints(trk, [joints(now), joints(now - 200 * MS)])  # 0.2 s late: dropped, and now counted
     assert trk.problems.counts.get("joint_states_late", 0) >= 1
 
 
@@ -190,9 +198,9 @@ def fresh_tracker(context):
     seq = generate_sequence(SynthConfig(duration_s=3.0, seed=2, render=False))
     T_0, Tc = seq.T_cam_obj[0], seq.T_cam_hand_published
     node = _make(TrackingNode, context)
-    node.p["pairing_timeout"] = 0.0
-    node.pending_init = (T_0, None)
-    node._param_initial_pose = lambda: (T_0.copy(), None)
+    node.tracker.cfg.pairing_timeout = 0.0
+    node.tracker.initial_pose = T_0.copy()
+    node.tracker.pending_init = (T_0.copy(), None, None)
     node.calib._value = Tc
     yield node, seq
     node.destroy_node()
@@ -208,14 +216,17 @@ def feed(node, seq, t_from, t_to, shift=0, bad=None):
         if not t_from <= s < t_to:
             continue
         if kind == "j":
-            node.on_joint_state(M.make_joint_state(seq.joint_names, q, s + shift, JointState))
+            give_joints(node, [M.make_joint_state(seq.joint_names, q, s + shift, JointState)])
         else:
             node.on_camera_info(M.make_camera_info(seq.K, seq.width, seq.height, CameraInfo, stamp_ns=s + shift,
                                                    frame_id=FRAME), INFO)
         for m in (bad(i) if bad else []):
-            (node.on_joint_state if isinstance(m, JointState) else lambda x: node.on_camera_info(x, INFO))(m)
+            if isinstance(m, JointState):
+                give_joints(node, [m])
+            else:
+                node.on_camera_info(m, INFO)
         i += 1
-    node.drain_frames()
+    node.run_tracker()
 
 
 def test_finding5_stray_stamps_never_reset_the_tracker(fresh_tracker):
@@ -229,20 +240,21 @@ def test_finding5_stray_stamps_never_reset_the_tracker(fresh_tracker):
                 joints(now - 10 ** 9, q), info(stamp=now - 2 * 10 ** 9, K=seq.K, w=seq.width, h=seq.height)][i % 6:i % 6 + 1]
 
     feed(node, seq, s0, s_end, bad=bad)
-    assert node.counts["resets"] == 0, node.counts
-    assert node.ekf.initialized and node.counts["frames"] >= len(seq.frame_stamps_ns) - 2, node.counts
+    counts = node.tracker.counts
+    assert counts["resets"] == 0, counts
+    assert node.tracker.ekf is not None and node.tracker.ekf.initialized and counts["frames"] >= len(seq.frame_stamps_ns) - 2, counts
 
 
 def test_finding5_reset_mid_stream_does_not_rearm_the_stale_initial_pose(fresh_tracker):
     node, seq = fresh_tracker
     s0 = int(seq.frame_stamps_ns[0])
     feed(node, seq, s0, s0 + 2 * 10 ** 9)
-    assert node.ekf.initialized and node.counts["resets"] == 0
+    assert node.tracker.ekf is not None and node.tracker.ekf.initialized and node.tracker.counts["resets"] == 0
     # a restarted driver: the timeline continues 1.2 s back, at the stream's second 1 - not its start
     feed(node, seq, s0 + 2 * 10 ** 9, s0 + 2500 * MS, shift=-1200 * MS)
-    assert node.counts["resets"] == 1
-    assert node.pending_init is None and not node.ekf.initialized, "the stale initial pose was re-armed"
-    assert node.refine_seed is not None  # it asks the refinement, seeded with its last estimate
+    assert node.tracker.counts["resets"] == 1, node.tracker.counts
+    assert node.tracker.pending_init is None and not (node.tracker.ekf is not None and node.tracker.ekf.initialized), "the stale initial pose was re-armed"
+    assert node.jump_seed is not None  # it asks the refinement, seeded with its last estimate
 
 
 def test_finding5_bag_loop_resets_and_rearms_the_initial_pose(fresh_tracker):
@@ -250,8 +262,8 @@ def test_finding5_bag_loop_resets_and_rearms_the_initial_pose(fresh_tracker):
     s0 = int(seq.frame_stamps_ns[0])
     feed(node, seq, s0, s0 + 2 * 10 ** 9)
     feed(node, seq, s0, s0 + 1 * 10 ** 9)  # the bag loops: back to its start on every topic
-    assert node.counts["resets"] == 1
-    assert node.ekf.initialized, "re-initialised from the initial pose at the start of the stream"
+    assert node.tracker.counts["resets"] == 1, node.tracker.counts
+    assert node.tracker.ekf is not None and node.tracker.ekf.initialized, "re-initialised from the initial pose at the start of the stream"
 
 
 # --- finding 6: refinement buffer ------------------------------------------------------------

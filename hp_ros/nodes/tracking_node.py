@@ -286,8 +286,9 @@ class TrackingNode(GuardedNode):
         return True
 
     def _joint_ok(self, msg) -> bool:
-        try:
-            _, _, stamp = msgs.joint_state_to_numpy(msg)  # finite, as many names as positions
+        try:  # content first (finite, as many names as positions, known names), then the stamp
+            names, positions, stamp = msgs.joint_state_to_numpy(msg)
+            self.mapper.update(names, positions, require_complete=False, dry_run=True)
         except ValueError as e:
             self.errors.reject(e, "joint_state", "joint state ignored: ")
             return False

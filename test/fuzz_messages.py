@@ -92,8 +92,8 @@ def bad_camera_info(pick, now_ns: int):
         m.d = np.array([0.1, NONFINITE[pick(3)], 0.0, 0.0, 0.0])
     elif case == 4:
         m.header.frame_id = "camera_" + str(pick(1000))
-    elif case == 5:
-        m.k = np.zeros(9)
+    elif case == 5:        # uncalibrated
+        m.k, m.p = np.zeros(9), np.zeros(12)
     elif case == 6:
         m.p = np.full(12, WEIRD[pick(3)])
     else:

@@ -62,8 +62,9 @@ def test_finding2_non_finite_translation_is_refused(t):
 def test_finding3_non_finite_or_implausible_k_is_refused(i, v):
     k = K.ravel().copy()
     k[i] = v
+    p = np.hstack([k.reshape(3, 3), np.zeros((3, 1))]).ravel()  # P = [K | 0], as a camera publishes it
     with pytest.raises(InvalidMessage) as e:
-        M.camera_info_to_intrinsics(info(k=k))
+        M.camera_info_to_intrinsics(info(k=k, p=p))
     assert e.value.kind == "camera_info_k"
 
 

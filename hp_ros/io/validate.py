@@ -108,9 +108,10 @@ def check_image_size(width: Any, height: Any, kind: str = "image") -> tuple[int,
 
 
 def check_camera_info(msg: Any, frame_id: Optional[str] = None) -> np.ndarray:
-    """Validate a sensor_msgs/CameraInfo; return its K ``(3, 3)`` float64.
+    """Validate a sensor_msgs/CameraInfo; return the full-resolution intrinsics ``(3, 3)`` float64
+    (P's left 3x3 when P is set, else K - the rule of :mod:`hp_ros.core.camera_info`).
 
-    Checks: size within ``MAX_IMAGE_SIDE``; K finite with ``K[2] = (0, 0, 1)``, no skew beyond
+    Checks: size within ``MAX_IMAGE_SIDE``; K and P finite, not all zero; that matrix with ``[2] = (0, 0, 1)``, no skew beyond
     ``fx``, fx and fy positive and within ``[FOCAL_MIN_PER_PX, FOCAL_MAX_PER_PX] x`` the image
     side, the principal point inside the image; D finite with a known distortion model and a
     length it allows; P and R finite; the frame the node expects (``frame_id``, when given).
@@ -119,7 +120,13 @@ def check_camera_info(msg: Any, frame_id: Optional[str] = None) -> np.ndarray:
     K = _as_floats(msg.k, "camera_info_k", "K")
     if K.size != 9 or not np.all(np.isfinite(K)):
         raise InvalidMessage("camera_info_k", f"K is not 9 finite numbers: {K.tolist()}")
-    K = K.reshape(3, 3)
+    P = _as_floats(getattr(msg, "p", np.zeros(12)), "camera_info_k", "P")
+    if P.size != 12 or not np.all(np.isfinite(P)):
+        raise InvalidMessage("camera_info_k", "P is not 12 finite numbers")
+    # the matrix the one CameraInfo rule uses (hp_ros.core.camera_info): P's left 3x3 when P is set
+    K = P.reshape(3, 4)[:, :3].copy() if np.any(P) else K.reshape(3, 3)
+    if not np.any(K):
+        raise InvalidMessage("camera_info_k", "K and P are all zeros: the camera is uncalibrated")
     fx, fy, cx, cy = K[0, 0], K[1, 1], K[0, 2], K[1, 2]
     side = max(w, h)
     if abs(K[2, 2] - 1.0) > 1e-6 or K[2, 0] != 0 or K[2, 1] != 0 or K[1, 0] != 0:
@@ -140,10 +147,9 @@ def check_camera_info(msg: Any, frame_id: Optional[str] = None) -> np.ndarray:
                                       and not (model == "" and not np.any(D))):
         raise InvalidMessage("camera_info_distortion", f"D ({D.size} values) is not finite or has a length "
                              f"{model or 'no model'!r} does not allow: {D.tolist()[:14]}")
-    for name in ("p", "r"):
-        v = getattr(msg, name, None)
-        if v is not None and not _finite(_as_floats(v, "camera_info_k", name.upper())):
-            raise InvalidMessage("camera_info_k", f"{name.upper()} is not finite")
+    r = getattr(msg, "r", None)
+    if r is not None and not _finite(_as_floats(r, "camera_info_k", "R")):
+        raise InvalidMessage("camera_info_k", "R is not finite")
     check_frame(msg.header.frame_id, frame_id, "camera_info")
     return K
 

@@ -101,9 +101,12 @@ LAUNCH_ARGUMENTS = {
     "single_process": ("false", "false: one process per node (measured faster on 2 cores, see README); true: "
                                 "the three nodes in one process (hp_ros_graph: no serialisation between them, "
                                 "camera images received once, one GIL)"),
-    "dds_transport": ("shm", "Fast DDS transports of the nodes: shm (config/fastdds_loopback_shm.xml: shared memory "
-                             "+ UDP on 127.0.0.1) or udp (the rmw default); a FASTDDS_DEFAULT_PROFILES_FILE already "
-                             "set wins"),
+    "dds_transport": ("shm_udp", "Fast DDS transports of the nodes: shm_udp (config/fastdds_shm_udp.xml: shared "
+                                 "memory between processes of one host + UDP on every interface, discovery as "
+                                 "ROS_DOMAIN_ID, ROS_AUTOMATIC_DISCOVERY_RANGE and ROS_STATIC_PEERS say: a graph "
+                                 "across machines), loopback (config/fastdds_loopback_shm.xml: shared memory + UDP on "
+                                 "127.0.0.1 only: one machine) or udp (the rmw default); a "
+                                 "FASTDDS_DEFAULT_PROFILES_FILE already set wins"),
 }
 
 # Launch arguments that become parameters of every node (name -> parameter name).
@@ -133,8 +136,10 @@ def default_params_file() -> str:
     return config_file("allegro_tracking.yaml")
 
 
-# Fast DDS transports of the graph: shared memory + UDPv4 on 127.0.0.1 only (see the file).
-DDS_PROFILE = "fastdds_loopback_shm.xml"
+# Fast DDS profiles of the ``dds_transport`` choices (config/<file>; ``udp``: none, the rmw default).
+# shm_udp (the launch default, a lab's graph across hosts): shared memory + UDPv4 on every interface;
+# loopback (the demo, the tests, the benchmarks): shared memory + UDPv4 on 127.0.0.1 only.
+DDS_PROFILES = {"shm_udp": "fastdds_shm_udp.xml", "loopback": "fastdds_loopback_shm.xml", "udp": None}
 
 
 def remappings(args: dict) -> list:

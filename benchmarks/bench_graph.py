@@ -12,11 +12,20 @@ nodes report in /diagnostics (where a frame's time goes).
 
 LAST line: one JSON object with the default variant's figures pooled over its runs:
 ``posed_fraction``, ``output_hz`` (median), ``latency_ms_p50``, ``latency_ms_p95`` (pooled
-frames), ``final_tracking_fraction``, ``adds_mean_cm`` (mean over matched frames of all runs),
-plus ``load_avg_1min`` and per-variant figures under ``variants``.
+frames), ``final_tracking_fraction``, ``adds_mean_cm`` and ``rot_err_mean_deg`` (means over the
+matched frames of all runs), ``max_penetration_mm`` (the largest of all runs),
+``segmentation_rate_hz`` (median), ``cpu_ms_per_frame`` (per process, CPU ms per camera frame
+from /proc, median over runs; ``replay`` stands in for the drivers), ``cpu_ms_per_frame_total``
+(the three nodes), plus the machine (``cpu_model``, ``cores``, ``cpu_ref_ms``: a fixed
+single-threaded workload, :mod:`hp_ros.tools.machine`, measured before the hogs start),
+``cpu_hog``, ``load_avg_1min`` and per-variant figures under ``variants``.
+
+``--cpu-hog N`` runs N busy-loop processes beside the graph for the whole benchmark: a robot
+controller taking cores on the same small PC.
 
 Usage: ``scripts/run_isolated.sh .venv/bin/python benchmarks/bench_graph.py [--seeds 0 1 2]
-[--objects builtin:cracker_box builtin:soup_can] [--variants processes single udp] [--duration 8]``
+[--objects builtin:cracker_box builtin:soup_can] [--variants processes single udp] [--duration 8]
+[--cpu-hog 1]``
 (about 45 s per run on 2 cores).
 """
 from __future__ import annotations
@@ -24,6 +33,8 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import subprocess
+import sys
 import tempfile
 from pathlib import Path
 
@@ -51,10 +62,17 @@ def run_variant(variant: str, objects, seeds, duration: float, work: Path) -> di
             print(f"[{variant}] {obj} seed {seed}: posed {r['n_matched']}/{r['n_frames']}, "
                   f"{r['output_rate_hz']:.1f} Hz, latency p50 {r['latency_ms_median']:.0f} ms / p95 "
                   f"{r['latency_ms_p95']:.0f} ms, ADD-S {r['adds_mean_cm']:.2f} cm, final {r['final_state']}, "
-                  f"CPU % {r.get('cpu_percent')}", flush=True)
+                  f"rotation {r['rot_err_mean_deg']:.2f} deg, max penetration {r['max_penetration_mm']:.2f} mm, "
+                  f"segmentation {r['segmentation_rate_hz']:.1f} Hz, CPU % {r.get('cpu_percent')}, "
+                  f"CPU ms/frame {r.get('cpu_ms_per_frame')} (nodes {r.get('cpu_ms_per_frame_total')})", flush=True)
             print(f"        stage medians [ms]: {stages}", flush=True)
     lat = np.concatenate([np.asarray(r["latencies_ms"], float) for r in runs if r["latencies_ms"]] or [np.zeros(0)])
     adds = [f["adds_cm"] for r in runs for f in r["per_frame"] if f["matched"]]
+    rots = [f["rot_err_deg"] for r in runs for f in r["per_frame"] if f["matched"]]
+    cpu_ms = {}
+    for r in runs:
+        for k, v in r.get("cpu_ms_per_frame", {}).items():
+            cpu_ms.setdefault(k, []).append(v)
     cpu = {}
     for r in runs:
         for k, v in r.get("cpu_percent", {}).items():
@@ -66,6 +84,11 @@ def run_variant(variant: str, objects, seeds, duration: float, work: Path) -> di
         "latency_ms_p95": round(float(np.percentile(lat, 95)), 1) if lat.size else float("nan"),
         "final_tracking_fraction": round(sum(r["final_state"] == "TRACKING" for r in runs) / len(runs), 3),
         "adds_mean_cm": round(float(np.mean(adds)), 3) if adds else float("nan"),
+        "rot_err_mean_deg": round(float(np.mean(rots)), 2) if rots else float("nan"),
+        "max_penetration_mm": round(float(max(r["max_penetration_mm"] for r in runs)), 2),
+        "segmentation_rate_hz": round(float(np.median([r["segmentation_rate_hz"] for r in runs])), 2),
+        "cpu_ms_per_frame": {k: round(float(np.median(v)), 2) for k, v in cpu_ms.items()},
+        "cpu_ms_per_frame_total": round(float(np.median([r["cpu_ms_per_frame_total"] for r in runs])), 2),
         "cpu_percent_median": {k: float(np.median(v)) for k, v in cpu.items()},
         "final_states": [r["final_state"] for r in runs],
     }
@@ -77,22 +100,40 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--objects", nargs="+", default=["builtin:cracker_box", "builtin:soup_can"])
     ap.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
-    ap.add_argument("--variants", nargs="+", default=["processes", "single", "udp"], choices=list(VARIANTS),
+    ap.add_argument("--variants", nargs="+", default=["processes"], choices=list(VARIANTS),
                     help="graph variants (see the module docstring); the first is the default reported in the "
                          "JSON line")
     ap.add_argument("--duration", type=float, default=8.0)
+    ap.add_argument("--cpu-hog", type=int, default=0, metavar="N",
+                    help="run N busy-loop processes beside the graph (a stand-in for a robot controller)")
     args = ap.parse_args()
-    print(f"load average {os.getloadavg()[0]:.2f} on {os.cpu_count()} cores at start", flush=True)
+    from hp_ros.tools import machine
+
+    here = machine.describe()  # before the hogs start: the machine's own speed
+    print(f"machine: {here['cpu_model']}, {here['cores']} cores, CPU reference {here['cpu_ref_ms']} ms "
+          f"(hp_ros.tools.machine), load average {here['load_avg_1min']} at start; cpu hogs {args.cpu_hog}",
+          flush=True)
     results = {}
-    with tempfile.TemporaryDirectory(prefix="hp_ros_bench_graph_") as tmp:
-        for v in args.variants:
-            results[v] = run_variant(v, args.objects, args.seeds, args.duration, Path(tmp))
+    hogs = [subprocess.Popen([sys.executable, "-c", "while True: pass"]) for _ in range(args.cpu_hog)]
+    try:
+        with tempfile.TemporaryDirectory(prefix="hp_ros_bench_graph_") as tmp:
+            for v in args.variants:
+                results[v] = run_variant(v, args.objects, args.seeds, args.duration, Path(tmp))
+    finally:
+        for h in hogs:
+            h.kill()
+            h.wait()
     default = results[args.variants[0]]
     summary = {k: default[k] for k in ("posed_fraction", "output_hz", "latency_ms_p50", "latency_ms_p95",
-                                        "final_tracking_fraction", "adds_mean_cm")}
+                                        "final_tracking_fraction", "adds_mean_cm", "rot_err_mean_deg",
+                                        "max_penetration_mm", "segmentation_rate_hz", "cpu_ms_per_frame",
+                                        "cpu_ms_per_frame_total")}
+    summary.update(cpu_hog=args.cpu_hog, cpu_model=here["cpu_model"], cores=here["cores"],
+                   cpu_ref_ms=here["cpu_ref_ms"])
     summary["load_avg_1min"] = round(os.getloadavg()[0], 2)
     summary["variants"] = {v: {k: r[k] for k in ("posed_fraction", "output_hz", "latency_ms_p50", "latency_ms_p95",
-                                                 "final_tracking_fraction", "adds_mean_cm")} for v, r in results.items()}
+                                                 "final_tracking_fraction", "adds_mean_cm", "rot_err_mean_deg",
+                                                 "cpu_ms_per_frame_total")} for v, r in results.items()}
     print(json.dumps(summary))
     return 0
 

@@ -35,7 +35,7 @@ PROBE = r'''
 import json, sys, time
 import rclpy
 from sensor_msgs.msg import CameraInfo, Image, JointState
-from hp_ros.nodes.common import IMAGE_QOS, STATE_QOS
+from hp_ros.nodes.qos import IMAGE_QOS, STATE_QOS
 topics, out, seconds = json.loads(sys.argv[1]), sys.argv[2], float(sys.argv[3])
 rclpy.init()
 node = rclpy.create_node("hp_ros_transport_probe")

@@ -2,6 +2,7 @@
 hp_ros.graph exactly as the launch file would) tracks a replayed synthetic bag."""
 from __future__ import annotations
 
+import re
 import time
 
 import pytest
@@ -25,6 +26,11 @@ def test_full_graph_tracks_synthetic_sequence(tmp_path, ros_env):
     assert r["latency_ms_p95"] < 1500.0
     assert r["tf_messages"] >= 0.3 * r["n_frames"]
     assert r["final_state"] == "TRACKING"
+    # the depth fit (model backend) segments every frame once the tracker has a pose: only the
+    # frames before its first pose go to the fallback (color|depth)
+    seg = next(v for k, v in r["diagnostics"].items() if k.endswith("segmentation_node"))
+    by = {k.split(".", 1)[1]: int(v) for k, v in seg.items() if k.startswith("frames_by_backend.")}
+    assert by.get("model", 0) >= 0.9 * int(seg["frames"]) and by.get("color|depth", 0) <= 10, seg
 
 
 @pytest.mark.parametrize("single_process", [False, True], ids=["processes", "single_process"])
@@ -54,6 +60,14 @@ def test_bad_initial_pose_is_recovered_through_refinement(tmp_path, ros_env, sin
     assert r["states"].index("LOST") < len(r["states"]) - 1, timeline  # tracking again after LOST
     assert "re-initialising from the refinement result" in log, timeline
     assert "-> LOST at stamp" in log and "LOST -> TRACKING at stamp" in log, timeline
+    # while LOST the tracker publishes no pose: the segmentation falls back from the model backend
+    # to color|depth (its masks feed the refinement) and returns to it once tracking again
+    seg_log = logs["graph_process"] if single_process else logs["segmentation_node"]
+    lost_at = int(re.search(r"-> LOST at stamp (\d+)", log).group(1))
+    switches = [(m.group(1), int(m.group(2))) for m in re.finditer(
+        r"object backend '[^']+' -> '([^']+)' at stamp (\d+)", seg_log)]
+    assert any(b == "color|depth" and t >= lost_at for b, t in switches), (switches, lost_at)
+    assert switches and switches[-1][0] == "model", switches
     # poses published after the recovery follow the ground truth (10 s: refinement takes 2-6 s here)
     late = [f["adds_cm"] for f in r["per_frame"][len(r["per_frame"]) // 2:] if f["matched"]]
     assert len(late) >= 10, late
@@ -78,7 +92,7 @@ class _BadImageBurst:
 
         from hp_ros import graph
         from hp_ros.io import msgs
-        from hp_ros.nodes.common import IMAGE_QOS
+        from hp_ros.nodes.qos import IMAGE_QOS
 
         node = collector.node
         color = node.create_publisher(Image, graph.CAMERA_TOPICS["color_image"], IMAGE_QOS)

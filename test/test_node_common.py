@@ -9,7 +9,9 @@ rclpy = pytest.importorskip("rclpy")
 from sensor_msgs.msg import JointState  # noqa: E402
 
 from hp_ros.core.hand import HandModel  # noqa: E402
-from hp_ros.nodes.common import CameraToHand, JointStateBuffer, camera_to_hand_from_param  # noqa: E402
+from hp_ros.nodes.buffers import JointStateBuffer  # noqa: E402
+from hp_ros.nodes.calibration import CameraToHand  # noqa: E402
+from hp_ros.nodes.loaders import camera_to_hand_from_param  # noqa: E402
 
 
 @pytest.fixture(scope="module")

@@ -1,4 +1,4 @@
-"""common.PoolExecutor: rclpy's MultiThreadedExecutor semantics without its resubmission spin."""
+"""nodes.executor.PoolExecutor: rclpy's MultiThreadedExecutor semantics without its resubmission spin."""
 from __future__ import annotations
 
 import threading
@@ -68,7 +68,7 @@ def _run(executor, node, n_calls: int, long_call: float = 0.0):
 def test_each_callback_is_handed_to_the_pool_once(context):
     import rclpy
 
-    from hp_ros.nodes.common import PoolExecutor
+    from hp_ros.nodes.executor import PoolExecutor
 
     node = rclpy.create_node("pool_test", context=context)
     calls, submitted, _ = _run(PoolExecutor(num_threads=3, context=context), node, 60)
@@ -83,7 +83,7 @@ def test_a_long_callback_does_not_stop_the_other_groups(context):
     """What the refinement node relies on: buffering goes on during a long refinement."""
     import rclpy
 
-    from hp_ros.nodes.common import PoolExecutor
+    from hp_ros.nodes.executor import PoolExecutor
 
     node = rclpy.create_node("pool_test_long", context=context)
     calls, _, during_long = _run(PoolExecutor(num_threads=3, context=context), node, 80, long_call=0.3)

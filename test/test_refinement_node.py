@@ -106,6 +106,8 @@ def test_refine_service(ros_node, start_process, seq):
         if spin_until(ros_node, lambda: status().get("buffered_frames") == "4", 5):
             break
     assert status().get("buffered_frames") == "4", (status(), proc.log_text())
+    # idle: the frames are buffered (taken from the DDS readers) but no image is decoded
+    assert int(status()["messages_taken"]) >= 4 * 3 and status()["images_decoded"] == "0", status()
 
     k, stamp = 4, stamps[2]
     T_gt = torch.tensor(seq.T_cam_obj[k], dtype=torch.float32)
@@ -153,6 +155,8 @@ def test_refine_service(ros_node, start_process, seq):
     assert res.max_penetration_mm <= 2.0
     assert "hand not used" not in res.message, (res.message, proc.log_text())
     assert spin_until(ros_node, lambda: len(refined) >= 1, 10)
+    # the request decoded its frame's colour image and masks (3), and only those
+    assert spin_until(ros_node, lambda: status().get("images_decoded") == "3", 10), status()
     cov = np.array(refined[-1].pose.covariance).reshape(6, 6)
     assert np.all(np.diag(cov) > 0) and np.allclose(M.pose_to_matrix(refined[-1]), T, atol=1e-9)
 

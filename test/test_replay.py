@@ -119,7 +119,7 @@ def test_replay_resends_tf_static_and_gives_each_topic_its_own_participant(tmp_p
     from sensor_msgs.msg import Image, JointState
     from tf2_msgs.msg import TFMessage
 
-    from hp_ros.nodes.common import TF_STATIC_QOS
+    from hp_ros.nodes.qos import TF_STATIC_QOS
     from rostest_utils import spin_until
 
     bag = tmp_path / "static"

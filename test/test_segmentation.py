@@ -497,3 +497,59 @@ def test_model_backend_configuration_errors():
         sg.segment(rgb, depth, T_cam_obj_prior=np.eye(3))
     with pytest.raises(ValueError, match="prior_pos_sigma"):
         sg.segment(rgb, depth, T_cam_obj_prior=np.eye(4), prior_pos_sigma=-1.0)
+
+
+def test_model_backend_falls_back_without_a_prior(seq, hand):
+    """object_backend model with fallback_backend color|depth (the node's default): a frame without
+    the tracker's pose (before the first, after LOST) is segmented by the fallback, a frame with one
+    by the model backend alone; both find the object (IoU >= 0.9 against ground truth)."""
+    from hp_ros.core.objects import ObjectModel
+    sg = S.Segmenter(seq.K, seq.width, seq.height, hand,
+                     S.SegmenterConfig(object_backend="model", fallback_backend="color|depth", workspace_box=BOX,
+                                       hsv_ranges=(0, 100, 60, 180, 255, 255)),
+                     object_model=ObjectModel.builtin("cracker_box"))
+    depth = S.depth_to_metres(seq.depth_mm[1], "16UC1")
+    args = (seq.rgb[1], depth, _q_at(seq, 1), seq.T_cam_hand_published)
+    alone = sg.segment(*args)
+    assert sg.active_backend == "color|depth" and alone.observation.backend == "color|depth"
+    assert "model_pose" not in alone.raw and "depth" in alone.raw
+    fitted = sg.segment(*args, T_cam_obj_prior=_perturbed(seq.T_cam_obj[1], np.random.default_rng(2), 0.003, 2.0),
+                        prior_pos_sigma=0.003)
+    assert sg.active_backend == "model" and fitted.raw["model_pose"] is not None and "depth" not in fitted.raw
+    for r in (alone, fitted):
+        assert mask_iou(r.object_mask, seq.object_mask[1])[0] >= 0.9
+    with pytest.raises(ValueError, match="fallback_backend"):
+        S.Segmenter(K, 640, 480, None, S.SegmenterConfig(object_backend="model", fallback_backend="model|depth"),
+                    object_model=ObjectModel.builtin("cracker_box"))
+
+
+def test_model_backend_searches_only_when_the_direct_fit_is_poor(seq, hand, monkeypatch):
+    """Tracking (a prior known to within the final gate after a confident fit): the fit refines the
+    prior directly, without the coarse search, and gets the pose from 2 cm off. A prior 3 cm off
+    that claims 3 mm is caught by the fit's depth agreement and searched again in the same frame."""
+    from hp_ros.core.objects import ObjectModel
+    from hp_ros.core.segmentation.model import ModelObjectMasker
+    calls = []
+    search = ModelObjectMasker._coarse_search
+    monkeypatch.setattr(ModelObjectMasker, "_coarse_search", lambda self, *a, **k: calls.append(1) or search(self, *a, **k))
+    sg = S.Segmenter(seq.K, seq.width, seq.height, hand, S.SegmenterConfig(object_backend="model", workspace_box=BOX),
+                     object_model=ObjectModel.builtin("cracker_box"))
+    rng = np.random.default_rng(5)
+    for k in range(seq.num_frames):
+        depth = S.depth_to_metres(seq.depth_mm[k], "16UC1")
+        wide = k == 0
+        prior = _perturbed(seq.T_cam_obj[k], rng, 0.01 if wide else 0.002, 5.0 if wide else 1.0)
+        r = sg.segment(seq.rgb[k], depth, _q_at(seq, k), seq.T_cam_hand_published, T_cam_obj_prior=prior,
+                       prior_pos_sigma=0.01 if wide else 0.002)
+        assert np.linalg.norm(r.raw["model_pose"][:3, 3] - seq.T_cam_obj[k][:3, 3]) < 0.003
+    assert len(calls) == 1 and sg.model_masker.searches_after_direct == 0   # only the wide first prior searched
+    depth = S.depth_to_metres(seq.depth_mm[0], "16UC1")
+    for off, searched in ((0.02, 0), (0.03, 1)):
+        far = np.array(seq.T_cam_obj[0])
+        far[:3, 3] += (off, 0.0, 0.0)
+        r = sg.segment(seq.rgb[0], depth, _q_at(seq, 0), seq.T_cam_hand_published, T_cam_obj_prior=far,
+                       prior_pos_sigma=0.003)
+        assert sg.model_masker.searches_after_direct == searched and len(calls) == 1 + searched
+        if not searched:
+            assert np.linalg.norm(r.raw["model_pose"][:3, 3] - seq.T_cam_obj[0][:3, 3]) < 0.003
+            assert mask_iou(r.object_mask, seq.object_mask[0])[0] >= 0.9

@@ -11,7 +11,7 @@ EXECUTABLES = ("segmentation_node", "tracking_node", "refinement_node", "pose_sm
 def exit_quietly_while_loading(module_name: str) -> None:
     """In a node process, SIGINT/SIGTERM while the node module's imports load (torch, scipy, rclpy:
     seconds) end the process at once with exit code 0 instead of a KeyboardInterrupt traceback -
-    nothing of ROS runs yet. :func:`hp_ros.nodes.common.run_node` then installs its own handlers.
+    nothing of ROS runs yet. :func:`hp_ros.nodes.process.run_node` then installs its own handlers.
 
     Acts only when the module is the process's entry point: ``python -m hp_ros.nodes.X``
     (``module_name == "__main__"``) or the console script of a node; a program that merely

@@ -21,11 +21,12 @@ def main(args=None) -> int:
     import rclpy  # noqa: F401 - loaded before the node modules (their imports expect it)
 
     from hp_ros import graph
+    from hp_ros.nodes.executor import PoolExecutor
     from hp_ros.nodes.local_bus import LocalBus
+    from hp_ros.nodes.process import run_nodes
     from hp_ros.nodes.refinement_node import REFINEMENT_THREADS, RefinementNode
     from hp_ros.nodes.segmentation_node import SegmentationNode
     from hp_ros.nodes.tracking_node import TrackingNode
-    from hp_ros.nodes.common import PoolExecutor, run_nodes
 
     # what the graph's nodes publish, except the topics that also come from outside (/tf) or that
     # no node here subscribes to (/diagnostics)

@@ -105,11 +105,14 @@ class LocalBus:
         return self._inboxes[key]
 
     def create_subscription(self, node, msg_type, topic: str, callback: Callable, qos, callback_group=None,
-                            **kwargs):
+                            inline: bool = False, **kwargs):
         """Subscribe ``node`` to ``topic`` through the bus; returns the DDS subscription when one
         was created for it (the first subscriber of an external topic), else None.
 
-        ``raw=True`` is not supported (local deliveries are message objects)."""
+        ``inline``: call ``callback`` in the delivering thread instead of on the node's executor
+        (for a callback that only stores the message under its own lock, e.g.
+        :class:`hp_ros.nodes.deferred.DeferredReader`). ``raw=True`` is not supported (local
+        deliveries are message objects)."""
         if kwargs.get("raw"):
             raise ValueError("LocalBus: raw subscriptions are not supported")
         name = node.resolve_topic_name(topic)
@@ -121,7 +124,7 @@ class LocalBus:
                 self._dds_owner[name] = node
             # the DDS owner's callback runs directly in its subscription callback; the others get
             # the message on their own executor through their inbox
-            inbox = None if first_external else self._inbox(node, callback_group)
+            inbox = None if first_external or inline else self._inbox(node, callback_group)
             self._subs[name].append((inbox, callback, wants_info))
         if not first_external:
             return None

@@ -18,7 +18,7 @@ from rcl_interfaces.msg import ParameterDescriptor
 from rclpy.node import Node
 from rclpy.qos import QoSProfile, ReliabilityPolicy
 
-from hp_ros.nodes.common import run_node
+from hp_ros.nodes.process import run_node
 from hp_ros.nodes.tf_out import TfPublisher
 
 

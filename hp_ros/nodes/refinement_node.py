@@ -17,7 +17,7 @@ a refinement that explains the observed mask well gets the nominal uncertainty, 
 larger one. Never zeros.
 
 Threading: subscriptions and the diagnostics timer run in one mutually exclusive callback group
-(in order), the service in another, on a thread pool (``common.PoolExecutor``), so a long refinement does not
+(in order), the service in another, on a thread pool (``nodes.executor.PoolExecutor``), so a long refinement does not
 stall buffering (torch releases the GIL in its kernels); requests are served one at a time.
 """
 from __future__ import annotations
@@ -43,10 +43,17 @@ from sensor_msgs.msg import CameraInfo, Image, JointState
 from hp_ros import graph
 from hp_ros.core.device import device_error, resolve_device
 from hp_ros.io import msgs
-from hp_ros.nodes.local_bus import publisher, subscribe
-from hp_ros.nodes.common import (diagnostics_message, COMMON_PARAMS, run_node, PoolExecutor, IMAGE_QOS, OUTPUT_QOS, STATE_QOS, CameraToHand, JointStateBuffer,
-                                 OnceLogger, Param, camera_to_hand_from_param, declare_parameters,
-                                 length_in, load_hand, load_object, non_negative, positive)
+from hp_ros.nodes.deferred import DeferredReader
+from hp_ros.nodes.buffers import JointStateBuffer
+from hp_ros.nodes.calibration import CameraToHand
+from hp_ros.nodes.diagnostics import diagnostics_message
+from hp_ros.nodes.executor import PoolExecutor
+from hp_ros.nodes.loaders import camera_to_hand_from_param, load_hand, load_object
+from hp_ros.nodes.local_bus import publisher
+from hp_ros.nodes.logs import OnceLogger
+from hp_ros.nodes.params import COMMON_PARAMS, declare_parameters, length_in, non_negative, Param, positive
+from hp_ros.nodes.process import run_node
+from hp_ros.nodes.qos import OUTPUT_QOS
 
 _TERMS = ("mask", "rgb", "penetration", "sliding", "smoothness", "oscillation")
 MAX_ITERATIONS_LIMIT = 2000
@@ -142,23 +149,27 @@ class RefinementNode(Node):
         self.cam_to_hand = CameraToHand(self, p["camera_frame"], p["hand_base_frame"],
                                         camera_to_hand_from_param(p["camera_to_hand"]))
 
-        # data callbacks in order on one thread (joint states must not be reordered), the service
-        # in its own group: it runs concurrently with buffering
+        # Inputs wait in their DDS readers' histories (keep-last) and are taken when a request
+        # or the diagnostics timer needs them (hp_ros.nodes.deferred): the idle node runs no
+        # Python per message and decodes nothing nobody asked for. Images stay serialised until a
+        # request refines their frame (in one process with the segmentation node: the message
+        # objects it received).
+        n = int(p["buffer_size"])
+        reader = lambda t, topic, depth, raw=False: DeferredReader(self, bus, t, topic, depth, raw=raw)  # noqa: E731
+        self.image_readers = {
+            "rgb": reader(Image, graph.CAMERA_TOPICS["color_image"], n, raw=True),
+            "object_mask": reader(Image, graph.TOPICS["object_mask"], n, raw=True),
+            "hand_mask": reader(Image, graph.TOPICS["hand_mask"], n, raw=True)}
+        if p["use_depth"]:
+            self.image_readers["depth"] = reader(Image, graph.CAMERA_TOPICS["depth_image"], n, raw=True)
+        self.info_reader = reader(CameraInfo, graph.CAMERA_TOPICS["color_info"], 1)
+        # joint states over the buffered frames' span (30 Hz frames, 100 Hz joints) and a margin
+        self.joint_reader = reader(JointState, graph.JOINT_STATES, max(200, int(2 * 100 * n / 30)))
+        self.pose_reader = reader(PoseWithCovarianceStamped, graph.TOPICS["object_pose"], 1)
+        self.ingested = 0  # messages taken from the readers (counted in /diagnostics)
+        self.decoded = 0   # images decoded (only for requests)
         data = MutuallyExclusiveCallbackGroup()
         service = MutuallyExclusiveCallbackGroup()
-        sub = lambda t, topic, cb, qos, raw=False: subscribe(  # noqa: E731
-            self, bus, t, topic, cb, qos, callback_group=data, **({"raw": True} if raw and bus is None else {}))
-        # images are buffered serialised (raw=True: no Python message is built for the ~90 frames a
-        # second that are never refined; measured ~1/3 of this node's CPU) and decoded on request;
-        # in one process with the segmentation node (bus) they are the message objects it received
-        sub(Image, graph.CAMERA_TOPICS["color_image"], lambda d: self.on_buffered(d, "rgb"), IMAGE_QOS, raw=True)
-        sub(CameraInfo, graph.CAMERA_TOPICS["color_info"], self.on_camera_info, IMAGE_QOS)
-        sub(Image, graph.TOPICS["object_mask"], lambda d: self.on_buffered(d, "object_mask"), IMAGE_QOS, raw=True)
-        sub(Image, graph.TOPICS["hand_mask"], lambda d: self.on_buffered(d, "hand_mask"), IMAGE_QOS, raw=True)
-        sub(JointState, graph.JOINT_STATES, self.on_joint_state, STATE_QOS)
-        sub(PoseWithCovarianceStamped, graph.TOPICS["object_pose"], self.on_object_pose, OUTPUT_QOS)
-        if p["use_depth"]:
-            sub(Image, graph.CAMERA_TOPICS["depth_image"], lambda d: self.on_buffered(d, "depth"), IMAGE_QOS, raw=True)
         self.pub = publisher(self, bus, PoseWithCovarianceStamped, graph.TOPICS["refined_pose"], OUTPUT_QOS)
         self.diag_pub = self.create_publisher(DiagnosticArray, "/diagnostics", OUTPUT_QOS)
         self.create_timer(float(p["diagnostics_period"]), self.publish_diagnostics, callback_group=data)
@@ -183,31 +194,49 @@ class RefinementNode(Node):
         return slot
 
     # Buffering keeps the messages themselves: they are decoded only for the few frames a request
-    # refines, not for every frame at 30 Hz (the node spends its idle time buffering).
+    # refines, not for every frame at 30 Hz (the node spends its idle time doing nothing).
+    def ingest(self) -> None:
+        """Take what the readers received since the last call into the frame buffer, the joint
+        state buffer, the camera model and the tracked pose."""
+        with self.lock:
+            for kind, rd in self.image_readers.items():
+                for data, _info in rd.take():
+                    self.ingested += 1
+                    self.on_buffered(data, kind)
+            for msg, _info in self.joint_reader.take():
+                self.ingested += 1
+                self.on_joint_state(msg)
+            infos = self.info_reader.take()
+            poses = self.pose_reader.take()
+        self.ingested += len(infos) + len(poses)
+        if infos:
+            self.on_camera_info(infos[-1][0])
+        if poses:
+            self.on_object_pose(poses[-1][0])
+
     def on_buffered(self, data, kind: str) -> None:
         """A sensor_msgs/Image (colour, mask or depth), serialised (bytes) or a message object
-        (from the in-process bus): stored under its header stamp."""
+        (from the in-process bus): stored under its header stamp (lock held)."""
         try:
             stamp = msgs.serialized_header_stamp_ns(data) if isinstance(data, bytes) else msgs.header_stamp_ns(data)
         except ValueError as e:
             self.errors.warn(f"{kind}_data", f"{kind} skipped: {e}")
             return
-        with self.lock:
-            self._slot(stamp)[kind] = data
+        self._slot(stamp)[kind] = data
 
     _ENCODINGS = {"rgb": ("rgb8", "bgr8"), "depth": ("16UC1", "32FC1"),
                   "object_mask": ("mono8", "8UC1"), "hand_mask": ("mono8", "8UC1")}
 
-    @classmethod
-    def _decode(cls, kind: str, data: bytes) -> np.ndarray:
+    def _decode(self, kind: str, data: bytes) -> np.ndarray:
         """Buffered serialised image -> array (rgb (H,W,3) uint8 RGB, masks (H,W) bool, depth raw);
         ValueError for an encoding the kind does not accept."""
         from rclpy.serialization import deserialize_message
 
         msg = deserialize_message(data, Image) if isinstance(data, bytes) else data
-        if msg.encoding not in cls._ENCODINGS[kind]:
-            raise ValueError(f"{kind} image has encoding {msg.encoding!r} (expected one of {list(cls._ENCODINGS[kind])})")
+        if msg.encoding not in self._ENCODINGS[kind]:
+            raise ValueError(f"{kind} image has encoding {msg.encoding!r} (expected one of {list(self._ENCODINGS[kind])})")
         arr = msgs.image_to_numpy(msg)
+        self.decoded += 1
         if kind == "rgb":
             return np.ascontiguousarray(arr[..., ::-1] if msg.encoding == "bgr8" else arr)
         return arr if kind == "depth" else arr > 0
@@ -229,8 +258,7 @@ class RefinementNode(Node):
 
     def on_joint_state(self, msg) -> None:
         try:
-            with self.lock:
-                self.joints.add(msg)
+            self.joints.add(msg)
         except ValueError as e:
             self.errors.warn("joint_states", f"joint state skipped: {e}")
 
@@ -241,6 +269,7 @@ class RefinementNode(Node):
             self.errors.warn("object_pose", f"object pose ignored: {e}")
 
     def usable_stamps(self) -> list:
+        self.ingest()
         with self.lock:
             return [s for s, f in self.frames.items() if "rgb" in f and "object_mask" in f]
 
@@ -249,7 +278,8 @@ class RefinementNode(Node):
         level = DiagnosticStatus.OK if usable else DiagnosticStatus.WARN
         message = "busy" if self.busy else ("ready" if usable else "no synchronised frames yet")
         values = {"buffered_frames": len(usable), "newest_stamp_ns": usable[-1] if usable else 0,
-                  "busy": int(self.busy), "bad_messages": self.errors.total(), **self.counts}
+                  "busy": int(self.busy), "bad_messages": self.errors.total(), "messages_taken": self.ingested,
+                  "images_decoded": self.decoded, **self.counts}
         self.diag_pub.publish(diagnostics_message(self, "hp_ros/refinement_node", level, message, values))
 
     # ------------------------------------------------------------------ service
@@ -294,6 +324,7 @@ class RefinementNode(Node):
         max_it = int(request.max_iterations) or int(self.p["max_iterations"])
         if max_it > MAX_ITERATIONS_LIMIT:
             return self._fail(response, f"max_iterations {max_it} exceeds the limit {MAX_ITERATIONS_LIMIT}")
+        self.ingest()  # what arrived since the last request (camera_info, frames, joint states, pose)
         if self.camera is None:
             return self._fail(response, "no camera_info received yet")
         want = msgs.stamp_to_ns(request.stamp)
@@ -345,6 +376,7 @@ class RefinementNode(Node):
         # joint states (100 Hz, one message per executor cycle) can lag behind the newest images:
         # give the buffering thread a moment to catch up with the requested stamps
         def joints_cover():
+            self.ingest()
             with self.lock:
                 latest = self.joints.latest()
             return latest is not None and latest[0] >= max(use)

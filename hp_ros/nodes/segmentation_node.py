@@ -24,10 +24,16 @@ from sensor_msgs.msg import CameraInfo, Image, JointState, RegionOfInterest
 from hp_ros.core.device import device_error, resolve_device
 from hp_ros.graph import CAMERA_TOPICS, JOINT_STATES, TOPICS
 from hp_ros.io import msgs
+from hp_ros.nodes.buffers import JointStateBuffer
+from hp_ros.nodes.calibration import CameraToHand
+from hp_ros.nodes.diagnostics import diagnostics_message, stage_medians_ms
+from hp_ros.nodes.loaders import camera_to_hand_from_param, load_hand, load_object
+from hp_ros.nodes.deferred import DeferredReader
 from hp_ros.nodes.local_bus import publisher, subscribe
-from hp_ros.nodes.common import (diagnostics_message, stage_medians_ms, COMMON_PARAMS, run_node, IMAGE_QOS, OUTPUT_QOS, STATE_QOS, CameraToHand, JointStateBuffer,
-                                 OnceLogger, Param, ParameterError, camera_to_hand_from_param, declare_parameters,
-                                 load_hand, load_object, non_negative, one_of, positive)
+from hp_ros.nodes.logs import OnceLogger
+from hp_ros.nodes.params import COMMON_PARAMS, declare_parameters, non_negative, one_of, Param, ParameterError, positive
+from hp_ros.nodes.process import run_node
+from hp_ros.nodes.qos import IMAGE_QOS, OUTPUT_QOS
 
 try:  # cv_bridge when importable (a ROS workspace), numpy conversion otherwise
     from cv_bridge import CvBridge
@@ -45,9 +51,12 @@ def _backend_check(v):
 
 
 SEG_PARAMS = {
-    "object_backend": Param("color|depth", "object mask backends: color, depth, external, detectron2, model (the "
+    "object_backend": Param("model", "object mask backends: color, depth, external, detectron2, model (the "
                             "tracker's pose on /hp_ros/object_pose refined against depth), or two joined by '+' "
                             "(intersection) or '|' (union)", _backend_check),
+    "fallback_backend": Param("color|depth", "object backends of the frames the model backend cannot serve (no "
+                              "tracker pose within prior_max_age: before the first pose, after LOST; or no "
+                              "depth); '' = none", lambda v: None if v == "" else _backend_check(v)),
     "color_model": Param("hsv", "colour model: hsv (hsv_ranges), histogram (learned from the first confident "
                          "mask, hsv_ranges bootstrap it when set) or object (histogram of the object_mesh's "
                          "texture/colours)", one_of("hsv", "histogram", "object")),
@@ -71,6 +80,8 @@ SEG_PARAMS = {
                                      "occluded (the object)", positive),
     "hand_align_iterations": Param(2, "ICP steps per frame correcting camera->hand against depth (0 = off)",
                                    non_negative),
+    "hand_align_every": Param(3, "run the camera->hand alignment on every n-th frame (the correction is held "
+                              "between; a calibration error drifts slowly)", positive),
     "hand_depth_scale": Param(0.5, "resolution factor of the rendered hand depth (0-1]", positive),
     "hand_margin_px": Param(2, "ring around the visible hand removed from the object mask (pixels)", non_negative),
     "min_area": Param(100, "smallest object component kept (pixels)", non_negative),
@@ -94,7 +105,8 @@ SEG_PARAMS = {
     "model_max_margin": Param(0.04, "model backend: largest search margin (m)", positive),
     "model_tolerance": Param(0.006, "model backend: depth within this (m) of the fitted model surface is object",
                              positive),
-    "model_icp_iterations": Param(8, "model backend: robust ICP steps per frame (0 = coarse search only)",
+    "model_icp_iterations": Param(8, "model backend: robust ICP steps per frame after the coarse search (a fit "
+                                  "without it, from the tracker's pose: at most 4; 0 = coarse search only)",
                                   non_negative),
     "model_scale": Param(0.5, "model backend: working resolution factor (0-1]", positive),
     "model_dilate_px": Param(2, "model backend: silhouette growth (pixels)", non_negative),
@@ -150,12 +162,14 @@ class SegmentationNode(Node):
         if len(p["marker_colors"]) not in (1, 12):
             raise ParameterError("marker_colors: need 12 numbers (4 RGB) or [0.0]")
         self.cfg = SegmenterConfig(
-            object_backend=p["object_backend"], color_model=p["color_model"], hsv_ranges=list(p["hsv_ranges"]),
+            object_backend=p["object_backend"], fallback_backend=p["fallback_backend"],
+            color_model=p["color_model"], hsv_ranges=list(p["hsv_ranges"]),
             histogram_threshold=p["histogram_threshold"], histogram_rate=p["histogram_rate"],
             workspace_box=list(p["workspace_box"]), workspace_frame=p["workspace_frame"],
             color_in_workspace=p["color_in_workspace"], hand_dilate_px=p["hand_dilate_px"],
             hand_depth_tolerance=p["hand_depth_tolerance"], hand_occluder_tolerance=p["hand_occluder_tolerance"],
-            hand_align_iterations=p["hand_align_iterations"], hand_depth_scale=p["hand_depth_scale"],
+            hand_align_iterations=p["hand_align_iterations"], hand_align_every=p["hand_align_every"],
+            hand_depth_scale=p["hand_depth_scale"],
             hand_margin_px=p["hand_margin_px"], min_area=p["min_area"], open_px=p["open_px"], close_px=p["close_px"],
             keep=p["keep"], object_size=p["object_size"], object_size_tolerance=p["object_size_tolerance"],
             marker_colors=colors, marker_radius=p["marker_radius"],
@@ -198,6 +212,8 @@ class SegmentationNode(Node):
         self._first_image_wall = None
         self._depth_seen = False  # a depth image has arrived (start-up: wait for the stream, see _inputs_ready)
         self.frames = 0
+        self.frames_by_backend = {}  # object backend (object_backend or fallback_backend) -> frames segmented
+        self.active_backend = p["object_backend"]
         self.skipped_behind = 0  # waiting images dropped for a newer one (latest_only)
         # Callbacks only store what arrives (cheap, under self._cv) and wake the worker thread, which
         # segments the frames whose inputs are complete: the executor never waits behind a 10-15 ms
@@ -217,13 +233,15 @@ class SegmentationNode(Node):
             subscribe(self, bus, Image, CAMERA_TOPICS["depth_image"], self.on_depth, frames_qos)
         if p["external_mask_topic"]:
             subscribe(self, bus, Image, p["external_mask_topic"], self.on_external_mask, IMAGE_QOS)
-        subscribe(self, bus, JointState, JOINT_STATES, self.on_joints, STATE_QOS)
+        # joint states (100 Hz) and the tracker's poses wait in their DDS readers until the worker
+        # needs them for a frame (hp_ros.nodes.deferred): no executor callback per message
+        self.joint_reader = DeferredReader(self, bus, JointState, JOINT_STATES, depth=200)
         self.priors = collections.deque(maxlen=16)  # (stamp_ns, T_cam_obj (4, 4), position sigma [m])
+        self.prior_reader = None
         if self.uses_prior:
             from geometry_msgs.msg import PoseWithCovarianceStamped
-            prior_qos = QoSProfile(depth=self.priors.maxlen, reliability=OUTPUT_QOS.reliability,
-                                   history=OUTPUT_QOS.history)  # as many as are kept: none lost in a burst
-            subscribe(self, bus, PoseWithCovarianceStamped, TOPICS["object_pose"], self.on_prior, prior_qos)
+            self.prior_reader = DeferredReader(self, bus, PoseWithCovarianceStamped, TOPICS["object_pose"],
+                                               depth=self.priors.maxlen)
         self.new_info = None
         self.pub_hand = publisher(self, bus, Image, TOPICS["hand_mask"], OUTPUT_QOS)
         self.pub_obj = publisher(self, bus, Image, TOPICS["object_mask"], OUTPUT_QOS)
@@ -298,6 +316,8 @@ class SegmentationNode(Node):
 
     def _prior_for(self, stamp_ns):
         """The newest tracker pose at or before ``stamp_ns`` within ``prior_max_age`` -> (T, sigma) or None."""
+        for msg, _info in self.prior_reader.take():
+            self.on_prior(msg)
         best = None
         with self._cv:
             priors = list(self.priors)
@@ -329,9 +349,9 @@ class SegmentationNode(Node):
                 # first-call stall of ~1 s overflowed the image queue and dropped frames
                 d_obj = seg.model_masker.render(T_obj, (0, 0, 640, 480), 1.0)
                 depth = np.where(np.isfinite(d_obj), d_obj, 0.9).astype(np.float32)
-            for _ in range(2 if self.uses_prior else 1):
+            for k in range(3 if self.uses_prior else 1):  # the model backend twice, then its fallback
                 seg.segment(np.full((480, 640, 3), 128, np.uint8), depth, q, T, None,
-                            T_cam_obj_prior=T_obj if self.uses_prior else None)
+                            T_cam_obj_prior=T_obj if self.uses_prior and k < 2 else None)
         except Exception as e:  # noqa: BLE001 - a failed warm-up only costs the first frames' speed
             self.get_logger().info(f"warm-up skipped: {e}")
         self.get_logger().info(f"warm-up {time.monotonic() - t0:.2f} s")
@@ -348,13 +368,17 @@ class SegmentationNode(Node):
         self.info = info
 
     def on_joints(self, msg):
+        """One joint state into the buffer (called with self._cv held, see _take_joints)."""
         try:
-            with self._cv:
-                self._last_joint_wall = time.monotonic()
-                self.joints.add(msg)
-                self._cv.notify()
+            self._last_joint_wall = time.monotonic()
+            self.joints.add(msg)
         except ValueError as e:
             self.bad.warn("joint_states", f"joint_states skipped: {e}")
+
+    def _take_joints(self) -> None:
+        """The joint states received since the last call into the buffer (self._cv held)."""
+        for msg, _info in self.joint_reader.take():
+            self.on_joints(msg)
 
     def _to_array(self, msg):
         if self.bridge is not None:
@@ -416,7 +440,9 @@ class SegmentationNode(Node):
             with self._cv:
                 job = self._next_ready()
                 if job is None:
-                    self._cv.wait(timeout=0.05)  # input_wait deadlines pass without a message
+                    # input_wait deadlines pass without a message; an image waiting for its joint
+                    # states (taken from their reader, no callback wakes us) looks again soon
+                    self._cv.wait(timeout=0.004 if self.pending else 0.05)
                     continue
             try:
                 self._process(*job)
@@ -446,6 +472,7 @@ class SegmentationNode(Node):
         instead of segmenting a backlog (the tracker poses the dropped frames from the joint
         states). Otherwise the oldest, in order."""
         self._update_segmenter()
+        self._take_joints()
         if self.segmenter is None:
             now = time.monotonic()
             while self.pending and (now - self.pending[0][1] > self.p["input_wait"]
@@ -534,6 +561,7 @@ class SegmentationNode(Node):
             if mm is not None and mm.encoding in ("mono8", "8UC1") and (mm.width, mm.height) == (msg.width, msg.height):
                 ext = msgs.image_to_numpy(mm)
         with self._cv:
+            self._take_joints()
             reset = self.joints.reset_pending
             self.joints.reset_pending = False
             q = self.joints.at(stamp, max_gap_ns=int(self.p["joint_max_gap"] * 1e9))
@@ -554,12 +582,18 @@ class SegmentationNode(Node):
                           f"({'none received' if latest is None else f'newest {(stamp - latest[0]) / 1e9:+.3f} s before'}): "
                           "publishing without a hand mask")
         prior = self._prior_for(stamp) if self.uses_prior else None
-        if self.uses_prior and prior is None:
+        if self.uses_prior and prior is None and not self.p["fallback_backend"]:
             self.bad.warn("no_prior", f"no object pose from the tracker within prior_max_age of this image: the "
                           f"model backend waits for {TOPICS['object_pose']}")
         res = self.segmenter.segment(rgb, depth, q if T is not None else None, T, ext,
                                      T_cam_obj_prior=None if prior is None else prior[0],
                                      prior_pos_sigma=None if prior is None else prior[1])
+        if self.segmenter.active_backend != self.active_backend:  # model <-> fallback: one line per switch
+            self.get_logger().info(f"object backend {self.active_backend!r} -> {self.segmenter.active_backend!r} "
+                                   f"at stamp {stamp}" + ("" if prior is not None else
+                                                          " (no tracker pose within prior_max_age)"))
+            self.active_backend = self.segmenter.active_backend
+        self.frames_by_backend[self.active_backend] = self.frames_by_backend.get(self.active_backend, 0) + 1
         stages["segmented"], stages["cpu_end"] = time.time_ns(), time.thread_time_ns()
         h, frame = msg.header, msg.header.frame_id
         for pub, m in ((self.pub_hand, res.hand_mask), (self.pub_obj, res.object_mask)):
@@ -586,7 +620,8 @@ class SegmentationNode(Node):
         level = DiagnosticStatus.OK if self.frames and not problems else DiagnosticStatus.WARN
         message = f"{self.frames} frames segmented" if self.frames else "no frame segmented yet"
         values = {"frames": self.frames, "pending": len(self.pending), "images_lost": self.lost_images,
-                  "skipped_behind": self.skipped_behind,
+                  "skipped_behind": self.skipped_behind, "object_backend": self.active_backend,
+                  **{f"frames_by_backend.{k}": v for k, v in self.frames_by_backend.items()},
                   **stage_medians_ms(list(self.stage_times), STAGES),
                   **{f"input_errors.{k}": v for k, v in self.bad.counts.items()}}
         self.diag_pub.publish(diagnostics_message(self, "hp_ros: segmentation_node", level, message, values))

@@ -39,10 +39,15 @@ from std_srvs.srv import Trigger
 from hp_ros import graph
 from hp_ros.core.ekf import EKFConfig, EKFTracker, TrackState
 from hp_ros.io import msgs
+from hp_ros.nodes.buffers import JointStateBuffer
+from hp_ros.nodes.calibration import CameraToHand
+from hp_ros.nodes.diagnostics import diagnostics_message, stage_medians_ms
+from hp_ros.nodes.loaders import camera_to_hand_from_param, load_hand, load_object
 from hp_ros.nodes.local_bus import publisher, subscribe
-from hp_ros.nodes.common import (diagnostics_message, stage_medians_ms, COMMON_PARAMS, run_node, OUTPUT_QOS, STATE_QOS, CameraToHand, JointStateBuffer, OnceLogger,
-                                 Param, camera_to_hand_from_param, declare_parameters, length_in,
-                                 load_hand, load_object, non_negative, one_of, positive)
+from hp_ros.nodes.logs import OnceLogger
+from hp_ros.nodes.params import COMMON_PARAMS, declare_parameters, length_in, non_negative, one_of, Param, positive
+from hp_ros.nodes.process import run_node
+from hp_ros.nodes.qos import OUTPUT_QOS, STATE_QOS
 
 _D = EKFConfig()
 # stages of a frame in this node (wall-clock): camera_info delivery, executor queue, waiting for
@@ -186,7 +191,7 @@ class TrackingNode(Node):
         v = self.p["initial_pose"]
         if len(v) != 7:
             return None
-        from hp_ros.nodes.common import camera_to_hand_from_param as as_pose  # same [x y z q] layout
+        from hp_ros.nodes.loaders import camera_to_hand_from_param as as_pose  # same [x y z q] layout
 
         return as_pose(v), None
 

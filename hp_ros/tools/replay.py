@@ -126,7 +126,7 @@ def run(args) -> int:
         if args.clock is not None:
             from rosgraph_msgs.msg import Clock
             clock_pub = nodes["robot"].create_publisher(Clock, "/clock", _qos("/clock"))
-        from hp_ros.nodes.common import freeze_startup_objects
+        from hp_ros.nodes.process import freeze_startup_objects
 
         freeze_startup_objects()  # no full garbage collection walking the imports mid-stream
         _wait_for_subscribers([*pubs.values(), *([clock_pub] if clock_pub else [])], args)

@@ -211,8 +211,12 @@ class HandAligner:
     def __init__(self, hand, K, width: int, height: int, iterations: int = 3, gate: float = 0.015,
                  huber: float = 0.003, max_translation: float = 0.02, max_rotation: float = 0.1,
                  damping: float = 1e-4, min_points: int = 50, marker_radius: float = 0.0,
-                 visibility_tolerance: float = 0.004, stride: int = 2, first_iterations: int = 8):
+                 visibility_tolerance: float = 0.004, stride: int = 2, first_iterations: int = 8,
+                 every: int = 1):
         self.visibility_tolerance = float(visibility_tolerance)
+        self.every = max(int(every), 1)
+        self.settled = (1e-3, 2e-3)     # per-frame change of the correction (m, rad) counted as settled
+        self._settled = False
         self.stride, self.first_iterations = max(int(stride), 1), int(first_iterations)
         self._frames = 0
         self.hand, self.K = hand, _check_K(K)
@@ -231,6 +235,7 @@ class HandAligner:
     def reset(self) -> None:
         self.correction = np.eye(4)
         self._frames = 0
+        self._settled = False
 
     def _surface(self, q, T_cam_hand):
         import torch
@@ -253,7 +258,14 @@ class HandAligner:
         """One frame: refine the correction; returns the corrected ``T_cam_hand`` ``(4, 4)``.
 
         ``render``: the hand rendered at the current estimate (``correction @ T_cam_hand``); its
-        z-buffer drops samples hidden by other parts of the hand (self-occlusion)."""
+        z-buffer drops samples hidden by other parts of the hand (self-occlusion).
+
+        With ``every`` > 1, once the correction has settled (the last frame moved it by less than
+        ``settled`` (m, rad)), the steps run on every ``every``-th frame only: a calibration error
+        drifts slowly, the held correction serves the frames between."""
+        if self.every > 1 and self._settled and self._frames % self.every:
+            self._frames += 1
+            return self.correction @ np.asarray(T_cam_hand, dtype=np.float64)
         p0, n0 = self._surface(q, T_cam_hand)
         K, H, W = self.K, self.height, self.width
         C = self.correction.copy()
@@ -299,7 +311,12 @@ class HandAligner:
         # a calibration correction stays small: reject a runaway estimate
         ang = np.linalg.norm(cv2.Rodrigues(C[:3, :3])[0])
         if np.linalg.norm(C[:3, 3]) <= self.max_translation and ang <= self.max_rotation:
+            step = C @ np.linalg.inv(self.correction)
+            self._settled = (np.linalg.norm(step[:3, 3]) < self.settled[0]
+                             and np.linalg.norm(cv2.Rodrigues(step[:3, :3])[0]) < self.settled[1])
             self.correction = C
+        else:
+            self._settled = False
         return self.correction @ np.asarray(T_cam_hand, dtype=np.float64)
 
 

@@ -139,7 +139,9 @@ class ModelObjectMasker:
     Per frame (:meth:`fit`), with the search margin ``m = clip(3 prior_pos_sigma, margin,
     max_margin)``:
 
-    1. Coarse search: the prior shifted across the view on a ``7 x 7`` grid of spacing ``m / 3``
+    1. Coarse search (``search = "auto"``: only when ``3 prior_pos_sigma`` exceeds the final gate
+       ``2 tolerance``, when the previous frame's fit had a confidence below ``search_below``,
+       or again in the same frame when the fit without it does; ``"always"``: every frame): the prior shifted across the view on a ``7 x 7`` grid of spacing ``m / 3``
        (camera x, y), each shift moved along its ray by the median offset between measured depth
        and the model's camera-facing surface samples; the shift whose samples agree best with
        depth (within ``2 tolerance``; samples with background far behind them count against)
@@ -204,6 +206,12 @@ class ModelObjectMasker:
         self._samples = obj.surface_points(int(n_samples), seed=0).detach().cpu().numpy().astype(np.float64)
         self._normals = self.signed_distance(self._samples, gradient=True)[1]
         self._sample_sets = {}          # stride -> contiguous [sample, normal] rows (M, 6)
+        # coarse search: "auto" (only when the prior is wide or the direct fit is poor) or "always"
+        self.search = "auto"
+        self.search_below = 0.9         # confidence below which a fit (this frame or the last) searches
+        self.direct_iterations = 4      # ICP steps of a fit without the search (a prior within the final gate)
+        self._last_confidence = 0.0     # of the previous frame's fit (0: none yet -> search)
+        self.searches_after_direct = 0  # frames whose direct fit was poor and searched again
 
     # ------------------------------------------------------------------ pieces
     def signed_distance(self, p_obj: np.ndarray, gradient: bool = False):
@@ -355,7 +363,7 @@ class ModelObjectMasker:
             P = P[np.linspace(0, len(P) - 1, self.max_points).astype(np.int64)]
         return P
 
-    def _refine(self, T: np.ndarray, P: np.ndarray, depth_m, exclude, margin: float):
+    def _refine(self, T: np.ndarray, P: np.ndarray, depth_m, exclude, margin: float, iterations=None):
         """Step 2 of the class doc; returns the refined pose, the last step's inlier count and
         that step's system ``(J (M, 6), residuals after the step (M,), Huber weights (M,), n1)``
         at the final gate (None when no step ran there), for :func:`icp_pose_covariance`.
@@ -363,7 +371,7 @@ class ModelObjectMasker:
         A step smaller than ``converged`` (m, rad) ends the wide-gate phase at once (the gate jumps
         to its final ``2 tolerance``) and, at the final gate, the refinement."""
         huber = 0.5 * self.tolerance
-        n_it, inliers = self.iterations, 0
+        n_it, inliers = self.iterations if iterations is None else int(iterations), 0
         final_gate = 2.0 * self.tolerance
         it = 0
         system = None
@@ -438,9 +446,27 @@ class ModelObjectMasker:
         margin = min(max(self.margin, 3.0 * float(prior_pos_sigma)), self.max_margin)
         if self.window(T, margin) is None:
             return None
-        T = self._coarse_search(T, depth_m, exclude, margin)
+        # a prior known to within the final gate, after a confident fit, is refined directly (the
+        # tracker's pose, one frame old); the coarse search runs when that fit disagrees with depth
+        # (or before: a wide prior, a poor previous frame)
+        direct = self.search == "auto" and 3.0 * float(prior_pos_sigma) <= 2.0 * self.tolerance \
+            and self._last_confidence >= self.search_below
+        fit = self._fit_at(T, depth_m, exclude, margin, search=not direct)  # direct: direct_iterations ICP steps
+        if direct and (fit is None or fit.confidence < self.search_below):
+            self.searches_after_direct += 1
+            second = self._fit_at(T, depth_m, exclude, margin, search=True)
+            if second is not None and (fit is None or second.confidence > fit.confidence):
+                fit = second
+        self._last_confidence = 0.0 if fit is None else fit.confidence
+        return fit
+
+    def _fit_at(self, T: np.ndarray, depth_m: np.ndarray, exclude, margin: float, search: bool) -> Optional[ModelFit]:
+        """Steps 1 (when ``search``), 2 and 3 of the class doc from the prior ``T``."""
+        if search:
+            T = self._coarse_search(T, depth_m, exclude, margin)
         T, inliers, system = self._refine(T, self._depth_points(depth_m, exclude, T, margin), depth_m, exclude,
-                                          margin)
+                                          margin, self.iterations if search else min(self.iterations,
+                                                                                     self.direct_iterations))
         cov, res_sigma = (None, np.full(2, np.nan)) if system is None else icp_pose_covariance(*system)
         # 3. mask at the refined pose
         rect = self.window(T, 0.0)

@@ -40,6 +40,9 @@ class SegmenterConfig:
     """Settings of :class:`Segmenter` (the node's parameters of the same names)."""
 
     object_backend: str = "color|depth"     # names in registry.OBJECT_BACKENDS, one or two joined by + (and) / | (or)
+    # used instead of object_backend in a frame where a backend of it needs a pose prior or depth the
+    # frame lacks (the model backend before the tracker's first pose and after LOST); "" = none
+    fallback_backend: str = ""
     color_model: str = "hsv"                 # hsv | histogram (learned from the first confident mask)
     #                                          | object (histogram from the object model's texture/colours)
     object_size: float = 0.0                 # m, expected 3D extent of the object component (0 = no
@@ -56,6 +59,7 @@ class SegmenterConfig:
     hand_depth_tolerance: float = 0.02       # measured depth this far behind the hand = background
     hand_occluder_tolerance: float = 0.006   # this far in front of the hand = occluder (the object)
     hand_align_iterations: int = 2           # ICP steps per frame correcting camera->hand (0 = off)
+    hand_align_every: int = 3                # ... on every n-th frame (the correction is held between)
     hand_depth_scale: float = 0.5            # resolution factor of the hand depth raster
     hand_margin_px: int = 2                  # extra ring around the visible hand removed from the object
     min_area: int = 100
@@ -93,6 +97,16 @@ class SegmentationResult:
     T_cam_hand: Optional[np.ndarray] = None  # camera->hand used (after depth alignment)
 
 
+class _BackendSet:
+    """One object-backend combination: its spec, names, operator and backend objects; confidence
+    factors multiply in registry order (``factor_order``): "a|b" and "b|a" rate a frame alike."""
+
+    def __init__(self, spec: str, names: list, op: str, backends: list):
+        self.spec, self.names, self.op, self.backends = spec, list(names), op, list(backends)
+        order = list(OBJECT_BACKENDS)
+        self.factor_order = sorted(range(len(names)), key=lambda i: order.index(names[i]))
+
+
 class Segmenter:
     """Per-frame segmentation for one camera (``K``, ``width`` x ``height``) and one hand."""
 
@@ -117,7 +131,8 @@ class Segmenter:
                                       marker_radius=cfg.marker_radius
                                       if len(cfg.marker_colors) else 0.0) if hand is not None else None
         mr = cfg.marker_radius if len(cfg.marker_colors) else 0.0
-        self.aligner = HandAligner(hand, self.K, width, height, cfg.hand_align_iterations, marker_radius=mr) \
+        self.aligner = HandAligner(hand, self.K, width, height, cfg.hand_align_iterations, marker_radius=mr,
+                                   every=cfg.hand_align_every) \
             if hand is not None and cfg.hand_align_iterations > 0 else None
         self._last_render = None
         self.markers = None
@@ -128,16 +143,32 @@ class Segmenter:
         _check_model_settings(cfg.model_margin, cfg.model_tolerance, cfg.model_max_margin, cfg.model_icp_iterations,
                               cfg.model_scale, cfg.model_dilate_px)
         setup = BackendSetup(self.K, self.width, self.height, cfg, self.box, object_model, detectron2)
-        # the configured object backends, in the order of object_backend
+        # the configured object backends, in the order of object_backend (and of fallback_backend)
         self.object_backends: list[ObjectBackend] = [OBJECT_BACKENDS[n].create(setup) for n in self.backends]
-        # confidence factors multiply in registry order: "a|b" and "b|a" rate a frame bit for bit alike
-        names = list(OBJECT_BACKENDS)
-        self._factor_order = sorted(range(len(self.backends)), key=lambda i: names.index(self.backends[i]))
+        self._primary = _BackendSet(cfg.object_backend, self.backends, self.op, self.object_backends)
+        self._fallback = None
+        if cfg.fallback_backend:
+            names, op = parse_combination(cfg.fallback_backend)
+            if "model" in names:
+                raise ValueError("fallback_backend cannot use the model backend (it is what falls back)")
+            self._fallback = _BackendSet(cfg.fallback_backend, names, op,
+                                         [OBJECT_BACKENDS[n].create(setup) for n in names])
+        self.active_backend = cfg.object_backend  # the set used in the last frame (object_backend or the fallback)
 
     # ------------------------------------------------------------------ backends by name
     def backend(self, name: str) -> Optional[ObjectBackend]:
-        """The configured object backend of that name, or None."""
-        return dict(zip(self.backends, self.object_backends)).get(name)
+        """The configured object backend of that name (object_backend first, then the fallback), or None."""
+        for bs in (self._primary, self._fallback):
+            if bs is not None and name in bs.names:
+                return bs.backends[bs.names.index(name)]
+        return None
+
+    def _backends_for(self, frame: Frame) -> "_BackendSet":
+        """object_backend, or the fallback in a frame without the prior / depth the model backend needs."""
+        if self._fallback is not None and "model" in self._primary.names and (
+                frame.T_cam_obj_prior is None or frame.depth_m is None):
+            return self._fallback
+        return self._primary
 
     @property
     def model_masker(self):
@@ -163,12 +194,12 @@ class Segmenter:
         return self.backend("detectron2")
 
     # ------------------------------------------------------------------ pieces
-    def _object_rect(self, T_cam_hand, located: Sequence[tuple] = ()) -> tuple[int, int, int, int]:
+    def _object_rect(self, T_cam_hand, located: Sequence[tuple] = (), backends=None) -> tuple[int, int, int, int]:
         """Image rectangle the object masks can live in: the projected workspace box when every
         backend is bounded by it (depth; colour with ``color_in_workspace``), else the image;
         joined with the rectangles ``located`` by LOCATED backends (the model backend's fit)."""
         cfg = self.cfg
-        others = [b for b in self.object_backends if b.region != LOCATED]
+        others = [b for b in (self.object_backends if backends is None else backends) if b.region != LOCATED]
         rect = None
         if others:
             bounded = all(b.region == WORKSPACE for b in others)
@@ -237,19 +268,21 @@ class Segmenter:
         # 2. object masks inside the working rectangle
         frame = Frame(rgb, depth_m, T_cam_hand, hand_mask, None if render is None else render.roi, external_mask,
                       T_cam_obj_prior, prior_pos_sigma)
-        located = [r for r in (b.locate(frame) for b in self.object_backends) if r is not None]
-        x0, y0, x1, y1 = rect = frame.rect = self._object_rect(T_cam_hand, located)
+        active = self._backends_for(frame)
+        self.active_backend = active.spec
+        located = [r for r in (b.locate(frame) for b in active.backends) if r is not None]
+        x0, y0, x1, y1 = rect = frame.rect = self._object_rect(T_cam_hand, located, active.backends)
         sl = frame.sl
         empty = frame.empty
         raw = {"rect": rect}
         answers: list[BackendMask] = []
-        for name, backend in zip(self.backends, self.object_backends):
+        for name, backend in zip(active.names, active.backends):
             a = backend.object_mask(frame)
             answers.append(a)
             raw.update(a.extras)
             if a.mask is not None:
                 raw[name] = a.mask
-        if self.op == "|" and "color" in raw and "depth" in raw:
+        if active.op == "|" and "color" in raw and "depth" in raw:
             # union: a colour pixel whose valid depth lies outside the workspace is background of
             # the object's colour, not object (colour fills depth holes)
             raw["color"] = raw["color"] & (raw["depth"] | ~(depth_m[sl] > 0))
@@ -257,12 +290,12 @@ class Segmenter:
         hand_cut = hand_c
         if cfg.hand_margin_px > 0 and hand_c.any():
             hand_cut = cv2.dilate(hand_c.view(np.uint8), _disk(cfg.hand_margin_px)).astype(bool)
-        present = [raw[n] & ~hand_cut for n, a in zip(self.backends, answers) if a.mask is not None]
+        present = [raw[n] & ~hand_cut for n, a in zip(active.names, answers) if a.mask is not None]
         if not present:
             obj = np.zeros(hand_c.shape, bool)
         elif len(present) == 1:
             obj = present[0]
-        elif self.op == "+":
+        elif active.op == "+":
             obj = present[0] & present[1]
         else:
             obj = present[0] | present[1]
@@ -281,21 +314,21 @@ class Segmenter:
             a, b = present[0], present[1]
             inter, union = np.count_nonzero(a & b), np.count_nonzero(a | b)
             conf *= 0.5 + 0.5 * (inter / union if union else 0.0)
-        elif len(present) < len(self.backends):
+        elif len(present) < len(active.names):
             conf *= 0.5  # a configured backend had no input this frame
-        for i in self._factor_order:  # a detector's score, a fit's depth agreement
+        for i in active.factor_order:  # a detector's score, a fit's depth agreement
             if answers[i].confidence is not None:
                 conf *= answers[i].confidence
         obj_c = clean.mask
         # the object in front of the fingers is not hand
         if "color" in raw and obj_c.any():
             hand_mask[sl] &= ~(obj_c & raw["color"])
-        for backend, a in zip(self.object_backends, answers):
+        for backend, a in zip(active.backends, answers):
             backend.feedback(frame, a, obj_c, conf, len(present) == 2)
         object_mask = np.zeros((H, W), bool)
         object_mask[sl] = obj_c
         obs = object_observation(obj_c, self.K, None if depth_m is None else depth_m[sl], conf,
-                                 cfg.object_backend, offset=(x0, y0))
+                                 active.spec, offset=(x0, y0))
         if not obj_c.any():
             obs.confidence = 0.0
         tips = None

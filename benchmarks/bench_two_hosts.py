@@ -39,7 +39,7 @@ import json, sys, time
 import rclpy
 from sensor_msgs.msg import CameraInfo, Image
 from hp_ros import graph
-from hp_ros.nodes.common import IMAGE_QOS, STATE_QOS
+from hp_ros.nodes.qos import IMAGE_QOS
 import signal
 out = sys.argv[1]
 stop = []

@@ -103,6 +103,13 @@ def test_default_launch_profile_reaches_other_hosts(monkeypatch):
         assert int(shm.findtext(f"{NS}segment_size")) >= 640 * 480 * 3
 
 
+def test_one_hosts_share_of_the_graph(monkeypatch):
+    """``nodes:=refinement_node`` (the GPU host): one node, with the same lab profile."""
+    nodes = _run_launch_file(monkeypatch, {"nodes": "refinement_node"})
+    assert [kw["name"] for kw in nodes] == ["refinement_node"]
+    assert Path(nodes[0]["additional_env"]["FASTDDS_DEFAULT_PROFILES_FILE"]).name == "fastdds_shm_udp.xml"
+
+
 def test_loopback_launch_option_keeps_the_allow_list(monkeypatch):
     for single in ("false", "true"):
         nodes = _run_launch_file(monkeypatch, {"dds_transport": "loopback", "single_process": single})

@@ -55,6 +55,7 @@ def cb(key):
 for key, (typ, qos) in {"color_image": (Image, IMAGE_QOS), "depth_image": (Image, IMAGE_QOS),
                         "color_info": (CameraInfo, IMAGE_QOS), "depth_info": (CameraInfo, IMAGE_QOS)}.items():
     node.create_subscription(typ, graph.CAMERA_TOPICS[key], cb(key), qos, raw=True)
+print("ready", flush=True)
 while not stop:
     rclpy.spin_once(node, timeout_sec=0.1)
 json.dump(rec, open(out, "w"))
@@ -86,7 +87,9 @@ def run_once(hosts, bag: Path, work: Path, base_env: dict, sent: int, profile: s
     out = work / f"probe-{time.monotonic_ns()}.json"
     log = open(work / "probe.log", "ab")
     probe = subprocess.Popen(hosts.command("B", [sys.executable, "-c", PROBE, str(out)]), env=env["B"],
-                             stdout=log, stderr=log)
+                             stdout=subprocess.PIPE, stderr=log, text=True)
+    if probe.stdout.readline().strip() != "ready":  # its reader is there before the writers come
+        raise RuntimeError(f"probe failed to start: {(work / 'probe.log').read_text()[-2000:]}")
     tx0, drops0 = hosts.veth_bytes("A")[1], udp_drops(hosts, "B")
     replay = subprocess.run(hosts.command("A", [sys.executable, "-m", "hp_ros.tools.replay", str(bag), "--topics",
                                                 *graph.CAMERA_TOPICS.values(), "--wait-subscribers", "4",
@@ -96,6 +99,7 @@ def run_once(hosts, bag: Path, work: Path, base_env: dict, sent: int, profile: s
     tx1, drops1 = hosts.veth_bytes("A")[1], udp_drops(hosts, "B")
     probe.send_signal(signal.SIGINT)
     probe.wait(timeout=60)
+    probe.stdout.close()
     log.close()
     if replay.returncode != 0 or not out.exists():
         raise RuntimeError(f"replay exit {replay.returncode}: {replay.stderr[-2000:]}\nprobe: "

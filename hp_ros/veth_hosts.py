@@ -69,6 +69,7 @@ class TwoHosts:
                 self._ip(h, "link", "set", "lo", "up")
                 self._ip(h, "addr", "add", f"{ADDRESSES[h]}/{PREFIX_LEN}", "dev", VETH[h])
                 self._ip(h, "link", "set", VETH[h], "up")
+            self._wait_carrier()
         except Exception:
             self.close()
             raise
@@ -87,6 +88,18 @@ class TwoHosts:
                 p.stdout.close()
         self.holders.clear()
         self.pids.clear()
+
+    def _wait_carrier(self, timeout: float = 20.0) -> None:
+        """Until both veth ends are operationally up (the carrier comes a moment after ``link set
+        up``): Fast DDS lists its interfaces once, when a participant is created, and a participant
+        made before that would never use the veth end."""
+        import time
+
+        deadline = time.monotonic() + timeout
+        while not all("state UP" in self._ip(h, "-o", "link", "show", "dev", VETH[h]) for h in ("A", "B")):
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"the veth pair has no carrier after {timeout:.0f} s")
+            time.sleep(0.05)
 
     def _ip(self, host: str, *args: str) -> str:
         r = subprocess.run(self.command(host, ["ip", *args]), capture_output=True, text=True)

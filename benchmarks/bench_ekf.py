@@ -31,7 +31,8 @@ freedom, scaled to 6). Frames of one run are strongly correlated (the rotation e
 the initial draw), so the per-run means spread widely: use several seeds (default 6, ~2 min).
 
 LAST line: one JSON object with ``predict_ms`` (mean thread CPU time per joint state, 100 Hz),
-``update_ms`` (mean thread CPU time per frame, fingertips + centre; wall times and the load
+``update_ms`` (mean thread CPU time per frame without its predicts: centre + fingertips and the
+FrameTracker's bookkeeping, as in the node; wall times and the load
 average are printed above), ``adds_mean_cm_both``, ``adds_max_cm_both``, ``nees_mean`` (pooled,
 'both' variant, scaled to 6 DoF), then ``nees_box`` (6 DoF), ``nees_can`` (5 DoF) and
 ``anees_in_band_fraction`` (share of time steps, both objects, whose ensemble NEES lies in its 95 %
@@ -64,8 +65,9 @@ import numpy as np
 import torch
 
 from hp_ros.core import metrics
-from hp_ros.core.ekf import (EKFConfig, EKFTracker, apply_delta_np, normalized_error_squared, pose_error,
-                             symmetry_axis)
+from hp_ros.core.ekf import (EKFConfig, FrameTracker, FrameTrackerConfig, apply_delta_np, normalized_error_squared,
+                             pose_error, symmetry_axis)
+from hp_ros.core.observation import FingertipObservation, ObjectObservation
 
 VARIANTS = ("dynamics", "fingertips", "center", "both", "+depth")
 OBJECTS = ("cracker_box", "soup_can")
@@ -154,6 +156,49 @@ def make_observations(seq, seed: int = 0, px_sigma: float = 2.0, dropout: float 
     return Observations(tips, center)
 
 
+def _timed(fn, out: list):
+    """``fn`` that appends its (wall, thread CPU) seconds per call to ``out``."""
+    def timed(*args, **kwargs):
+        t0, c0 = time.perf_counter(), time.thread_time()
+        r = fn(*args, **kwargs)
+        out.append((time.perf_counter() - t0, time.thread_time() - c0))
+        return r
+    return timed
+
+
+def _frame_observations(obs: Observations, i: int, variant: str, fit, hand) -> dict:
+    """Frame ``i``'s typed observations for ``variant``: fingertips (fingertips, both, +depth), the
+    object centre (center, both, +depth; invalid when not seen) with the depth fit (+depth)."""
+    out = {}
+    if variant in ("fingertips", "both", "+depth"):
+        out["fingertips"] = FingertipObservation(tuple(hand.fingertip_links), obs.tips_px[i], np.ones(4))
+    if variant in ("center", "both", "+depth"):
+        c = obs.center[i]
+        o = ObjectObservation(True, 1.0, *c[:2], median_depth=c[2]) if np.all(np.isfinite(c)) \
+            else ObjectObservation(False)
+        if fit is not None:
+            o.pose, o.pose_covariance, o.pose_confidence = fit.T_cam_obj, fit.covariance, fit.confidence
+        out["object"] = o
+    return out
+
+
+def _start_tracker(seq, qj, hand, obj, sdf, cfg, T_ch, project: bool, seed: int, exact: bool) -> FrameTracker:
+    """The tracking node's per-frame path for ``seq``: all joint states ``qj`` ``(Nj, J)`` held (offline),
+    initialised at frame 0 from the ground truth perturbed by a draw from the initial covariance
+    (none when ``exact``)."""
+    rng = np.random.default_rng([seed, 77])
+    xi0 = np.concatenate([rng.normal(scale=cfg.init_pos_sigma, size=3), rng.normal(scale=cfg.init_rot_sigma, size=3)])
+    if exact:
+        xi0[:] = 0.0
+    tracker = FrameTracker(hand, obj, cfg, FrameTrackerConfig(project_penetration=project, joint_capacity=len(qj) + 1),
+                           sdf=sdf, K=seq.K, T_cam_hand=T_ch)
+    tracker.add_joint_states(seq.joint_stamps_ns, qj)
+    tracker.set_initial_pose(apply_delta_np(seq.T_cam_obj[0], xi0))
+    tracker.add_frame(int(seq.frame_stamps_ns[0]))
+    tracker.flush()
+    return tracker
+
+
 def run_filter(seq, obs: Observations, variant: str, hand, obj, sdf=None, config=None, timings=None, seed: int = 0,
                exact_inputs: bool = False, record: dict = None, depth_frames=None, masker=None):
     """Run one variant (dynamics | fingertips | center | both | +depth) over ``seq``.
@@ -161,8 +206,10 @@ def run_filter(seq, obs: Observations, variant: str, hand, obj, sdf=None, config
     ``exact_inputs``: noise-free joint states, the true calibration and the exact initial pose
     (isolates the quasistatic dynamics model).
 
-    Joint states (100 Hz) are the control; each frame: predict through the joint states up to
-    the image stamp (the last step with joints interpolated at it), then the updates.
+    The frames go through :class:`hp_ros.core.ekf.FrameTracker`, the tracking node's own per-frame
+    path: joint states (100 Hz) are the control; each frame: predict through the joint states up
+    to the image stamp (the last step with joints interpolated at it), then the updates in the
+    node's order (depth-fit pose, centre, fingertips).
     ``+depth`` = fingertips + the model backend's depth fit as a pose update
     (:meth:`EKFTracker.update_depth_pose`; the centre only in frames without an accepted fit: it
     comes from the same depth pixels), then the projection out of penetration
@@ -181,7 +228,6 @@ def run_filter(seq, obs: Observations, variant: str, hand, obj, sdf=None, config
     """
     cfg = config or EKFConfig()
     T_ch = seq.T_cam_hand_true if exact_inputs else seq.T_cam_hand_published
-    ekf = EKFTracker(hand, obj, seq.K, T_ch, cfg, object_sdf=sdf)
     depth = variant == "+depth"
     if depth:
         from hp_ros.core.segmentation import ModelObjectMasker
@@ -191,56 +237,37 @@ def run_filter(seq, obs: Observations, variant: str, hand, obj, sdf=None, config
         nf = seq.num_frames
         fit_err, fit_cov = np.full((nf, 6), np.nan), np.full((nf, 6, 6), np.nan)
         fit_conf, fit_acc, proj = np.zeros(nf), np.zeros(nf, bool), []
-    rng = np.random.default_rng([seed, 77])
-    xi0 = np.concatenate([rng.normal(scale=cfg.init_pos_sigma, size=3), rng.normal(scale=cfg.init_rot_sigma, size=3)])
-    if exact_inputs:
-        xi0[:] = 0.0
-    tj = seq.joint_stamps_ns.astype(np.float64) * 1e-9
-    tf = seq.frame_stamps_ns.astype(np.float64) * 1e-9
     qj = seq.joint_positions_true if exact_inputs else seq.joint_positions
-
-    def q_at(t):
-        return np.array([np.interp(t, tj, qj[:, i]) for i in range(qj.shape[1])])
-
-    ekf.initialize(apply_delta_np(seq.T_cam_obj[0], xi0), q=q_at(tf[0]))
-    t_prev, j = tf[0], int(np.searchsorted(tj, tf[0], side="right"))
+    tf = [int(s) for s in seq.frame_stamps_ns]
+    tracker = _start_tracker(seq, qj, hand, obj, sdf, cfg, T_ch, depth, seed, exact_inputs)
+    ekf = tracker.ekf
+    tp, tu = [], []  # (wall, thread CPU) seconds per predict / per frame's updates
+    ekf.predict = _timed(ekf.predict, tp)
     est, nees = [ekf.T_cam_obj], [ekf.nees(seq.T_cam_obj[0])]
     errs, covs, T_chs = [pose_error(seq.T_cam_obj[0], ekf.T_cam_obj)], [ekf.covariance], [ekf.T_ch.copy()]
     err_filter, cov_filter = [errs[0]], [covs[0]]
-    tp, tu = [], []  # (wall, thread CPU) seconds per call
-    fit_acc_i = (lambda k: bool(fit_acc[k])) if depth else (lambda k: False)
     for i in range(1, len(tf)):
-        if depth:  # the segmentation node's prior: the tracker's last published pose
-            prior, prior_sigma = ekf.T_cam_obj_published, float(np.sqrt(np.max(np.diag(ekf.covariance)[:3])))
-        while j < len(tj) and tj[j] <= tf[i]:
-            t0, c0 = time.perf_counter(), time.thread_time()
-            ekf.predict(qj[j], tj[j] - t_prev)
-            tp.append((time.perf_counter() - t0, time.thread_time() - c0))
-            t_prev, j = tj[j], j + 1
-        if tf[i] > t_prev:
-            ekf.predict(q_at(tf[i]), tf[i] - t_prev)
-            t_prev = tf[i]
         fit = None
-        if depth:  # segmentation's work, not timed with the filter
+        if depth:  # segmentation's work, not timed with the filter; its prior: the last published pose
+            prior, prior_sigma = ekf.T_cam_obj_published, float(np.sqrt(np.max(np.diag(ekf.covariance)[:3])))
             d_m, excl = depth_frames(i)
             fit = masker.fit(d_m, prior, prior_sigma, excl)
             if fit is not None:
                 fit_err[i], fit_conf[i] = pose_error(seq.T_cam_obj[i], fit.T_cam_obj), fit.confidence
                 if fit.covariance is not None:
                     fit_cov[i] = fit.covariance
-        t0, c0 = time.perf_counter(), time.thread_time()
-        if variant in ("fingertips", "both", "+depth"):
-            ekf.update_fingertips_2d(obs.tips_px[i])
-        if fit is not None:
-            fit_acc[i] = ekf.update_depth_pose(fit.T_cam_obj, fit.covariance, fit.confidence).accepted
-        # the centre comes from the same depth pixels as an accepted fit (correlated, not new information)
-        if variant in ("center", "both", "+depth") and np.all(np.isfinite(obs.center[i])) and not fit_acc_i(i):
-            ekf.update_center(*obs.center[i])
+        tracker.add_frame(tf[i])  # the camera frame (pose_every_frame), with or without observations
+        for kind, o in _frame_observations(obs, i, variant, fit, hand).items():
+            tracker.add_observation(tf[i], kind, o)
+        n_pred, t0, c0 = len(tp), time.perf_counter(), time.thread_time()
+        (res,) = tracker.flush()
+        pred = np.sum(tp[n_pred:], axis=0) if len(tp) > n_pred else np.zeros(2)
+        tu.append((time.perf_counter() - t0 - pred[0], time.thread_time() - c0 - pred[1]))
         if depth:
-            proj.append(ekf.project_out_of_penetration())
-        tu.append((time.perf_counter() - t0, time.thread_time() - c0))
+            fit_acc[i] = "depth_pose" in res.updates and res.updates["depth_pose"].accepted
+            proj.append(res.projection)
         # what is published: the pose moved out of penetration (+depth), with the filter's covariance
-        T_pub, cov = ekf.T_cam_obj_published, ekf.covariance_published
+        T_pub, cov = res.T_cam_obj, res.covariance
         e = pose_error(seq.T_cam_obj[i], T_pub)
         est.append(T_pub)
         nees.append(float(e @ np.linalg.solve(cov, e)))

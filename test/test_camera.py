@@ -125,3 +125,33 @@ def test_roi_crop_area_averages_blocks():
     out = roi.crop(img, mode="area")[0, 0].numpy()
     blocks = img.reshape(16, 2, 16, 2).mean(axis=(1, 3))
     np.testing.assert_allclose(out[1:-1, 1:-1], blocks[1:-1, 1:-1], atol=1e-6)
+
+
+def test_one_camera_info_rule_for_every_node_realsense_like():
+    """A RealSense-like CameraInfo with 2x2 binning, an ROI and P != K: the tracking and segmentation
+    nodes (io.msgs.camera_info_to_intrinsics) and the refinement node (Camera.from_camera_info)
+    read the same intrinsics of the published image: P's, shifted by the ROI, divided by the binning."""
+    from hp_ros.io import msgs
+
+    CameraInfo = pytest.importorskip("sensor_msgs.msg").CameraInfo
+    K = np.array([[615.7, 0.0, 323.1], [0.0, 615.9, 238.4], [0.0, 0.0, 1.0]])
+    P = np.array([[612.0, 0.0, 320.0, 0.0], [0.0, 612.5, 240.5, 0.0], [0.0, 0.0, 1.0, 0.0]])
+    msg = msgs.make_camera_info(K, 1280, 720, CameraInfo, P=P, D=np.array([0.1, -0.05, 0.0, 0.0, 0.01]))
+    msg.binning_x, msg.binning_y = 2, 2
+    msg.roi.x_offset, msg.roi.y_offset, msg.roi.width, msg.roi.height = 160, 120, 960, 480
+    expected = np.array([[306.0, 0.0, (320.0 - 160) / 2], [0.0, 306.25, (240.5 - 120) / 2], [0.0, 0.0, 1.0]])
+    intr = msgs.camera_info_to_intrinsics(msg)
+    cam = Camera.from_camera_info(msg)
+    np.testing.assert_allclose(intr.K, expected)
+    np.testing.assert_allclose(cam.K.numpy(), expected)
+    assert (intr.width, intr.height) == (cam.width, cam.height) == (480, 240)
+    assert not intr.distorted  # P given: the rectified image
+    # without P the raw image's K, and its distortion is reported
+    msg.p = [0.0] * 12
+    intr = msgs.camera_info_to_intrinsics(msg)
+    np.testing.assert_allclose(intr.K, Camera.from_camera_info(msg).K.numpy())
+    np.testing.assert_allclose(intr.K[0], [615.7 / 2, 0.0, (323.1 - 160) / 2])
+    assert intr.distorted
+    msg.k = [0.0] * 9
+    with pytest.raises(ValueError, match="uncalibrated"):
+        msgs.camera_info_to_intrinsics(msg)

@@ -322,7 +322,7 @@ def test_hope_model_backend_mask_iou_from_perturbed_reference_pose(hope_model):
         r = sg.segment(rgb, depth, T_cam_obj_prior=prior, prior_pos_sigma=0.01)
         ious.append(mask_iou(r.object_mask, gt)[0])
         assert r.object_confidence > 0.8 and r.observation.valid
-        T = r.raw["model_pose"]
+        T = r.observation.pose
         assert T.shape == (4, 4) and np.allclose(T[:3, :3] @ T[:3, :3].T, np.eye(3), atol=1e-6)
     assert min(ious) >= 0.8, ious
 
@@ -337,13 +337,13 @@ def test_hope_model_backend_follows_the_prior(hope_model):
     aside[:3, 3] += (0.10, 0.0, 0.0)
     r = sg.segment(rgb, depth, T_cam_obj_prior=aside, prior_pos_sigma=0.01)
     assert mask_iou(r.object_mask, gt)[0] < 0.2
-    assert np.linalg.norm(r.raw["model_pose"][:3, 3] - aside[:3, 3]) < 0.06   # stayed near its prior
+    assert np.linalg.norm(r.observation.pose[:3, 3] - aside[:3, 3]) < 0.06   # stayed near its prior
     floating = HOPE_T_REF.copy()
     floating[:3, 3] *= 0.8   # along the viewing ray, ~15 cm towards the camera
     r = sg.segment(rgb, depth, T_cam_obj_prior=floating)
     assert r.object_confidence < 0.1 and r.object_mask.sum() < 0.1 * gt.sum()
     r = sg.segment(rgb, depth)
-    assert not r.object_mask.any() and r.object_confidence == 0.0 and r.raw["model_pose"] is None
+    assert not r.object_mask.any() and r.object_confidence == 0.0 and r.observation.pose is None
 
 
 def test_object_surface_colors_are_area_weighted():
@@ -463,12 +463,12 @@ def test_model_backend_on_synthetic_sequence_with_hand(seq, hand):
         assert (r.object_mask & seq.hand_mask[k]).sum() <= 0.01 * r.object_mask.sum()
         assert 0.8 < r.object_confidence <= 1.0
         err_prior.append(np.linalg.norm(prior[:3, 3] - seq.T_cam_obj[k][:3, 3]))
-        err_model.append(np.linalg.norm(r.raw["model_pose"][:3, 3] - seq.T_cam_obj[k][:3, 3]))
+        err_model.append(np.linalg.norm(r.observation.pose[:3, 3] - seq.T_cam_obj[k][:3, 3]))
     assert min(ious) >= 0.9, ious
     assert max(err_model) < 0.003 and np.mean(err_model) < 0.2 * np.mean(err_prior), (err_model, err_prior)
     # no prior: the model backend has no input; model|depth falls back to depth at half confidence
     r = sg.segment(seq.rgb[0], S.depth_to_metres(seq.depth_mm[0], "16UC1"), _q_at(seq, 0), seq.T_cam_hand_published)
-    assert not r.object_mask.any() and r.object_confidence == 0.0 and r.raw["model_pose"] is None
+    assert not r.object_mask.any() and r.object_confidence == 0.0 and r.observation.pose is None
     both = S.Segmenter(seq.K, seq.width, seq.height, hand,
                        S.SegmenterConfig(object_backend="model|depth", workspace_box=BOX), object_model=obj)
     depth = S.depth_to_metres(seq.depth_mm[0], "16UC1")

@@ -130,3 +130,46 @@ def test_a_located_backend_sets_the_working_rectangle(monkeypatch):
     r = sg.segment(np.zeros((H, W, 3), np.uint8))
     assert r.raw["rect"] == (30, 20, 70, 40) and r.raw["located_rectangle"].shape == (20, 40)
     np.testing.assert_array_equal(r.object_mask, _rect_mask(30, 20, 70, 40))
+
+
+class PosedRectangle(ObjectBackend):
+    """A test backend with a depth-fit-like answer: a rectangle, and a pose with its covariance."""
+
+    name = "posed_rectangle"
+    region = IMAGE
+    T = np.array([[1.0, 0, 0, 0.01], [0, 1, 0, 0.02], [0, 0, 1, 0.5], [0, 0, 0, 1]])
+
+    def __init__(self, setup):
+        pass
+
+    def object_mask(self, frame):
+        return BackendMask(_rect_mask(40, 10, 80, 50)[frame.sl], pose=self.T, pose_covariance=np.eye(6) * 1e-4,
+                           pose_confidence=0.7)
+
+
+def test_three_backends_are_combined_by_the_operator(monkeypatch):
+    """Every backend of a combination counts (not the first two): intersection and union of three
+    masks, agreement over all that gave masks, a missing input halves the confidence; a backend's
+    pose reaches the typed observation (not ``raw``)."""
+    monkeypatch.setitem(S.OBJECT_BACKENDS, "rectangle", Rectangle)
+    monkeypatch.setitem(S.OBJECT_BACKENDS, "posed_rectangle", PosedRectangle)
+    rgb = np.zeros((H, W, 3), np.uint8)
+    rect, ext, posed = _rect_mask(30, 20, 70, 40), _rect_mask(50, 20, 90, 40), _rect_mask(40, 10, 80, 50)
+    inter, union = rect & ext & posed, rect | ext | posed
+    agreement = inter.sum() / union.sum()
+    sg = S.Segmenter(K, W, H, None, S.SegmenterConfig(object_backend="rectangle+external+posed_rectangle", **PLAIN))
+    r = sg.segment(rgb, external_mask=ext)
+    np.testing.assert_array_equal(r.object_mask, inter)          # (50..70) x (20..40): all three
+    assert r.object_confidence == pytest.approx((0.5 + 0.5 * agreement) * 0.5)
+    np.testing.assert_allclose(r.observation.pose, PosedRectangle.T)
+    np.testing.assert_allclose(r.observation.pose_covariance, np.eye(6) * 1e-4)
+    assert r.observation.pose_confidence == pytest.approx(0.7)
+    assert not any(k.startswith("model_") for k in r.raw)
+    sg = S.Segmenter(K, W, H, None, S.SegmenterConfig(object_backend="rectangle|external|posed_rectangle", **PLAIN))
+    r = sg.segment(rgb, external_mask=ext)
+    np.testing.assert_array_equal(r.object_mask, union)
+    # the external backend without input: the other two, their agreement, and halved
+    r = sg.segment(rgb)
+    np.testing.assert_array_equal(r.object_mask, rect | posed)
+    two = (rect & posed).sum() / (rect | posed).sum()
+    assert r.object_confidence == pytest.approx((0.5 + 0.5 * two) * 0.5 * 0.5)

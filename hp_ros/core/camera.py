@@ -11,24 +11,15 @@ with :meth:`RoI.crop`. Cost therefore depends on ``S`` only, not on the camera r
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Mapping
+from typing import Any
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
+from hp_ros.core.camera_info import image_intrinsics
+
 __all__ = ["Camera", "RoI", "project_points"]
-
-
-def _field(obj: Any, *names: str, default: Any = None) -> Any:
-    """First present field among ``names`` of a dict or message-like object."""
-    for name in names:
-        if isinstance(obj, Mapping):
-            if name in obj:
-                return obj[name]
-        elif hasattr(obj, name):
-            return getattr(obj, name)
-    return default
 
 
 def project_points(K: torch.Tensor, points: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -83,62 +74,11 @@ class Camera:
 
     @classmethod
     def from_camera_info(cls, info: Any, use_projection_matrix: bool = True) -> "Camera":
-        """Camera from a ``sensor_msgs/CameraInfo`` message, a rosbags message or a dict.
-
-        Reads ``k``/``K`` (9), ``p``/``P`` (12), ``width``, ``height``, ``binning_x``,
-        ``binning_y`` and ``roi`` (``x_offset, y_offset, width, height, do_rectify``).
-
-        * ``use_projection_matrix`` (default): if ``P`` is present and non-zero its left 3x3
-          is used — the intrinsics of the *rectified* image (``image_rect``); for a monocular
-          camera with zero distortion (RealSense colour) it equals ``K``. ``P``'s fourth column
-          (stereo baseline ``Tx, Ty``) is ignored. Otherwise ``K`` (raw image) is used.
-        * As the CameraInfo definition and ``image_geometry`` specify, ``K``/``P`` refer to the
-          full-resolution sensor; the published image is the ROI (offsets in full-resolution
-          pixels) subsampled by the binning factors (0 means 1), so
-          ``fx' = fx / bx``, ``cx' = (cx - x_offset) / bx`` and likewise for y.
-        * ``width``/``height`` are those of the full sensor; the image size becomes
-          ``roi.width / bx`` x ``roi.height / by`` when the ROI is set, else
-          ``width / bx`` x ``height / by``.
+        """Camera from a ``sensor_msgs/CameraInfo`` message, a rosbags message or a dict, by the
+        project's one CameraInfo rule (P before K, binning, ROI: :func:`hp_ros.core.camera_info.image_intrinsics`).
         """
-        k = _field(info, "k", "K")
-        p = _field(info, "p", "P")
-        width = _field(info, "width")
-        height = _field(info, "height")
-        if width is None or height is None:
-            raise ValueError("CameraInfo needs width and height")
-        K = None
-        if use_projection_matrix and p is not None:
-            P = np.asarray(p, dtype=np.float64).reshape(-1)
-            if P.size != 12:
-                raise ValueError(f"CameraInfo P must have 12 entries, got {P.size}")
-            if np.any(P != 0.0):
-                K = P.reshape(3, 4)[:, :3].copy()
-        if K is None:
-            if k is None:
-                raise ValueError("CameraInfo has neither a non-zero P nor K")
-            K = np.asarray(k, dtype=np.float64).reshape(-1)
-            if K.size != 9:
-                raise ValueError(f"CameraInfo K must have 9 entries, got {K.size}")
-            K = K.reshape(3, 3).copy()
-        if not np.any(K != 0.0):
-            raise ValueError("CameraInfo K is all zeros: the camera is uncalibrated")
-        bx = int(_field(info, "binning_x", default=0) or 0) or 1
-        by = int(_field(info, "binning_y", default=0) or 0) or 1
-        roi = _field(info, "roi")
-        x_off = y_off = 0
-        w_full, h_full = int(width), int(height)
-        if roi is not None:
-            x_off = int(_field(roi, "x_offset", default=0) or 0)
-            y_off = int(_field(roi, "y_offset", default=0) or 0)
-            rw = int(_field(roi, "width", default=0) or 0)
-            rh = int(_field(roi, "height", default=0) or 0)
-            if rw > 0 and rh > 0:
-                w_full, h_full = rw, rh
-        K[0, 2] -= x_off
-        K[1, 2] -= y_off
-        K[0, :] /= bx
-        K[1, :] /= by
-        return cls(torch.from_numpy(K), w_full // bx, h_full // by)
+        ii = image_intrinsics(info, use_projection_matrix)
+        return cls(torch.from_numpy(ii.K), ii.width, ii.height)
 
     def project(self, points: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Camera-frame points ``(B, N, 3)`` -> pixels ``(B, N, 2)`` and depth ``(B, N)``."""

@@ -216,7 +216,10 @@ def numpy_to_image(arr: np.ndarray, encoding: str, stamp_ns: int, frame_id: str,
 
 @dataclass
 class CameraIntrinsics:
-    """Contents of a sensor_msgs/CameraInfo as numpy arrays."""
+    """A sensor_msgs/CameraInfo as numpy arrays. ``K``, ``width``, ``height``: the *published
+    image's* intrinsics and size by the project's one CameraInfo rule (P before K, binning, ROI:
+    :func:`hp_ros.core.camera_info.image_intrinsics`); ``D``, ``P`` as in the message;
+    ``distorted``: K was used and D is non-zero (hp_ros projects with a pinhole model)."""
 
     K: np.ndarray  # (3, 3)
     width: int
@@ -226,19 +229,20 @@ class CameraIntrinsics:
     frame_id: str = ""
     distortion_model: str = "plumb_bob"
     stamp_ns: int = 0
+    distorted: bool = False
 
 
 def camera_info_to_intrinsics(msg: Any) -> CameraIntrinsics:
-    """sensor_msgs/CameraInfo -> :class:`CameraIntrinsics`."""
-    K = np.asarray(msg.k, dtype=np.float64).reshape(3, 3)
-    if K[2, 2] == 0 or K[0, 0] <= 0 or K[1, 1] <= 0:
-        raise ValueError(f"CameraInfo has an invalid K matrix (uncalibrated camera?): {K.ravel()}")
+    """sensor_msgs/CameraInfo -> :class:`CameraIntrinsics`; ValueError without a usable calibration."""
+    from hp_ros.core.camera_info import image_intrinsics
+
+    ii = image_intrinsics(msg)
     return CameraIntrinsics(
-        K=K, width=int(msg.width), height=int(msg.height),
+        K=ii.K, width=ii.width, height=ii.height,
         D=np.asarray(msg.d, dtype=np.float64).copy(),
         P=np.asarray(msg.p, dtype=np.float64).reshape(3, 4),
         frame_id=msg.header.frame_id, distortion_model=msg.distortion_model,
-        stamp_ns=header_stamp_ns(msg),
+        stamp_ns=header_stamp_ns(msg), distorted=ii.distorted,
     )
 
 

@@ -1,11 +1,13 @@
-"""Joint states from JointState messages, time-ordered and interpolated to any stamp."""
+"""Joint states from JointState messages: a time-ordered buffer interpolated to any stamp
+(:class:`JointStateBuffer`, over the core's :class:`JointHistory`), and the conversion of a batch of
+messages to arrays (:func:`joint_state_arrays`)."""
 from __future__ import annotations
 
-import bisect
-from typing import Optional
+from typing import Callable, Optional
 
 import numpy as np
 
+from hp_ros.core.ekf.joint_history import JointHistory
 from hp_ros.io import msgs
 
 
@@ -21,56 +23,62 @@ class JointStateBuffer:
 
     def __init__(self, mapper, capacity: int = 400, reorder_ns: int = 50_000_000, reset_ns: int = 1_000_000_000):
         self.mapper = mapper
-        self.capacity = capacity
-        self.reorder_ns = reorder_ns
-        self.reset_ns = reset_ns
-        self.stamps: list = []
-        self.values: list = []
+        self.history = JointHistory(capacity, reorder_ns, reset_ns)
         self.reset_pending = False
 
+    @property
+    def stamps(self) -> list:
+        return self.history.stamps
+
+    @property
+    def values(self) -> list:
+        return self.history.values
+
     def clear(self) -> None:
-        self.stamps.clear()
-        self.values.clear()
+        self.history.clear()
 
     def add(self, msg) -> bool:
         """Store one sensor_msgs/JointState; ValueError for unknown names / NaNs (nothing stored)."""
         names, positions, stamp_ns = msgs.joint_state_to_numpy(msg)
-        jumped_back = bool(self.stamps) and stamp_ns < self.stamps[-1] - self.reset_ns
-        if not jumped_back and self.stamps and stamp_ns < self.stamps[-1] - self.reorder_ns:
+        kind = self.history.classify(stamp_ns)
+        if kind == "late":
             return False
         # validated before anything is cleared: a malformed message must not cost the buffer
         q = self.mapper.update(names, positions, require_complete=False)
-        if jumped_back:
+        if kind == "jump":
             self.clear()
             self.reset_pending = True
         if not self.mapper.is_complete:
             return False
-        i = bisect.bisect_right(self.stamps, stamp_ns)
-        if i > 0 and self.stamps[i - 1] == stamp_ns:
-            self.values[i - 1] = q
-            return True
-        self.stamps.insert(i, stamp_ns)
-        self.values.insert(i, q)
-        if len(self.stamps) > self.capacity:
-            del self.stamps[0], self.values[0]
+        self.history.insert(stamp_ns, q)
         return True
 
     def latest(self):
         """``(stamp_ns, q (J,))`` of the newest message, or None."""
-        return (self.stamps[-1], self.values[-1]) if self.stamps else None
+        return self.history.latest()
 
     def at(self, stamp_ns: int, max_gap_ns: int = 100_000_000) -> Optional[np.ndarray]:
         """Joint vector linearly interpolated at ``stamp_ns``; None when the stamp is outside
         the buffer by more than ``max_gap_ns`` (then the caller waits or skips)."""
-        if not self.stamps:
-            return None
-        i = bisect.bisect_left(self.stamps, stamp_ns)
-        if i < len(self.stamps) and self.stamps[i] == stamp_ns:
-            return self.values[i].copy()
-        if i == 0:
-            return self.values[0].copy() if self.stamps[0] - stamp_ns <= max_gap_ns else None
-        if i == len(self.stamps):
-            return self.values[-1].copy() if stamp_ns - self.stamps[-1] <= max_gap_ns else None
-        t0, t1 = self.stamps[i - 1], self.stamps[i]
-        w = (stamp_ns - t0) / (t1 - t0)
-        return (1 - w) * self.values[i - 1] + w * self.values[i]
+        return self.history.at(stamp_ns, max_gap_ns)
+
+
+def joint_state_arrays(messages, mapper, on_error: Callable[[str], None]) -> tuple[np.ndarray, np.ndarray]:
+    """JointState messages -> ``(stamps (N,) int64 ns, q (N, J))`` in the hand's joint order
+    (``mapper``: a :class:`hp_ros.core.hand.JointStateMapper`; partial messages fill in the
+    joints they name). A malformed message is left out and reported through ``on_error(text)``;
+    messages before the mapper knows every joint are left out."""
+    stamps, qs = [], []
+    for msg in messages:
+        try:
+            names, positions, stamp_ns = msgs.joint_state_to_numpy(msg)
+            q = mapper.update(names, positions, require_complete=False)
+        except ValueError as e:
+            on_error(f"joint state ignored: {e}")
+            continue
+        if mapper.is_complete:
+            stamps.append(stamp_ns)
+            qs.append(q)
+    if not stamps:
+        return np.zeros(0, dtype=np.int64), np.zeros((0, len(mapper.joint_names)))
+    return np.asarray(stamps, dtype=np.int64), np.stack(qs)

@@ -1,4 +1,4 @@
-"""Core objects from node parameters: the hand, the object, a fixed camera->hand transform."""
+"""Core objects from node parameters: the hand, the object, a fixed camera->hand transform; their warm-up."""
 from __future__ import annotations
 
 from typing import Optional
@@ -34,3 +34,14 @@ def camera_to_hand_from_param(value) -> Optional[np.ndarray]:
     T = se3.pose_from_xyz_quat(torch.tensor(value[:3], dtype=torch.float64),
                                torch.tensor(value[3:], dtype=torch.float64), dtype=torch.float64)
     return T.numpy()
+
+
+def warm_up(sdf, hand) -> None:
+    """Compile/load the Warp SDF kernels and run the hand FK once before subscribing: the first
+    query takes seconds, and a node that stalls on its first frame overflows its input queues
+    (observed: a 3 s bag replayed while the first frame compiled -> ~8 poses out of 91)."""
+    import torch
+
+    with torch.no_grad():
+        sdf.query(torch.zeros(1, 1, 3, dtype=torch.float32))
+        hand.surface_points(hand.zero_q())

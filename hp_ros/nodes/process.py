@@ -35,6 +35,17 @@ def _join_callback_threads(executor, deadline: float) -> list:
     return [t for t in busy if t.is_alive()]
 
 
+def _one_torch_thread() -> None:
+    """torch (and Warp's CPU kernels through it) on one thread per process: the nodes' tensors are
+    small, and intra-op threads that spin-wait on a 2-core lab PC starve the other nodes (a
+    refinement on two threads beside the graph took 12 s instead of 2-3)."""
+    try:
+        import torch
+    except ImportError:  # pragma: no cover - torch is a requirement
+        return
+    torch.set_num_threads(1)
+
+
 def run_node(make_node: Callable[[], Node], name: str, args=None, make_executor=None,
              shutdown_timeout: float = 1.0) -> int:
     """Init rclpy, build the node, spin until SIGINT/SIGTERM or shutdown, clean up; the exit code.
@@ -61,6 +72,7 @@ def run_nodes(nodes: list, name: str, args=None, shutdown_timeout: float = 1.0) 
     ``(make_node, make_executor or None)``; each node gets its own executor. One node spins on
     the main thread; several spin on one thread each (the main thread waits for the signal), so
     every node keeps the threading it has as a process of its own."""
+    _one_torch_thread()
     import rclpy
     from rclpy.executors import ExternalShutdownException, SingleThreadedExecutor
     from rclpy.signals import SignalHandlerOptions

@@ -7,8 +7,12 @@ initial pose).
 Out: service /hp_ros/refine_pose (hp_ros_msgs/srv/RefinePose), /hp_ros/refined_pose
 (PoseWithCovarianceStamped), /diagnostics (buffer state, once per second).
 
-Frames: images and masks are matched by header stamp (within ``sync_tolerance``) into a ring
-buffer of ``buffer_size`` frames; a frame is usable once its image and object mask are there.
+Frames: the inputs wait in their DDS readers (keep-last, ``buffer_size`` frames; no Python runs
+per message, :mod:`hp_ros.nodes.deferred`); a request takes them and matches images and masks by
+header stamp (within ``sync_tolerance``) into a ring buffer of ``buffer_size`` frames; a frame is
+usable once its image and object mask are there. Only the refined frames' images are decoded.
+/diagnostics reports the buffer as the last request left it (``buffered_frames``), the messages
+taken and the images decoded.
 Joint states are interpolated to the frame stamp when a request is served.
 
 Covariance of /hp_ros/refined_pose: a fixed diagonal ``refined_pose_sigma`` (x, y, z in m,
@@ -42,6 +46,7 @@ from sensor_msgs.msg import CameraInfo, Image, JointState
 
 from hp_ros import graph
 from hp_ros.core.device import device_error, resolve_device
+from hp_ros.core.refine import TERM_NAMES
 from hp_ros.io import msgs
 from hp_ros.nodes.deferred import DeferredReader
 from hp_ros.nodes.buffers import JointStateBuffer
@@ -55,7 +60,7 @@ from hp_ros.nodes.params import COMMON_PARAMS, declare_parameters, length_in, no
 from hp_ros.nodes.process import run_node
 from hp_ros.nodes.qos import OUTPUT_QOS
 
-_TERMS = ("mask", "rgb", "penetration", "sliding", "smoothness", "oscillation")
+_TERMS = TERM_NAMES  # the core's loss terms: one list
 MAX_ITERATIONS_LIMIT = 2000
 
 
@@ -184,8 +189,8 @@ class RefinementNode(Node):
         best = min(self.frames, key=lambda s: abs(s - stamp), default=None)
         if best is not None and abs(best - stamp) <= tol:
             return self.frames[best]
-        if self.frames and stamp < next(iter(self.frames)):
-            return {}  # older than the whole buffer: dropped (the caller's dict is discarded)
+        if len(self.frames) >= int(self.p["buffer_size"]) and stamp < next(iter(self.frames)):
+            return {}  # older than the whole (full) buffer: dropped (the caller's dict is discarded)
         self.frames[stamp] = slot = {}
         self.frames = OrderedDict(sorted(self.frames.items()))
         while len(self.frames) > int(self.p["buffer_size"]):
@@ -274,9 +279,13 @@ class RefinementNode(Node):
             return [s for s, f in self.frames.items() if "rgb" in f and "object_mask" in f]
 
     def publish_diagnostics(self) -> None:
-        usable = self.usable_stamps()
-        level = DiagnosticStatus.OK if usable else DiagnosticStatus.WARN
-        message = "busy" if self.busy else ("ready" if usable else "no synchronised frames yet")
+        # what the last request took from the readers: taking (copying) every frame just to count
+        # them cost ~1 ms of CPU per camera frame; the readers hold the newest buffer_size frames
+        with self.lock:
+            usable = [s for s, f in self.frames.items() if "rgb" in f and "object_mask" in f]
+        level = DiagnosticStatus.OK
+        message = "busy" if self.busy else ("ready" if self.camera is not None or not self.counts["requests"]
+                                            else "no camera_info yet")
         values = {"buffered_frames": len(usable), "newest_stamp_ns": usable[-1] if usable else 0,
                   "busy": int(self.busy), "bad_messages": self.errors.total(), "messages_taken": self.ingested,
                   "images_decoded": self.decoded, **self.counts}
@@ -388,7 +397,8 @@ class RefinementNode(Node):
         if T_cam_hand is None:
             no_hand = "no camera->hand transform"
         elif any(q is None for q in qs):
-            no_hand = "no joint states around the frame stamps"
+            no_hand = (f"no joint states around the frame stamps (buffer {len(self.joints.stamps)} joint states"
+                       + (f", {self.joints.stamps[0]}..{self.joints.stamps[-1]} ns)" if self.joints.stamps else ")"))
         hand_masks = all("hand_mask" in f for f in slots)
         try:
             slots = [{k: (self._decode(k, v) if k in ("rgb", "object_mask", "hand_mask", "depth") else v)

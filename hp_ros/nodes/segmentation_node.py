@@ -19,11 +19,13 @@ import numpy as np
 import rclpy
 from rclpy.node import Node
 from rclpy.qos import QoSProfile
-from sensor_msgs.msg import CameraInfo, Image, JointState, RegionOfInterest
+from sensor_msgs.msg import CameraInfo, Image, JointState
 
 from hp_ros.core.device import device_error, resolve_device
+from hp_ros.core.observation import FingertipObservation
 from hp_ros.graph import CAMERA_TOPICS, JOINT_STATES, TOPICS
 from hp_ros.io import msgs
+from hp_ros.io.observations import fingertips_to_msg, object_observation_to_msg
 from hp_ros.nodes.buffers import JointStateBuffer
 from hp_ros.nodes.calibration import CameraToHand
 from hp_ros.nodes.diagnostics import diagnostics_message, stage_medians_ms
@@ -52,7 +54,7 @@ def _backend_check(v):
 
 SEG_PARAMS = {
     "object_backend": Param("model", "object mask backends: color, depth, external, detectron2, model (the "
-                            "tracker's pose on /hp_ros/object_pose refined against depth), or two joined by '+' "
+                            "tracker's pose on /hp_ros/object_pose refined against depth), or several joined by '+' "
                             "(intersection) or '|' (union)", _backend_check),
     "fallback_backend": Param("color|depth", "object backends of the frames the model backend cannot serve (no "
                               "tracker pose within prior_max_age: before the first pose, after LOST; or no "
@@ -228,13 +230,16 @@ class SegmentationNode(Node):
                                 history=IMAGE_QOS.history)
         subscribe(self, bus, Image, CAMERA_TOPICS["color_image"], self.on_image, frames_qos,
                                  event_callbacks=lost)
-        subscribe(self, bus, CameraInfo, CAMERA_TOPICS["color_info"], self.on_info, IMAGE_QOS)
+        # camera_info, depth, joint states and the tracker's poses wait in their DDS readers until a
+        # colour image or the worker needs them (hp_ros.nodes.deferred): the executor runs one
+        # callback per frame (the colour image, which wakes the worker) instead of ~7
+        self.info_reader = DeferredReader(self, bus, CameraInfo, CAMERA_TOPICS["color_info"], depth=2)
+        self.depth_reader = None
         if p["use_depth"]:
-            subscribe(self, bus, Image, CAMERA_TOPICS["depth_image"], self.on_depth, frames_qos)
+            self.depth_reader = DeferredReader(self, bus, Image, CAMERA_TOPICS["depth_image"],
+                                               depth=int(p["image_queue_depth"]))
         if p["external_mask_topic"]:
             subscribe(self, bus, Image, p["external_mask_topic"], self.on_external_mask, IMAGE_QOS)
-        # joint states (100 Hz) and the tracker's poses wait in their DDS readers until the worker
-        # needs them for a frame (hp_ros.nodes.deferred): no executor callback per message
         self.joint_reader = DeferredReader(self, bus, JointState, JOINT_STATES, depth=200)
         self.priors = collections.deque(maxlen=16)  # (stamp_ns, T_cam_obj (4, 4), position sigma [m])
         self.prior_reader = None
@@ -267,6 +272,9 @@ class SegmentationNode(Node):
         except ValueError as e:
             self.bad.warn("camera_info", f"camera_info skipped: {e}")
             return
+        if info.distorted:
+            self.bad.warn("camera_distortion", "camera_info has distortion coefficients but no P: the image is used "
+                                               "as if undistorted (subscribe to a rectified image for accuracy)")
         with self._cv:
             self.new_info = info   # taken over by the worker thread
             self._cv.notify()
@@ -380,6 +388,17 @@ class SegmentationNode(Node):
         for msg, _info in self.joint_reader.take():
             self.on_joints(msg)
 
+    def _take_inputs(self) -> None:
+        """camera_info (the newest), depth images and joint states received since the last call
+        (self._cv held: it is re-entrant)."""
+        infos = self.info_reader.take()
+        if infos:
+            self.on_info(infos[-1][0])
+        if self.depth_reader is not None:
+            for msg, _info in self.depth_reader.take():
+                self.on_depth(msg)
+        self._take_joints()
+
     def _to_array(self, msg):
         if self.bridge is not None:
             return self.bridge.imgmsg_to_cv2(msg, desired_encoding="passthrough")
@@ -418,6 +437,7 @@ class SegmentationNode(Node):
         # the driver publishes colour, camera_info and depth of one frame in any order: a colour
         # image waits (bounded) for its camera_info, its depth and the joint states around it
         with self._cv:
+            self._take_inputs()  # the camera_info the size check needs
             # malformed images are turned away here (cheap header checks), so a burst of them
             # cannot push good frames out of the queue
             if not self._image_ok(msg, self._color_encodings, "colour", self.info or self.new_info):
@@ -471,8 +491,8 @@ class SegmentationNode(Node):
         the older ones still waiting are dropped - a node that fell behind catches up at once
         instead of segmenting a backlog (the tracker poses the dropped frames from the joint
         states). Otherwise the oldest, in order."""
+        self._take_inputs()
         self._update_segmenter()
-        self._take_joints()
         if self.segmenter is None:
             now = time.monotonic()
             while self.pending and (now - self.pending[0][1] > self.p["input_wait"]
@@ -600,9 +620,11 @@ class SegmentationNode(Node):
             out = msgs.numpy_to_image(m.astype(np.uint8) * 255, "mono8", stamp, frame, Image)
             out.header = h
             pub.publish(out)
-        self.pub_obs.publish(self._observation_msg(res, h))
+        self.pub_obs.publish(object_observation_to_msg(res.observation, stamp, frame, self.ObjectObservation))
         if res.fingertips is not None:
-            self.pub_tips.publish(self._fingertips_msg(res.fingertips, h))
+            tips = FingertipObservation(tuple(self.hand.fingertip_links), res.fingertips.uv, res.fingertips.confidence,
+                                        res.fingertips.fk_uv)
+            self.pub_tips.publish(fingertips_to_msg(tips, stamp, frame, self.FingertipObservations))
         if self.pub_overlay is not None and self.pub_overlay.get_subscription_count() > 0:
             out = msgs.numpy_to_image(overlay(rgb, res.hand_mask, res.object_mask, res.fingertips), "rgb8",
                                       stamp, frame, Image)
@@ -626,45 +648,8 @@ class SegmentationNode(Node):
                   **{f"input_errors.{k}": v for k, v in self.bad.counts.items()}}
         self.diag_pub.publish(diagnostics_message(self, "hp_ros: segmentation_node", level, message, values))
 
-    def _observation_msg(self, res, header):
-        o = res.observation
-        m = self.ObjectObservation()
-        m.header = header
-        m.valid = bool(o.valid)
-        m.confidence = float(o.confidence)
-        m.centroid_u, m.centroid_v = float(o.centroid_u), float(o.centroid_v)
-        x, y, w, hgt = (int(v) for v in o.bbox)
-        m.bbox = RegionOfInterest(x_offset=x, y_offset=y, width=w, height=hgt, do_rectify=False)
-        m.area = int(o.area)
-        m.median_depth = float(o.median_depth)
-        m.has_center_3d = o.center_3d is not None
-        if o.center_3d is not None:
-            m.center_3d.x, m.center_3d.y, m.center_3d.z = (float(v) for v in o.center_3d)
-        m.backend = o.backend
-        T, cov = res.raw.get("model_pose"), res.raw.get("model_covariance")
-        m.has_pose = T is not None and cov is not None
-        if m.has_pose:  # the model backend's depth fit: a rotation-bearing observation for the tracker
-            m.pose = msgs.matrix_to_pose(T, type(m.pose))
-            m.pose_covariance = [float(v) for v in np.asarray(cov, dtype=np.float64).reshape(36)]
-            m.pose_confidence = float(res.raw.get("model_confidence", 0.0))
-        return m
-
-    def _fingertips_msg(self, tips, header):
-        m = self.FingertipObservations()
-        m.header = header
-        m.names = list(self.hand.fingertip_links)
-        m.u, m.v = [float(v) for v in tips.uv[:, 0]], [float(v) for v in tips.uv[:, 1]]
-        m.confidence = [float(c) for c in tips.confidence]
-        m.fk_u, m.fk_v = [float(v) for v in tips.fk_uv[:, 0]], [float(v) for v in tips.fk_uv[:, 1]]
-        return m
-
 
 def main(args=None):
-    try:
-        import torch
-        torch.set_num_threads(1)  # small FK batches: threads only add contention
-    except ImportError:
-        pass
     # single-threaded executor: the callbacks only store messages; segmentation runs on the node's
     # worker thread (rclpy's EventsExecutor of Jazzy 7.1 was measured busy-looping at 100 % CPU idle)
     return run_node(SegmentationNode, "segmentation_node", args)

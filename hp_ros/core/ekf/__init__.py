@@ -164,10 +164,15 @@ Layout of the package
 * :mod:`~hp_ros.core.ekf.track_policy`: tracking states and the LOST rules.
 * :mod:`~hp_ros.core.ekf.consistency`: NEES (with a symmetry axis taken out).
 * :mod:`~hp_ros.core.ekf.tracker`: :class:`EKFTracker`, which composes them.
+* :mod:`~hp_ros.core.ekf.joint_history`: the joint states (batches in, interpolated at any stamp).
+* :mod:`~hp_ros.core.ekf.frame_tracker`: :class:`FrameTracker`, the per-frame logic around the
+  filter (pairing by stamp, late observations, the update order, LOST and re-initialisation) that
+  the tracking node, the benchmark and offline evaluation share.
 """
 from hp_ros.core.ekf.config import EKFConfig
 from hp_ros.core.ekf.consistency import normalized_error_squared, symmetry_axis
 from hp_ros.core.ekf.filter import UpdateResult
+from hp_ros.core.ekf.frame_tracker import FrameResult, FrameTracker, FrameTrackerConfig
 from hp_ros.core.ekf.geometry import (apply_delta_np, camera_error_map, point_jacobian, pose_error, project,
                                       propagate_jacobian, skew, so3_right_jacobian_inv)
 from hp_ros.core.ekf.observations import (Center3D, CenterObservation, Fingertips2D, Fingertips3D,
@@ -178,7 +183,7 @@ from hp_ros.core.ekf.track_policy import TrackState
 from hp_ros.core.ekf.tracker import EKFTracker
 from hp_ros.core.quasistatic import ContactMotion
 
-__all__ = ["EKFConfig", "EKFTracker", "TrackState", "UpdateResult", "ProjectionResult", "skew", "apply_delta_np",
+__all__ = ["EKFConfig", "EKFTracker", "FrameTracker", "FrameTrackerConfig", "FrameResult", "TrackState", "UpdateResult", "ProjectionResult", "skew", "apply_delta_np",
            "so3_right_jacobian_inv",
            "pose_error", "propagate_jacobian", "point_jacobian", "project", "camera_error_map",
            "symmetry_axis", "normalized_error_squared",

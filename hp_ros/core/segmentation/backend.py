@@ -101,12 +101,18 @@ class BackendMask:
         mask this frame (an input missing: the Segmenter halves the confidence).
     confidence: factor in (0, 1] on the object confidence (a detector's score, a fit's depth
         agreement); None = no factor.
-    extras: entries added to ``SegmentationResult.raw`` (e.g. the model backend's refined pose).
+    extras: entries added to ``SegmentationResult.raw`` (debugging only: nothing reads them).
+    pose: a depth fit's ``T_cam_obj`` ``(4, 4)`` (None: no fit), with ``pose_covariance`` ``(6, 6)``
+        (None: the fitter gave none) and ``pose_confidence`` (its depth agreement): they go into
+        the frame's :class:`~hp_ros.core.observation.ObjectObservation`.
     """
 
     mask: Optional[np.ndarray] = None
     confidence: Optional[float] = None
     extras: dict = field(default_factory=dict)
+    pose: Optional[np.ndarray] = None
+    pose_covariance: Optional[np.ndarray] = None
+    pose_confidence: float = 0.0
 
 
 class ObjectBackend(ABC):

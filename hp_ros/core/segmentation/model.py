@@ -513,8 +513,8 @@ class ModelBackend(ObjectBackend):
 
     :meth:`locate` runs the fit (the visible hand, grown by ``hand_margin_px``, left out) and
     returns the fit's rectangle, which joins the working rectangle; :meth:`object_mask` places
-    the fit's mask in it. Extras (``SegmentationResult.raw``): ``model_pose`` (refined pose,
-    None without a fit), ``model_confidence``, ``model_covariance`` (:attr:`ModelFit.covariance`).
+    the fit's mask in it, and hands out the refined pose with its confidence and covariance
+    (:attr:`ModelFit.covariance`) as the answer's ``pose`` fields (the frame's observation).
     """
 
     name = "model"
@@ -542,15 +542,13 @@ class ModelBackend(ObjectBackend):
 
     def object_mask(self, frame: Frame) -> BackendMask:
         fit = self._fit
-        extras = {"model_pose": None if fit is None else fit.T_cam_obj,
-                  "model_confidence": 0.0 if fit is None else fit.confidence,
-                  "model_covariance": None if fit is None else fit.covariance}
         if fit is None:
-            return BackendMask(extras=extras)
+            return BackendMask()
         mask = None
         if not frame.empty:
             x0, y0, x1, y1 = frame.rect
             mx0, my0, mx1, my1 = fit.rect
             mask = np.zeros((y1 - y0, x1 - x0), bool)
             mask[my0 - y0:my1 - y0, mx0 - x0:mx1 - x0] = fit.mask
-        return BackendMask(mask, fit.confidence, extras)
+        return BackendMask(mask, fit.confidence, pose=fit.T_cam_obj, pose_covariance=fit.covariance,
+                           pose_confidence=fit.confidence)

@@ -2,31 +2,14 @@
 back-projected centre (:func:`object_observation`)."""
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import Optional
 
 import numpy as np
 
+from hp_ros.core.observation import ObjectObservation
 from hp_ros.core.segmentation.image import _check_K
 
-
-@dataclass
-class ObjectObservation:
-    """What the mask says about the object (field meanings as in hp_ros_msgs/ObjectObservation).
-
-    bbox: ``(x_offset, y_offset, width, height)`` pixels; median_depth metres (NaN without
-    depth); center_3d ``(3,)`` camera frame (None without depth).
-    """
-
-    valid: bool
-    confidence: float = 0.0
-    centroid_u: float = float("nan")
-    centroid_v: float = float("nan")
-    bbox: tuple = (0, 0, 0, 0)
-    area: int = 0
-    median_depth: float = float("nan")
-    center_3d: Optional[np.ndarray] = None
-    backend: str = ""
+__all__ = ["ObjectObservation", "object_observation"]
 
 
 def object_observation(mask: np.ndarray, K, depth_m: Optional[np.ndarray] = None, confidence: float = 1.0,

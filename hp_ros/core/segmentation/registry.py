@@ -24,7 +24,7 @@ OBJECT_BACKENDS: dict[str, type[ObjectBackend]] = {
 
 
 def parse_combination(spec: str) -> tuple[list, str]:
-    """``"color"``, ``"depth"``, ``"color+depth"`` (intersection), ``"color|depth"`` (union),
+    """``"color"``, ``"depth"``, ``"color+depth"`` (intersection), ``"color|depth|model"`` (union),
     ``"external"``, ``"detectron2"`` ... -> (backend names, operator ``"+"``, ``"|"`` or ``""``).
     Names are those of :data:`OBJECT_BACKENDS`."""
     s = spec.replace(" ", "")
@@ -35,5 +35,5 @@ def parse_combination(spec: str) -> tuple[list, str]:
     bad = [n for n in names if n not in OBJECT_BACKENDS]
     if bad or not names or len(set(names)) != len(names):
         raise ValueError(f"object backend {spec!r}: use one of {list(OBJECT_BACKENDS)} "
-                         "or two joined by '+' (intersection) or '|' (union)")
+                         "or several joined by '+' (intersection) or '|' (union)")
     return names, op

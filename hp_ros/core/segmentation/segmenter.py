@@ -93,8 +93,23 @@ class SegmentationResult:
     object_confidence: float
     observation: ObjectObservation
     fingertips: Optional[FingertipResult]
-    raw: dict = field(default_factory=dict)  # per-backend masks before combination (debugging)
+    raw: dict = field(default_factory=dict)  # per-backend masks before combination (debugging only)
     T_cam_hand: Optional[np.ndarray] = None  # camera->hand used (after depth alignment)
+
+
+def combine_masks(present: list, op: str, shape: tuple) -> tuple:
+    """The backends' masks ``present`` (each ``shape`` bool) combined by :func:`parse_combination`'s
+    operator: ``"+"`` intersection, ``"|"`` union (one mask: itself; none: empty). Returns
+    ``(mask, agreement)``: agreement = intersection over union of all of them when two or more
+    gave masks (None otherwise)."""
+    if not present:
+        return np.zeros(shape, bool), None
+    if len(present) == 1:
+        return present[0], None
+    inter, union = np.logical_and.reduce(present), np.logical_or.reduce(present)
+    n_union = np.count_nonzero(union)
+    agreement = np.count_nonzero(inter) / n_union if n_union else 0.0
+    return (inter if op == "+" else union), agreement
 
 
 class _BackendSet:
@@ -235,10 +250,11 @@ class Segmenter:
 
         Object work happens inside the workspace box's image rectangle (see
         :meth:`_object_rect`); ``raw`` masks in the result are that rectangle's crops
-        (``raw["rect"]`` = ``(x0, y0, x1, y1)``). With the model backend ``raw["model_pose"]``
-        is the prior refined against depth (``(4, 4)``, None without a fit),
-        ``raw["model_confidence"]`` its depth agreement and ``raw["model_covariance"]`` its
-        ``(6, 6)`` ICP covariance (:attr:`ModelFit.covariance`, None without one).
+        (``raw["rect"]`` = ``(x0, y0, x1, y1)``; ``raw`` is for debugging, nothing depends on it).
+        With the model backend the observation's ``pose`` is the prior refined against depth
+        (``(4, 4)``, None without a fit), ``pose_confidence`` its depth agreement and
+        ``pose_covariance`` its ``(6, 6)`` ICP covariance (:attr:`ModelFit.covariance`, None
+        without one).
         """
         H, W = self.height, self.width
         if rgb.shape != (H, W, 3) or rgb.dtype != np.uint8:
@@ -291,14 +307,7 @@ class Segmenter:
         if cfg.hand_margin_px > 0 and hand_c.any():
             hand_cut = cv2.dilate(hand_c.view(np.uint8), _disk(cfg.hand_margin_px)).astype(bool)
         present = [raw[n] & ~hand_cut for n, a in zip(active.names, answers) if a.mask is not None]
-        if not present:
-            obj = np.zeros(hand_c.shape, bool)
-        elif len(present) == 1:
-            obj = present[0]
-        elif active.op == "+":
-            obj = present[0] & present[1]
-        else:
-            obj = present[0] | present[1]
+        obj, agreement = combine_masks(present, active.op, hand_c.shape)
         prior = None
         if render is not None:
             prior = np.nanmean(render.fingertips_uv, axis=0) - (x0, y0)
@@ -310,11 +319,9 @@ class Segmenter:
                            points=points, expected_size=self.object_size or None,
                            size_tolerance=cfg.object_size_tolerance)
         conf = clean.confidence
-        if len(present) == 2:  # agreement between the two backends inside the kept region
-            a, b = present[0], present[1]
-            inter, union = np.count_nonzero(a & b), np.count_nonzero(a | b)
-            conf *= 0.5 + 0.5 * (inter / union if union else 0.0)
-        elif len(present) < len(active.names):
+        if agreement is not None:  # agreement between the backends that gave masks
+            conf *= 0.5 + 0.5 * agreement
+        if len(present) < len(active.names):
             conf *= 0.5  # a configured backend had no input this frame
         for i in active.factor_order:  # a detector's score, a fit's depth agreement
             if answers[i].confidence is not None:
@@ -324,13 +331,16 @@ class Segmenter:
         if "color" in raw and obj_c.any():
             hand_mask[sl] &= ~(obj_c & raw["color"])
         for backend, a in zip(active.backends, answers):
-            backend.feedback(frame, a, obj_c, conf, len(present) == 2)
+            backend.feedback(frame, a, obj_c, conf, len(present) >= 2)
         object_mask = np.zeros((H, W), bool)
         object_mask[sl] = obj_c
         obs = object_observation(obj_c, self.K, None if depth_m is None else depth_m[sl], conf,
                                  active.spec, offset=(x0, y0))
         if not obj_c.any():
             obs.confidence = 0.0
+        fit = next((a for a in answers if a.pose is not None), None)
+        if fit is not None:  # a depth fit (the model backend): the tracker's rotation-bearing observation
+            obs.pose, obs.pose_covariance, obs.pose_confidence = fit.pose, fit.pose_covariance, fit.pose_confidence
         tips = None
         if render is not None:
             if self.markers is not None:

@@ -141,9 +141,9 @@ def main() -> int:
                 r = run_once(hosts, work / "bag", work, base, sent, args.profile)
                 runs.append(r)
                 payload = sum(b for v in r["rec"].values() for _, _, b in v)
+                got = ", ".join(f"{k} {len(v)}/{sent}" for k, v in sorted(r["rec"].items()))
                 print(f"run {i}: {r['wire_bytes'] / 1e6:.1f} MB on the wire, {payload / 1e6:.1f} MB payload in "
-                      f"{r['span_s']:.2f} s; host B dropped {r['drops']}; received " + ", ".join(f"{k} {len(v)}/{sent}" for k, v in
-                                                                  sorted(r["rec"].items())), flush=True)
+                      f"{r['span_s']:.2f} s; host B dropped {r['drops']}; received {got}", flush=True)
     span = sum(r["span_s"] for r in runs)
     wire = sum(r["wire_bytes"] for r in runs)
     payload = sum(b for r in runs for v in r["rec"].values() for _, _, b in v)
@@ -152,7 +152,8 @@ def main() -> int:
     for key, name in (("color_image", "color"), ("depth_image", "depth"), ("color_info", "camera_info")):
         lat = np.asarray([x for r in runs for _, x, _ in r["rec"].get(key, [])], float)
         p50, p95 = np.percentile(lat, [50, 95]) if lat.size else (np.nan, np.nan)
-        summary[f"{name}_latency_ms_p50"], summary[f"{name}_latency_ms_p95"] = round(float(p50), 1), round(float(p95), 1)
+        summary[f"{name}_latency_ms_p50"] = round(float(p50), 1)
+        summary[f"{name}_latency_ms_p95"] = round(float(p95), 1)
     summary["received"] = {k: f"{sum(len(r['rec'].get(k, [])) for r in runs)}/{sent * len(runs)}"
                            for k in ("color_image", "depth_image", "color_info", "depth_info")}
     summary["udp_drops_host_b"] = {k: sum(r["drops"][k] for r in runs) for k in runs[0]["drops"]}

@@ -3,14 +3,17 @@
 Used by the two-host end-to-end test and ``benchmarks/bench_two_hosts.py`` to run parts of the
 graph "on different machines" without a packet leaving this one:
 
-* each host is a fresh network namespace held open by a ``sleep`` process (``unshare -n``); it
-  disappears, veth pair included, when the holder and everything started in it have exited;
+* each host is a fresh network namespace, and a mount namespace with a ``/dev/shm`` of its own
+  (no shared memory between the hosts, as between two machines), held open by a ``sleep``
+  process (``unshare -n -m``); they disappear, veth pair included, when the holder and everything
+  started in them have exited;
 * its interfaces are ``lo`` and one end of the veth pair, nothing else; the two ends carry the
   two addresses of a private /30 (:data:`SUBNET`) that exists only between the two namespaces;
 * no route but the /30's own (no default route): there is nowhere else to send a packet;
-* a command runs on a host through ``nsenter -t <holder> -n`` (:meth:`TwoHosts.command`).
+* a command runs on a host through ``nsenter -t <holder> -n -m`` (:meth:`TwoHosts.command`);
+* :meth:`TwoHosts.__enter__` returns once both veth ends have a carrier.
 
-Needs root, ``unshare``, ``nsenter`` and ``ip`` (:func:`unavailable_reason` says what is
+Needs root, ``unshare``, ``nsenter``, ``mount`` and ``ip`` (:func:`unavailable_reason` says what is
 missing). ROS-free: it only starts processes.
 """
 from __future__ import annotations
@@ -31,12 +34,12 @@ def unavailable_reason() -> str | None:
     """Why two namespaces cannot be made here (None: they can)."""
     if not hasattr(os, "geteuid") or os.geteuid() != 0:
         return "creating network namespaces and a veth pair needs root"
-    missing = [t for t in ("ip", "unshare", "nsenter") if shutil.which(t) is None]
+    missing = [t for t in ("ip", "unshare", "nsenter", "mount") if shutil.which(t) is None]
     if missing:
         return f"missing tools: {', '.join(missing)} (iproute2 / util-linux)"
-    r = subprocess.run(["unshare", "-n", "true"], capture_output=True, text=True)
+    r = subprocess.run(["unshare", "-n", "-m", "--propagation", "private", "true"], capture_output=True, text=True)
     if r.returncode != 0:
-        return f"unshare -n failed here: {r.stderr.strip() or r.returncode}"
+        return f"unshare -n -m failed here: {r.stderr.strip() or r.returncode}"
     return None
 
 
@@ -45,7 +48,7 @@ class TwoHosts:
     """Hosts ``A`` and ``B``: namespaces, veth ends and addresses (context manager).
 
     >>> with TwoHosts() as hosts:
-    ...     subprocess.run(hosts.command("A", ["ping", "-c1", hosts.address("B")]))
+    ...     subprocess.run(hosts.command("A", ["ip", "-4", "addr"]))
     """
 
     pids: dict = field(default_factory=dict)      # host -> pid of the process holding its namespaces

@@ -180,7 +180,8 @@ class RefinementNode(Node):
         self.create_timer(float(p["diagnostics_period"]), self.publish_diagnostics, callback_group=data)
         self.create_service(RefinePose, graph.SERVICES["refine_pose"], self.on_refine, callback_group=service)
         self.get_logger().info(f"refinement service on {graph.SERVICES['refine_pose']} "
-                               f"(buffer {p['buffer_size']} frames, {p['max_iterations']} iterations, device {self.device.torch})")
+                               f"(buffer {p['buffer_size']} frames, {p['max_iterations']} iterations, "
+                               f"device {self.device.torch})")
 
     # ------------------------------------------------------------------ buffering
     def _slot(self, stamp: int) -> dict:

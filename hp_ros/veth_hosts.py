@@ -204,11 +204,12 @@ def main(argv=None) -> int:
     ap.add_argument("--duration", type=float, default=4.0)
     ap.add_argument("--seed", type=int, default=2)
     ap.add_argument("--object", default="builtin:cracker_box")
+    ap.add_argument("--rate", type=float, default=1.0, help="replay rate factor")
     ap.add_argument("--transport", default="shm_udp")
     args = ap.parse_args(argv)
     try:
         r = run_split({"A": args.pids[0], "B": args.pids[1]}, args.out, args.duration, args.seed, args.object,
-                      transport=args.transport)
+                      rate=args.rate, transport=args.transport)
     except RuntimeError as e:
         print(f"run_split: {e}", file=sys.stderr)
         return 1

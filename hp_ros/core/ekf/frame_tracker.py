@@ -347,11 +347,11 @@ class FrameTracker:
         self.ekf.predict(q, max((stamp - self.last_stamp) * 1e-9, 0.0))
         self.last_stamp, self.last_q = stamp, q
 
-    def _apply_observations(self, stamp: int, obs: dict, count: bool) -> tuple[dict, object]:
+    def _apply_observations(self, stamp: int, obs: dict, count: bool, project: bool = True) -> tuple[dict, object]:
         """The frame's updates in their order: depth-fit pose, centre (without an accepted fit: the
-        same depth pixels), fingertips; then the penetration projection. Returns ``({kind:
-        UpdateResult}, ProjectionResult or None)``; a depth fit refused for low confidence is no
-        observation and is left out."""
+        same depth pixels), fingertips; then the penetration projection (``project``: an output
+        step, only for a pose that is published). Returns ``({kind: UpdateResult}, ProjectionResult
+        or None)``; a depth fit refused for low confidence is no observation and is left out."""
         ekf, cfg = self.ekf, self.cfg
         updates = {}
         o: Optional[ObjectObservation] = obs.get("object")
@@ -372,7 +372,7 @@ class FrameTracker:
                 self.warn("tip_name", f"unknown fingertip name {name!r} ignored")
             if np.any(np.all(np.isfinite(uv), axis=1)):
                 updates["fingertips"] = ekf.update_fingertips_2d(uv)
-        projection = ekf.project_out_of_penetration() if cfg.project_penetration else None
+        projection = ekf.project_out_of_penetration() if cfg.project_penetration and project else None
         if count:
             for r in updates.values():
                 self.counts["updates_accepted" if r.accepted else "updates_rejected"] += 1
@@ -408,7 +408,8 @@ class FrameTracker:
             else:
                 self.ekf.restore(rec["snap"])
                 self.last_stamp, self.last_q = rec["stamp"], rec["q"]
-            self._apply_observations(rec["stamp"], rec["obs"], count=rec["stamp"] in late)
+            # no projection: the frames re-run here were published already (the next one projects)
+            self._apply_observations(rec["stamp"], rec["obs"], count=rec["stamp"] in late, project=False)
         self.last_stamp, self.last_q = last_stamp, last_q
         self.counts["reprocessed"] += 1
         self._transition(state_before, self.history[idx]["stamp"], self.ekf.message)

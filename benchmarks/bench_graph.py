@@ -42,8 +42,8 @@ import numpy as np
 
 
 # variant -> run_pipeline arguments
-VARIANTS = {"processes": {"transport": "shm", "single_process": False},
-            "single": {"transport": "shm", "single_process": True},
+VARIANTS = {"processes": {"transport": "loopback", "single_process": False},
+            "single": {"transport": "loopback", "single_process": True},
             "udp": {"transport": "udp", "single_process": False}}
 
 

@@ -4,8 +4,8 @@ topic versus one participant per topic (``hp-ros replay --participants``).
 A synthetic 6 s sequence (640x480 colour + depth at 30 Hz, joint states at 100 Hz) is replayed at
 1.0x into a probe process that subscribes to colour, depth, colour camera_info and joint states
 with the nodes' QoS and records, per message, DDS latency (reader's receive time minus writer's
-source time, both from the middleware). Transport: the package's Fast DDS profile (shared memory
-+ UDP on 127.0.0.1).
+source time, both from the middleware). Transport: the loopback Fast DDS profile
+(config/fastdds_loopback_shm.xml: shared memory + UDP on 127.0.0.1).
 
 Printed per mode: messages received / sent and latency p50 / p95 / max per topic.
 LAST line: one JSON object with ``joint_states_p95_ms_one``, ``joint_states_p95_ms_per_topic``,
@@ -72,7 +72,7 @@ def main() -> int:
     from hp_ros.ros_process import loopback_env
 
     print(f"load average {os.getloadavg()[0]:.2f} on {os.cpu_count()} cores at start", flush=True)
-    env = loopback_env(base={**os.environ, "HP_ROS_DDS_TRANSPORT": "shm"})
+    env = loopback_env(base={**os.environ, "HP_ROS_DDS_TRANSPORT": "loopback"})
     summary = {}
     with tempfile.TemporaryDirectory(prefix="hp_ros_bench_transport_") as tmp:
         work = Path(tmp)

@@ -101,9 +101,14 @@ LAUNCH_ARGUMENTS = {
     "single_process": ("false", "false: one process per node (measured faster on 2 cores, see README); true: "
                                 "the three nodes in one process (hp_ros_graph: no serialisation between them, "
                                 "camera images received once, one GIL)"),
-    "dds_transport": ("shm", "Fast DDS transports of the nodes: shm (config/fastdds_loopback_shm.xml: shared memory "
-                             "+ UDP on 127.0.0.1) or udp (the rmw default); a FASTDDS_DEFAULT_PROFILES_FILE already "
-                             "set wins"),
+    "nodes": ("all", "the nodes this launch starts: all, or some of segmentation_node,tracking_node,"
+                     "refinement_node (comma-separated): one host's share of a graph across machines"),
+    "dds_transport": ("shm_udp", "Fast DDS transports of the nodes: shm_udp (config/fastdds_shm_udp.xml: shared "
+                                 "memory between processes of one host + UDP on every interface, discovery as "
+                                 "ROS_DOMAIN_ID, ROS_AUTOMATIC_DISCOVERY_RANGE and ROS_STATIC_PEERS say: a graph "
+                                 "across machines), loopback (config/fastdds_loopback_shm.xml: shared memory + UDP on "
+                                 "127.0.0.1 only: one machine) or udp (the rmw default); a "
+                                 "FASTDDS_DEFAULT_PROFILES_FILE already set wins"),
 }
 
 # Launch arguments that become parameters of every node (name -> parameter name).
@@ -133,8 +138,10 @@ def default_params_file() -> str:
     return config_file("allegro_tracking.yaml")
 
 
-# Fast DDS transports of the graph: shared memory + UDPv4 on 127.0.0.1 only (see the file).
-DDS_PROFILE = "fastdds_loopback_shm.xml"
+# Fast DDS profiles of the ``dds_transport`` choices (config/<file>; ``udp``: none, the rmw default).
+# shm_udp (the launch default, a lab's graph across hosts): shared memory + UDPv4 on every interface;
+# loopback (the demo, the tests, the benchmarks): shared memory + UDPv4 on 127.0.0.1 only.
+DDS_PROFILES = {"shm_udp": "fastdds_shm_udp.xml", "loopback": "fastdds_loopback_shm.xml", "udp": None}
 
 
 def remappings(args: dict) -> list:
@@ -162,10 +169,26 @@ def node_invocations(args: dict | None = None) -> list:
     params["use_sim_time"] = str(full["use_sim_time"]).lower() in ("1", "true", "yes")
     params_file = full["params_file"] or default_params_file()
     out = []
-    for spec in NODES:
+    for spec in selected_nodes(full):
         ros_args = ["--log-level", full["log_level"]]
         out.append((spec, dict(params), params_file, remappings(full), ros_args))
     return out
+
+
+def selected_nodes(args: dict | None = None) -> list:
+    """The :data:`NODES` named by the ``nodes`` launch argument (``all``: every one, in graph order);
+    ValueError for an unknown name, or for a subset in one process (``single_process``)."""
+    value = str((args or {}).get("nodes", LAUNCH_ARGUMENTS["nodes"][0])).strip()
+    if value in ("", "all"):
+        return list(NODES)
+    names = [n.strip() for n in value.split(",") if n.strip()]
+    unknown = [n for n in names if n not in {s.name for s in NODES}]
+    if unknown:
+        raise ValueError(f"nodes: unknown node(s) {unknown}; use all or some of {[s.name for s in NODES]}")
+    if single_process(args):
+        raise ValueError(f"nodes:={value} with single_process:=true: one process holds all three nodes; "
+                         f"start a subset with single_process:=false")
+    return [s for s in NODES if s.name in names]
 
 
 # The single-process variant (launch argument single_process): console script and module.

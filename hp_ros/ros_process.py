@@ -42,8 +42,9 @@ def loopback_env(domain_id: int | None = None, base: Mapping[str, str] | None = 
         env["ROS_DOMAIN_ID"] = str(domain_id)
     elif "ROS_DOMAIN_ID" not in env:
         env["ROS_DOMAIN_ID"] = str(pick_domain_id())
+    env.pop("ROS_STATIC_PEERS", None)  # a user's static peers would be contacted even under LOCALHOST
     env.setdefault("PYTHONUNBUFFERED", "1")
-    for k, v in dds_profile_env(env.get("HP_ROS_DDS_TRANSPORT", "shm"), base=env).items():
+    for k, v in dds_profile_env(env.get("HP_ROS_DDS_TRANSPORT", "loopback"), base=env).items():
         if v is None:
             env.pop(k, None)
         else:
@@ -51,25 +52,29 @@ def loopback_env(domain_id: int | None = None, base: Mapping[str, str] | None = 
     return env
 
 
-def dds_profile_env(transport: str = "shm", base: Mapping[str, str] | None = None) -> dict:
-    """Environment selecting the graph's Fast DDS transports.
+def dds_profile_env(transport: str = "loopback", base: Mapping[str, str] | None = None) -> dict:
+    """Environment selecting the graph's Fast DDS transports (``hp_ros.graph.DDS_PROFILES``).
 
-    ``shm``: the package's profile (``config/fastdds_loopback_shm.xml``: shared memory + UDPv4 on
-    127.0.0.1), unless ``base`` already names a profile file (a lab's own wins); ``udp``: the rmw
-    default (UDP on loopback under ``ROS_AUTOMATIC_DISCOVERY_RANGE=LOCALHOST``), any profile
-    file removed (``None`` values: remove the variable). Measured in benchmarks/bench_graph.py.
+    ``shm_udp`` (the launch file's default): ``config/fastdds_shm_udp.xml``, shared memory between
+    processes of one host + UDPv4 on every interface, discovery left to the user's
+    ``ROS_DOMAIN_ID`` / ``ROS_AUTOMATIC_DISCOVERY_RANGE`` / ``ROS_STATIC_PEERS``; ``loopback`` (the
+    demo, the tests, the benchmarks): ``config/fastdds_loopback_shm.xml``, shared memory + UDPv4 on
+    127.0.0.1 only. Either is skipped when ``base`` already names a profile file (a lab's own
+    wins). ``udp``: the rmw default transports, any profile file removed (``None`` values: remove
+    the variable). Never sets a ``ROS_*`` variable. Measured in benchmarks/bench_graph.py.
     """
-    base = os.environ if base is None else base
-    if transport == "udp":
-        return {"FASTDDS_DEFAULT_PROFILES_FILE": None, "FASTRTPS_DEFAULT_PROFILES_FILE": None,
-                "HP_ROS_DDS_TRANSPORT": "udp"}
-    if transport != "shm":
-        raise ValueError(f"transport must be 'shm' or 'udp', got {transport!r}")
-    if base.get("FASTDDS_DEFAULT_PROFILES_FILE") or base.get("FASTRTPS_DEFAULT_PROFILES_FILE"):
-        return {"HP_ROS_DDS_TRANSPORT": "shm"}
-    from hp_ros.graph import DDS_PROFILE, config_file
+    from hp_ros.graph import DDS_PROFILES, config_file
 
-    return {"FASTDDS_DEFAULT_PROFILES_FILE": config_file(DDS_PROFILE), "HP_ROS_DDS_TRANSPORT": "shm"}
+    base = os.environ if base is None else base
+    if transport not in DDS_PROFILES:
+        hint = " ('shm' is now 'loopback': the same profile)" if transport == "shm" else ""
+        raise ValueError(f"dds_transport must be one of {list(DDS_PROFILES)}, got {transport!r}{hint}")
+    if DDS_PROFILES[transport] is None:
+        return {"FASTDDS_DEFAULT_PROFILES_FILE": None, "FASTRTPS_DEFAULT_PROFILES_FILE": None,
+                "HP_ROS_DDS_TRANSPORT": transport}
+    if base.get("FASTDDS_DEFAULT_PROFILES_FILE") or base.get("FASTRTPS_DEFAULT_PROFILES_FILE"):
+        return {"HP_ROS_DDS_TRANSPORT": transport}
+    return {"FASTDDS_DEFAULT_PROFILES_FILE": config_file(DDS_PROFILES[transport]), "HP_ROS_DDS_TRANSPORT": transport}
 
 
 def in_private_netns() -> bool:

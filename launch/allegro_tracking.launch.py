@@ -3,7 +3,8 @@
     ros2 launch hp_ros allegro_tracking.launch.py object_mesh:=/path/to/mesh.ply object_units:=mm
 
 Nodes, parameters and remappings come from ``hp_ros.graph`` — the same source the demo and
-the end-to-end tests use to start the graph without launch_ros.
+the end-to-end tests use to start the graph without launch_ros. DDS reaches other hosts by
+default (``dds_transport:=shm_udp``); ``dds_transport:=loopback`` keeps it on this machine.
 """
 from launch import LaunchDescription
 from launch.actions import DeclareLaunchArgument, OpaqueFunction
@@ -19,7 +20,9 @@ def _nodes(context):
     from hp_ros.ros_process import dds_profile_env
 
     values = {name: LaunchConfiguration(name).perform(context) for name in graph.LAUNCH_ARGUMENTS}
-    # shared-memory transport for the 1 MB images (see config/fastdds_loopback_shm.xml)
+    # Fast DDS profile of dds_transport (default shm_udp: shared memory on this host + UDP on every
+    # interface, config/fastdds_shm_udp.xml); only FASTDDS_DEFAULT_PROFILES_FILE is set, so the
+    # user's ROS_DOMAIN_ID, ROS_AUTOMATIC_DISCOVERY_RANGE and ROS_STATIC_PEERS reach the nodes as they are
     dds_env = {k: v for k, v in dds_profile_env(values["dds_transport"], base=os.environ).items() if v is not None}
     actions = []
     invocations = graph.node_invocations(values)

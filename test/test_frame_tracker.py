@@ -165,6 +165,42 @@ def test_late_observations_are_applied_in_one_reprocess_pass(world):
     assert short.counts["late"] == 1 and short.counts["reprocessed"] == 0
 
 
+def test_late_object_and_fingertips_of_a_frame_cost_one_pass(world):
+    """The segmentation publishes a frame's object observation and its fingertips one after the
+    other; both arrive after the frame was posed. The first waits (up to late_wait) for the other
+    kind, then both go in with one reprocess pass, not two."""
+    s = world["stamps"][:6]
+    tr = _tracker(world, pairing_timeout=1e-6, late_wait=0.02)
+    _joints(world, tr)
+    tr.add_observation(s[0], "object", _centre(world, 0), now=0.0)
+    tr.add_observation(s[0], "fingertips", _tips(world, 0), now=0.0)   # both kinds seen
+    tr.add_frame(s[0], now=0.0)
+    tr.process(0.0)
+    for k in (1, 2):
+        tr.add_frame(s[k], now=0.1 * k)
+        assert len(tr.process(0.1 * k + 0.001)) == 1              # posed after pairing_timeout, predicted
+        tr.add_observation(s[k], "object", _centre(world, k), now=0.1 * k + 0.005)
+        tr.process(0.1 * k + 0.005)
+        assert tr.counts["reprocessed"] == k - 1 and tr.late_obs   # waits for the fingertips
+        tr.add_observation(s[k], "fingertips", _tips(world, k), now=0.1 * k + 0.006)
+        tr.process(0.1 * k + 0.006)
+        assert tr.counts["reprocessed"] == k and not tr.late_obs   # one pass for both
+    # a kind that does not come: applied after late_wait, or before the next frame at the latest
+    tr.add_frame(s[3], now=0.4)
+    tr.process(0.401)
+    tr.add_observation(s[3], "object", _centre(world, 3), now=0.405)
+    tr.process(0.41)
+    assert tr.counts["reprocessed"] == 2 and tr.late_obs
+    tr.process(0.43)
+    assert tr.counts["reprocessed"] == 3 and not tr.late_obs
+    tr.add_frame(s[4], now=0.5)
+    tr.process(0.501)
+    tr.add_observation(s[4], "object", _centre(world, 4), now=0.505)
+    tr.add_frame(s[5], now=0.51)
+    tr.process(0.511)
+    assert tr.counts["reprocessed"] == 4 and not tr.late_obs and tr.last_stamp == s[5]
+
+
 def test_lost_then_reinitialised_at_an_earlier_frame(world):
     s, seq = world["stamps"], world["seq"]
     tr = _tracker(world, ekf_config=EKFConfig(lost_after_rejections=3))

@@ -95,3 +95,16 @@ def test_single_process_command_is_one_process_without_a_node_name_remap():
 
     scripts = {e.name: e.value for e in md.entry_points(group="console_scripts")}
     assert scripts.get(graph.GRAPH_PROCESS[0]) == f"{graph.GRAPH_PROCESS[1]}:main"
+
+
+def test_nodes_argument_starts_one_hosts_share():
+    """``nodes:=`` picks the nodes of one host of a graph across machines (README: Across machines)."""
+    cmds = dict(graph.process_commands({"nodes": "refinement_node"}))
+    assert list(cmds) == ["refinement_node"]
+    cmds = dict(graph.process_commands({"nodes": " tracking_node,segmentation_node "}))
+    assert list(cmds) == ["segmentation_node", "tracking_node"]  # graph order
+    assert list(dict(graph.process_commands({"nodes": "all"}))) == [n.name for n in graph.NODES]
+    with pytest.raises(ValueError, match="unknown node"):
+        graph.process_commands({"nodes": "refinement"})
+    with pytest.raises(ValueError, match="single_process"):
+        graph.process_commands({"nodes": "refinement_node", "single_process": "true"})

@@ -512,10 +512,10 @@ def test_model_backend_falls_back_without_a_prior(seq, hand):
     args = (seq.rgb[1], depth, _q_at(seq, 1), seq.T_cam_hand_published)
     alone = sg.segment(*args)
     assert sg.active_backend == "color|depth" and alone.observation.backend == "color|depth"
-    assert "model_pose" not in alone.raw and "depth" in alone.raw
+    assert alone.observation.pose is None and "depth" in alone.raw
     fitted = sg.segment(*args, T_cam_obj_prior=_perturbed(seq.T_cam_obj[1], np.random.default_rng(2), 0.003, 2.0),
                         prior_pos_sigma=0.003)
-    assert sg.active_backend == "model" and fitted.raw["model_pose"] is not None and "depth" not in fitted.raw
+    assert sg.active_backend == "model" and fitted.observation.pose is not None and "depth" not in fitted.raw
     for r in (alone, fitted):
         assert mask_iou(r.object_mask, seq.object_mask[1])[0] >= 0.9
     with pytest.raises(ValueError, match="fallback_backend"):
@@ -541,7 +541,7 @@ def test_model_backend_searches_only_when_the_direct_fit_is_poor(seq, hand, monk
         prior = _perturbed(seq.T_cam_obj[k], rng, 0.01 if wide else 0.002, 5.0 if wide else 1.0)
         r = sg.segment(seq.rgb[k], depth, _q_at(seq, k), seq.T_cam_hand_published, T_cam_obj_prior=prior,
                        prior_pos_sigma=0.01 if wide else 0.002)
-        assert np.linalg.norm(r.raw["model_pose"][:3, 3] - seq.T_cam_obj[k][:3, 3]) < 0.003
+        assert np.linalg.norm(r.observation.pose[:3, 3] - seq.T_cam_obj[k][:3, 3]) < 0.003
     assert len(calls) == 1 and sg.model_masker.searches_after_direct == 0   # only the wide first prior searched
     depth = S.depth_to_metres(seq.depth_mm[0], "16UC1")
     for off, searched in ((0.02, 0), (0.03, 1)):
@@ -551,5 +551,5 @@ def test_model_backend_searches_only_when_the_direct_fit_is_poor(seq, hand, monk
                        prior_pos_sigma=0.003)
         assert sg.model_masker.searches_after_direct == searched and len(calls) == 1 + searched
         if not searched:
-            assert np.linalg.norm(r.raw["model_pose"][:3, 3] - seq.T_cam_obj[0][:3, 3]) < 0.003
+            assert np.linalg.norm(r.observation.pose[:3, 3] - seq.T_cam_obj[0][:3, 3]) < 0.003
             assert mask_iou(r.object_mask, seq.object_mask[0])[0] >= 0.9

@@ -160,16 +160,23 @@ def test_refinement_node_exits_during_a_request(ros_node, start_process, frame, 
     for topic in (graph.CAMERA_TOPICS["color_info"], graph.CAMERA_TOPICS["color_image"], graph.TOPICS["object_mask"]):
         assert wait_for_subscribers(ros_node, topic, timeout=20), topic
     status = lambda: diags.values("refinement_node")  # noqa: E731
+    client = ros_node.create_client(RefinePose, graph.SERVICES["refine_pose"])
+    assert spin_until(ros_node, client.service_is_ready, 30), proc.log_text()
+    # the frame waits in the node's readers until a request takes it: a window of 2 frames names
+    # the 1 buffered frame once it is there
+    probe = RefinePose.Request(window_length=2, use_initial_pose=False)
+    message = ""
     for _ in range(6):  # the same stamp again is idempotent (discovery may lose the first samples)
         info_pub.publish(M.make_camera_info(K, width, height, CameraInfo, stamp_ns=stamp))
         image_pub.publish(M.numpy_to_image(rgb, "rgb8", stamp, graph.CAMERA_FRAME, Image))
         mask_pub.publish(M.numpy_to_image(mask.astype(np.uint8) * 255, "mono8", stamp, graph.CAMERA_FRAME, Image))
-        if spin_until(ros_node, lambda: status().get("buffered_frames") == "1", 5):
+        fut = client.call_async(probe)
+        assert spin_until(ros_node, fut.done, 30), proc.log_text()
+        message = fut.result().message
+        if "1 buffered frames" in message:
             break
-    assert status().get("buffered_frames") == "1", (status(), proc.log_text())
+    assert "1 buffered frames" in message, (message, proc.log_text())
 
-    client = ros_node.create_client(RefinePose, graph.SERVICES["refine_pose"])
-    assert spin_until(ros_node, client.service_is_ready, 30), proc.log_text()
     T0 = perturb_pose(torch.tensor(T_gt, dtype=torch.float32), 0.015, math.radians(10),
                       torch.Generator().manual_seed(3)).double().numpy()
     req = RefinePose.Request()

@@ -38,6 +38,7 @@ Shapes: ``B`` frames of the window (oldest first), ``J`` joints, ``S`` RoI side.
 """
 from __future__ import annotations
 
+import contextlib
 import math
 import time
 from dataclasses import asdict, dataclass, replace
@@ -257,20 +258,24 @@ class Refiner:
         obj: :class:`hp_ros.core.objects.ObjectModel`.
         hand: :class:`hp_ros.core.hand.HandModel` or None (rendering terms for the object only).
         config: :class:`RefineConfig`; weights: default :class:`RefineWeights`.
+        device: torch device of the optimisation (``cpu`` or ``cuda:N``; Warp's SDF on the same
+            one); the hand model is moved to it. Results come back on the CPU.
     """
 
     def __init__(self, obj, hand=None, config: Optional[RefineConfig] = None,
-                 weights: Optional[RefineWeights] = None):
+                 weights: Optional[RefineWeights] = None, device="cpu"):
+        self.device = torch.device(device)
         self.obj = obj
-        self.hand = hand
+        self.hand = hand if hand is None or self.device.type == "cpu" else hand.to(self.device)
         self.config = config or RefineConfig()
         self.weights = weights or RefineWeights()
-        self.verts = obj.vertices.detach().float()
-        self.faces = obj.faces.long()
+        self.verts = obj.vertices.detach().float().to(self.device)
+        self.faces = obj.faces.long().to(self.device)
         if getattr(obj, "uv", None) is not None and getattr(obj, "texture", None) is not None:
-            self.colors = Texture(obj.uv.float(), obj.texture.float().permute(2, 0, 1).contiguous())
+            self.colors = Texture(obj.uv.float().to(self.device),
+                                  obj.texture.float().permute(2, 0, 1).contiguous().to(self.device))
         else:
-            self.colors = obj.vertex_colors.float()
+            self.colors = obj.vertex_colors.float().to(self.device)
         # object-frame samples for smoothness/oscillation (cheaper than all vertices)
         g = torch.Generator().manual_seed(0)
         idx = torch.randperm(self.verts.shape[0], generator=g)[:256]
@@ -281,7 +286,7 @@ class Refiner:
     def sdf(self) -> MeshSDF:
         """The object's :class:`MeshSDF`, built on first use."""
         if self._sdf is None:
-            self._sdf = MeshSDF(self.verts, self.faces)
+            self._sdf = MeshSDF(self.verts, self.faces, device=self.device)
         return self._sdf
 
     # ------------------------------------------------------------------------------ setup
@@ -293,7 +298,7 @@ class Refiner:
             present = [getattr(f, attr) is not None for f in frames]
             if all(present):
                 obs[key] = torch.stack([_image_tensor(getattr(f, attr), f"frame {i} {attr}", H, W)
-                                        for i, f in enumerate(frames)])
+                                        for i, f in enumerate(frames)]).to(self.device)
             elif any(present):
                 raise ValueError(f"{attr} is given for some frames of the window but not all")
         if obs["rgb"] is not None and obs["rgb"].shape[1] != 3:
@@ -304,11 +309,12 @@ class Refiner:
         has_hand = self.hand is not None and all(f.q is not None and f.T_cam_hand is not None for f in frames)
         q = T_hand = None
         if has_hand:
-            q = torch.stack([torch.as_tensor(np.asarray(f.q), dtype=torch.float32).reshape(-1) for f in frames])
+            q = torch.stack([torch.as_tensor(np.asarray(f.q), dtype=torch.float32).reshape(-1)
+                             for f in frames]).to(self.device)
             if q.shape[1] != self.hand.num_joints:
                 raise ValueError(f"q must have {self.hand.num_joints} joints, got {q.shape[1]}")
             T_hand = torch.stack([torch.as_tensor(np.asarray(f.T_cam_hand), dtype=torch.float32).reshape(4, 4)
-                                  for f in frames])
+                                  for f in frames]).to(self.device)
             if not (torch.isfinite(q).all() and torch.isfinite(T_hand).all()):
                 raise ValueError("joint angles or camera->hand poses contain NaN or inf")
         # RoI per frame: union of the projected object at the initial pose and the observed mask
@@ -450,10 +456,10 @@ class Refiner:
         """Coarse search: candidate poses ``(N, B, 4, 4)`` sorted by low-resolution loss."""
         cfg = self.config
         B = T0.shape[0]
-        g = torch.Generator().manual_seed(cfg.seed)
-        d = torch.randn(n, 6, generator=g)
+        g = torch.Generator().manual_seed(cfg.seed)  # CPU draws: the same hypotheses on every device
+        d = torch.randn(n, 6, generator=g, device="cpu").to(self.device)
         # uniform in balls of the given radii (first = no change)
-        radius = torch.rand(n, 2, generator=g) ** (1 / 3)
+        radius = torch.rand(n, 2, generator=g, device="cpu").to(self.device) ** (1 / 3)
         rv = d[:, 3:] / d[:, 3:].norm(dim=-1, keepdim=True) * cfg.hypothesis_rotation * radius[:, :1]
         tv = d[:, :3] / d[:, :3].norm(dim=-1, keepdim=True) * cfg.hypothesis_translation * radius[:, 1:]
         deltas = torch.cat([tv, rv], -1)
@@ -607,18 +613,33 @@ class Refiner:
             weights: override of the refiner's weights.
             num_hypotheses: override of ``config.num_hypotheses`` (0 = no coarse search).
         Returns:
-            :class:`RefineResult`.
+            :class:`RefineResult`, its tensors on the CPU (the work runs on ``device``: tensors made
+            without a device inside are made on it).
         Raises:
             ValueError on an empty window, NaN poses, unknown term names, mismatched images.
         """
+        on_device = contextlib.nullcontext() if self.device.type == "cpu" else self.device
+        with on_device:
+            res = self._refine(frames, camera, T_cam_obj_init, max_iterations, terms, weights, num_hypotheses)
+        for name in ("T_cam_obj", "T_cam_obj_init", "T_cam_hand", "joint_offsets"):
+            value = getattr(res, name)
+            if value is not None:
+                setattr(res, name, value.cpu())
+        return res
+
+    def _refine(self, frames, camera, T_cam_obj_init, max_iterations=None, terms=None, weights=None,
+                num_hypotheses=None) -> RefineResult:
+        """:meth:`refine` on the current default device."""
         t_start = time.perf_counter()
         cfg = self.config
+        if self.device.type != "cpu":  # intrinsics on the device: the RoI maths mixes them with poses
+            camera = replace(camera, K=camera.K.to(self.device))
         frames = list(frames)
         if not frames:
             raise ValueError("refine needs at least one frame")
         B = len(frames)
         T0 = torch.as_tensor(np.asarray(T_cam_obj_init) if not torch.is_tensor(T_cam_obj_init) else T_cam_obj_init)
-        T0 = T0.detach().to(torch.float32)
+        T0 = T0.detach().to(self.device, torch.float32)
         if T0.shape == (4, 4):
             T0 = T0.expand(B, 4, 4).clone()
         if T0.shape != (B, 4, 4):
@@ -688,13 +709,13 @@ class Refiner:
                 gt = crop["object"] > 0.5
                 inter = (pred & gt).flatten(1).sum(1).float()
                 union = (pred | gt).flatten(1).sum(1).float()
-                iou = torch.where(union > 0, inter / union.clamp(min=1), torch.ones_like(union)).numpy()
+                iou = torch.where(union > 0, inter / union.clamp(min=1), torch.ones_like(union)).cpu().numpy()
             else:
                 iou = np.full(B, np.nan)
             if hand_pts_f is not None:
                 sdf, _ = signed_distance_world(self.sdf, hand_pts_f, T_fin)
-                pen = (max_penetration_depth(sdf) * 1000.0).numpy()
-                cc = contact_count(sdf).numpy()
+                pen = (max_penetration_depth(sdf) * 1000.0).cpu().numpy()
+                cc = contact_count(sdf).cpu().numpy()
             else:
                 pen, cc = np.zeros(B), np.zeros(B, dtype=np.int64)
         hess = (self._curvature(T_fin, crop, w, hand_mesh_f, hand_pts_f if physics_on else None)

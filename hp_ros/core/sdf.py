@@ -144,10 +144,12 @@ class MeshSDF:
 
     Attributes:
         vertices ``(V', 3)`` float32 and faces ``(F', 3)`` int64 tensors of the cleaned mesh,
-        bounds ``(2, 3)``, is_watertight, sign_method (``"normal"`` or ``"winding"``), flipped.
+        bounds ``(2, 3)``, is_watertight, sign_method (``"normal"`` or ``"winding"``), flipped;
+        device: the torch device of the queries, Warp's BVH and kernels on the same one (``device``
+        argument: ``cpu`` or ``cuda:N``, see :mod:`hp_ros.core.device`).
     """
 
-    def __init__(self, vertices, faces, sign: str = "auto", max_dist: float = 0.1):
+    def __init__(self, vertices, faces, sign: str = "auto", max_dist: float = 0.1, device="cpu"):
         import trimesh
 
         if sign not in ("auto", "normal", "winding"):
@@ -189,8 +191,11 @@ class MeshSDF:
         self.vertices = torch.tensor(np.array(tm.vertices), dtype=torch.float32)
         self.faces = torch.tensor(np.array(tm.faces), dtype=torch.int64)
         self.bounds = torch.tensor(np.array(tm.bounds), dtype=torch.float32)
-        self._wp_points = wp.array(self.vertices.numpy(), dtype=wp.vec3, device="cpu")
-        self._wp_indices = wp.array(self.faces.numpy().astype(np.int32).reshape(-1), dtype=wp.int32, device="cpu")
+        self.device = torch.device(device)
+        self._wp_device = "cpu" if self.device.type == "cpu" else f"cuda:{self.device.index or 0}"
+        self._wp_points = wp.array(self.vertices.numpy(), dtype=wp.vec3, device=self._wp_device)
+        self._wp_indices = wp.array(self.faces.numpy().astype(np.int32).reshape(-1), dtype=wp.int32,
+                                    device=self._wp_device)
         self._mesh = wp.Mesh(points=self._wp_points, indices=self._wp_indices,
                              support_winding_number=self.sign_method == "winding")
         self._lo = wp.vec3(*self.bounds[0].tolist())
@@ -202,13 +207,14 @@ class MeshSDF:
         return int(self.faces.shape[0])
 
     def _query_flat(self, points: torch.Tensor):
-        """points (M, 3) any float dtype, CPU -> sdf (M,), normals (M, 3) in the same dtype (no autograd)."""
-        p32 = points.detach().to(device="cpu", dtype=torch.float32).contiguous()
+        """points (M, 3) any float dtype, on ``device`` -> sdf (M,), normals (M, 3) in the same dtype
+        (no autograd)."""
+        p32 = points.detach().to(device=self.device, dtype=torch.float32).contiguous()
         m = p32.shape[0]
-        sdf = torch.empty(m, dtype=torch.float32)
-        normals = torch.empty(m, 3, dtype=torch.float32)
+        sdf = torch.empty(m, dtype=torch.float32, device=self.device)
+        normals = torch.empty(m, 3, dtype=torch.float32, device=self.device)
         if m > 0:
-            wp.launch(self._kernel, dim=m, device="cpu",
+            wp.launch(self._kernel, dim=m, device=self._wp_device,
                       inputs=[self._mesh.id, wp.from_torch(p32, dtype=wp.vec3), self.max_dist, self._lo, self._hi],
                       outputs=[wp.from_torch(sdf), wp.from_torch(normals, dtype=wp.vec3)])
         if points.dtype != torch.float32:
@@ -219,7 +225,7 @@ class MeshSDF:
         """Signed distance and outward unit normal (SDF gradient) of points in the mesh frame.
 
         Args:
-            points: ``(N, 3)`` or ``(B, N, 3)`` (any leading batch dims), metres, CPU.
+            points: ``(N, 3)`` or ``(B, N, 3)`` (any leading batch dims), metres, on ``device``.
         Returns:
             ``sdf`` ``(...)`` (negative inside) differentiable w.r.t. ``points``,
             ``normals`` ``(..., 3)`` (not differentiable).
@@ -227,8 +233,8 @@ class MeshSDF:
         if not torch.is_tensor(points) or points.shape[-1:] != (3,) or not points.is_floating_point():
             raise ValueError(f"points must be a float tensor of shape (..., 3), got "
                              f"{getattr(points, 'shape', type(points))}")
-        if points.device.type != "cpu":
-            raise ValueError("MeshSDF runs Warp on the CPU; pass CPU tensors")
+        if points.device != self.device:
+            raise ValueError(f"MeshSDF runs Warp on {self.device}; pass tensors on it (got {points.device})")
         lead = points.shape[:-1]
         sdf, normals = _SDFFunction.apply(points.reshape(-1, 3), self)
         return sdf.reshape(lead), normals.reshape(*lead, 3)

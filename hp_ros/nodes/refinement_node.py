@@ -51,6 +51,7 @@ from rclpy.node import Node
 from sensor_msgs.msg import CameraInfo, Image, JointState
 
 from hp_ros import graph
+from hp_ros.core.device import device_error, resolve_device
 from hp_ros.core.refine import TERM_NAMES
 from hp_ros.io import msgs, validate
 from hp_ros.nodes.deferred import DeferredReader
@@ -98,6 +99,8 @@ OWN_PARAMS = {
                                 length_in(6)),
     "publish_refined_pose": Param(True, "publish every successful result on /hp_ros/refined_pose"),
     "diagnostics_period": Param(1.0, "period [s] of the /diagnostics status", positive),
+    "device": Param("cpu", "torch and Warp device of the refinement: cpu or cuda[:N] (CUDA asked for but not "
+                           "usable here: one error in the log, then the CPU)", device_error),
 }
 
 
@@ -158,7 +161,11 @@ class RefinementNode(GuardedNode):
                            early_stop_patience=int(p["early_stop_patience"]),
                            optimize_camera_hand=bool(p["optimize_camera_hand"]),
                            optimize_joint_offsets=bool(p["optimize_joint_offsets"]))
-        self.refiner = Refiner(self.obj, self.hand, cfg)
+        self.device = resolve_device(p["device"])
+        if self.device.fallback:
+            self.get_logger().error(f"device {p['device']!r} is not usable here ({self.device.fallback}): "
+                                    f"refining on the CPU")
+        self.refiner = Refiner(self.obj, self.hand, cfg, device=self.device.torch)
         self.errors = self.problems  # refused input, counted in /diagnostics (guard.ProblemLog)
         self.stamps = stamp_detector(p)  # each stream's stamps against its own recent ones
         self._serving = threading.Lock()  # one refinement at a time; others are answered "busy"
@@ -203,7 +210,8 @@ class RefinementNode(GuardedNode):
         self.create_service(RefinePose, graph.SERVICES["refine_pose"], self.on_refine, callback_group=service,
                             qos_profile=SERVICE_QOS)
         self.get_logger().info(f"refinement service on {graph.SERVICES['refine_pose']} "
-                               f"(buffer {p['buffer_size']} frames, {p['max_iterations']} iterations)")
+                               f"(buffer {p['buffer_size']} frames, {p['max_iterations']} iterations, "
+                               f"device {self.device.torch})")
 
     # ------------------------------------------------------------------ buffering
     def _slot(self, stamp: int) -> dict:

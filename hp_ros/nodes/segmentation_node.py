@@ -21,6 +21,7 @@ from rclpy.node import Node
 from rclpy.qos import QoSProfile
 from sensor_msgs.msg import CameraInfo, Image, JointState
 
+from hp_ros.core.device import device_error, resolve_device
 from hp_ros.core.observation import FingertipObservation
 from hp_ros.graph import CAMERA_TOPICS, JOINT_STATES, TOPICS
 from hp_ros.io import msgs
@@ -112,6 +113,9 @@ SEG_PARAMS = {
                                   non_negative),
     "model_scale": Param(0.5, "model backend: working resolution factor (0-1]", positive),
     "model_dilate_px": Param(2, "model backend: silhouette growth (pixels)", non_negative),
+    "model_device": Param("cpu", "model backend: torch and Warp device of the fit's signed-distance grid and "
+                                 "silhouette render: cpu or cuda[:N] (CUDA asked for but not usable here: one "
+                                 "error in the log, then the CPU)", device_error),
     "prior_max_age": Param(0.5, "model backend: a tracker pose more than this (s) from the image stamp is not "
                            "used as the prior", positive),
     "image_queue_depth": Param(5, "reader queue of the colour / depth streams (keep-last): a node that falls behind "
@@ -175,7 +179,8 @@ class SegmentationNode(GuardedNode):
             marker_window_px=p["marker_window_px"], marker_hue_tolerance=p["marker_hue_tolerance"],
             model_margin=p["model_margin"], model_max_margin=p["model_max_margin"],
             model_tolerance=p["model_tolerance"], model_icp_iterations=p["model_icp_iterations"],
-            model_scale=p["model_scale"], model_dilate_px=p["model_dilate_px"])
+            model_scale=p["model_scale"], model_dilate_px=p["model_dilate_px"],
+            model_device=self._model_device(p["model_device"]))
         # the object model feeds the colour model (color_model: object), the size check and the
         # model backend
         self.uses_prior = "model" in p["object_backend"]
@@ -312,6 +317,17 @@ class SegmentationNode(GuardedNode):
         sigma = float(np.sqrt(max(0.0, float(np.max(np.diag(cov)[:3])))))
         with self._cv:
             self.priors.append((msgs.header_stamp_ns(msg), T, sigma))
+
+    def _model_device(self, spec: str) -> str:
+        """The model backend's torch/Warp device: ``spec``, or the CPU (one error logged) when it asks
+        for CUDA that is not usable here; the CPU when the model backend is not used."""
+        if "model" not in self.p["object_backend"]:
+            return "cpu"
+        choice = resolve_device(spec)
+        if choice.fallback:
+            self.get_logger().error(f"model_device {spec!r} is not usable here ({choice.fallback}): the model "
+                                    f"backend fits on the CPU")
+        return str(choice.torch)
 
     def _prior_for(self, stamp_ns):
         """The newest tracker pose at or before ``stamp_ns`` within ``prior_max_age`` -> (T, sigma) or None."""

@@ -166,17 +166,21 @@ def _wait(predicate, timeout: float, what: str, procs=()):
 def run_pipeline(out_dir: Path, object_spec: str = "builtin:cracker_box", duration: float = 8.0, seed: int = 0,
                  rate: float = 1.0, startup_timeout: float = 90.0, log=print,
                  initial_offset: tuple = (0.01, 5.0), object_backend: str | None = None,
-                 transport: str = "shm", single_process: bool = False, during_replay=None,
-                 node_params: dict | None = None) -> dict:
+                 transport: str = "loopback", single_process: bool = False, during_replay=None,
+                 node_params: dict | None = None, place=None) -> dict:
     """Synthetic bag -> node graph -> replay -> collected estimates -> metrics dict.
 
     ``initial_offset``: (metres, degrees) between the tracker's initial pose and the first
     frame's ground truth; ``object_backend``: the segmentation node's object backend (None =
-    the params file's); ``transport``: ``shm`` (the package's Fast DDS profile: shared memory +
-    UDP on 127.0.0.1) or ``udp`` (rmw default); ``single_process``: the three nodes in one
+    the params file's); ``transport``: ``loopback`` (config/fastdds_loopback_shm.xml: shared
+    memory + UDP on 127.0.0.1; the launch file's lab default ``shm_udp`` is not for this machine's
+    runs) or ``udp`` (rmw default, still under ROS_AUTOMATIC_DISCOVERY_RANGE=LOCALHOST); ``single_process``: the three nodes in one
     process (``hp_ros.nodes.graph_process``) or one each (the default); ``during_replay(seconds, collector)``:
     called every 0.2 s of the replay (tests inject bad input through ``collector.node``);
-    ``node_params``: extra parameters for every node (``{"pairing_timeout": 0.0}``). Every process gets loopback-only DDS and one domain id for the run;
+    ``node_params``: extra parameters for every node (``{"pairing_timeout": 0.0}``);
+    ``place(name, argv, env) -> (argv, env)``: where each process runs (name: a node's, ``replay``,
+    or ``listener`` for this process, whose argv is ignored), e.g. on a simulated host
+    (``hp_ros.veth_hosts``); default: here, unchanged. Every process gets loopback-only DDS and one domain id for the run;
     the node logs stay in ``out_dir/logs`` (the result's ``logs`` entry).
     """
     import os
@@ -197,10 +201,13 @@ def run_pipeline(out_dir: Path, object_spec: str = "builtin:cracker_box", durati
 
     env = loopback_env(domain_id=int(os.environ.get("ROS_DOMAIN_ID", pick_domain_id())),
                        base={**os.environ, "HP_ROS_DDS_TRANSPORT": transport})
+    place = place or (lambda name, argv, e: (argv, e))
+    listener_env = place("listener", [], env)[1]
     for k in ("ROS_DOMAIN_ID", "ROS_AUTOMATIC_DISCOVERY_RANGE", "ROS_LOCALHOST_ONLY", "RMW_IMPLEMENTATION",
-              "FASTDDS_DEFAULT_PROFILES_FILE", "FASTRTPS_DEFAULT_PROFILES_FILE", "HP_ROS_DDS_TRANSPORT"):
-        if k in env:  # this process's listener joins the graph with the same transports
-            os.environ[k] = env[k]
+              "FASTDDS_DEFAULT_PROFILES_FILE", "FASTRTPS_DEFAULT_PROFILES_FILE", "HP_ROS_DDS_TRANSPORT",
+              "ROS_STATIC_PEERS"):
+        if k in listener_env:  # this process's listener joins the graph with the same transports
+            os.environ[k] = listener_env[k]
         else:
             os.environ.pop(k, None)
     launch_args = {"object_mesh": object_spec, "single_process": str(single_process).lower()}
@@ -215,7 +222,8 @@ def run_pipeline(out_dir: Path, object_spec: str = "builtin:cracker_box", durati
                 cmd += ["-p", f"{k}:={v}"]
             if name in ("segmentation_node", "graph_process") and object_backend:
                 cmd += ["-p", f"object_backend:={object_backend}"]
-            procs.append(NodeProcess(cmd, log_dir=logs, env=env, name=name))
+            cmd, node_env = place(name, cmd, env)
+            procs.append(NodeProcess(cmd, log_dir=logs, env=node_env, name=name))
         collector = Collector(object_frame="object", camera_frame=graph.CAMERA_FRAME)
         _wait(lambda: collector.count(graph.TOPICS["object_pose"], "publishers") >= 1
               and collector.count(graph.CAMERA_TOPICS["color_image"]) >= 1
@@ -232,9 +240,9 @@ def run_pipeline(out_dir: Path, object_spec: str = "builtin:cracker_box", durati
             readers = len({t for spec in graph.NODES for t in spec.subscribes if t in inputs and t != "/tf_static"}) \
                 + sum(1 for spec in graph.NODES if "/tf_static" in spec.subscribes)
         readers += 1  # this listener's colour camera_info
-        replay = NodeProcess([sys.executable, "-m", "hp_ros.tools.replay", str(bag), "--rate", str(rate),
-                              "--topics", *inputs, "--wait-subscribers", str(readers), "--quiet"],
-                             log_dir=logs, env=env, name="replay")
+        cmd, replay_env = place("replay", [sys.executable, "-m", "hp_ros.tools.replay", str(bag), "--rate", str(rate),
+                                           "--topics", *inputs, "--wait-subscribers", str(readers), "--quiet"], env)
+        replay = NodeProcess(cmd, log_dir=logs, env=replay_env, name="replay")
         t_start = time.monotonic()
         rss = []  # (seconds into the replay, {process: resident MB}) every 0.2 s
         cpu0 = {p.name: _cpu_seconds(p.proc.pid) for p in [*procs, replay]}
@@ -394,7 +402,8 @@ def run(args) -> int:
     out = Path(args.out) if args.out else Path("reports") / time.strftime("demo-%Y%m%d-%H%M%S")
     t0 = time.monotonic()
     result = run_pipeline(out, args.object, args.duration, args.seed, args.rate, args.startup_timeout,
-                          object_backend=args.object_backend, single_process=args.single_process)
+                          object_backend=args.object_backend, single_process=args.single_process,
+                          transport="loopback")  # one machine: DDS on loopback (the launch default reaches the LAN)
     write_report(result, out)
     with open(out / "metrics.json") as f:
         merged = json.load(f)

@@ -61,6 +61,7 @@ class FrameTrackerConfig:
     min_confidence: float = 0.3         # observations (centre, each fingertip) below are ignored
     pairing_timeout: float = 0.001      # [s] latency budget of a frame (see the module doc)
     reprocess_window: float = 1.0       # [s] late observations up to this old are applied (0: dropped)
+    late_wait: float = 0.02             # [s] longest wait of a late observation for the other kinds of its frame
     max_joint_gap: float = 0.1          # [s] farthest joint state from a frame's stamp
     publish_on_joint_states: bool = False  # also a predicted pose at the newest joint state
     joint_capacity: int = 400           # joint vectors held (re-initialisation at an old stamp needs them)
@@ -129,6 +130,7 @@ class FrameTracker:
         self.last_joint_time = -math.inf
         self.history: list = []      # processed frames of the last reprocess_window
         self.late_obs: dict = {}     # stamp -> {kind: observation} of processed frames, not applied yet
+        self.late_since: Optional[float] = None  # arrival of the oldest of them
         self.counts = {"frames": 0, "predicted": 0, "late": 0, "reprocessed": 0, "resets": 0,
                        "updates_accepted": 0, "updates_rejected": 0}
 
@@ -185,6 +187,8 @@ class FrameTracker:
             # applied by the next process(): the observations of a frame then cost one reprocess
             # pass instead of one each, and a backlog one pass instead of one per frame
             self.late_obs.setdefault(stamp, {})[kind] = obs
+            self.kinds_seen[kind] = now
+            self.late_since = now if self.late_since is None else self.late_since
             return
         self.kinds_seen[kind] = now
         self.frames.setdefault(stamp, {"t_first": now})[kind] = obs
@@ -213,6 +217,7 @@ class FrameTracker:
         self.frames.clear()
         self.history.clear()
         self.late_obs.clear()
+        self.late_since = None
         self.newest_obs.clear()
         self.last_stamp = None
         self.last_q = None
@@ -223,7 +228,7 @@ class FrameTracker:
     def process(self, now: float) -> list:
         """Apply late observations, then process the frames that are ready, in stamp order; their
         :class:`FrameResult` s (a frame skipped for want of calibration or joint states has none)."""
-        if self.late_obs:
+        if self.late_obs and self._late_ready(now):
             self._reprocess_late()
         if self.T_cam_hand is None:
             # the calibration (/tf_static) can come a second after the first frames: keep them
@@ -246,6 +251,8 @@ class FrameTracker:
             timed_out = now - frame["t_first"] >= self.cfg.pairing_timeout and (joints_ready or joints_stalled)
             if not ((joints_ready and complete) or timed_out):
                 break  # keep the frames in order
+            if self.late_obs:  # a new frame includes every observation that came before it
+                self._reprocess_late()
             out += self._frame(s, self.frames.pop(s))
         if self.cfg.publish_on_joint_states and newest is not None and self.ekf is not None \
                 and self.ekf.initialized and self.last_stamp is not None and newest[0] > self.last_stamp:
@@ -340,11 +347,11 @@ class FrameTracker:
         self.ekf.predict(q, max((stamp - self.last_stamp) * 1e-9, 0.0))
         self.last_stamp, self.last_q = stamp, q
 
-    def _apply_observations(self, stamp: int, obs: dict, count: bool) -> tuple[dict, object]:
+    def _apply_observations(self, stamp: int, obs: dict, count: bool, project: bool = True) -> tuple[dict, object]:
         """The frame's updates in their order: depth-fit pose, centre (without an accepted fit: the
-        same depth pixels), fingertips; then the penetration projection. Returns ``({kind:
-        UpdateResult}, ProjectionResult or None)``; a depth fit refused for low confidence is no
-        observation and is left out."""
+        same depth pixels), fingertips; then the penetration projection (``project``: an output
+        step, only for a pose that is published). Returns ``({kind: UpdateResult}, ProjectionResult
+        or None)``; a depth fit refused for low confidence is no observation and is left out."""
         ekf, cfg = self.ekf, self.cfg
         updates = {}
         o: Optional[ObjectObservation] = obs.get("object")
@@ -365,15 +372,22 @@ class FrameTracker:
                 self.warn("tip_name", f"unknown fingertip name {name!r} ignored")
             if np.any(np.all(np.isfinite(uv), axis=1)):
                 updates["fingertips"] = ekf.update_fingertips_2d(uv)
-        projection = ekf.project_out_of_penetration() if cfg.project_penetration else None
+        projection = ekf.project_out_of_penetration() if cfg.project_penetration and project else None
         if count:
             for r in updates.values():
                 self.counts["updates_accepted" if r.accepted else "updates_rejected"] += 1
         return updates, projection
 
+    def _late_ready(self, now: float) -> bool:
+        """Late observations go in once every frame they belong to has each kind seen in the last
+        second (the segmentation publishes a frame's fingertips and object observation one after
+        the other: one reprocess pass for both, not one each), or after ``late_wait``."""
+        expected = {k for k, t in self.kinds_seen.items() if now - t < 1.0}
+        return now - self.late_since >= self.cfg.late_wait or all(expected <= o.keys() for o in self.late_obs.values())
+
     def _reprocess_late(self) -> None:
         """Apply ``late_obs``: return to the oldest frame they belong to and re-run from there."""
-        late, self.late_obs = self.late_obs, {}
+        late, self.late_obs, self.late_since = self.late_obs, {}, None
         idx = None
         for stamp, obs in sorted(late.items()):
             i = next((i for i, r in enumerate(self.history) if r["stamp"] == stamp), None)
@@ -394,7 +408,8 @@ class FrameTracker:
             else:
                 self.ekf.restore(rec["snap"])
                 self.last_stamp, self.last_q = rec["stamp"], rec["q"]
-            self._apply_observations(rec["stamp"], rec["obs"], count=rec["stamp"] in late)
+            # no projection: the frames re-run here were published already (the next one projects)
+            self._apply_observations(rec["stamp"], rec["obs"], count=rec["stamp"] in late, project=False)
         self.last_stamp, self.last_q = last_stamp, last_q
         self.counts["reprocessed"] += 1
         self._transition(state_before, self.history[idx]["stamp"], self.ekf.message)

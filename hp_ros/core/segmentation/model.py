@@ -102,10 +102,10 @@ def icp_pose_covariance(J: np.ndarray, r: np.ndarray, huber: np.ndarray, n1: int
     return (C + C.T) / 2, sigma
 
 
-def _sdf_grid(obj, pad: float, grid_size: int):
+def _sdf_grid(obj, pad: float, grid_size: int, device: str = "cpu"):
     """``(lo (3,), voxel, sdf (nx, ny, nz) float32, vertices (V, 3), faces (F, 3) long tensor)``
     of an object model's signed distance (:class:`hp_ros.core.sdf.MeshSDF`, negative inside)
-    sampled on a grid over its bounding box grown by ``pad``; cached per model."""
+    sampled on a grid over its bounding box grown by ``pad`` (Warp on ``device``); cached per model."""
     global _SDF_GRIDS
     import warnings
     import weakref
@@ -117,18 +117,18 @@ def _sdf_grid(obj, pad: float, grid_size: int):
     if _SDF_GRIDS is None:
         _SDF_GRIDS = weakref.WeakKeyDictionary()
     per_obj = _SDF_GRIDS.setdefault(obj, {})
-    key = (round(float(pad), 6), int(grid_size), int(obj.faces.shape[0]))
+    key = (round(float(pad), 6), int(grid_size), int(obj.faces.shape[0]), str(device))
     if key not in per_obj:
         with warnings.catch_warnings():  # open meshes fall back to the winding-number sign: fine here
             warnings.simplefilter("ignore", UserWarning)
-            sdf = MeshSDF(obj.vertices, obj.faces, max_dist=pad * 1.5)
+            sdf = MeshSDF(obj.vertices, obj.faces, max_dist=pad * 1.5, device=device)
         verts = sdf.vertices.numpy().astype(np.float64)
         lo, hi = verts.min(0) - pad, verts.max(0) + pad
         voxel = float((hi - lo).max() / (int(grid_size) - 1))
         n = np.ceil((hi - lo) / voxel).astype(int) + 1
         g = np.stack(np.meshgrid(*[lo[i] + voxel * np.arange(n[i]) for i in range(3)], indexing="ij"), -1)
         with torch.no_grad():
-            d = sdf.query(torch.from_numpy(g.reshape(-1, 3)).float())[0].numpy().reshape(tuple(n))
+            d = sdf.query(torch.from_numpy(g.reshape(-1, 3)).float().to(sdf.device))[0].cpu().numpy().reshape(tuple(n))
         per_obj[key] = (lo, voxel, np.ascontiguousarray(d, dtype=np.float32), verts, sdf.faces)
     return per_obj[key]
 
@@ -171,12 +171,15 @@ class ModelObjectMasker:
         margin, tolerance, max_margin: metres (see above); ``iterations``; ``scale`` in (0, 1];
         dilate_px: silhouette growth absorbing the remaining pose error (px);
         max_points: measured points kept for the refinement (evenly spaced subset);
-        n_samples: model surface samples.
+        n_samples: model surface samples;
+        device: torch + Warp device of the signed-distance grid's construction and of the silhouette
+            render (``cpu`` or ``cuda:N``; the ICP itself is numpy).
     """
 
     def __init__(self, obj, K, width: int, height: int, margin: float = 0.02, tolerance: float = 0.006,
                  iterations: int = 8, scale: float = 0.5, dilate_px: int = 2, max_margin: float = 0.04,
-                 max_points: int = 1200, n_samples: int = 1500, grid_size: int = 56, min_points: int = 30):
+                 max_points: int = 1200, n_samples: int = 1500, grid_size: int = 56, min_points: int = 30,
+                 device: str = "cpu"):
         _check_model_settings(margin, tolerance, max_margin, iterations, scale, dilate_px)
         self.K = _check_K(K)
         self.width, self.height = int(width), int(height)
@@ -186,9 +189,10 @@ class ModelObjectMasker:
         self.converged = (1e-4, 1e-4)   # ICP step (m, rad) below which a gate phase has converged
         self.wide_every = (3, 2)        # (measured point, model sample) strides before the final gate
         self._rx, self._ry = _ray_grid(self.K, self.width, self.height)
-        lo, voxel, sdf, verts, faces = _sdf_grid(obj, 1.2 * self.max_margin, grid_size)
+        self.device = str(device)
+        lo, voxel, sdf, verts, faces = _sdf_grid(obj, 1.2 * self.max_margin, grid_size, self.device)
         self._grid_lo, self._voxel, self._sdf = lo, voxel, sdf
-        self._verts, self._faces_t = verts, faces
+        self._verts, self._faces_t = verts, faces.to(self.device)
         self._box = np.stack([verts.min(0), verts.max(0)])
         self.center = self._box.mean(0)
         # signed distance and its gradient per grid node (4, nodes): a trilinear lookup is then
@@ -269,14 +273,14 @@ class ModelObjectMasker:
         zs = np.where(z > 1e-3, z, np.nan)
         u = ((K[0, 0] * p[:, 0] + K[0, 1] * p[:, 1]) / zs + K[0, 2] - x0 + 0.5) * scale - 0.5
         v = (K[1, 1] * p[:, 1] / zs + K[1, 2] - y0 + 0.5) * scale - 0.5
-        uv = torch.from_numpy(np.nan_to_num(np.stack([u, v], -1), nan=-1e6)).float()
+        uv = torch.from_numpy(np.nan_to_num(np.stack([u, v], -1), nan=-1e6)).float().to(self.device)
         fu = uv[self._faces_t]
         area2 = (fu[:, 1, 0] - fu[:, 0, 0]) * (fu[:, 2, 1] - fu[:, 0, 1]) \
             - (fu[:, 2, 0] - fu[:, 0, 0]) * (fu[:, 1, 1] - fu[:, 0, 1])
         front = self._faces_t[area2 < 0]   # camera-facing faces (outward winding)
         size = (max(int(np.ceil((y1 - y0) * scale)), 1), max(int(np.ceil((x1 - x0) * scale)), 1))
-        fr = rasterize(uv[None], torch.from_numpy(z).float()[None], front, size, near=1e-3)
-        return fr.zbuf[0].numpy().astype(np.float32)
+        fr = rasterize(uv[None], torch.from_numpy(z).float().to(self.device)[None], front, size, near=1e-3)
+        return fr.zbuf[0].cpu().numpy().astype(np.float32)
 
     def _visible_samples(self, T: np.ndarray, depth_m: np.ndarray, exclude: Optional[np.ndarray], every: int = 1):
         """Camera-facing model samples (every ``every``-th) at pose ``T`` that project into the
@@ -523,7 +527,7 @@ class ModelBackend(ObjectBackend):
         self.masker = ModelObjectMasker(
             setup.object_model, setup.K, setup.width, setup.height, margin=cfg.model_margin,
             tolerance=cfg.model_tolerance, iterations=int(cfg.model_icp_iterations), scale=cfg.model_scale,
-            dilate_px=int(cfg.model_dilate_px), max_margin=cfg.model_max_margin)
+            dilate_px=int(cfg.model_dilate_px), max_margin=cfg.model_max_margin, device=cfg.model_device)
         self.hand_margin_px = cfg.hand_margin_px
         self._fit: Optional[ModelFit] = None   # this frame's fit, from locate() to object_mask()
 

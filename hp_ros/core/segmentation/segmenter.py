@@ -80,6 +80,7 @@ class SegmenterConfig:
     model_icp_iterations: int = 8            # robust ICP steps per frame (0 = coarse search only)
     model_scale: float = 0.5                 # working resolution of the fit and the rendered silhouette
     model_dilate_px: int = 2                 # silhouette growth absorbing the remaining pose error
+    model_device: str = "cpu"                # torch + Warp device of the fit's SDF grid and silhouette render
 
 
 @dataclass

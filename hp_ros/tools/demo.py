@@ -32,8 +32,8 @@ def add_arguments(parser):
     parser.add_argument("--rate", type=float, default=1.0, help="replay rate factor (default 1.0)")
     parser.add_argument("--startup-timeout", type=float, default=90.0, help="seconds to wait for the nodes")
     parser.add_argument("--object-backend", default=None,
-                        help="segmentation object backend (default: the params file's, color|depth); e.g. model "
-                             "(the tracker's pose refined against depth) or model|depth")
+                        help="segmentation object backend (default: the params file's, model with the "
+                             "color|depth fallback); e.g. 'color|depth' (no depth fit: the earlier default)")
     parser.add_argument("--single-process", action="store_true",
                         help="run the three nodes in one process (the launch file's single_process:=true; "
                              "default: one process per node)")

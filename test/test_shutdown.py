@@ -166,15 +166,19 @@ def test_refinement_node_exits_during_a_request(ros_node, start_process, frame, 
     # the 1 buffered frame once it is there
     probe = RefinePose.Request(window_length=2, use_initial_pose=False)
     message = ""
-    for _ in range(6):  # the same stamp again is idempotent (discovery may lose the first samples)
+    # the same stamp again is idempotent: discovery may lose the first samples (and the previous
+    # test's node can still count as a subscriber while this one's readers are not matched yet)
+    for _ in range(20):
         info_pub.publish(M.make_camera_info(K, width, height, CameraInfo, stamp_ns=stamp))
         image_pub.publish(M.numpy_to_image(rgb, "rgb8", stamp, graph.CAMERA_FRAME, Image))
         mask_pub.publish(M.numpy_to_image(mask.astype(np.uint8) * 255, "mono8", stamp, graph.CAMERA_FRAME, Image))
+        spin_until(ros_node, lambda: False, 0.5)
         fut = client.call_async(probe)
         assert spin_until(ros_node, fut.done, 30), proc.log_text()
         message = fut.result().message
         if "1 buffered frames" in message:
             break
+        spin_until(ros_node, lambda: False, 1.0)
     assert "1 buffered frames" in message, (message, proc.log_text())
 
     T0 = perturb_pose(torch.tensor(T_gt, dtype=torch.float32), 0.015, math.radians(10),

@@ -92,6 +92,3 @@ class DeferredReader:
                 if got is None:
                     return out
                 out.append(got)
-
-    def get_publisher_count(self) -> int:
-        return self._sub.get_publisher_count() if self._sub is not None else 0

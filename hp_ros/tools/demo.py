@@ -366,6 +366,7 @@ def score(seq, collector, object_spec: str, t_replay: float) -> dict:
     result["tf_messages"] = len(collector.tf)
     result["segmentation_rate_hz"] = collector.observations / span if span > 0 else 0.0
     result["max_penetration_mm"] = _max_penetration_mm(seq, obj, est)
+    result["estimates"] = est  # {stamp_ns: (4, 4)} as published (not written to metrics.json)
     result["final_state"] = collector.status[-1][1] if collector.status else "none"
     result["diagnostics"] = dict(collector.diagnostics)
     # the tracker's state changes in order, e.g. ["INITIALIZING", "TRACKING", "LOST", "TRACKING"]

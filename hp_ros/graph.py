@@ -108,6 +108,8 @@ LAUNCH_ARGUMENTS = {
                                 "camera images received once, one GIL)"),
     "nodes": ("all", "the nodes this launch starts: all, or some of segmentation_node,tracking_node,"
                      "refinement_node (comma-separated): one host's share of a graph across machines"),
+    "rviz": ("false", "true: also start rviz2 with config/hp_ros.rviz (object mesh by tracking state, contacts, "
+                      "fingertips, covariance: /hp_ros/markers, built only while subscribed)"),
     "dds_transport": ("shm_udp", "Fast DDS transports of the nodes: shm_udp (config/fastdds_shm_udp.xml: shared "
                                  "memory between processes of one host + UDP on every interface, discovery as "
                                  "ROS_DOMAIN_ID, ROS_AUTOMATIC_DISCOVERY_RANGE and ROS_STATIC_PEERS say: a graph "

@@ -215,3 +215,22 @@ def test_outputs_build_nothing_while_nobody_subscribes(scene, subscribers, monke
         ns = lambda arr: {m.ns for m in arr.markers}  # noqa: E731
         assert {"object", "covariance", "contacts", "normals", "fingertips_fk"} <= ns(markers[0])
         assert "object" not in ns(markers[1])  # the mesh is not rebuilt per frame
+
+
+def test_launch_argument_rviz_starts_rviz_with_the_shipped_config(monkeypatch):
+    from pathlib import Path
+
+    import yaml
+    from test_dds_profiles import _run_launch_file
+
+    from hp_ros import graph
+
+    nodes = _run_launch_file(monkeypatch, {"rviz": "true"})
+    rviz = [n for n in nodes if n.get("executable") == "rviz2"]
+    assert len(rviz) == 1 and rviz[0]["arguments"][0] == "-d"
+    cfg = Path(rviz[0]["arguments"][1])
+    assert cfg.name == "hp_ros.rviz" and cfg.is_file()
+    displays = yaml.safe_load(cfg.read_text())["Visualization Manager"]["Displays"]
+    topics = {d.get("Topic", {}).get("Value") for d in displays}
+    assert {graph.TOPICS["markers"], graph.TOPICS["object_pose"]} <= topics
+    assert not [n for n in _run_launch_file(monkeypatch, {}) if n.get("executable") == "rviz2"]

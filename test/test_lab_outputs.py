@@ -234,3 +234,27 @@ def test_launch_argument_rviz_starts_rviz_with_the_shipped_config(monkeypatch):
     topics = {d.get("Topic", {}).get("Value") for d in displays}
     assert {graph.TOPICS["markers"], graph.TOPICS["object_pose"]} <= topics
     assert not [n for n in _run_launch_file(monkeypatch, {}) if n.get("executable") == "rviz2"]
+
+
+def test_overlay_pictures_draw_the_estimate_and_the_ground_truth(tmp_path):
+    import cv2
+
+    from hp_ros.core import synth
+    from hp_ros.core.ekf import apply_delta_np
+    from hp_ros.core.objects import ObjectModel
+    from hp_ros.tools.overlay import silhouette, write_overlays
+
+    seq = synth.generate_sequence(synth.SynthConfig(duration_s=0.5, seed=0))
+    obj = ObjectModel.builtin("cracker_box")
+    v, f = obj.vertices.double().numpy(), obj.faces.numpy()
+    # the silhouette at the ground truth covers the generator's visible object mask (but its edge pixels)
+    m = silhouette(v, f, seq.T_cam_obj[3], seq.K, seq.rgb.shape[1:3])
+    assert (m & seq.object_mask[3]).sum() >= 0.95 * seq.object_mask[3].sum() and m.sum() < 1.5 * seq.object_mask[3].sum()
+    est = {int(s): apply_delta_np(T, np.r_[0.01, 0.0, 0.0, 0.0, 0.0, 0.0]) for s, T in zip(seq.frame_stamps_ns, seq.T_cam_obj)}
+    files = write_overlays(tmp_path / "overlays", lambda k: seq.rgb[k], seq.K, obj, seq.frame_stamps_ns,
+                           seq.T_cam_obj, est, 6)
+    frames = [p for p in files if p.parent.name == "overlays"]
+    assert len(frames) >= 4 and (tmp_path / "overlays.png").is_file()
+    img = cv2.cvtColor(cv2.imread(str(frames[0])), cv2.COLOR_BGR2RGB)
+    # both outlines are drawn: pure red (ground truth) and green (estimate) pixels
+    assert np.sum(np.all(img == (255, 40, 40), axis=-1)) > 100 and np.sum(np.all(img == (40, 220, 60), axis=-1)) > 100

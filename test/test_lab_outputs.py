@@ -196,9 +196,14 @@ def test_outputs_build_nothing_while_nobody_subscribes(scene, subscribers, monke
     calls = []
     original = ContactMapper.compute
     monkeypatch.setattr(ContactMapper, "compute", lambda self, *a, **kw: calls.append(1) or original(self, *a, **kw))
+    from hp_ros.nodes import lab_outputs
+
+    clock = [0.0]
+    monkeypatch.setattr(lab_outputs, "time", types.SimpleNamespace(monotonic=lambda: clock[0]))
     seq, k = scene.seq, scene.seq.num_frames - 1
     cov = np.diag([1e-6] * 3 + [1e-4] * 3)
-    for i in range(3):
+    for i in range(7):  # 25 frames per second: markers at most every 0.1 s -> at frames 0, 3, 6
+        clock[0] = 0.04 * i
         lab.publish(_result(seq.T_cam_obj[k], cov, stamp=int(seq.frame_stamps_ns[k]) + i, q=seq.q_frames_true[k],
                             T_ch=seq.T_cam_hand_true), posed=True, K=seq.K)
     sent = {t: len(pub.sent) for t, pub in node.pubs.items()}
@@ -207,8 +212,8 @@ def test_outputs_build_nothing_while_nobody_subscribes(scene, subscribers, monke
         assert lab.built == {"detections": 0, "contacts": 0, "markers": 0} and not calls
         assert sent[graph.TOPICS["detections"]] == sent[graph.TOPICS["contacts"]] == sent[graph.TOPICS["markers"]] == 0
     else:
-        assert lab.built == {"detections": 3, "contacts": 3, "markers": 3}
-        assert len(calls) == 3  # one contact map per frame, shared by /hp_ros/contacts and the markers
+        assert lab.built == {"detections": 7, "contacts": 7, "markers": 3}
+        assert len(calls) == 7  # one contact map per frame, shared by /hp_ros/contacts and the markers
         cm = node.pubs[graph.TOPICS["contacts"]].sent[-1]
         assert len(cm.contacts) >= 2 and cm.header.frame_id == p["camera_frame"]
         markers = node.pubs[graph.TOPICS["markers"]].sent

@@ -22,7 +22,7 @@ from hp_ros import graph
 from hp_ros.io import msgs
 from hp_ros.nodes.qos import OUTPUT_QOS
 
-__all__ = ["DetectionOutput", "make_detection_array", "object_box", "VISION_INFO_QOS"]
+__all__ = ["DetectionMessage", "DetectionOutput", "make_detection_array", "object_box", "set_pose", "VISION_INFO_QOS"]
 
 VISION_INFO_QOS = QoSProfile(depth=1, reliability=ReliabilityPolicy.RELIABLE, history=HistoryPolicy.KEEP_LAST,
                              durability=DurabilityPolicy.TRANSIENT_LOCAL)
@@ -36,25 +36,48 @@ def object_box(vertices: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return (lo + hi) / 2, hi - lo
 
 
+def set_pose(pose, T: np.ndarray, q: np.ndarray) -> None:
+    """Write ``T`` ``(4, 4)`` with its quaternion ``q`` ``(x, y, z, w)`` into a geometry_msgs/Pose in place."""
+    pose.position.x, pose.position.y, pose.position.z = float(T[0, 3]), float(T[1, 3]), float(T[2, 3])
+    pose.orientation.x, pose.orientation.y, pose.orientation.z, pose.orientation.w = (float(v) for v in q)
+
+
+class DetectionMessage:
+    """One ``Detection3DArray`` holding one detection, built once and updated per frame (building an
+    rclpy message from scratch costs ~0.4 ms in Python; updating its fields ~0.05 ms). ``types``: the
+    ``vision_msgs.msg`` module; ``box_center`` ``(3,)`` / ``box_size`` ``(3,)`` in the object frame."""
+
+    def __init__(self, types, frame_id: str, object_id: str, class_id: str, box_center, box_size):
+        self.box_center = np.asarray(box_center, dtype=np.float64)
+        hyp = types.ObjectHypothesisWithPose(hypothesis=types.ObjectHypothesis(class_id=class_id, score=0.0))
+        det = types.Detection3D(results=[hyp], id=object_id)
+        det.header.frame_id = frame_id
+        det.bbox.size.x, det.bbox.size.y, det.bbox.size.z = (float(v) for v in box_size)
+        self.msg = types.Detection3DArray(detections=[det])
+        self.msg.header.frame_id = frame_id
+        self._det, self._hyp, self._time = det, hyp, msgs.field_class(type(self.msg.header), "stamp")
+
+    def update(self, T_cam_obj: np.ndarray, covariance: np.ndarray, stamp_ns: int, score: float):
+        """The message for the object at ``T_cam_obj`` ``(4, 4)`` with ``covariance`` ``(6, 6)``."""
+        T = np.asarray(T_cam_obj, dtype=np.float64)
+        q = msgs._quat_xyzw(T)
+        stamp = msgs.ns_to_stamp(stamp_ns, self._time)
+        self.msg.header.stamp = self._det.header.stamp = stamp
+        self._hyp.hypothesis.score = float(score)
+        set_pose(self._hyp.pose.pose, T, q)
+        cov = np.asarray(covariance, dtype=np.float64)
+        self._hyp.pose.covariance = ((cov + cov.T) / 2).reshape(-1)
+        T_box = T.copy()
+        T_box[:3, 3] = T[:3, :3] @ self.box_center + T[:3, 3]
+        set_pose(self._det.bbox.center, T_box, q)
+        return self.msg
+
+
 def make_detection_array(types, T_cam_obj: np.ndarray, covariance: np.ndarray, stamp_ns: int, frame_id: str,
                          object_id: str, class_id: str, score: float, box_center: np.ndarray, box_size: np.ndarray):
-    """One ``Detection3DArray`` holding one detection of the object at ``T_cam_obj`` ``(4, 4)`` with
-    ``covariance`` ``(6, 6)``; ``types``: the ``vision_msgs.msg`` module (or any namespace with its
-    classes); ``box_center`` ``(3,)`` / ``box_size`` ``(3,)`` in the object frame."""
-    header = msgs.make_header(msgs.field_class(types.Detection3DArray, "header"), stamp_ns, frame_id)
-    pwc_cls = msgs.field_class(types.ObjectHypothesisWithPose, "pose")
-    cov = np.asarray(covariance, dtype=np.float64)
-    pwc = pwc_cls(pose=msgs.matrix_to_pose(T_cam_obj, msgs.field_class(pwc_cls, "pose")),
-                  covariance=((cov + cov.T) / 2).reshape(-1).copy())
-    hyp = types.ObjectHypothesisWithPose(hypothesis=types.ObjectHypothesis(class_id=class_id, score=float(score)),
-                                         pose=pwc)
-    T_box = np.array(T_cam_obj, dtype=np.float64)
-    T_box[:3, 3] = T_box[:3, :3] @ np.asarray(box_center, dtype=np.float64) + T_box[:3, 3]
-    size_cls = msgs.field_class(types.BoundingBox3D, "size")
-    box = types.BoundingBox3D(center=msgs.matrix_to_pose(T_box, msgs.field_class(types.BoundingBox3D, "center")),
-                              size=size_cls(x=float(box_size[0]), y=float(box_size[1]), z=float(box_size[2])))
-    det = types.Detection3D(header=header, results=[hyp], bbox=box, id=object_id)
-    return types.Detection3DArray(header=header, detections=[det])
+    """One new ``Detection3DArray`` (see :class:`DetectionMessage`)."""
+    return DetectionMessage(types, frame_id, object_id, class_id, box_center, box_size).update(
+        T_cam_obj, covariance, stamp_ns, score)
 
 
 class DetectionOutput:
@@ -72,6 +95,7 @@ class DetectionOutput:
                                       f"it): no {graph.TOPICS['detections']}")
             return
         self.types = types
+        self.message = DetectionMessage(types, camera_frame, object_frame, obj.name, self.box_center, self.box_size)
         self.pub = node.create_publisher(types.Detection3DArray, graph.TOPICS["detections"], OUTPUT_QOS)
         self.info_pub = node.create_publisher(types.VisionInfo, graph.TOPICS["vision_info"], VISION_INFO_QOS)
         info = types.VisionInfo(method=METHOD, database_location=str(database), database_version=0)
@@ -84,7 +108,6 @@ class DetectionOutput:
         nothing was built (no subscriber, no vision_msgs)."""
         if self.pub is None or r.T_cam_obj is None or self.pub.get_subscription_count() == 0:
             return False
-        self.pub.publish(make_detection_array(self.types, r.T_cam_obj, r.covariance, r.stamp, self.camera_frame,
-                                              self.object_id, self.class_id, r.score, self.box_center, self.box_size))
+        self.pub.publish(self.message.update(r.T_cam_obj, r.covariance, r.stamp, r.score))
         self.built += 1
         return True

@@ -1,8 +1,8 @@
 """What a lab subscribes to beside the pose: /hp_ros/detections (+ /hp_ros/vision_info),
 /hp_ros/contacts and /hp_ros/markers, for the tracking node (one call per processed frame).
 
-Each output works only while something subscribes to it; the contact map is computed once per
-frame when the contacts or the markers want it. ``built`` counts the messages each one made.
+Each output works only while something subscribes to it (the markers at most every 0.1 s); the
+contact map is computed once per frame when the contacts or the markers want it. ``built`` counts the messages each one made.
 """
 from __future__ import annotations
 
@@ -33,8 +33,9 @@ class LabOutputs:
         contacts follow the pose; the markers also show a LOST estimate, in red)."""
         if r.T_cam_obj is None:
             return
+        now = time.monotonic()
         want_contacts = posed and self.contacts.pub.get_subscription_count() > 0
-        want_markers = self.markers.subscribed
+        want_markers = self.markers.due(now)
         contacts = self.contacts.contacts(r) if (want_contacts or (want_markers and r.state == TrackState.TRACKING)) \
             else []
         if posed:
@@ -42,4 +43,4 @@ class LabOutputs:
             if want_contacts:
                 self.contacts.publish(r, contacts)
         if want_markers:
-            self.markers.publish(r, contacts, K, time.monotonic())
+            self.markers.publish(r, contacts, K, now)

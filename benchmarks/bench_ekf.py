@@ -43,7 +43,9 @@ its unobservable spin), ``add_mean_cm_depth``, ``adds_mean_cm_depth``,
 all 2,000 hand samples) and ``max_penetration_mm_gt`` (the same at the ground-truth poses: the
 generator's own), ``nees_mean_depth`` (pooled, of the published pose under the published
 covariance) with ``nees_band_depth``, ``nees_box_depth``, ``nees_can_depth``,
-``anees_in_band_fraction_depth``, ``update_ms_depth`` (thread CPU per frame: fingertips, depth
+``anees_in_band_fraction_depth``, ``contact_precision`` / ``contact_recall`` / ``contact_point_err_mm``
+(``contact_point_err_cam_mm``: the tracker's contact map at the published pose against the generator's
+contacts per frame and hand link, :func:`contact_figures`), ``update_ms_depth`` (thread CPU per frame: fingertips, depth
 pose, centre when no fit, projection; the fit itself is the segmentation's), ``frame_ms_depth``
 (3.3 predicts at 100 Hz + that update); and ``rot_err_mean_deg_both``, ``add_mean_cm_both``,
 ``max_penetration_mm_both`` for comparison. The depth fit's noise against ground truth (bias,

@@ -39,7 +39,7 @@ from scipy.special import gammainc
 from hp_ros.core.ekf.geometry import skew
 from hp_ros.core.ekf.track_policy import OBJECT_KINDS, TrackState
 
-__all__ = ["ConfidenceConfig", "TrackConfidence", "add_form", "displacement_probability"]
+__all__ = ["ConfidenceConfig", "TrackConfidence", "add_form", "displacement_probability", "point_moments"]
 
 
 @dataclass
@@ -49,16 +49,21 @@ class ConfidenceConfig:
     age_time: float = 10.0      # [s] time constant of the age factor
 
 
-def add_form(points: np.ndarray, R: np.ndarray, axis: Optional[np.ndarray] = None) -> np.ndarray:
-    """``D`` ``(6, 6)``: mean squared displacement of ``points`` ``(N, 3)`` (object frame) under a pose
-    error ``xi`` is ``xi^T D xi`` at the rotation ``R`` ``(3, 3)``; ``axis`` ``(3,)`` (object frame): a
-    symmetry axis whose rotation is left out."""
-    q = np.asarray(points, np.float64) @ R.T
-    qm = q.mean(0)
+def point_moments(points: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """``(mean (3,), S (3, 3))`` of object points ``(N, 3)``: ``S = mean(|p|^2 I - p p^T)``."""
+    p = np.asarray(points, np.float64)
+    return p.mean(0), np.mean((p * p).sum(1)) * np.eye(3) - p.T @ p / len(p)
+
+
+def add_form(points, R: np.ndarray, axis: Optional[np.ndarray] = None) -> np.ndarray:
+    """``D`` ``(6, 6)``: mean squared displacement of ``points`` ``(N, 3)`` (object frame; or their
+    :func:`point_moments`) under a pose error ``xi`` is ``xi^T D xi`` at the rotation ``R`` ``(3, 3)``;
+    ``axis`` ``(3,)`` (object frame): a symmetry axis whose rotation is left out."""
+    mean, S = points if isinstance(points, tuple) else point_moments(points)
     D = np.eye(6)
-    D[:3, 3:] = -skew(qm)
+    D[:3, 3:] = -skew(R @ mean)
     D[3:, :3] = D[:3, 3:].T
-    D[3:, 3:] = np.mean((q * q).sum(1)) * np.eye(3) - q.T @ q / len(q)
+    D[3:, 3:] = R @ S @ R.T
     if axis is not None:
         a = R @ np.asarray(axis, np.float64)
         J = np.eye(6)
@@ -88,7 +93,7 @@ class TrackConfidence:
 
     def __init__(self, points: np.ndarray, axis: Optional[np.ndarray] = None,
                  config: Optional[ConfidenceConfig] = None):
-        self.points = np.asarray(points, np.float64)
+        self.moments = point_moments(points)  # per frame only rotated: D in a few 3x3 products
         self.axis = axis
         self.cfg = config or ConfidenceConfig()
         self.reset()
@@ -134,6 +139,6 @@ class TrackConfidence:
         with ``covariance`` ``(6, 6)`` (module doc)."""
         if state != TrackState.TRACKING or covariance is None or T_cam_obj is None:
             return 0.0
-        D = add_form(self.points, np.asarray(T_cam_obj, np.float64)[:3, :3], self.axis)
+        D = add_form(self.moments, np.asarray(T_cam_obj, np.float64)[:3, :3], self.axis)
         p = displacement_probability(np.asarray(covariance) * max(self.nis_avg, 1.0), D, self.cfg.tolerance)
         return float(p * math.exp(-self.age(stamp) / self.cfg.age_time))

@@ -263,3 +263,34 @@ def test_overlay_pictures_draw_the_estimate_and_the_ground_truth(tmp_path):
     img = cv2.cvtColor(cv2.imread(str(frames[0])), cv2.COLOR_BGR2RGB)
     # both outlines are drawn: pure red (ground truth) and green (estimate) pixels
     assert np.sum(np.all(img == (255, 40, 40), axis=-1)) > 100 and np.sum(np.all(img == (40, 220, 60), axis=-1)) > 100
+
+
+def test_marker_rays_of_the_observed_fingertips_pass_through_the_fk_tips(scene):
+    """Observed fingertip pixels become rays from the camera; at the true joints and calibration
+    the FK fingertips lie on them."""
+    from hp_ros import graph
+    from hp_ros.core.observation import FingertipObservation
+    from hp_ros.nodes.lab_outputs import LabOutputs
+    from hp_ros.nodes.params import COMMON_PARAMS
+    from hp_ros.nodes.tracking_params import OWN_PARAMS
+
+    pytest.importorskip("visualization_msgs.msg")
+    seq, k = scene.seq, 5
+    p = {name: v.default for name, v in {**COMMON_PARAMS, **OWN_PARAMS}.items()}
+    node = _Node(1)
+    lab = LabOutputs(node, scene.hand, scene.obj, scene.sdf, p)
+    r = _result(seq.T_cam_obj[k], np.diag([1e-6] * 3 + [1e-4] * 3), q=seq.q_frames_true[k], T_ch=seq.T_cam_hand_true)
+    r.observations = {"fingertips": FingertipObservation(tuple(scene.hand.fingertip_links), seq.fingertips_px_true[k],
+                                                         np.ones(4))}
+    lab.publish(r, posed=True, K=seq.K)
+    markers = {m.ns: m for m in node.pubs[graph.TOPICS["markers"]].sent[-1].markers}
+    fk, rays = markers["fingertips_fk"], markers["fingertips_observed"]
+    assert len(fk.points) == 4 and len(rays.points) == 8
+    for i, tip in enumerate(fk.points):
+        end = np.array([rays.points[2 * i + 1].x, rays.points[2 * i + 1].y, rays.points[2 * i + 1].z])
+        t = np.array([tip.x, tip.y, tip.z])
+        assert np.linalg.norm(np.cross(end / np.linalg.norm(end), t)) < 1e-6 and np.linalg.norm(end) > np.linalg.norm(t)
+    # the ellipsoid: centred on the object, 95 % radii of the position covariance (1 mm sigma)
+    ell = markers["covariance"]
+    assert ell.pose.position.z == pytest.approx(seq.T_cam_obj[k][2, 3])
+    assert ell.scale.x == pytest.approx(2 * math.sqrt(7.815) * 1e-3, rel=1e-3)

@@ -37,6 +37,8 @@ class EKFConfig:
     free_rot_random_walk: float = 0.01     # rad / sqrt(s)   object rests; 5 mm / 20 mrad was 3-50x too much)
     calib_pos_random_walk: float = 0.0002  # m / sqrt(s)
     calib_rot_random_walk: float = 0.0005  # rad / sqrt(s)
+    base_pos_random_walk: float = 0.003    # m / sqrt(m the hand base moved), moving base (/tf), hand_base.py
+    base_rot_random_walk: float = 0.01     # rad / sqrt(rad it turned)
     # initial uncertainty
     init_pos_sigma: float = 0.01
     init_rot_sigma: float = 0.05

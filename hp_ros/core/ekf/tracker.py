@@ -109,6 +109,13 @@ class EKFTracker:
         if T_co is not None:
             self.T_ho = np.linalg.inv(self.T_ch) @ T_co
 
+    def set_hand_base(self, T_cam_hand) -> bool:
+        """The published camera->hand transform moved (an arm, ``/tf``): the object moves with the hand
+        (:func:`hp_ros.core.ekf.hand_base.move_hand_base`). False when it did not change."""
+        from hp_ros.core.ekf.hand_base import move_hand_base
+
+        return move_hand_base(self, self._check_pose(T_cam_hand, "T_cam_hand"))
+
     def reset(self) -> None:
         """Forget the estimate (state INITIALIZING)."""
         self.state = TrackState.INITIALIZING
@@ -134,7 +141,7 @@ class EKFTracker:
         self._published = None        # (T_ho, T_ch, T_cam_obj) of the last projection, see T_cam_obj_published
 
     # what predict/update/initialize change: a snapshot of these is the whole filter state
-    _DYNAMIC = ("state", "message", "T_ch", "T_ho", "P", "_q_prev", "_T_links", "_velocity", "center_consider_cov",
+    _DYNAMIC = ("state", "message", "T_cam_hand_pub", "T_ch", "T_ho", "P", "_q_prev", "_T_links", "_velocity", "center_consider_cov",
                 "center_bias", "depth_bias", "center_spread", "_offset_jac", "_mask", "_mask_age", "rejections", "contact_count",
                 "last_motion", "last_nis", "last_gate", "_published")
 

@@ -127,12 +127,20 @@ def sequence_baselines(seq, T0: np.ndarray, hand, model_points: np.ndarray) -> d
     return baseline_poses(T0, seq.num_frames, hand, q, seq.cam_hand_frames(published=True), model_points)
 
 
-def frame_errors(T_gt: np.ndarray, T: np.ndarray, points: np.ndarray) -> dict:
-    """Per-frame errors ``{"adds": (Nf,) m, "add": (Nf,) m, "rot": (Nf,) deg}`` of ``T`` ``(Nf, 4, 4)``."""
+def frame_errors(T_gt: np.ndarray, T: np.ndarray, points: np.ndarray, axis_obj: Optional[np.ndarray] = None) -> dict:
+    """Per-frame errors ``{"adds": (Nf,) m, "add": (Nf,) m, "rot": (Nf,) deg}`` of ``T`` ``(Nf, 4, 4)``.
+    ``rot`` is the geodesic angle, or for a rotationally symmetric object (``axis_obj`` ``(3,)``, its
+    axis in the object frame) the angle between the true and the estimated axis: the spin about it
+    is unobservable from shape and would count the same for every tracker and baseline."""
     from hp_ros.core import metrics
 
-    return {"adds": metrics.add_s(T_gt, T, points), "add": metrics.add(T_gt, T, points),
-            "rot": metrics.rotation_error_deg(T_gt, T)}
+    if axis_obj is None:
+        rot = metrics.rotation_error_deg(T_gt, T)
+    else:
+        a = np.asarray(axis_obj, float) / np.linalg.norm(axis_obj)
+        cos = np.einsum("ni,ni->n", np.asarray(T_gt)[:, :3, :3] @ a, np.asarray(T)[:, :3, :3] @ a)
+        rot = np.degrees(np.arccos(np.clip(np.abs(cos), 0.0, 1.0)))
+    return {"adds": metrics.add_s(T_gt, T, points), "add": metrics.add(T_gt, T, points), "rot": rot}
 
 
 def pooled_report(tracker: list, baselines: dict) -> dict:

@@ -1,4 +1,8 @@
-"""The camera->hand-base calibration: a fixed parameter or the chain of /tf_static transforms."""
+"""The camera->hand-base transform: a fixed parameter, the chain of /tf_static transforms, or - on a
+moving base (a hand on an arm) - the chain through /tf, interpolated at each image's stamp.
+
+/tf and /tf_static go into a :class:`hp_ros.core.tf_buffer.TransformBuffer` (tf2's lookup semantics;
+``tf2_ros`` is not a dependency of the package's Python environment)."""
 from __future__ import annotations
 
 from typing import Optional
@@ -6,14 +10,17 @@ from typing import Optional
 import numpy as np
 from rclpy.node import Node
 
+from hp_ros.core.ekf.hand_base import HandBaseTrack
+from hp_ros.core.tf_buffer import TransformBuffer
 from hp_ros.io import msgs
-from hp_ros.nodes.qos import TF_STATIC_QOS
+from hp_ros.nodes.qos import STATE_QOS, TF_STATIC_QOS
 
 
 class CameraToHand:
     """The camera->hand-base transform ``T_cam_hand`` (4,4): from a parameter when given,
     else from ``/tf_static`` (chaining static transforms from ``camera_frame`` to
-    ``hand_base_frame`` in either direction)."""
+    ``hand_base_frame`` in either direction), else through ``/tf`` (:meth:`at` a stamp; :attr:`track`
+    for the tracker)."""
 
     MAX_FRAMES = 256  # static frames kept (a robot has tens)
 
@@ -24,16 +31,36 @@ class CameraToHand:
         self._problems = getattr(node, "problems", None)  # guard.ProblemLog of a GuardedNode
         self._edges: dict = {}  # child -> (parent, T_parent_child)
         self._value = fixed
+        self.buffer = TransformBuffer(cache_time_s=10.0, max_frames=self.MAX_FRAMES)
+        self.track = HandBaseTrack(self.buffer, camera_frame, hand_frame)
         if fixed is None:
             try:
                 from tf2_msgs.msg import TFMessage
             except ImportError as e:  # a real ROS install has tf2_msgs; the venv builds a stand-in
                 raise RuntimeError("tf2_msgs is not importable: set the camera_to_hand parameter") from e
             node.create_subscription(TFMessage, "/tf_static", self._on_tf_static, TF_STATIC_QOS)
+            node.create_subscription(TFMessage, "/tf", self._on_tf, STATE_QOS)
 
     @property
     def T_cam_hand(self) -> Optional[np.ndarray]:
+        """The fixed / static transform; on a moving base the newest one."""
+        if self._value is None and self.fixed is None and self.track.moving:
+            return self.track.at(0)
         return self._value
+
+    def at(self, stamp_ns: int) -> Optional[np.ndarray]:
+        """``T_cam_hand`` at an image's stamp: interpolated on a moving base, else :attr:`T_cam_hand`."""
+        if self.fixed is None and self._value is None and self.track.moving:
+            return self.track.at(int(stamp_ns))
+        return self._value
+
+    def _on_tf(self, msg) -> None:
+        for t in msg.transforms:
+            try:
+                T, parent, child, stamp = msgs.transform_stamped_to_matrix(t)
+                self.buffer.set_transform(T, parent, child, stamp)
+            except ValueError as e:
+                self._refuse(e, f"/tf {str(t.header.frame_id)[:40]!r} -> {str(t.child_frame_id)[:40]!r}")
 
     def _on_tf_static(self, msg) -> None:
         # each transform validated on its own (finite translation, normalisable quaternion): a bad
@@ -50,6 +77,7 @@ class CameraToHand:
                 self._refuse(ValueError(f"more than {self.MAX_FRAMES} frames"), f"/tf_static frame {child[:40]!r}")
                 continue
             self._edges[child] = (parent, T)
+            self.buffer.set_transform(T, parent, child, 0, static=True)
         value = self._resolve()
         if value is not None and (self._value is None or not np.allclose(value, self._value)):
             t = value[:3, 3]

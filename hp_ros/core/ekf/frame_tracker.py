@@ -260,7 +260,7 @@ class FrameTracker:
         out = []
         for s in sorted(self.frames):
             frame = self.frames[s]
-            joints_ready = newest is not None and newest[0] >= s and (self.base is None or self.base.covers(s))
+            joints_ready = newest is not None and newest[0] >= s and (not self._moving() or self.base.covers(s))
             complete = bool(expected) and expected <= frame.keys()
             timed_out = now - frame["t_first"] >= self.cfg.pairing_timeout and (joints_ready or joints_stalled)
             if not ((joints_ready and complete) or timed_out):

@@ -72,7 +72,7 @@ def _lab_params(rng, cfg, T_cam_world: np.ndarray, c0_palm: np.ndarray, t_start:
         pos, rot, durs = pos[:keep + 1], rot[:keep + 1], durs[:keep]
     gait = math.radians(rng.uniform(30.0, 90.0))
     n_slips = int(rng.integers(1, 3))
-    slips = cfg.slips or [(rng.uniform(t_start, D - 0.5), rng.uniform(0.15, 0.3), rng.uniform(0.004, 0.010))
+    slips = cfg.slips or [(rng.uniform(t_start, max(t_start, D - 0.5)), rng.uniform(0.15, 0.3), rng.uniform(0.004, 0.010))
                           for _ in range(n_slips)]
     return dict(t_start=t_start, waypoints=np.array(pos), rotvecs=np.array(rot), durations=np.array(durs),
                 path_m=float(sum(np.linalg.norm(np.diff(np.array(pos), axis=0), axis=1))),
@@ -111,7 +111,7 @@ def gait_angles(t: np.ndarray, p: dict, n_fingers: int, D: float):
     turn lifts, turns back and touches down.
     """
     a0 = p["t_start"]
-    P = (D - 0.2 - a0) / p["n_strokes"]
+    P = max(D - 0.2 - a0, 0.1) / p["n_strokes"]
     d = p["gait_rad"] / p["n_strokes"]
     u = np.clip((t - a0) / P, 0.0, p["n_strokes"])
     k = np.minimum(np.floor(u), p["n_strokes"] - 1).astype(int)

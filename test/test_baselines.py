@@ -157,3 +157,16 @@ def test_lab_bag_has_tf_and_a_static_camera_mount(tmp_path):
     assert (t.header.frame_id, t.child_frame_id) == ("world", short.hand_frame)
     s = topics[B.TOPIC_TF_STATIC][0].transforms[0]
     assert (s.header.frame_id, s.child_frame_id) == (short.camera_frame, "world")
+    # hp-ros eval's baselines read the joints and camera->hand (/tf_static + /tf) from the same bag
+    from hp_ros.tools.eval_baselines import bag_baselines
+
+    gt = {int(s): T for s, T in zip(short.frame_stamps_ns, short.T_cam_obj)}
+    est = {s: T @ np.diag([1.0, 1.0, 1.0, 1.0]) + np.pad(np.array([[0.005], [0], [0]]), ((0, 1), (3, 0)))
+           for s, T in gt.items()}
+    pts = np.asarray(__import__("hp_ros.core.objects", fromlist=["x"]).ObjectModel.builtin("cracker_box")
+                     .surface_points(300), dtype=np.float64)
+    r = bag_baselines(path, gt, est, pts, symmetric=False)
+    assert set(r["baselines"]) == {"frozen", "hand_only"}
+    # the arm starts after the lift: over these 0.5 s hand_only stays with the palm, as frozen does
+    assert r["baselines"]["hand_only"]["add_mean_cm"] == pytest.approx(r["baselines"]["frozen"]["add_mean_cm"], abs=0.3)
+    assert r["baselines"]["frozen"]["add_mean_cm"] > 0.5      # the 5 mm offset plus the lift

@@ -19,7 +19,7 @@ from typing import Optional
 
 import numpy as np
 
-__all__ = ["BASELINES", "frozen_poses", "hand_only_poses", "baseline_poses", "compare", "ratios", "rigid_fit", "joints_at", "sequence_baselines", "frame_errors", "pooled_report"]
+__all__ = ["BASELINES", "frozen_poses", "hand_only_poses", "baseline_poses", "compare", "ratios", "rigid_fit", "joints_at", "sequence_baselines", "frame_errors", "pooled_report", "sequence_report"]
 
 BASELINES = ("frozen", "hand_only")
 
@@ -159,3 +159,28 @@ def pooled_report(tracker: list, baselines: dict) -> dict:
         for k, v in m.items():
             out[f"baseline_{name}_{k}"] = round(v, 4)
     return out
+
+
+def sequence_report(seq, est: dict, T0: np.ndarray, hand, model_points: np.ndarray,
+                    axis_obj: Optional[np.ndarray] = None) -> dict:
+    """The baselines beside a tracker's estimates ``est`` ``{stamp ns: (4, 4)}`` on the frames of ``seq``
+    it posed (same frames for all): ``{"baselines": {name: {adds_mean_cm, add_mean_cm,
+    rot_err_mean_deg}}, "tracker_compared": {...}, "adds_ratio_to_baseline", "rot_ratio_to_baseline"}``
+    (rotation of a symmetric object: see :func:`frame_errors`). Empty when no frame was posed."""
+    stamps = [int(s) for s in seq.frame_stamps_ns]
+    idx = [k for k, s in enumerate(stamps) if s in est]
+    if not idx:
+        return {}
+    gt = seq.T_cam_obj[idx]
+    T = np.stack([np.asarray(est[stamps[k]], dtype=np.float64) for k in idx])
+    tr = frame_errors(gt, T, model_points, axis_obj)
+    bl = {name: frame_errors(gt, B[idx], model_points, axis_obj)
+          for name, B in sequence_baselines(seq, T0, hand, model_points).items()}
+    rep = pooled_report([tr], {name: [e] for name, e in bl.items()})
+
+    def means(e):
+        return {"adds_mean_cm": round(100 * float(e["adds"].mean()), 4), "add_mean_cm": round(100 * float(e["add"].mean()), 4),
+                "rot_err_mean_deg": round(float(e["rot"].mean()), 4)}
+
+    return {"baselines": {name: means(e) for name, e in bl.items()}, "tracker_compared": means(tr),
+            "adds_ratio_to_baseline": rep["adds_ratio_to_baseline"], "rot_ratio_to_baseline": rep["rot_ratio_to_baseline"]}

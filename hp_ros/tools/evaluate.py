@@ -195,6 +195,11 @@ def print_summary(result: dict, out_dir: Path) -> None:
                      ("rot_err_mean_deg", "{:.2f} deg")):
         v = result[key]
         table.add_row(key, "n/a" if v is None or (isinstance(v, float) and math.isnan(v)) else fmt.format(v))
+    for name, b in result.get("baselines", {}).items():
+        table.add_row(f"baseline {name}", f"ADD-S {b['adds_mean_cm']:.2f} cm, rot {b['rot_err_mean_deg']:.2f} deg")
+    for key in ("adds_ratio_to_baseline", "rot_ratio_to_baseline"):
+        if key in result:
+            table.add_row(key, f"{result[key]:.3f}")
     console = Console()
     console.print(table)
     console.print(f"report: {out_dir}")
@@ -217,6 +222,9 @@ def run(args) -> int:
     points = load_model_points(args.object, args.n_points)
     result = evaluate_sequence(gt, est, points, symmetric=args.symmetric,
                                tolerance_ns=int(args.tolerance_ms * 1e6), auc_max_m=args.auc_max_cm / 100)
+    from hp_ros.tools.eval_baselines import bag_baselines
+
+    result.update(bag_baselines(args.bag, gt, est, points, args.symmetric))
     out = write_report(result, args.out, args.auc_max_cm)
     print_summary(result, out)
     return 0

@@ -233,15 +233,18 @@ def run_pipeline(out_dir: Path, object_spec: str = "builtin:cracker_box", durati
               startup_timeout, "the hp_ros nodes to come up", procs)
         log(f"[demo] node graph up ({', '.join(p.name for p in procs)}); replaying at {rate}x")
         # only what a robot would publish: the ground truth stays in the bag for scoring
-        inputs = [*graph.CAMERA_TOPICS.values(), graph.JOINT_STATES, "/tf_static"]
+        # (/tf: the arm's world -> hand base, motion 'lab'; the collector reads /tf as well)
+        moving = seq.T_world_hand_tf is not None
+        inputs = [*graph.CAMERA_TOPICS.values(), graph.JOINT_STATES, "/tf_static", *(["/tf"] if moving else [])]
         # play only once the replay's writers have matched every reader of the graph (discovery
         # takes 0.3-2.7 s): a late match lost the first second of frames, /tf_static with it
         readers = sum(1 for spec in graph.NODES for t in spec.subscribes if t in inputs
                       and not (spec.name == "refinement_node" and t == graph.CAMERA_TOPICS["depth_image"]))
-        if single_process:  # one DDS reader per input topic for all nodes (LocalBus), /tf_static one each
-            readers = len({t for spec in graph.NODES for t in spec.subscribes if t in inputs and t != "/tf_static"}) \
-                + sum(1 for spec in graph.NODES if "/tf_static" in spec.subscribes)
-        readers += 1  # this listener's colour camera_info
+        own = ("/tf_static", "/tf")  # each node's CameraToHand subscribes these itself
+        if single_process:  # one DDS reader per input topic for all nodes (LocalBus), /tf_static and /tf one each
+            readers = len({t for spec in graph.NODES for t in spec.subscribes if t in inputs and t not in own}) \
+                + sum(1 for spec in graph.NODES for t in own if t in inputs and t in spec.subscribes)
+        readers += 1 + int(moving)  # this listener's colour camera_info (and /tf)
         cmd, replay_env = place("replay", [sys.executable, "-m", "hp_ros.tools.replay", str(bag), "--rate", str(rate),
                                            "--topics", *inputs, "--wait-subscribers", str(readers), "--quiet"], env)
         replay = NodeProcess(cmd, log_dir=logs, env=replay_env, name="replay")

@@ -29,14 +29,15 @@ class EKFConfig:
     rot_random_walk: float = 0.003         # rad / sqrt(s)
     # slip / rolling error of the contact motion: a random walk in the motion variable (variance grows
     # with the distance / angle travelled, not with time; measured with exact inputs, see module doc)
-    # issue 29: tuned on the 'lab' motion (finger gaiting: the contacts slide back while the object
-    # stays, which the contact model reads as motion) with bench_ekf.py --motion lab --seeds 10 11
-    # --variants +depth: 0.0023 / 0.013 (measured with the generator's own Kabsch chain) gave ADD-S /
-    # rotation at 0.44 / 0.68 of the better baseline, 0.008 / 0.05 at 0.27 / 0.33, 0.015 / 0.1 at 0.18 /
-    # 0.09, 0.02 / 0.2 at 0.15 / 0.06 - but in the live graph (depth fits at < 30 Hz) 0.02 / 0.2 grew the
-    # covariance past max_covariance_trace (LOST) within a second; reported on held-out seeds 0-4 (README)
-    pos_motion_random_walk: float = 0.015   # m / sqrt(m travelled)
-    rot_motion_random_walk: float = 0.1     # rad / sqrt(rad turned)
+    pos_motion_random_walk: float = 0.0023  # m / sqrt(m travelled)
+    rot_motion_random_walk: float = 0.013   # rad / sqrt(rad turned)
+    # issue 29, 'lab' motion (finger gaiting: contacts slide back while the object stays, which the
+    # contact model reads as motion): tuned with bench_ekf.py --motion lab --seeds 10 11 --variants
+    # +depth, ADD-S / rotation over the better baseline were 0.44 / 0.68 at these defaults, 0.27 / 0.33
+    # at 0.008 / 0.05, 0.18 / 0.09 at 0.015 / 0.1 (LAB_MOTION_NOISE), 0.15 / 0.06 at 0.02 / 0.2. Not the
+    # default: encoder jitter inflates the distance / angle each 100 Hz step "travels" several times,
+    # so at 0.015 / 0.1 the rotation variance without depth fits crosses max_covariance_trace within
+    # ~2 s (the tracking node's test, live graph: LOST)
     fit_residual_weight: float = 0.1       # x RMS residual of the rigid contact fit (per step; encoder
                                            # noise in it largely cancels between steps, so not 1)
     free_pos_random_walk: float = 0.002    # m / sqrt(s), out of contact (measured: the untouched
@@ -118,3 +119,8 @@ class EKFConfig:
         """Config from a dict, ignoring keys that are not config fields."""
         names = {f.name for f in fields(cls)}
         return cls(**{k: v for k, v in values.items() if k in names})
+
+
+# the in-contact process noise tuned on the 'lab' motion (see pos_motion_random_walk above): for
+# bench_ekf.py --set, or EKFConfig(**LAB_MOTION_NOISE)
+LAB_MOTION_NOISE = {"pos_motion_random_walk": 0.015, "rot_motion_random_walk": 0.1}

@@ -15,7 +15,7 @@ def test_full_graph_tracks_synthetic_sequence(tmp_path, ros_env):
 
     r = run_pipeline(tmp_path / "run", object_spec="builtin:cracker_box", duration=6.0, seed=2,
                      log=lambda *a: None)
-    print({k: v for k, v in r.items() if k not in ("per_frame", "frames")})
+    print({k: v for k, v in r.items() if k not in ("per_frame", "frames", "estimates", "rss_mb")})
     # accuracy against ground truth (the tracker starts 1 cm / 5 deg off)
     assert r["n_matched"] >= 0.3 * r["n_frames"], "too few frames produced a pose"
     assert r["adds_mean_cm"] <= 1.5
@@ -31,6 +31,25 @@ def test_full_graph_tracks_synthetic_sequence(tmp_path, ros_env):
     seg = next(v for k, v in r["diagnostics"].items() if k.endswith("segmentation_node"))
     by = {k.split(".", 1)[1]: int(v) for k, v in seg.items() if k.startswith("frames_by_backend.")}
     assert by.get("model", 0) >= 0.9 * int(seg["frames"]) and by.get("color|depth", 0) <= 10, seg
+    # the same bag offline (hp-ros eval without --est: the core in one process) poses the same
+    # frames alike, up to what depends on arrival times in the live graph (frames the segmentation
+    # skipped, observations that missed the next frame)
+    import numpy as np
+
+    from hp_ros.core.ekf.geometry import pose_error
+    from hp_ros.tools.offline import run_offline
+
+    off = run_offline(tmp_path / "run" / "synthetic_bag", initial_offset=(0.01, 5.0), log=lambda *a: None)
+    both = sorted(set(off.poses) & set(r["estimates"]))
+    assert len(both) >= 0.9 * len(r["estimates"])
+    err = np.array([pose_error(off.poses[s], r["estimates"][s]) for s in both])
+    dt_mm, dr_deg = 1000 * np.linalg.norm(err[:, :3], axis=1), np.degrees(np.linalg.norm(err[:, 3:], axis=1))
+    print(f"live vs offline over {len(both)} frames: {np.median(dt_mm):.2f} mm / {np.median(dr_deg):.2f} deg "
+          f"median, {np.percentile(dt_mm, 90):.2f} mm / {np.percentile(dr_deg, 90):.2f} deg p90, "
+          f"{dt_mm.max():.2f} mm / {dr_deg.max():.2f} deg max")
+    # (a loaded machine's live graph skips more frames: the tail differs with the load, the bulk not)
+    assert np.median(dt_mm) <= 1.0 and np.median(dr_deg) <= 0.5
+    assert np.percentile(dt_mm, 90) <= 5.0 and np.percentile(dr_deg, 90) <= 2.5
 
 
 @pytest.mark.parametrize("single_process", [False, True], ids=["processes", "single_process"])

@@ -13,7 +13,8 @@ from rclpy.node import Node
 from hp_ros.core.ekf.hand_base import HandBaseTrack
 from hp_ros.core.tf_buffer import TransformBuffer
 from hp_ros.io import msgs
-from hp_ros.nodes.qos import STATE_QOS, TF_STATIC_QOS
+from hp_ros.nodes.deferred import DeferredReader
+from hp_ros.nodes.qos import TF_STATIC_QOS
 
 
 class CameraToHand:
@@ -24,7 +25,10 @@ class CameraToHand:
 
     MAX_FRAMES = 256  # static frames kept (a robot has tens)
 
-    def __init__(self, node: Node, camera_frame: str, hand_frame: str, fixed: Optional[np.ndarray] = None):
+    TF_DEPTH = 200   # /tf messages kept between two lookups (a robot_state_publisher at 100+ Hz)
+
+    def __init__(self, node: Node, camera_frame: str, hand_frame: str, fixed: Optional[np.ndarray] = None,
+                 bus=None):
         self.camera_frame, self.hand_frame = camera_frame, hand_frame
         self.fixed = fixed
         self._logger = node.get_logger()
@@ -32,14 +36,17 @@ class CameraToHand:
         self._edges: dict = {}  # child -> (parent, T_parent_child)
         self._value = fixed
         self.buffer = TransformBuffer(cache_time_s=10.0, max_frames=self.MAX_FRAMES)
-        self.track = HandBaseTrack(self.buffer, camera_frame, hand_frame)
+        self.track = HandBaseTrack(self.buffer, camera_frame, hand_frame, refresh=self._take_tf)
+        self._tf_reader = None
+        self._wanted = {camera_frame, hand_frame}   # frames on the camera->hand chain seen so far
         if fixed is None:
             try:
                 from tf2_msgs.msg import TFMessage
             except ImportError as e:  # a real ROS install has tf2_msgs; the venv builds a stand-in
                 raise RuntimeError("tf2_msgs is not importable: set the camera_to_hand parameter") from e
             node.create_subscription(TFMessage, "/tf_static", self._on_tf_static, TF_STATIC_QOS)
-            node.create_subscription(TFMessage, "/tf", self._on_tf, STATE_QOS)
+            # /tf read on demand (no executor callback per message: hp_ros.nodes.deferred)
+            self._tf_reader = DeferredReader(node, bus, TFMessage, "/tf", depth=self.TF_DEPTH)
 
     @property
     def T_cam_hand(self) -> Optional[np.ndarray]:
@@ -54,8 +61,20 @@ class CameraToHand:
             return self.track.at(int(stamp_ns))
         return self._value
 
+    def _take_tf(self) -> None:
+        """Put the waiting /tf messages into the buffer: only transforms whose child frame is on the
+        camera->hand chain (the hand base, the camera and the parents seen for them), compared by name
+        before anything is converted."""
+        if self._tf_reader is None:
+            return
+        for msg, _ in self._tf_reader.take():
+            self._on_tf(msg)
+
     def _on_tf(self, msg) -> None:
         for t in msg.transforms:
+            if str(t.child_frame_id) not in self._wanted:
+                continue
+            self._wanted.add(str(t.header.frame_id))
             try:
                 T, parent, child, stamp = msgs.transform_stamped_to_matrix(t)
                 self.buffer.set_transform(T, parent, child, stamp)

@@ -16,7 +16,8 @@ evaluation drive; it owns everything between typed inputs and one pose per frame
   fingertips; then the projection of the published pose out of penetration.
 * **Late observations.** An observation of an already processed frame (within
   ``reprocess_window``) waits for the next :meth:`process`, which returns the filter to the oldest
-  such frame, adds them, and re-predicts and re-updates the frames after it in one pass. Published
+  such frame, adds them, and re-predicts and re-updates the frames after it in one pass (the
+  prediction steps recorded for them are made again: :meth:`EKFTracker.rerun`). Published
   poses stay as they were. An observation older than the window, or of a kind its frame already
   has, is counted ``late``. Joint states or observations jumping back by more than 1 s against
   the newest of their kind (a looping bag, a restarted driver) reset the tracker.
@@ -165,6 +166,12 @@ class FrameTracker:
         """The published camera->hand ``(4, 4)`` at ``stamp`` (None: not known yet)."""
         T = self.base.at(stamp) if self.base is not None else None
         return T if T is not None else self.T_cam_hand
+
+    def _move_base(self, stamp: int) -> np.ndarray:
+        """Move the filter's hand base to its /tf value at ``stamp``; the ``(4, 4)`` used (a re-run step)."""
+        T = self._cam_hand(stamp)
+        self.ekf.set_hand_base(T)
+        return T
 
     def _moving(self) -> bool:
         return self.base is not None and self.base.moving
@@ -339,8 +346,9 @@ class FrameTracker:
         elif not ekf.initialized:
             return FrameResult(stamp, TrackState.INITIALIZING)
         state_before = ekf.state
-        self._predict_to(stamp, q)
-        rec = {"stamp": stamp, "q": q, "snap": ekf.snapshot(), "obs": {k: frame[k] for k in KINDS if k in frame}}
+        steps = self._predict_to(stamp, q)
+        rec = {"stamp": stamp, "q": q, "snap": ekf.snapshot(), "obs": {k: frame[k] for k in KINDS if k in frame},
+               "steps": steps}
         updates, projection = self._apply_observations(stamp, rec["obs"], count=True)
         applied = any(r.accepted for r in updates.values())
         if self.cfg.reprocess_window > 0:
@@ -355,20 +363,25 @@ class FrameTracker:
                            float(ekf.last_nis), float(ekf.last_gate), int(ekf.rejections), int(ekf.contact_count),
                            float(ekf.covariance_trace), ekf.message, updates, projection)
 
-    def _predict_to(self, stamp: int, q) -> None:
-        """Predict from ``last_stamp`` through every held joint state before ``stamp`` to ``stamp``."""
+    def _predict_to(self, stamp: int, q) -> list:
+        """Predict from ``last_stamp`` through every held joint state before ``stamp`` to ``stamp``;
+        the steps made (:class:`~hp_ros.core.ekf.motion.PredictStep`, for a re-run)."""
         if self.last_stamp is None or self.last_stamp >= stamp:
-            return
+            return []
+        steps = []
         moving = self._moving()  # the hand base is a control input too: moved before each joint step
         for s, qj in zip(*self.joints.between(self.last_stamp, stamp)):
             if moving:
-                self.ekf.set_hand_base(self._cam_hand(s))
+                steps.append(self._move_base(s))
             self.ekf.predict(qj, (s - self.last_stamp) * 1e-9)
+            steps.append(self.ekf.last_step)
             self.last_stamp = s
         if moving:
-            self.ekf.set_hand_base(self._cam_hand(stamp))
+            steps.append(self._move_base(stamp))
         self.ekf.predict(q, max((stamp - self.last_stamp) * 1e-9, 0.0))
+        steps.append(self.ekf.last_step)
         self.last_stamp, self.last_q = stamp, q
+        return steps
 
     def _apply_observations(self, stamp: int, obs: dict, count: bool, project: bool = True) -> tuple[dict, object]:
         """The frame's updates in their order: depth-fit pose, centre (without an accepted fit: the
@@ -425,8 +438,9 @@ class FrameTracker:
         state_before = self.ekf.state
         last_stamp, last_q = self.last_stamp, self.last_q
         for k, rec in enumerate(self.history[idx:]):
-            if k > 0:
-                self._predict_to(rec["stamp"], rec["q"])
+            if k > 0:  # the frame's prediction steps made again on the updated estimate
+                self.ekf.rerun(rec["steps"])
+                self.last_stamp, self.last_q = rec["stamp"], rec["q"]
                 rec["snap"] = self.ekf.snapshot()
             else:
                 self.ekf.restore(rec["snap"])

@@ -64,18 +64,21 @@ class HandBaseTrack:
     interpolated at the stamp. ``held`` counts lookups past the newest ``/tf`` (the newest value
     held: a frame that waited its pairing timeout for ``/tf``)."""
 
-    def __init__(self, buffer, camera_frame: str, hand_frame: str):
+    def __init__(self, buffer, camera_frame: str, hand_frame: str, refresh=None):
         self.buffer, self.camera_frame, self.hand_frame = buffer, camera_frame, hand_frame
         self.held = 0
+        self.refresh = refresh or (lambda: None)   # called before each lookup (e.g. take the waiting /tf)
 
     @property
     def moving(self) -> bool:
         """The chain is connected and has a ``/tf`` edge."""
+        self.refresh()
         b = self.buffer
         return b.can_transform(self.camera_frame, self.hand_frame) and not b.is_static(self.camera_frame, self.hand_frame)
 
     def covers(self, stamp: int) -> bool:
         """A lookup at ``stamp`` interpolates (no waiting needed): static, or ``/tf`` reaches it."""
+        self.refresh()
         latest = self.buffer.latest_stamp(self.camera_frame, self.hand_frame)
         return self.buffer.can_transform(self.camera_frame, self.hand_frame) and (latest is None or latest >= stamp)
 
@@ -84,6 +87,7 @@ class HandBaseTrack:
         None when the frames are not connected."""
         from hp_ros.core.tf_buffer import ExtrapolationError
 
+        self.refresh()
         b = self.buffer
         try:
             return b.lookup_transform(self.camera_frame, self.hand_frame, stamp)

@@ -71,15 +71,23 @@ class CameraToHand:
             self._on_tf(msg)
 
     def _on_tf(self, msg) -> None:
-        for t in msg.transforms:
-            if str(t.child_frame_id) not in self._wanted:
-                continue
-            self._wanted.add(str(t.header.frame_id))
-            try:
-                T, parent, child, stamp = msgs.transform_stamped_to_matrix(t)
-                self.buffer.set_transform(T, parent, child, stamp)
-            except ValueError as e:
-                self._refuse(e, f"/tf {str(t.header.frame_id)[:40]!r} -> {str(t.child_frame_id)[:40]!r}")
+        todo = list(msg.transforms)
+        while todo:   # a message lists its transforms in any order: repeat while the chain grows
+            rest = [t for t in todo if str(t.child_frame_id) not in self._wanted]
+            for t in todo:
+                if str(t.child_frame_id) in self._wanted:
+                    self._wanted.add(str(t.header.frame_id))
+                    self._store_tf(t)
+            if len(rest) == len(todo):
+                return
+            todo = rest
+
+    def _store_tf(self, t) -> None:
+        try:
+            T, parent, child, stamp = msgs.transform_stamped_to_matrix(t)
+            self.buffer.set_transform(T, parent, child, stamp)
+        except ValueError as e:
+            self._refuse(e, f"/tf {str(t.header.frame_id)[:40]!r} -> {str(t.child_frame_id)[:40]!r}")
 
     def _on_tf_static(self, msg) -> None:
         # each transform validated on its own (finite translation, normalisable quaternion): a bad

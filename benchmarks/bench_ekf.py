@@ -66,7 +66,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from hp_ros.core import metrics
+from hp_ros.core import baselines, metrics
 from hp_ros.core.ekf import (EKFConfig, FrameTracker, FrameTrackerConfig, apply_delta_np, normalized_error_squared,
                              pose_error, symmetry_axis)
 from hp_ros.core.observation import FingertipObservation, ObjectObservation
@@ -111,11 +111,12 @@ class Observations:
     center: np.ndarray       # (Nf, 3) centroid u, v [px], median depth [m]; NaN row = no observation
 
 
-def make_sequence(obj_name: str = "cracker_box", seconds: float = 10.0, seed: int = 0):
+def make_sequence(obj_name: str = "cracker_box", seconds: float = 10.0, seed: int = 0, motion: str = "classic"):
     """A synthetic sequence without images (fast path)."""
     from hp_ros.core.synth import SynthConfig, generate_sequence
 
-    return generate_sequence(SynthConfig(object=f"builtin:{obj_name}", duration_s=seconds, seed=seed, render=False))
+    return generate_sequence(SynthConfig(object=f"builtin:{obj_name}", duration_s=seconds, seed=seed, render=False,
+                                         motion=motion))
 
 
 def make_observations(seq, seed: int = 0, px_sigma: float = 2.0, dropout: float = 0.1, scale: float = 0.25,
@@ -140,12 +141,12 @@ def make_observations(seq, seed: int = 0, px_sigma: float = 2.0, dropout: float 
     rc = RayCaster(K, w, h, max_depth=5.0)
     ov, of = obj.vertices.double().numpy(), obj.faces.numpy()
     hf = hand.mesh_faces.numpy()
-    base = torch.as_tensor(seq.T_cam_hand_true, dtype=hand.dtype)[None]
+    base = torch.as_tensor(seq.cam_hand_frames(), dtype=hand.dtype)
     center = np.full((nf, 3), np.nan)
     vv, uu = np.mgrid[0:h, 0:w]
     for k in range(nf):
         T = seq.T_cam_obj[k]
-        hv, _, _ = hand.posed_mesh(torch.as_tensor(seq.q_frames_true[k], dtype=hand.dtype)[None], base=base)
+        hv, _, _ = hand.posed_mesh(torch.as_tensor(seq.q_frames_true[k], dtype=hand.dtype)[None], base=base[k:k + 1])
         out = rc.render([MeshInstance(ov @ T[:3, :3].T + T[:3, 3], of, None), MeshInstance(hv[0].numpy(), hf, None)])
         m = out.instance == 0
         if m.sum() < min_pixels or rng.random() < dropout:
@@ -184,18 +185,38 @@ def _frame_observations(obs: Observations, i: int, variant: str, fit, hand) -> d
     return out
 
 
-def _start_tracker(seq, qj, hand, obj, sdf, cfg, T_ch, project: bool, seed: int, exact: bool) -> FrameTracker:
-    """The tracking node's per-frame path for ``seq``: all joint states ``qj`` ``(Nj, J)`` held (offline),
-    initialised at frame 0 from the ground truth perturbed by a draw from the initial covariance
-    (none when ``exact``)."""
+def initial_pose(seq, cfg, seed: int, exact: bool = False) -> np.ndarray:
+    """``(4, 4)``: frame 0's ground truth perturbed by a draw from the initial covariance of ``cfg``
+    (exact when ``exact``); the same start for the tracker and the baselines."""
     rng = np.random.default_rng([seed, 77])
     xi0 = np.concatenate([rng.normal(scale=cfg.init_pos_sigma, size=3), rng.normal(scale=cfg.init_rot_sigma, size=3)])
     if exact:
         xi0[:] = 0.0
+    return apply_delta_np(seq.T_cam_obj[0], xi0)
+
+
+def hand_base_track(seq):
+    """A :class:`HandBaseTrack` over everything the sequence's bag has on ``/tf_static`` and ``/tf``."""
+    from hp_ros.core.ekf.hand_base import HandBaseTrack
+    from hp_ros.core.tf_buffer import TransformBuffer
+
+    buf = TransformBuffer(cache_time_s=1e6)
+    buf.set_transform(seq.T_cam_world, seq.camera_frame, seq.world_frame, 0, static=True)
+    for s, T in zip(seq.tf_stamps_ns, seq.T_world_hand_tf):
+        buf.set_transform(T, seq.world_frame, seq.hand_frame, int(s))
+    return HandBaseTrack(buf, seq.camera_frame, seq.hand_frame)
+
+
+def _start_tracker(seq, qj, hand, obj, sdf, cfg, T_ch, project: bool, seed: int, exact: bool) -> FrameTracker:
+    """The tracking node's per-frame path for ``seq``: all joint states ``qj`` ``(Nj, J)`` held (offline),
+    initialised at frame 0 from the ground truth perturbed by a draw from the initial covariance
+    (none when ``exact``)."""
     tracker = FrameTracker(hand, obj, cfg, FrameTrackerConfig(project_penetration=project, joint_capacity=len(qj) + 1),
                            sdf=sdf, K=seq.K, T_cam_hand=T_ch)
     tracker.add_joint_states(seq.joint_stamps_ns, qj)
-    tracker.set_initial_pose(apply_delta_np(seq.T_cam_obj[0], xi0))
+    if seq.T_world_hand_tf is not None:   # moving hand base: /tf_static camera -> world, /tf world -> hand
+        tracker.set_hand_base(hand_base_track(seq))
+    tracker.set_initial_pose(initial_pose(seq, cfg, seed, exact))
     tracker.add_frame(int(seq.frame_stamps_ns[0]))
     tracker.flush()
     return tracker
@@ -363,7 +384,7 @@ def penetration_mm(seq, hand, sdf, T_est: np.ndarray) -> np.ndarray:
     (true joints and camera->hand transform, all ``HandModel`` surface samples) against the
     published object poses ``T_est`` ``(Nf, 4, 4)`` (the demo's ``max_penetration_mm``)."""
     q = torch.as_tensor(seq.q_frames_true, dtype=hand.dtype)
-    base = torch.as_tensor(seq.T_cam_hand_true, dtype=hand.dtype).expand(len(q), 4, 4)
+    base = torch.as_tensor(seq.cam_hand_frames(), dtype=hand.dtype)
     out = np.zeros(len(q))
     with torch.no_grad():
         for a in range(0, len(q), 64):
@@ -488,9 +509,39 @@ def _consistency(rows: dict, variant: str, label: str):
     return pooled, per_object, frac_all, (lo, hi)
 
 
+def _baseline_report(rows: dict, base_rows: dict, variant: str) -> dict:
+    """Print the baselines beside ``variant`` per object; the JSON keys of
+    :func:`hp_ros.core.baselines.pooled_report` (both objects pooled)."""
+    from hp_ros.core import baselines
+
+    print(f"Baselines (no vision; the tracker's start pose) against the '{variant}' variant, mean over frames; "
+          "rotation of a symmetric object = angle between the axes (its spin is unobservable)")
+    for name in OBJECTS:
+        for b in baselines.BASELINES:
+            lst = base_rows[(name, b)]
+            e = {k: np.concatenate([r[k] for r in lst]) for k in ("adds", "add", "rot")}
+            print(f"  {name:12s} {b:10s} ADD-S {100 * e['adds'].mean():7.3f} cm (max {100 * e['adds'].max():6.2f}), "
+                  f"ADD {100 * e['add'].mean():7.3f} cm, rotation {e['rot'].mean():6.2f} deg")
+        e = {k: np.concatenate([r["cmp"][k] for r in rows[(name, variant)]]) for k in ("adds", "add", "rot")}
+        print(f"  {name:12s} {variant:10s} ADD-S {100 * e['adds'].mean():7.3f} cm (max {100 * e['adds'].max():6.2f}), "
+              f"ADD {100 * e['add'].mean():7.3f} cm, rotation {e['rot'].mean():6.2f} deg")
+        per = baselines.pooled_report([r["cmp"] for r in rows[(name, variant)]],
+                                      {b: base_rows[(name, b)] for b in baselines.BASELINES})
+        print(f"  {name:12s} '{variant}' / better baseline: ADD-S {per['adds_ratio_to_baseline']:.3f}, rotation "
+              f"{per['rot_ratio_to_baseline']:.3f}")
+    out = baselines.pooled_report([r["cmp"] for name in OBJECTS for r in rows[(name, variant)]],
+                                  {b: [r for name in OBJECTS for r in base_rows[(name, b)]] for b in baselines.BASELINES})
+    out["baseline_variant"] = variant
+    print(f"  both objects: '{variant}' / better baseline: ADD-S {out['adds_ratio_to_baseline']:.3f}, rotation "
+          f"{out['rot_ratio_to_baseline']:.3f} (targets <= 0.33)")
+    return out
+
+
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--seconds", type=float, default=10.0)
+    ap.add_argument("--motion", default="classic", choices=("classic", "lab"),
+                    help="synthetic motion (hp_ros.core.synth: 'lab' = arm-carried hand, gaiting, /tf)")
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2, 3, 4, 5], help="sequence seeds per object")
     ap.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=VARIANTS,
                     help="variants to run (the JSON needs 'both' and '+depth')")
@@ -509,6 +560,7 @@ def main(argv=None):
     timings: dict = {}
     rows: dict = {}
     fits: dict = {}       # object -> list of (fit_error, fit_cov, T_gt) of the '+depth' runs
+    base_rows: dict = {}  # (object, baseline) -> list of baselines.frame_errors per seed
     for name in OBJECTS:
         obj = ObjectModel.builtin(name)
         sdf = MeshSDF(obj.vertices, obj.faces)
@@ -519,8 +571,10 @@ def main(argv=None):
 
         contact_mapper = ContactMapper.for_object(hand, obj, sdf)
         for seed in args.seeds:
-            seq = make_sequence(name, args.seconds, seed)
+            seq = make_sequence(name, args.seconds, seed, args.motion)
             obs = make_observations(seq, seed)
+            for b, T in baselines.sequence_baselines(seq, initial_pose(seq, config, seed), hand, np.asarray(pts)).items():
+                base_rows.setdefault((name, b), []).append(baselines.frame_errors(seq.T_cam_obj, T, pts, axis))
             if "+depth" in args.variants and masker is None:
                 masker = ModelObjectMasker(obj, seq.K, seq.width, seq.height)
             for v in args.variants:
@@ -530,7 +584,7 @@ def main(argv=None):
                 n_obs, dof = observable_nees(T, rec, axis)
                 row = {"adds": metrics.add_s(seq.T_cam_obj, T, pts), "add": metrics.add(seq.T_cam_obj, T, pts),
                        "rot": metrics.rotation_error_deg(seq.T_cam_obj, T), "nees": nees, "nees_obs": n_obs,
-                       "dof": dof}
+                       "dof": dof, "cmp": baselines.frame_errors(seq.T_cam_obj, T, pts, axis)}
                 if v in ("both", "+depth"):
                     row["pen"] = penetration_mm(seq, hand, sdf, T)
                 if v == "+depth":
@@ -551,7 +605,7 @@ def main(argv=None):
         print(f"{name:12s} {v:11s} {100 * e.mean():14.3f} {100 * e.max():13.3f} {100 * cat(name, v, 'add').mean():12.3f} "
               f"{cat(name, v, 'rot').mean():12.2f} {pen} {cat(name, v, 'nees').mean():10.2f} "
               f"{cat(name, v, 'nees_obs').mean():9.2f} {lst[0]['dof']:3d}")
-    out = {}
+    out = _baseline_report(rows, base_rows, "+depth" if "+depth" in args.variants else args.variants[-1])
     p = 1e3 * np.asarray(timings["predict"])       # (n, 2) wall, CPU [ms]
     if "both" in args.variants:
         pooled, per_object, frac_all, _ = _consistency(rows, "both", "both")

@@ -19,7 +19,10 @@ from /proc, median over runs; ``replay`` stands in for the drivers), ``cpu_ms_pe
 (the three nodes), ``cpu_ms_per_frame_tracking`` / ``_tracking_total`` (the same from one second
 after the first pose: a cold start's search and the fallback frames before it left out), plus the machine (``cpu_model``, ``cores``, ``cpu_ref_ms``: a fixed
 single-threaded workload, :mod:`hp_ros.tools.machine`, measured before the hogs start),
-``cpu_hog``, ``load_avg_1min`` and per-variant figures under ``variants``.
+``cpu_hog``, ``load_avg_1min`` and per-variant figures under ``variants``; and beside the accuracy the
+baselines (``baselines``: ``frozen`` / ``hand_only`` on the same posed frames, graph_baselines.py) with
+``adds_ratio_to_baseline`` / ``rot_ratio_to_baseline`` (tracker over the better baseline; ``--motion lab``:
+the arm-carried sequences of issue 29).
 
 ``--cpu-hog N`` runs N busy-loop processes beside the graph for the whole benchmark: a robot
 controller taking cores on the same small PC.
@@ -48,14 +51,16 @@ VARIANTS = {"processes": {"transport": "loopback", "single_process": False},
             "udp": {"transport": "udp", "single_process": False}}
 
 
-def run_variant(variant: str, objects, seeds, duration: float, work: Path) -> dict:
+def run_variant(variant: str, objects, seeds, duration: float, work: Path, motion: str = "classic") -> dict:
+    from graph_baselines import baseline_summary
+
     from hp_ros.tools.demo import run_pipeline
 
     runs = []
     for obj in objects:
         for seed in seeds:
             r = run_pipeline(work / f"{variant}-{obj.split(':')[-1]}-{seed}", object_spec=obj, duration=duration,
-                             seed=seed, log=lambda *a: None, **VARIANTS[variant])
+                             seed=seed, log=lambda *a: None, motion=motion, **VARIANTS[variant])
             runs.append(r)
             stages = {name.split(": ")[-1].split("/")[-1]: {k.split(".", 1)[1]: v for k, v in vals.items()
                                                           if k.startswith("stage_ms.")}
@@ -101,6 +106,7 @@ def run_variant(variant: str, objects, seeds, duration: float, work: Path) -> di
         "cpu_ms_per_frame_tracking_total": round(float(np.median(trk_totals)), 2) if trk_totals else None,
         "cpu_percent_median": {k: float(np.median(v)) for k, v in cpu.items()},
         "final_states": [r["final_state"] for r in runs],
+        **baseline_summary(runs),
     }
     print(f"[{variant}] pooled over {len(runs)} runs: {out}", flush=True)
     return out
@@ -114,6 +120,7 @@ def main() -> int:
                     help="graph variants (see the module docstring); the first is the default reported in the "
                          "JSON line")
     ap.add_argument("--duration", type=float, default=8.0)
+    ap.add_argument("--motion", default="classic", choices=("classic", "lab"), help="synthetic motion (hp_ros.core.synth)")
     ap.add_argument("--cpu-hog", type=int, default=0, metavar="N",
                     help="run N busy-loop processes beside the graph (a stand-in for a robot controller)")
     args = ap.parse_args()
@@ -128,7 +135,7 @@ def main() -> int:
     try:
         with tempfile.TemporaryDirectory(prefix="hp_ros_bench_graph_") as tmp:
             for v in args.variants:
-                results[v] = run_variant(v, args.objects, args.seeds, args.duration, Path(tmp))
+                results[v] = run_variant(v, args.objects, args.seeds, args.duration, Path(tmp), args.motion)
     finally:
         for h in hogs:
             h.kill()
@@ -139,7 +146,8 @@ def main() -> int:
                                         "max_penetration_mm", "segmentation_rate_hz", "cpu_ms_per_frame",
                                         "cpu_ms_per_frame_total", "cpu_ms_per_frame_tracking",
                                         "cpu_ms_per_frame_tracking_total")}
-    summary.update(cpu_hog=args.cpu_hog, cpu_model=here["cpu_model"], cores=here["cores"],
+    summary.update({k: default[k] for k in ("adds_ratio_to_baseline", "rot_ratio_to_baseline", "baselines") if k in default})
+    summary.update(motion=args.motion, cpu_hog=args.cpu_hog, cpu_model=here["cpu_model"], cores=here["cores"],
                    cpu_ref_ms=here["cpu_ref_ms"])
     summary["load_avg_1min"] = round(os.getloadavg()[0], 2)
     summary["variants"] = {v: {k: r[k] for k in ("posed_fraction", "output_hz", "latency_ms_p50", "latency_ms_p95",

@@ -6,11 +6,11 @@ the default hand posed in front of it so that fingers occlude part of it. Loss =
 (hand + object) + L2 RGB loss (object) against a fixed target rendered at a perturbed pose;
 gradients flow to the object's 6-vector pose delta and the hand vertices.
 
-Reference: PyTorch3D SoftSilhouetteShader (faces_per_pixel=10), 5,120 faces, forward+backward,
-on this machine class: 1.52 s at 128x128, 5.75 s at 256x256 (docs: ../shared/DESIGN.md).
+No ratio to PyTorch3D: PyTorch3D is not installed here, so no reference can be measured in the same
+run on the same workload (a ratio to times copied from a document was reported before; issue 29
+dropped it).
 
-Last output line: JSON with fwd_bwd_ms_128, fwd_bwd_ms_256, speedup_vs_pytorch3d_128,
-speedup_vs_pytorch3d_256.
+Last output line: JSON with fwd_bwd_ms_128, fwd_bwd_ms_256 and the CPU-time figures.
 """
 from __future__ import annotations
 
@@ -27,8 +27,6 @@ from hp_ros.core import se3
 from hp_ros.core.camera import Camera
 from hp_ros.core.losses import RenderLossWeights, rendering_loss
 from hp_ros.core.render import render
-
-PYTORCH3D_MS = {128: 1520.0, 256: 5750.0}
 
 
 def make_scene():
@@ -113,14 +111,10 @@ def main() -> int:
         results[S] = med
         print(f"{S}x{S}: fwd+bwd median {med:.2f} ms wall (min {min(times):.2f} ms, "
               f"CPU time median {cpu_med[S]:.2f} ms, {args.runs} runs); "
-              f"visible px object {visible[0]:.0f}, hand {visible[1]:.0f}; "
-              f"PyTorch3D SoftSilhouetteShader {PYTORCH3D_MS[S]:.0f} ms -> "
-              f"{PYTORCH3D_MS[S] / med:.0f}x faster")
+              f"visible px object {visible[0]:.0f}, hand {visible[1]:.0f}")
     print(json.dumps({
         "fwd_bwd_ms_128": round(results[128], 3),
         "fwd_bwd_ms_256": round(results[256], 3),
-        "speedup_vs_pytorch3d_128": round(PYTORCH3D_MS[128] / results[128], 1),
-        "speedup_vs_pytorch3d_256": round(PYTORCH3D_MS[256] / results[256], 1),
         "cpu_ms_128": round(cpu_med[128], 3),
         "cpu_ms_256": round(cpu_med[256], 3),
         "cpu_ms_p25_128": round(cpu_p25[128], 3),

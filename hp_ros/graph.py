@@ -59,20 +59,20 @@ class NodeSpec:
 NODES = [
     NodeSpec("segmentation_node", "segmentation_node", "hp_ros.nodes.segmentation_node",
              subscribes=[CAMERA_TOPICS["color_image"], CAMERA_TOPICS["color_info"],
-                         CAMERA_TOPICS["depth_image"], JOINT_STATES, "/tf_static",
+                         CAMERA_TOPICS["depth_image"], JOINT_STATES, "/tf_static", "/tf",
                          TOPICS["object_pose"]],  # object_pose: prior of the model backend only
              publishes=[TOPICS["hand_mask"], TOPICS["object_mask"], TOPICS["object_observation"],
                         TOPICS["fingertips"], TOPICS["overlay"], "/diagnostics"]),
     NodeSpec("tracking_node", "tracking_node", "hp_ros.nodes.tracking_node",
              subscribes=[JOINT_STATES, CAMERA_TOPICS["color_info"], TOPICS["object_observation"],
-                         TOPICS["fingertips"], "/tf_static", TOPICS["initial_pose"], TOPICS["refined_pose"]],
+                         TOPICS["fingertips"], "/tf_static", "/tf", TOPICS["initial_pose"], TOPICS["refined_pose"]],
              publishes=[TOPICS["object_pose"], "/tf", TOPICS["tracking_status"], TOPICS["detections"],
                         TOPICS["vision_info"], TOPICS["contacts"], TOPICS["markers"], "/diagnostics"],
              services=[SERVICES["reset_tracking"]], clients=[SERVICES["refine_pose"]]),
     NodeSpec("refinement_node", "refinement_node", "hp_ros.nodes.refinement_node",
              subscribes=[CAMERA_TOPICS["color_image"], CAMERA_TOPICS["color_info"],
                          CAMERA_TOPICS["depth_image"], JOINT_STATES, TOPICS["hand_mask"],
-                         TOPICS["object_mask"], TOPICS["object_pose"], "/tf_static"],
+                         TOPICS["object_mask"], TOPICS["object_pose"], "/tf_static", "/tf"],
              publishes=[TOPICS["refined_pose"], "/diagnostics"], services=[SERVICES["refine_pose"]]),
 ]
 

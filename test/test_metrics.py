@@ -177,6 +177,11 @@ def test_eval_tool_report(tmp_path, points):
     assert m["add_auc"] == pytest.approx(5 * 0.7 / 6)
     for key in ("adds_mean_cm", "adds_max_cm", "adds_auc", "rot_err_mean_deg"):
         assert key in m
+    # baselines from the first estimate: frozen misses the object's 4 cm of travel; no joint states in
+    # this bag, so no hand_only
+    assert set(m["baselines"]) == {"frozen"}
+    assert m["baselines"]["frozen"]["add_mean_cm"] == pytest.approx(np.mean(np.hypot(3.0, np.arange(5))), abs=1e-3)
+    assert 0 < m["adds_ratio_to_baseline"] < 1 and "rot_ratio_to_baseline" in m
     for name in ("per_frame.csv", "error_over_time.png", "accuracy_curve.png"):
         assert (tmp_path / "rep" / name).stat().st_size > 0
     bad = parser.parse_args([str(tmp_path / "gt"), "--out", str(tmp_path / "r2"), "--est",

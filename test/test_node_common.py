@@ -96,6 +96,11 @@ def test_tf_static_chain_resolution():
     c2h = CameraToHand.__new__(CameraToHand)
     c2h.camera_frame, c2h.hand_frame, c2h.fixed, c2h._edges, c2h._value = "cam", "ah_palm_link", None, {}, None
     c2h._logger = rclpy.logging.get_logger("test_tf_static")
+    from hp_ros.core.ekf.hand_base import HandBaseTrack
+    from hp_ros.core.tf_buffer import TransformBuffer
+
+    c2h.buffer, c2h._tf_reader, c2h._wanted = TransformBuffer(), None, {"cam", "ah_palm_link"}
+    c2h.track = HandBaseTrack(c2h.buffer, "cam", "ah_palm_link")
     tfm = msgs.make_tf_message([
         msgs.make_transform_stamped(T_world_cam, 0, "world", "cam", TransformStamped),
         msgs.make_transform_stamped(T_world_base, 0, "world", "ah_base_link", TransformStamped),
@@ -104,6 +109,18 @@ def test_tf_static_chain_resolution():
     c2h._on_tf_static(tfm)
     expected = np.linalg.inv(T_world_cam) @ T_world_base @ T_base_palm
     np.testing.assert_allclose(c2h.T_cam_hand, expected, atol=1e-9)
+    # the same chain with the hand base on /tf (an arm): interpolated at a stamp, newest held
+    c2h._edges, c2h._value = {}, None
+    c2h._on_tf_static(msgs.make_tf_message([msgs.make_transform_stamped(T_world_cam, 0, "world", "cam",
+                                                                        TransformStamped)], TFMessage))
+    for stamp, x in ((10**9, -0.5), (2 * 10**9, -0.3)):
+        c2h._on_tf(msgs.make_tf_message([
+            msgs.make_transform_stamped(T(x, -0.2), stamp, "world", "ah_base_link", TransformStamped),
+            msgs.make_transform_stamped(T_base_palm, stamp, "ah_base_link", "ah_palm_link", TransformStamped),
+            msgs.make_transform_stamped(np.eye(4), stamp, "cam", "object", TransformStamped)], TFMessage))
+    np.testing.assert_allclose(c2h.at(1_500_000_000), np.linalg.inv(T_world_cam) @ T(-0.4, -0.2) @ T_base_palm,
+                               atol=1e-9)
+    assert "object" not in c2h.buffer._edges   # not on the camera->hand chain: not converted
 
 
 def test_camera_to_hand_parameter():

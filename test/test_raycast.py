@@ -179,7 +179,7 @@ def test_synth_fast_render_equals_one_merged_cast():
     k = seq.num_frames // 2
     frame = fr.render(k)
     T = seq.T_cam_obj[k]
-    hv, _, _ = fr.hand.posed_mesh(torch.as_tensor(seq.q_frames_true[k])[None], base=fr.T_base)
+    hv, _, _ = fr.hand.posed_mesh(torch.as_tensor(seq.q_frames_true[k])[None], base=fr.T_base[k:k + 1])
     mv = (fr.marker_v[None] + seq.fingertips_cam_true[k][:, None]).reshape(-1, 3)
     inst = [MeshInstance(fr.obj_v @ T[:3, :3].T + T[:3, 3], fr.obj_f, fr.obj_c),
             MeshInstance(hv[0].numpy(), fr.hand_f, fr.hand_c), MeshInstance(mv, fr.marker_f, fr.marker_c),

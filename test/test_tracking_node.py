@@ -22,6 +22,8 @@ bench = importlib.util.module_from_spec(_spec)
 _spec.loader.exec_module(bench)
 
 TIPS = ["ah_link_04", "ah_link_14", "ah_link_24", "ah_link_34"]
+# ADD-S limits of the tracking test (mean, max over the frames)
+MEAN_LIMIT, MAX_LIMIT = 0.01, 0.03
 
 
 def _write_bag(path, seq, obs):
@@ -32,6 +34,7 @@ def _write_bag(path, seq, obs):
                     + [(int(t), 1, k) for k, t in enumerate(seq.frame_stamps_ns)])
     with B.BagWriter(path, extra_msgs=extra) as bag:
         JS, CI = bag.msg_class("sensor_msgs/msg/JointState"), bag.msg_class("sensor_msgs/msg/CameraInfo")
+        TF, TS = bag.msg_class("tf2_msgs/msg/TFMessage"), bag.msg_class("geometry_msgs/msg/TransformStamped")
         OO, FO = bag.msg_class("hp_ros_msgs/msg/ObjectObservation"), bag.msg_class("hp_ros_msgs/msg/FingertipObservations")
         PS = bag.msg_class("geometry_msgs/msg/PoseStamped")
         Hdr, Roi = M.field_class(OO, "header"), M.field_class(OO, "bbox")
@@ -44,6 +47,9 @@ def _write_bag(path, seq, obs):
             if kind == 0:
                 bag.write(graph.JOINT_STATES, "sensor_msgs/msg/JointState",
                           M.make_joint_state(seq.joint_names, seq.joint_positions[k], t, JS), t)
+                if seq.T_world_hand_tf is not None:   # the arm's state publisher: world -> hand base
+                    bag.write(B.TOPIC_TF, "tf2_msgs/msg/TFMessage", M.make_tf_message([M.make_transform_stamped(
+                        seq.T_world_hand_tf[k], t, seq.world_frame, seq.hand_frame, TS)], TF), t)
                 continue
             bag.write(graph.CAMERA_TOPICS["color_info"], "sensor_msgs/msg/CameraInfo",
                       M.make_camera_info(seq.K, seq.width, seq.height, CI, stamp_ns=t), t)
@@ -85,11 +91,17 @@ def test_tracking_node_follows_ground_truth_and_recovers(tmp_path, ros_node, sta
     from hp_ros.core.se3 import matrix_to_quat
     import torch
 
+    from hp_ros.core.ekf import EKFConfig
+
+    # hand base fixed to the camera (motion 'classic'): on the 'lab' motion (an arm carrying the hand,
+    # /tf) this node without depth fits goes LOST after ~2 s (15 rejected observations; with
+    # LAB_MOTION_NOISE the covariance trace instead), so this test cannot use it yet (issue 29 report)
     seq = bench.make_sequence("cracker_box", seconds=3.0, seed=3)
     obs = bench.make_observations(seq, seed=3)
     path = tmp_path / "synth"
     _write_bag(path, seq, obs)
-    T_first = seq.T_cam_obj[0]
+    T_first = bench.initial_pose(seq, EKFConfig(), 3)   # not the true pose: ~1 cm and a few degrees off
+    assert np.linalg.norm(T_first[:3, 3] - seq.T_cam_obj[0, :3, 3]) > 0.005
     q = matrix_to_quat(torch.tensor(T_first[:3, :3])).numpy()
     # camera->hand comes from /tf_static (no camera_to_hand parameter), as from a robot's
     # static_transform_publisher: a chain camera_link -> optical frame, camera_link -> hand base
@@ -109,6 +121,8 @@ def test_tracking_node_follows_ground_truth_and_recovers(tmp_path, ros_node, sta
     tf_static.publish(TFMessage(transforms=[
         M.make_transform_stamped(T_link_opt, 0, "camera_link", graph.CAMERA_FRAME, TransformStamped),
         M.make_transform_stamped(T_link_hand, 0, "camera_link", "ah_palm_link", TransformStamped)]))
+    assert spin_until(ros_node, lambda: "camera->hand from /tf_static" in node.log_text(), timeout=20), \
+        node.log_text()
 
     qos = QoSProfile(depth=500, reliability=ReliabilityPolicy.RELIABLE)
     poses, tfs, status = [], [], []
@@ -124,8 +138,6 @@ def test_tracking_node_follows_ground_truth_and_recovers(tmp_path, ros_node, sta
     assert wait_for_subscribers(ros_node, graph.TOPICS["fingertips"], timeout=60), node.log_text()
     assert wait_for_subscribers(ros_node, graph.TOPICS["object_observation"], timeout=10), node.log_text()
     assert wait_for_publishers(ros_node, graph.TOPICS["object_pose"], timeout=10), node.log_text()
-    assert spin_until(ros_node, lambda: "camera->hand from /tf_static" in node.log_text(), timeout=20), \
-        node.log_text()
 
     # the bag's clock on /clock (use_sim_time): 4 observation/joint subscriptions + /clock
     replay = start_process(python_module_cmd("hp_ros.tools.replay", str(path), "--clock", "--wait-subscribers", "5",
@@ -142,7 +154,7 @@ def test_tracking_node_follows_ground_truth_and_recovers(tmp_path, ros_node, sta
     T_est = np.stack([M.pose_to_matrix(m) for _, m in poses])
     pts = ObjectModel.builtin("cracker_box").surface_points(500)
     e = metrics.add_s(seq.T_cam_obj[idx], T_est, pts)
-    assert e.mean() < 0.01 and e.max() < 0.03, (e.mean(), e.max())
+    assert e.mean() < MEAN_LIMIT and e.max() < MAX_LIMIT, (e.mean(), e.max())
     for _, m in poses:
         cov = M.covariance_from_msg(m)
         assert np.all(np.diag(cov) > 0) and np.all(np.linalg.eigvalsh(cov) > 0)
@@ -193,7 +205,7 @@ def test_tracking_node_follows_ground_truth_and_recovers(tmp_path, ros_node, sta
     T2 = np.stack([M.pose_to_matrix(m) for _, m in second])
     idx2 = [stamps[M.header_stamp_ns(m)] for _, m in second]
     e2 = metrics.add_s(seq.T_cam_obj[idx2], T2, pts)
-    assert e2.mean() < 0.01, e2.mean()
+    assert e2.mean() < MEAN_LIMIT, e2.mean()
     assert "reset: time jumped" in node.log_text() and "initial pose re-armed" in node.log_text() and node.alive()
     assert status[-1].state_name == "TRACKING"
 

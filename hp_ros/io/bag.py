@@ -25,7 +25,7 @@ from typing import Any, Iterable, Iterator, Mapping
 
 __all__ = [
     "TOPIC_COLOR_IMAGE", "TOPIC_COLOR_INFO", "TOPIC_DEPTH_IMAGE", "TOPIC_DEPTH_INFO",
-    "TOPIC_JOINT_STATES", "TOPIC_TF_STATIC", "TOPIC_GT_OBJECT_POSE", "TOPIC_GT_OBJECT_MASK",
+    "TOPIC_JOINT_STATES", "TOPIC_TF_STATIC", "TOPIC_TF", "TOPIC_GT_OBJECT_POSE", "TOPIC_GT_OBJECT_MASK",
     "TOPIC_GT_HAND_MASK", "STORAGES", "BagError", "make_typestore", "msg_class", "BagWriter",
     "read_bag", "BagSummary", "bag_summary",
 ]
@@ -36,6 +36,7 @@ TOPIC_DEPTH_IMAGE = "/camera/camera/aligned_depth_to_color/image_raw"
 TOPIC_DEPTH_INFO = "/camera/camera/aligned_depth_to_color/camera_info"
 TOPIC_JOINT_STATES = "/joint_states"
 TOPIC_TF_STATIC = "/tf_static"
+TOPIC_TF = "/tf"
 TOPIC_GT_OBJECT_POSE = "/hp_ros/ground_truth/object_pose"
 TOPIC_GT_OBJECT_MASK = "/hp_ros/ground_truth/object_mask"
 TOPIC_GT_HAND_MASK = "/hp_ros/ground_truth/hand_mask"

@@ -49,7 +49,8 @@ COMMON_PARAMS = {
     "object_mesh": Param("builtin:cracker_box", "object mesh (OBJ/PLY/STL/GLB) or builtin:cracker_box|soup_can"),
     "object_units": Param("auto", "object mesh units", one_of("m", "mm", "auto")),
     "object_frame": Param("object", "TF child frame of the object pose"),
-    "camera_to_hand": Param([0.0], "camera->hand-base transform [x y z qx qy qz qw]; [0.0] = take it from /tf_static",
+    "camera_to_hand": Param([0.0], "camera->hand-base transform [x y z qx qy qz qw]; [0.0] = take it from "
+                                   "/tf_static, or from /tf at each image stamp (a hand on an arm)",
                             length_in(1, 7)),
     "max_stamp_jump": Param(0.5, "a message stamped this far [s] from its own stream's newest accepted stamp is "
                             "refused, unless stamp_jump_confirm messages in a row on two streams confirm a jump of "

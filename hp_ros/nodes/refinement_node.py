@@ -487,7 +487,7 @@ class RefinementNode(GuardedNode):
         for s, f, q in zip(use, slots, qs):
             frames.append(FrameObservation(
                 rgb=f["rgb"], object_mask=f["object_mask"], hand_mask=f.get("hand_mask") if hand_masks else None,
-                q=None if no_hand else q, T_cam_hand=None if no_hand else T_cam_hand, stamp_ns=s))
+                q=None if no_hand else q, T_cam_hand=None if no_hand else self.cam_to_hand.at(s), stamp_ns=s))
         if self.camera.height != frames[0].rgb.shape[0] or self.camera.width != frames[0].rgb.shape[1]:
             return self._fail(response, f"image size {frames[0].rgb.shape[1]}x{frames[0].rgb.shape[0]} does not "
                                         f"match camera_info {self.camera.width}x{self.camera.height}")

@@ -624,7 +624,7 @@ class SegmentationNode(GuardedNode):
                 self.segmenter.aligner.reset()
             self.segmenter._last_render = None
             self.priors.clear()
-        T = self.cam_hand.T_cam_hand
+        T = self.cam_hand.at(stamp)  # interpolated at the image's stamp on a moving base (/tf)
         if T is None:
             self.bad.warn("no_tf", f"no camera->hand transform ({self.p['camera_frame']} -> "
                           f"{self.p['hand_base_frame']}) yet: publishing without a hand mask")

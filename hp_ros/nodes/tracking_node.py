@@ -88,6 +88,7 @@ class TrackingNode(GuardedNode):
                                     FrameTrackerConfig.from_dict({**p, "joint_capacity": capacity}), sdf=self.sdf,
                                     initial_pose=camera_to_hand_from_param(p["initial_pose"]),  # same [x y z q] layout
                                     warn=self.errors.warn, info=self.get_logger().info)
+        self.tracker.set_hand_base(self.calib.track)  # a moving hand base through /tf (a static one: set_calibration)
         self.mapper = self.hand.joint_state_mapper()
         # joint states (100 Hz) wait in their DDS reader until the tracker runs (hp_ros.nodes.deferred):
         # no executor callback per message; all that arrived are handed over as one batch

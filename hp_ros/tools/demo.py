@@ -29,6 +29,8 @@ def add_arguments(parser):
     parser.add_argument("--object", default="builtin:cracker_box", help="object: builtin:cracker_box|soup_can or a mesh")
     parser.add_argument("--duration", type=float, default=8.0, help="sequence length in seconds (default 8)")
     parser.add_argument("--seed", type=int, default=0, help="random seed of the synthetic sequence")
+    parser.add_argument("--motion", default="classic", choices=("classic", "lab"),
+                        help="synthetic motion: classic (hand base fixed) or lab (arm-carried hand, gaiting, /tf)")
     parser.add_argument("--rate", type=float, default=1.0, help="replay rate factor (default 1.0)")
     parser.add_argument("--startup-timeout", type=float, default=90.0, help="seconds to wait for the nodes")
     parser.add_argument("--object-backend", default=None,
@@ -170,7 +172,8 @@ def run_pipeline(out_dir: Path, object_spec: str = "builtin:cracker_box", durati
                  rate: float = 1.0, startup_timeout: float = 90.0, log=print,
                  initial_offset: tuple = (0.01, 5.0), object_backend: str | None = None,
                  transport: str = "loopback", single_process: bool = False, during_replay=None,
-                 node_params: dict | None = None, place=None, overlays: int = 0) -> dict:
+                 node_params: dict | None = None, place=None, overlays: int = 0,
+                 motion: str = "classic") -> dict:
     """Synthetic bag -> node graph -> replay -> collected estimates -> metrics dict.
 
     ``initial_offset``: (metres, degrees) between the tracker's initial pose and the first
@@ -197,7 +200,7 @@ def run_pipeline(out_dir: Path, object_spec: str = "builtin:cracker_box", durati
 
     out_dir.mkdir(parents=True, exist_ok=True)
     t0 = time.monotonic()
-    cfg = synth.SynthConfig(object=object_spec, duration_s=duration, seed=seed)
+    cfg = synth.SynthConfig(object=object_spec, duration_s=duration, seed=seed, motion=motion)
     seq = synth.generate_sequence(cfg)
     bag = out_dir / "synthetic_bag"
     synth.write_sequence_bag(seq, bag)
@@ -236,15 +239,18 @@ def run_pipeline(out_dir: Path, object_spec: str = "builtin:cracker_box", durati
               startup_timeout, "the hp_ros nodes to come up", procs)
         log(f"[demo] node graph up ({', '.join(p.name for p in procs)}); replaying at {rate}x")
         # only what a robot would publish: the ground truth stays in the bag for scoring
-        inputs = [*graph.CAMERA_TOPICS.values(), graph.JOINT_STATES, "/tf_static"]
+        # (/tf: the arm's world -> hand base, motion 'lab'; the collector reads /tf as well)
+        moving = seq.T_world_hand_tf is not None
+        inputs = [*graph.CAMERA_TOPICS.values(), graph.JOINT_STATES, "/tf_static", *(["/tf"] if moving else [])]
         # play only once the replay's writers have matched every reader of the graph (discovery
         # takes 0.3-2.7 s): a late match lost the first second of frames, /tf_static with it
         readers = sum(1 for spec in graph.NODES for t in spec.subscribes if t in inputs
                       and not (spec.name == "refinement_node" and t == graph.CAMERA_TOPICS["depth_image"]))
-        if single_process:  # one DDS reader per input topic for all nodes (LocalBus), /tf_static one each
-            readers = len({t for spec in graph.NODES for t in spec.subscribes if t in inputs and t != "/tf_static"}) \
-                + sum(1 for spec in graph.NODES if "/tf_static" in spec.subscribes)
-        readers += 1  # this listener's colour camera_info
+        own = ("/tf_static", "/tf")  # each node's CameraToHand subscribes these itself
+        if single_process:  # one DDS reader per input topic for all nodes (LocalBus), /tf_static and /tf one each
+            readers = len({t for spec in graph.NODES for t in spec.subscribes if t in inputs and t not in own}) \
+                + sum(1 for spec in graph.NODES for t in own if t in inputs and t in spec.subscribes)
+        readers += 1 + int(moving)  # this listener's colour camera_info (and /tf)
         cmd, replay_env = place("replay", [sys.executable, "-m", "hp_ros.tools.replay", str(bag), "--rate", str(rate),
                                            "--topics", *inputs, "--wait-subscribers", str(readers), "--quiet"], env)
         replay = NodeProcess(cmd, log_dir=logs, env=replay_env, name="replay")
@@ -297,7 +303,7 @@ def run_pipeline(out_dir: Path, object_spec: str = "builtin:cracker_box", durati
             p.stop()
         if collector is not None:
             collector.close()
-    result = score(seq, collector, object_spec, t_replay)
+    result = score(seq, collector, object_spec, t_replay, initial_offset)
     if overlays:
         from hp_ros.core.objects import ObjectModel
         from hp_ros.tools.overlay import write_overlays
@@ -357,18 +363,24 @@ def demo_parameters(node_name: str, seq, initial_offset: tuple = (0.01, 5.0)) ->
     from hp_ros.core import se3
     import torch
 
-    # A user starts the tracker from a rough pose (default: ground truth of the first frame off
-    # by 1 cm and 5 degrees); the tracker refines from there.
+    p, q = se3.pose_to_xyz_quat(torch.as_tensor(initial_pose(seq, initial_offset)))
+    return ["-p", "initial_pose:=" + str([float(v) for v in [*p, *q]])]
+
+
+def initial_pose(seq, initial_offset: tuple = (0.01, 5.0)) -> np.ndarray:
+    """``(4, 4)``: a user starts the tracker from a rough pose (default: ground truth of the first frame
+    off by 1 cm and 5 degrees); the tracker refines from there. The baselines start there too."""
+    from hp_ros.core import se3
+    import torch
+
     rng = np.random.default_rng(1)
     xi = np.concatenate([rng.normal(size=3), rng.normal(size=3)])
     xi[:3] *= float(initial_offset[0]) / np.linalg.norm(xi[:3])
     xi[3:] *= math.radians(float(initial_offset[1])) / np.linalg.norm(xi[3:])
-    T0 = se3.apply_delta(torch.as_tensor(seq.T_cam_obj[0], dtype=torch.float64), torch.as_tensor(xi))
-    p, q = se3.pose_to_xyz_quat(T0)
-    return ["-p", "initial_pose:=" + str([float(v) for v in [*p, *q]])]
+    return se3.apply_delta(torch.as_tensor(seq.T_cam_obj[0], dtype=torch.float64), torch.as_tensor(xi)).numpy()
 
 
-def score(seq, collector, object_spec: str, t_replay: float) -> dict:
+def score(seq, collector, object_spec: str, t_replay: float, initial_offset: tuple = (0.01, 5.0)) -> dict:
     """Metrics of the collected estimates against the sequence's ground truth."""
     import torch
 
@@ -394,6 +406,8 @@ def score(seq, collector, object_spec: str, t_replay: float) -> dict:
     result["tf_messages"] = len(collector.tf)
     result["segmentation_rate_hz"] = collector.observations / span if span > 0 else 0.0
     result["max_penetration_mm"] = _max_penetration_mm(seq, obj, est)
+    result.update(_baselines(seq, obj, est, pts, initial_offset))
+    result["motion"] = seq.config.motion
     result["estimates"] = est  # {stamp_ns: (4, 4)} as published (not written to metrics.json)
     result["final_state"] = collector.status[-1][1] if collector.status else "none"
     result["diagnostics"] = dict(collector.diagnostics)
@@ -401,6 +415,17 @@ def score(seq, collector, object_spec: str, t_replay: float) -> dict:
     result["states"] = [name for k, (_, name) in enumerate(collector.status)
                         if k == 0 or collector.status[k - 1][1] != name]
     return result
+
+
+def _baselines(seq, obj, est: dict, pts: np.ndarray, initial_offset: tuple) -> dict:
+    """``frozen`` / ``hand_only`` from the tracker's initial pose on the frames it posed, and its ratios
+    to the better one (:func:`hp_ros.core.baselines.sequence_report`)."""
+    from hp_ros.core import baselines
+    from hp_ros.core.ekf import symmetry_axis
+    from hp_ros.core.hand import HandModel
+
+    return baselines.sequence_report(seq, est, initial_pose(seq, initial_offset), HandModel.default(), pts,
+                                     symmetry_axis(obj))
 
 
 def _max_penetration_mm(seq, obj, est: dict) -> float:
@@ -417,7 +442,7 @@ def _max_penetration_mm(seq, obj, est: dict) -> float:
     if not frames:
         return float("nan")
     q = torch.as_tensor(np.stack([seq.q_frames_true[i] for i, _ in frames]), dtype=torch.float32)
-    base = torch.as_tensor(seq.T_cam_hand_true, dtype=torch.float32).expand(len(frames), 4, 4)
+    base = torch.as_tensor(seq.cam_hand_frames()[[i for i, _ in frames]], dtype=torch.float32)
     pts = hand.surface_points(q, base)
     T = torch.as_tensor(np.stack([T for _, T in frames]), dtype=torch.float32)
     with torch.no_grad():
@@ -431,15 +456,17 @@ def run(args) -> int:
     out = Path(args.out) if args.out else Path("reports") / time.strftime("demo-%Y%m%d-%H%M%S")
     t0 = time.monotonic()
     result = run_pipeline(out, args.object, args.duration, args.seed, args.rate, args.startup_timeout,
-                          object_backend=args.object_backend, single_process=args.single_process,
+                          object_backend=args.object_backend, single_process=args.single_process, motion=args.motion,
                           transport="loopback",  # one machine: DDS on loopback (the launch default reaches the LAN)
                           overlays=args.overlays)
     write_report(result, out)
     with open(out / "metrics.json") as f:
         merged = json.load(f)
     for key in ("output_rate_hz", "latency_ms_p95", "latency_ms_median", "max_penetration_mm", "tf_messages",
-                "final_state", "segmentation_rate_hz", "cpu_ms_per_frame", "cpu_ms_per_frame_total"):
-        merged[key] = result[key]
+                "final_state", "segmentation_rate_hz", "cpu_ms_per_frame", "cpu_ms_per_frame_total", "baselines",
+                "tracker_compared", "adds_ratio_to_baseline", "rot_ratio_to_baseline", "motion"):
+        if key in result:
+            merged[key] = result[key]
     with open(out / "metrics.json", "w") as f:
         json.dump(merged, f, indent=2)
     if not args.keep_bag:
@@ -454,5 +481,10 @@ def run(args) -> int:
     if result.get("overlays"):
         print(f"overlay pictures (estimate green, ground truth red): {out / 'overlays.png'} and "
               f"{len(result['overlays']) - 1} frames in {out / 'overlays'}")
+    if result.get("baselines"):
+        b = ", ".join(f"{n} ADD-S {v['adds_mean_cm']:.2f} cm / rotation {v['rot_err_mean_deg']:.1f} deg"
+                      for n, v in result["baselines"].items())
+        print(f"baselines ({result['motion']} motion): {b}; tracker / better baseline: ADD-S "
+              f"{result['adds_ratio_to_baseline']:.2f}, rotation {result['rot_ratio_to_baseline']:.2f}")
     print(out.resolve())
     return 0

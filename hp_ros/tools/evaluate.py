@@ -147,7 +147,7 @@ def write_report(result: dict, out_dir: str | Path, auc_max_cm: float = 10.0) ->
     """metrics.json, per_frame.csv and PNG plots for an :func:`evaluate_sequence` result."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    scalars = {k: v for k, v in result.items() if k != "per_frame"}
+    scalars = {k: v for k, v in result.items() if k not in ("per_frame", "estimates")}
     scalars = {k: (None if isinstance(v, float) and math.isnan(v) else v) for k, v in scalars.items()}
     (out / "metrics.json").write_text(json.dumps(scalars, indent=2) + "\n")
     frames = result["per_frame"]
@@ -210,6 +210,11 @@ def print_summary(result: dict, out_dir: Path) -> None:
                      ("rot_err_mean_deg", "{:.2f} deg")):
         v = result[key]
         table.add_row(key, "n/a" if v is None or (isinstance(v, float) and math.isnan(v)) else fmt.format(v))
+    for name, b in result.get("baselines", {}).items():
+        table.add_row(f"baseline {name}", f"ADD-S {b['adds_mean_cm']:.2f} cm, rot {b['rot_err_mean_deg']:.2f} deg")
+    for key in ("adds_ratio_to_baseline", "rot_ratio_to_baseline"):
+        if key in result:
+            table.add_row(key, f"{result[key]:.3f}")
     console = Console()
     console.print(table)
     console.print(f"report: {out_dir}")
@@ -262,6 +267,9 @@ def evaluate_bag(bag: str, est, out: Path, args, log=print) -> dict:
         raise ValueError("--object MESH_OR_POINTS is required to compute ADD / ADD-S")
     result = evaluate_sequence(gt, est, points, symmetric=args.symmetric,
                                tolerance_ns=int(args.tolerance_ms * 1e6), auc_max_m=args.auc_max_cm / 100)
+    from hp_ros.tools.eval_baselines import bag_baselines
+
+    result.update(bag_baselines(bag, gt, est, points, args.symmetric))
     if offline is not None:
         result["offline"] = {"frames": offline.frames, "segmented": offline.segmented, "posed": len(offline.poses),
                              "cpu_s": round(offline.cpu_s, 3), "wall_s": round(offline.wall_s, 3),

@@ -43,6 +43,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--naming", default="wonik", choices=("wonik", "simlab"), help="joint names (default wonik)")
     parser.add_argument("--hand-urdf", default=None, metavar="PATH", help="hand URDF/xacro (default: built-in)")
     parser.add_argument("--fps", type=float, default=30.0, help="image rate (default 30)")
+    parser.add_argument("--motion", default="classic", choices=("classic", "lab"),
+                        help="classic: hand base fixed to the camera; lab: an arm carries the hand (10-30 cm, "
+                             "/tf in the bag), finger gaiting 30-90 deg, object motion not from the contact model")
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
 
 
@@ -64,7 +67,8 @@ def run(args) -> int:
     cfg = SynthConfig(object=obj, object_units=args.units, hand_urdf=args.hand_urdf, naming=args.naming,
                       duration_s=args.duration, fps=args.fps, seed=args.seed, render=False, slips=tuple(args.slip),
                       calib_error_m=args.calib_error_mm * 1e-3, calib_error_rad=math.radians(args.calib_error_deg),
-                      encoder_noise_std=math.radians(args.encoder_noise_deg), markers=not args.no_markers)
+                      encoder_noise_std=math.radians(args.encoder_noise_deg), markers=not args.no_markers,
+                      motion=args.motion)
     seq = generate_sequence(cfg)
     if args.quiet:
         write_sequence_bag(seq, out, storage=args.storage)

@@ -121,6 +121,7 @@ class FrameTracker:
         self.ekf_config = ekf_config or EKFConfig()
         self.cfg = config or FrameTrackerConfig()
         self.K, self.T_cam_hand = K, T_cam_hand
+        self.base = None             # HandBaseTrack: camera->hand per stamp on a moving base (/tf)
         self.initial_pose = initial_pose  # (4, 4) re-armed by every reset, or None
         self.warn = warn or (lambda key, text: None)
         self.info = info or (lambda text: None)
@@ -161,6 +162,25 @@ class FrameTracker:
     def set_calibration(self, T_cam_hand) -> None:
         """The published camera->hand transform ``(4, 4)`` (None: not known yet)."""
         self.T_cam_hand = T_cam_hand
+
+    def set_hand_base(self, track) -> None:
+        """A :class:`hp_ros.core.ekf.hand_base.HandBaseTrack`: camera->hand at each stamp (``/tf``), a
+        control input like the joints; takes precedence over :meth:`set_calibration` once connected."""
+        self.base = track
+
+    def _cam_hand(self, stamp: int):
+        """The published camera->hand ``(4, 4)`` at ``stamp`` (None: not known yet)."""
+        T = self.base.at(stamp) if self.base is not None else None
+        return T if T is not None else self.T_cam_hand
+
+    def _move_base(self, stamp: int) -> np.ndarray:
+        """Move the filter's hand base to its /tf value at ``stamp``; the ``(4, 4)`` used (a re-run step)."""
+        T = self._cam_hand(stamp)
+        self.ekf.set_hand_base(T)
+        return T
+
+    def _moving(self) -> bool:
+        return self.base is not None and self.base.moving
 
     def add_joint_states(self, stamps_ns, q, now: float = 0.0) -> int:
         """Store a batch of joint states, ``stamps_ns`` ``(N,)`` int ns and ``q`` ``(N, J)``; the number
@@ -238,7 +258,7 @@ class FrameTracker:
         :class:`FrameResult` s (a frame skipped for want of calibration or joint states has none)."""
         if self.late_obs and self._late_ready(now):
             self._reprocess_late()
-        if self.T_cam_hand is None:
+        if self.T_cam_hand is None and (self.base is None or self.base.at(0) is None):
             # the calibration (/tf_static) can come a second after the first frames: keep them
             old = [s for s, f in self.frames.items() if now - f["t_first"] > 2.0]
             for s in old:
@@ -254,7 +274,7 @@ class FrameTracker:
         out = []
         for s in sorted(self.frames):
             frame = self.frames[s]
-            joints_ready = newest is not None and newest[0] >= s
+            joints_ready = newest is not None and newest[0] >= s and (not self._moving() or self.base.covers(s))
             complete = bool(expected) and expected <= frame.keys()
             timed_out = now - frame["t_first"] >= self.cfg.pairing_timeout and (joints_ready or joints_stalled)
             if not ((joints_ready and complete) or timed_out):
@@ -281,13 +301,15 @@ class FrameTracker:
         r.stages = stages
         return [r]
 
-    def _ensure_filter(self) -> bool:
-        T_ch = self.T_cam_hand
+    def _ensure_filter(self, stamp: int) -> bool:
+        T_ch = self._cam_hand(stamp)
         if T_ch is None:
             self.warn("no_calibration", "no camera->hand transform yet (parameter camera_to_hand or /tf_static)")
             return False
         if self.ekf is None:
             self.ekf = EKFTracker(self.hand, self.obj, self.K, T_ch, self.ekf_config, object_sdf=self.sdf)
+        elif self._moving():
+            self.ekf.set_hand_base(T_ch)
         elif not np.allclose(T_ch, self.ekf.T_cam_hand_pub):
             self.ekf.set_calibration(T_ch)
         return True
@@ -307,6 +329,8 @@ class FrameTracker:
             self.warn("init_joints", "the initial pose's stamp is older than the buffered joint states: "
                                      "initialised at the current frame instead")
             t_init, q_init = stamp, q
+        if self._moving() and t_init != stamp:
+            self.ekf.set_hand_base(self._cam_hand(t_init))
         if cov is not None and np.all(np.isfinite(cov)) and np.all(np.diag(cov) > 0):
             ps, rs = _sigmas(cov)
             self.ekf.initialize(T, q=q_init, pos_sigma=ps, rot_sigma=rs)
@@ -318,7 +342,7 @@ class FrameTracker:
         self._transition(state_before, stamp, f"initialised at stamp {t_init}")
 
     def _process_frame(self, stamp: int, frame: dict) -> Optional[FrameResult]:
-        if not self._ensure_filter():
+        if not self._ensure_filter(stamp):
             return None
         ekf = self.ekf
         q = self.joints.at(stamp, self._gap_ns())
@@ -356,10 +380,15 @@ class FrameTracker:
         if self.last_stamp is None or self.last_stamp >= stamp:
             return []
         steps = []
+        moving = self._moving()  # the hand base is a control input too: moved before each joint step
         for s, qj in zip(*self.joints.between(self.last_stamp, stamp)):
+            if moving:
+                steps.append(self._move_base(s))
             self.ekf.predict(qj, (s - self.last_stamp) * 1e-9)
             steps.append(self.ekf.last_step)
             self.last_stamp = s
+        if moving:
+            steps.append(self._move_base(stamp))
         self.ekf.predict(q, max((stamp - self.last_stamp) * 1e-9, 0.0))
         steps.append(self.ekf.last_step)
         self.last_stamp, self.last_q = stamp, q

@@ -109,6 +109,13 @@ class EKFTracker:
         if T_co is not None:
             self.T_ho = np.linalg.inv(self.T_ch) @ T_co
 
+    def set_hand_base(self, T_cam_hand) -> bool:
+        """The published camera->hand transform moved (an arm, ``/tf``): the object moves with the hand
+        (:func:`hp_ros.core.ekf.hand_base.move_hand_base`). False when it did not change."""
+        from hp_ros.core.ekf.hand_base import move_hand_base
+
+        return move_hand_base(self, self._check_pose(T_cam_hand, "T_cam_hand"))
+
     def reset(self) -> None:
         """Forget the estimate (state INITIALIZING)."""
         self.state = TrackState.INITIALIZING
@@ -135,7 +142,7 @@ class EKFTracker:
         self._published = None        # (T_ho, T_ch, T_cam_obj) of the last projection, see T_cam_obj_published
 
     # what predict/update/initialize change: a snapshot of these is the whole filter state
-    _DYNAMIC = ("state", "message", "T_ch", "T_ho", "P", "_q_prev", "_T_links", "_velocity", "center_consider_cov",
+    _DYNAMIC = ("state", "message", "T_cam_hand_pub", "T_ch", "T_ho", "P", "_q_prev", "_T_links", "_velocity", "center_consider_cov",
                 "center_bias", "depth_bias", "center_spread", "_offset_jac", "_mask", "_mask_age", "rejections", "contact_count",
                 "last_motion", "last_nis", "last_gate", "_published")
 
@@ -296,8 +303,12 @@ class EKFTracker:
         predicted anew (the set at this estimate can differ), and so is every step while the set
         differs from the recorded one; the others apply their recorded motion, ``F`` and ``Q``
         (the centre-bias noise at the current spread) without kinematics or distance queries. An
-        out-of-sequence update re-runs the frames after it this way."""
+        out-of-sequence update re-runs the frames after it this way. ``(4, 4)`` entries are hand-base
+        moves (:meth:`set_hand_base`), made again in their place."""
         for step in steps:
+            if isinstance(step, np.ndarray):   # a hand-base move (/tf) recorded between joint steps
+                self.set_hand_base(step)
+                continue
             if step.refreshed or step.M is None or self._mask is None or not torch.equal(self._mask, step.aux["_mask"]):
                 self.predict(step.q, step.dt)
                 continue

@@ -11,6 +11,7 @@ from typing import Optional, Sequence
 
 import numpy as np
 
+MOTIONS = ("classic", "lab")
 INSTANCE_OBJECT, INSTANCE_HAND, INSTANCE_MARKERS, INSTANCE_BACKGROUND = 0, 1, 2, 3
 # thumb, index, middle, ring: hues far from the built-in objects' colours
 DEFAULT_MARKER_COLORS = ((1.0, 0.0, 1.0), (0.0, 1.0, 1.0), (1.0, 0.5, 0.0), (0.5, 1.0, 0.0))
@@ -56,6 +57,12 @@ class SynthConfig:
     grasp_gap: float = 0.0004                    # m, finger closing stops at min SDF in [0, gap]
     ik_knot_s: float = 0.05                      # IK solved every ik_knot_s, spline in between
     start_time_ns: int = 1_700_000_000_000_000_000
+    motion: str = "classic"                      # "classic" (fixed base, Kabsch chain) or "lab" (see .lab)
+    arm_max_speed: float = 0.3                   # m/s, lab: peak speed of the hand base
+    arm_max_rate_deg: float = 60.0               # deg/s, lab: peak angular rate of the hand base
+    arm_max_angle_deg: float = 25.0              # deg, lab: largest orientation change of the hand
+    tf_noise_m: float = 0.0002                   # m, lab: white noise of the published /tf
+    tf_noise_rad: float = 0.0005                 # rad, lab: white noise of the published /tf
 
     def validate(self) -> "SynthConfig":
         if not self.duration_s > 0:
@@ -72,6 +79,8 @@ class SynthConfig:
                 raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
         if not 0 <= self.depth_edge_hole_prob <= 1:
             raise ValueError(f"depth_edge_hole_prob must be in [0, 1], got {self.depth_edge_hole_prob}")
+        if self.motion not in MOTIONS:
+            raise ValueError(f"motion must be one of {MOTIONS}, got {self.motion!r}")
         if len(self.marker_colors) != 4 or any(len(c) != 3 for c in self.marker_colors):
             raise ValueError("marker_colors must be 4 RGB triples (thumb, index, middle, ring) in [0, 1]")
         for s in self.slips:
@@ -131,10 +140,26 @@ class SynthSequence:
     object_mask: Optional[np.ndarray] = None   # (Nf, H, W) bool
     hand_mask: Optional[np.ndarray] = None     # (Nf, H, W) bool (markers included)
     scene: dict = field(default_factory=dict, repr=False)  # lighting/background parameters
+    # moving hand base (motion "lab"; None: fixed at T_cam_hand_true / _published)
+    T_cam_hand_frames: Optional[np.ndarray] = None            # (Nf, 4, 4) true, per frame
+    T_cam_hand_frames_published: Optional[np.ndarray] = None  # (Nf, 4, 4) as /tf gives it at the frames
+    tf_stamps_ns: Optional[np.ndarray] = None                 # (Nt,) int64 stamps of /tf
+    T_world_hand_tf: Optional[np.ndarray] = None              # (Nt, 4, 4) published world -> hand base
+    T_cam_world: Optional[np.ndarray] = None                  # (4, 4) camera -> world (/tf_static)
+    world_frame: str = "world"
 
     @property
     def num_frames(self) -> int:
         return len(self.frame_stamps_ns)
+
+    def cam_hand_frames(self, published: bool = False) -> np.ndarray:
+        """Camera->hand base at every frame ``(Nf, 4, 4)``: the true one, or (``published``) the one
+        a tracker gets (with the calibration error; on a moving base from ``/tf`` at the frame)."""
+        moving = self.T_cam_hand_frames_published if published else self.T_cam_hand_frames
+        if moving is not None:
+            return moving
+        T = self.T_cam_hand_published if published else self.T_cam_hand_true
+        return np.repeat(T[None], self.num_frames, axis=0)
 
     def metadata(self) -> dict:
         """JSON-serialisable description (config, frames, grasp facts) for sidecar files."""
@@ -145,6 +170,7 @@ class SynthSequence:
             "camera_frame": self.camera_frame, "K": self.K.tolist(), "width": self.width, "height": self.height,
             "T_cam_hand_true": self.T_cam_hand_true.tolist(),
             "T_cam_hand_published": self.T_cam_hand_published.tolist(),
+            "motion": self.config.motion,
             "num_frames": self.num_frames, "num_joint_states": int(len(self.joint_stamps_ns)),
             "contact_point_ids": self.contact_point_ids.tolist(),
             "contact_fingers": self.contact_fingers.tolist(),

@@ -125,7 +125,7 @@ class _FrameRenderer:
         self.marker_f = np.concatenate([sf + k * len(sv) for k in range(4)])
         self.marker_c = np.repeat(np.asarray(seq.marker_colors, float), len(sv), axis=0)
         self.bg = _background_layer(seq)
-        self.T_base = torch.as_tensor(seq.T_cam_hand_true)[None]
+        self.T_base = torch.as_tensor(seq.cam_hand_frames())                 # (Nf, 4, 4) true, per frame
 
     def render(self, k: int) -> dict:
         from hp_ros.core.raycast import MeshInstance
@@ -133,7 +133,7 @@ class _FrameRenderer:
         seq, cfg = self.seq, self.seq.config
         T = seq.T_cam_obj[k]
         obj_v = self.obj_v @ T[:3, :3].T + T[:3, 3]
-        hv, _, _ = self.hand.posed_mesh(torch.as_tensor(seq.q_frames_true[k])[None], base=self.T_base)
+        hv, _, _ = self.hand.posed_mesh(torch.as_tensor(seq.q_frames_true[k])[None], base=self.T_base[k:k + 1])
         hand_v = hv[0].numpy().astype(np.float64)
         inst = [MeshInstance(obj_v, self.obj_f, self.obj_c), MeshInstance(hand_v, self.hand_f, self.hand_c)]
         if cfg.markers:

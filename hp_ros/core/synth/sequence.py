@@ -7,6 +7,7 @@ import torch
 
 from .assets import _hand_model, _object_model, _object_sdf, _single_thread_torch
 from .data import SynthConfig, SynthSequence
+from .lab import lab_motion
 from .motion import _joint_trajectory, _motion_params, _object_trajectory, _penetration_and_contacts, _time_base
 from .render import _auto_marker_radius, _scene_params, iter_rendered_frames
 from .scenario import _grasp_contacts, _plan_scenario
@@ -36,20 +37,30 @@ def _generate(cfg: SynthConfig) -> SynthSequence:
     # ---- motion: joints, then the object carried by the contacts --------------------------
     tb = _time_base(cfg)
     params = _motion_params(rng, cfg)
-    q_all, ik_res, scale = _joint_trajectory(hand, scen, grip, tb, params, cfg)
     Nj = tb.num_joint_states
+    T_cam_palm = scen.T_cam_palm
+    lab = None
+    if cfg.motion == "lab":   # moving hand base, gaiting, object motion not from the contacts (.lab)
+        lab = lab_motion(hand, obj, sdf, scen, grip, tb, params, rng, cfg)
+        q_all, ik_res, scale = lab["q_all"], lab["ik_res"], 1.0
+        base = torch.as_tensor(lab["T_cam_hand_frames"])
+    else:
+        q_all, ik_res, scale = _joint_trajectory(hand, scen, grip, tb, params, cfg)
+        base = torch.as_tensor(T_cam_palm)[None]
     q_joint_true = q_all[tb.inv[:Nj]]
     q_frames = q_all[tb.inv[Nj:]]
-    T_cam_palm = scen.T_cam_palm
-    pts_f = hand.surface_points(torch.as_tensor(q_frames), base=torch.as_tensor(T_cam_palm)[None]).numpy()  # (Nf, N, 3)
-    T_cam_obj, in_contact, slip = _object_trajectory(obj, scen, pts_f[:, grip.contact_ids], tb, cfg.slips, rng)
+    pts_f = hand.surface_points(torch.as_tensor(q_frames), base=base).numpy()  # (Nf, N, 3)
+    if lab is None:
+        T_cam_obj, in_contact, slip = _object_trajectory(obj, scen, pts_f[:, grip.contact_ids], tb, cfg.slips, rng)
+    else:
+        T_cam_obj, in_contact, slip = lab["T_cam_obj"], lab["in_contact"], lab["slip"]
     penetration_mm, n_contacts = _penetration_and_contacts(sdf, T_cam_obj, pts_f, cfg.contact_threshold)
 
     # ---- published joint states ----------------------------------------------------------
     q_pub = _encoder_readings(q_joint_true, cfg, rng)
 
     # ---- fingertips in the image ---------------------------------------------------------
-    tips = hand.fingertips(torch.as_tensor(q_frames), base=torch.as_tensor(T_cam_palm)[None]).numpy()
+    tips = hand.fingertips(torch.as_tensor(q_frames), base=base).numpy()
     K = cfg.K
     uv = tips @ K.T
     tips_px = uv[..., :2] / uv[..., 2:3]
@@ -70,6 +81,10 @@ def _generate(cfg: SynthConfig) -> SynthSequence:
         n_contacts=n_contacts, hand_frame=hand.base_link,
         marker_colors=np.asarray(cfg.marker_colors, float), marker_radius=float(marker_radius), scene=scene,
     )
+    if lab is not None:
+        seq.T_cam_hand_frames, seq.T_cam_hand_frames_published = lab["T_cam_hand_frames"], lab["T_cam_hand_frames_published"]
+        seq.tf_stamps_ns, seq.T_world_hand_tf, seq.T_cam_world = seq.joint_stamps_ns.copy(), lab["T_world_hand_tf"], T_cam_palm
+        seq.scene["lab"] = {k: (v.tolist() if isinstance(v, np.ndarray) else v) for k, v in lab["lab"].items()}
     seq.scene["ik_residual_max_m"] = float(ik_res[..., 0].max()) if ik_res.size else 0.0
     seq.scene["motion_scale"] = float(scale)
     if cfg.render:

@@ -19,7 +19,9 @@ def write_sequence_bag(seq: SynthSequence, path, storage: str = "mcap", progress
     Topics: colour image (rgb8) + camera_info, aligned depth (16UC1 mm) + camera_info, all with
     frame ``camera_color_optical_frame``; ``/joint_states`` (names ``seq.joint_names``); one
     ``/tf_static`` message camera_color_optical_frame -> hand base with the **published**
-    calibration (with error); ground truth object pose (PoseStamped) and object/hand masks
+    calibration (with error) - or, on a moving base (motion ``lab``), camera_color_optical_frame ->
+    ``world`` on ``/tf_static`` and world -> hand base on ``/tf`` with every joint state (with the
+    error and the /tf noise); ground truth object pose (PoseStamped) and object/hand masks
     (mono8 0/255) with the image stamps. Frames are rendered on the fly when ``seq.rgb`` is None.
     Beside the bag's files a JSON sidecar ``hp_ros_synth.json`` (:meth:`SynthSequence.metadata`)
     records the object spec, seed, config and ground-truth facts.
@@ -43,17 +45,25 @@ def write_sequence_bag(seq: SynthSequence, path, storage: str = "mcap", progress
         TS = bag.msg_class("geometry_msgs/msg/TransformStamped")
         PoseStamped = bag.msg_class("geometry_msgs/msg/PoseStamped")
         t0 = int(min(seq.joint_stamps_ns[0], seq.frame_stamps_ns[0]))
-        tf_msg = M.make_tf_message([M.make_transform_stamped(seq.T_cam_hand_published, t0, cam, seq.hand_frame, TS)], TF)
-        bag.write(B.TOPIC_TF_STATIC, "tf2_msgs/msg/TFMessage", tf_msg, t0)
+        moving = seq.T_world_hand_tf is not None
+        static = (M.make_transform_stamped(seq.T_cam_world, t0, cam, seq.world_frame, TS) if moving else
+                  M.make_transform_stamped(seq.T_cam_hand_published, t0, cam, seq.hand_frame, TS))
+        bag.write(B.TOPIC_TF_STATIC, "tf2_msgs/msg/TFMessage", M.make_tf_message([static], TF), t0)
+
+        def write_joint_state(j):
+            tj = int(seq.joint_stamps_ns[j])
+            bag.write(B.TOPIC_JOINT_STATES, "sensor_msgs/msg/JointState",
+                      M.make_joint_state(seq.joint_names, seq.joint_positions[j], tj, JointState), tj)
+            if moving:   # the arm's robot_state_publisher: world -> hand base at the joint-state stamps
+                tf = M.make_transform_stamped(seq.T_world_hand_tf[j], tj, seq.world_frame, seq.hand_frame, TS)
+                bag.write(B.TOPIC_TF, "tf2_msgs/msg/TFMessage", M.make_tf_message([tf], TF), tj)
         frames = (None for _ in range(seq.num_frames)) if seq.rgb is not None else iter_rendered_frames(seq)
         j = 0
         Nj = len(seq.joint_stamps_ns)
         for k, fr in enumerate(frames):
             t = int(seq.frame_stamps_ns[k])
             while j < Nj and seq.joint_stamps_ns[j] <= t:   # joint states up to this image, in time order
-                tj = int(seq.joint_stamps_ns[j])
-                bag.write(B.TOPIC_JOINT_STATES, "sensor_msgs/msg/JointState",
-                          M.make_joint_state(seq.joint_names, seq.joint_positions[j], tj, JointState), tj)
+                write_joint_state(j)
                 j += 1
             if fr is None:
                 fr = dict(rgb=seq.rgb[k], depth_mm=seq.depth_mm[k], object_mask=seq.object_mask[k],
@@ -71,9 +81,7 @@ def write_sequence_bag(seq: SynthSequence, path, storage: str = "mcap", progress
             if progress is not None:
                 progress(k + 1, seq.num_frames)
         while j < Nj:
-            tj = int(seq.joint_stamps_ns[j])
-            bag.write(B.TOPIC_JOINT_STATES, "sensor_msgs/msg/JointState",
-                      M.make_joint_state(seq.joint_names, seq.joint_positions[j], tj, JointState), tj)
+            write_joint_state(j)
             j += 1
     (path / SIDECAR_NAME).write_text(json.dumps(seq.metadata(), indent=1))
     return path

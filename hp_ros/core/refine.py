@@ -633,7 +633,8 @@ class Refiner:
     # ------------------------------------------------------------------------------ API
     def refine(self, frames: Sequence[FrameObservation], camera: Camera, T_cam_obj_init,
                max_iterations: Optional[int] = None, terms: Optional[Sequence[str]] = None,
-               weights: Optional[RefineWeights] = None, num_hypotheses: Optional[int] = None) -> RefineResult:
+               weights: Optional[RefineWeights] = None, num_hypotheses: Optional[int] = None,
+               candidates=None) -> RefineResult:
         """Refine the object pose of one frame or jointly over a window.
 
         Args:
@@ -644,6 +645,9 @@ class Refiner:
             terms: subset of :data:`TERM_NAMES` to use (None/empty = all with non-zero weight).
             weights: override of the refiner's weights.
             num_hypotheses: override of ``config.num_hypotheses`` (0 = no coarse search).
+            candidates: ``(E, 4, 4)`` more starting poses of the last frame (e.g. a global search's,
+                :mod:`hp_ros.core.global_pose`), scored with the hypotheses in the coarse search (the
+                window's other frames move with the last one).
         Returns:
             :class:`RefineResult`, its tensors on the CPU (the work runs on ``device``: tensors made
             without a device inside are made on it).
@@ -652,7 +656,8 @@ class Refiner:
         """
         on_device = contextlib.nullcontext() if self.device.type == "cpu" else self.device
         with on_device:
-            res = self._refine(frames, camera, T_cam_obj_init, max_iterations, terms, weights, num_hypotheses)
+            res = self._refine(frames, camera, T_cam_obj_init, max_iterations, terms, weights, num_hypotheses,
+                               candidates)
         for name in ("T_cam_obj", "T_cam_obj_init", "T_cam_hand", "joint_offsets"):
             value = getattr(res, name)
             if value is not None:
@@ -660,7 +665,7 @@ class Refiner:
         return res
 
     def _refine(self, frames, camera, T_cam_obj_init, max_iterations=None, terms=None, weights=None,
-                num_hypotheses=None) -> RefineResult:
+                num_hypotheses=None, candidates=None) -> RefineResult:
         """:meth:`refine` on the current default device."""
         t_start = time.perf_counter()
         cfg = self.config
@@ -710,13 +715,13 @@ class Refiner:
         T_start, fit_conf = self._depth_fit_start(T0, frames, obs, camera)
         T_best = T_start[None]
         chosen = 0
-        if n_hyp > 1:
+        if n_hyp > 1 or candidates is not None:
             crop_lo = self._crop(obs, left, side, cfg.coarse_size, camera)
             if static:
                 self._static_hand(hand_ctx["mesh"], crop_lo, cfg.coarse_size)
-            extra = None if T_start is T0 else T0[None]  # the given pose stays a candidate
-            cands, order = self._hypotheses(T_start, crop_lo, w, hand_mesh0, camera, obs, n_hyp, extra)
-            k = min(cfg.top_k, n_hyp)
+            extra = self._extra_candidates(T0, T_start, candidates)
+            cands, order = self._hypotheses(T_start, crop_lo, w, hand_mesh0, camera, obs, max(n_hyp, 1), extra)
+            k = min(cfg.top_k, cands.shape[0])
             T_best = cands[:k]
             if k > 1 and cfg.top_k_iterations > 0:
                 w_render = replace(w, penetration=0.0, contact_sliding=0.0, object_smoothness=0.0,
@@ -767,6 +772,17 @@ class Refiner:
             iterations=it_done, elapsed_s=time.perf_counter() - t_start,
             hypotheses=n_hyp if n_hyp > 1 else 0, chosen_hypothesis=chosen, hessian_diag=hess,
             mask_iou_roi=np.asarray(iou_roi, float), depth_fit_confidence=fit_conf)
+
+    def _extra_candidates(self, T0, T_start, candidates):
+        """``(E, B, 4, 4)`` poses scored besides the hypotheses around ``T_start``: the given ``T0`` when
+        the depth fit moved the start, and the caller's ``candidates`` ``(E, 4, 4)`` of the last frame
+        (earlier frames moved with it). None when there are none."""
+        extra = [] if T_start is T0 else [T0[None]]
+        if candidates is not None:
+            C = torch.as_tensor(np.asarray(candidates), dtype=torch.float32).reshape(-1, 4, 4).to(T0.device)
+            corr = C @ torch.linalg.inv(T0[-1])                                  # (E, 4, 4)
+            extra.append(corr[:, None] @ T0[None])
+        return torch.cat(extra) if extra else None
 
     def _full_iou(self, T: torch.Tensor, obs: dict, camera: Camera) -> np.ndarray:
         """``(B,)`` mask IoU at the camera's resolution of poses ``T`` ``(B, 4, 4)``."""

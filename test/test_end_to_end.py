@@ -13,10 +13,23 @@ pytestmark = [pytest.mark.ros, pytest.mark.slow]
 def test_full_graph_tracks_synthetic_sequence(tmp_path, ros_env):
     from hp_ros.tools.demo import run_pipeline
 
+    from pathlib import Path
+
+    def until_the_first_answer(c) -> bool:
+        """No initial pose (the default): hold the replay from the first INITIALIZING status until
+        the refinement node's global estimate arrived (state order, not speed, is tested here)."""
+        with c._lock:
+            return bool(c.status) and not c.refined
+
     r = run_pipeline(tmp_path / "run", object_spec="builtin:cracker_box", duration=6.0, seed=2,
-                     log=lambda *a: None)
+                     log=lambda *a: None, pause_while=until_the_first_answer)
     print({k: v for k, v in r.items() if k not in ("per_frame", "frames")})
-    # accuracy against ground truth (the tracker starts 1 cm / 5 deg off)
+    logs = {p.stem: p.read_text() for p in Path(r["logs"]).glob("*.log")}
+    # cold start: INITIALIZING, a global estimate by the refinement node, then TRACKING
+    assert r["states"][0] == "INITIALIZING" and "TRACKING" in r["states"], r["states"]
+    assert "refine_pose: global estimate" in logs["refinement_node"], logs["refinement_node"][-2000:]
+    assert "INITIALIZING -> TRACKING" in logs["tracking_node"]
+    # accuracy against ground truth (the tracker found the object itself)
     assert r["n_matched"] >= 0.3 * r["n_frames"], "too few frames produced a pose"
     assert r["adds_mean_cm"] <= 1.5
     assert r["adds_max_cm"] <= 3.0
@@ -27,10 +40,10 @@ def test_full_graph_tracks_synthetic_sequence(tmp_path, ros_env):
     assert r["tf_messages"] >= 0.3 * r["n_frames"]
     assert r["final_state"] == "TRACKING"
     # the depth fit (model backend) segments every frame once the tracker has a pose: only the
-    # frames before its first pose go to the fallback (color|depth)
+    # frames before its first pose go to the fallback (color|depth: those until the replay holds)
     seg = next(v for k, v in r["diagnostics"].items() if k.endswith("segmentation_node"))
     by = {k.split(".", 1)[1]: int(v) for k, v in seg.items() if k.startswith("frames_by_backend.")}
-    assert by.get("model", 0) >= 0.9 * int(seg["frames"]) and by.get("color|depth", 0) <= 10, seg
+    assert by.get("model", 0) >= 0.8 * int(seg["frames"]) and by.get("color|depth", 0) <= 30, seg
 
 
 @pytest.mark.parametrize("single_process", [False, True], ids=["processes", "single_process"])
@@ -45,8 +58,19 @@ def test_bad_initial_pose_is_recovered_through_refinement(tmp_path, ros_env, sin
 
     from hp_ros.tools.demo import run_pipeline
 
+    lost_at = []
+
+    def waiting_for_the_answer(c) -> bool:
+        """Hold the replay from LOST until a refinement answer arrived: the sequence cannot run out
+        before a slow machine answers (the test asserts the order of states, not how fast)."""
+        with c._lock:
+            if not lost_at and c.status and c.status[-1][1] == "LOST":
+                lost_at.append(c.status[-1][0])
+            return bool(lost_at) and not any(t > lost_at[0] for t in c.refined)
+
     r = run_pipeline(tmp_path / "run", object_spec="builtin:cracker_box", duration=10.0, seed=2,
-                     log=lambda *a: None, initial_offset=(0.06, 10.0), single_process=single_process)
+                     log=lambda *a: None, initial_offset=(0.06, 10.0), single_process=single_process,
+                     pause_while=waiting_for_the_answer)
     print({k: v for k, v in r.items() if k not in ("per_frame", "frames")})
     logs = {p.stem: p.read_text() for p in Path(r["logs"]).glob("*.log")}
     log = logs["graph_process"] if single_process else logs["tracking_node"]
@@ -68,7 +92,7 @@ def test_bad_initial_pose_is_recovered_through_refinement(tmp_path, ros_env, sin
         r"object backend '[^']+' -> '([^']+)' at stamp (\d+)", seg_log)]
     assert any(b == "color|depth" and t >= lost_at for b, t in switches), (switches, lost_at)
     assert switches and switches[-1][0] == "model", switches
-    # poses published after the recovery follow the ground truth (10 s: refinement takes 2-6 s here)
+    # poses published after the recovery follow the ground truth (the replay held until the answer)
     late = [f["adds_cm"] for f in r["per_frame"][len(r["per_frame"]) // 2:] if f["matched"]]
     assert len(late) >= 10, late
     assert np.mean(late) <= 1.5 and np.max(late) <= 3.0, late
@@ -131,7 +155,8 @@ def test_every_frame_posed_at_half_rate_through_a_bad_image_burst(tmp_path, ros_
 
     burst = _BadImageBurst(after_frames=50)  # of 120
     r = run_pipeline(tmp_path / "run", object_spec="builtin:cracker_box", duration=4.0, seed=2, rate=0.5,
-                     log=lambda *a: None, single_process=single_process, during_replay=burst)
+                     log=lambda *a: None, single_process=single_process, during_replay=burst,
+                     initial_offset=(0.01, 5.0))
     print({k: v for k, v in r.items() if k not in ("per_frame", "frames", "latencies_ms")})
     assert burst.sent == 100
     missing = [f["stamp_ns"] for f in r["per_frame"] if not f["matched"]]

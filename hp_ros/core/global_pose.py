@@ -36,7 +36,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-__all__ = ["GlobalPoseConfig", "GlobalPoseResult", "GlobalPoseSearch", "uniform_rotations", "cold_start"]
+__all__ = ["GlobalPoseConfig", "GlobalPoseResult", "GlobalPoseSearch", "uniform_rotations", "cold_start", "global_estimate"]
 
 
 @dataclass
@@ -280,6 +280,19 @@ def cold_start(refiner, search: "GlobalPoseSearch", frame, camera, max_iteration
     Raises:
         ValueError when the frame has no depth or no object mask.
     """
+    found = global_estimate(refiner, search, frame, camera)
+    if found is None:
+        return None, None
+    res = refiner.refine([frame], camera, torch.as_tensor(found.T_cam_obj, dtype=torch.float32),
+                         max_iterations=max_iterations, num_hypotheses=num_hypotheses, terms=terms,
+                         candidates=found.candidates)
+    return res, found
+
+
+def global_estimate(refiner, search: "GlobalPoseSearch", frame, camera) -> Optional[GlobalPoseResult]:
+    """:meth:`GlobalPoseSearch.estimate` on a :class:`hp_ros.core.refine.FrameObservation` (its depth,
+    masks, and the hand's surface points from its joints and camera->hand with the refiner's hand
+    model). None when the mask has too few depth pixels; ValueError without depth or object mask."""
     if frame.depth is None or frame.object_mask is None:
         raise ValueError("a global estimate needs the frame's depth and object mask")
     depth = np.asarray(frame.depth, np.float32)
@@ -296,10 +309,4 @@ def cold_start(refiner, search: "GlobalPoseSearch", frame, camera, max_iteration
             Th = torch.as_tensor(np.asarray(frame.T_cam_hand), dtype=torch.float32).reshape(1, 4, 4)
             hand_points = refiner.hand.surface_points(q.to(refiner.device), Th.to(refiner.device))[0].cpu().numpy()
     K = camera.K.double().cpu().numpy()
-    found = search.estimate(depth, mask, K, hand_mask=hand_mask, hand_points=hand_points)
-    if found is None:
-        return None, None
-    res = refiner.refine([frame], camera, torch.as_tensor(found.T_cam_obj, dtype=torch.float32),
-                         max_iterations=max_iterations, num_hypotheses=num_hypotheses, terms=terms,
-                         candidates=found.candidates)
-    return res, found
+    return search.estimate(depth, mask, K, hand_mask=hand_mask, hand_points=hand_points)

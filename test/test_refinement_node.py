@@ -136,16 +136,16 @@ def test_refine_service(ros_node, start_process, seq):
         return req
 
     # --- bad requests
-    res = _call(ros_node, client, request(terms=["mask", "depth"]))
-    assert not res.success and "unknown term" in res.message and "depth" in res.message
+    res = _call(ros_node, client, request(terms=["mask", "colour"]))
+    assert not res.success and "unknown term" in res.message and "colour" in res.message
     res = _call(ros_node, client, request(window_length=5))
     assert not res.success and "window_length 5" in res.message
     # a stamp past the buffer's newest frame (a stamp inside its range gets the nearest frame, see
     # test_frame_for_stamp_finds_frames_inside_the_buffer)
     res = _call(ros_node, client, request(stamp=stamps[-1] + 123_000_000))
     assert not res.success and "no buffered frame" in res.message
-    res = _call(ros_node, client, request(use_initial_pose=False))
-    assert not res.success and "no initial pose" in res.message
+    res = _call(ros_node, client, request(use_initial_pose=False))  # no depth published: no global estimate
+    assert not res.success and "no initial pose" in res.message and "depth" in res.message
     bad = request()
     bad.initial_pose.pose.position.x = math.nan
     res = _call(ros_node, client, bad)

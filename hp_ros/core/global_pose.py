@@ -166,7 +166,7 @@ class GlobalPoseSearch:
         u_obs = (obs * idx[None, None, :]).flatten(1).sum(1) / n_obs
         v_obs = (obs * idx[None, :, None]).flatten(1).sum(1) / n_obs
         for _ in range(steps):
-            zbuf = self._splat(T, grid)
+            zbuf = self._splat(T, grid, close=False)
             sil = torch.isfinite(zbuf) & care
             n = sil.flatten(1).sum(1).clamp(min=1)
             du = u_obs - (sil * idx[None, None, :]).flatten(1).sum(1) / n
@@ -180,8 +180,9 @@ class GlobalPoseSearch:
             T[:, 2, 3] = z
         return T
 
-    def _splat(self, T: torch.Tensor, grid: "_Grid") -> torch.Tensor:
-        """Nearest depth ``(N, S, S)`` of the camera-facing samples at poses ``(N, 4, 4)`` (inf: none)."""
+    def _splat(self, T: torch.Tensor, grid: "_Grid", close: bool = True) -> torch.Tensor:
+        """Nearest depth ``(N, S, S)`` of the camera-facing samples at poses ``(N, 4, 4)`` (inf: none);
+        ``close``: gaps between samples closed by a 3x3 min-filter (the alignment steps do without)."""
         S = self.cfg.size
         R, t = T[:, :3, :3].float(), T[:, :3, 3].float()
         pts = torch.einsum("nij,mj->nmi", R, self.samples.float()) + t[:, None]                  # (N, M, 3)
@@ -195,7 +196,8 @@ class GlobalPoseSearch:
         flat = torch.arange(N)[:, None] * S * S + v.clamp(0, S - 1) * S + u.clamp(0, S - 1)
         zbuf = torch.full((N * S * S,), float("inf"))
         zbuf.scatter_reduce_(0, flat[ok], pts[..., 2][ok], reduce="amin")
-        return (-F.max_pool2d(-zbuf.reshape(N, 1, S, S), 3, 1, 1)[:, 0]).double()               # close gaps
+        zbuf = zbuf.reshape(N, S, S)
+        return (-F.max_pool2d(-zbuf[:, None], 3, 1, 1)[:, 0] if close else zbuf).double()
 
     def _score(self, T: torch.Tensor, grid: "_Grid", hand_points) -> torch.Tensor:
         """Loss ``(N,)`` of poses ``(N, 4, 4)`` (lower is better), see the module doc."""

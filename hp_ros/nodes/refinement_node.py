@@ -87,6 +87,8 @@ OWN_PARAMS = {
     "use_depth": Param(True, "use the aligned depth image: the robust depth term, the start from the depth fit, "
                              "and the global estimate of a request without an initial pose"),
     "global_hypotheses": Param(4, "poses around a global estimate's best scored with its candidates", non_negative),
+    "global_iterations": Param(12, "Adam iterations after a global estimate (its depth fit is close already; a "
+                                   "request's max_iterations overrides)", positive),
     "max_pose_age": Param(2.0, "a request without an initial pose starts from the tracked/refined pose when it is "
                                "at most this old [s] against the requested frame, else from a global estimate",
                           positive),
@@ -531,7 +533,8 @@ class RefinementNode(GuardedNode):
                                             "global estimate")
             T0, candidates, how = found.T_cam_obj, found.candidates, f"global estimate {found.elapsed_s:.2f} s, "
         res = self.refiner.refine(frames, self.camera, torch.as_tensor(T0, dtype=torch.float32),
-                                  max_iterations=max_it, terms=terms, candidates=candidates,
+                                  max_iterations=max_it if candidates is None or request.max_iterations
+                                  else int(self.p["global_iterations"]), terms=terms, candidates=candidates,
                                   num_hypotheses=None if candidates is None else int(self.p["global_hypotheses"]))
         cam = self.p["camera_frame"]
         T = res.T_cam_obj.double().numpy()

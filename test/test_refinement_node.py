@@ -169,7 +169,7 @@ def test_refine_service(ros_node, start_process, seq):
     assert "hand not used" not in res.message, (res.message, proc.log_text())
     assert spin_until(ros_node, lambda: len(refined) >= 1, 10)
     # the request decoded its frame's colour image and masks (3), and only those
-    assert spin_until(ros_node, lambda: status().get("images_decoded") == "3", 10), status()
+    assert spin_until(ros_node, lambda: status().get("images_decoded") == "3", 10), sorted(status().items())
     cov = np.array(refined[-1].pose.covariance).reshape(6, 6)
     assert np.all(np.diag(cov) > 0) and np.allclose(M.pose_to_matrix(refined[-1]), T, atol=1e-9)
 

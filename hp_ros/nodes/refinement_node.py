@@ -503,6 +503,9 @@ class RefinementNode(GuardedNode):
         elif any(q is None for q in qs):
             no_hand = (f"no joint states around the frame stamps (buffer {len(self.joints.stamps)} joint states"
                        + (f", {self.joints.stamps[0]}..{self.joints.stamps[-1]} ns)" if self.joints.stamps else ")"))
+        if T0 is None and "depth" not in slots[-1]:  # checked before decoding anything
+            return self._fail(response, "no initial pose and no depth image for the requested frame (a global "
+                                        "estimate needs the aligned depth with the same stamp)")
         hand_masks = all("hand_mask" in f for f in slots)
         try:
             slots = [{k: (self._decode(k, v) if k in ("rgb", "object_mask", "hand_mask", "depth") else v)
@@ -522,9 +525,6 @@ class RefinementNode(GuardedNode):
 
         candidates, how = None, ""
         if T0 is None:  # no pose to start from: a global estimate from the last frame (global_pose.py)
-            if frames[-1].depth is None:
-                return self._fail(response, "no initial pose and no depth image for the requested frame (a global "
-                                            "estimate needs the aligned depth with the same stamp)")
             from hp_ros.core.global_pose import global_estimate
 
             found = global_estimate(self.refiner, self.global_search, frames[-1], self.camera)

@@ -102,6 +102,7 @@ def main(argv=None) -> int:
     ap.add_argument("--no-depth", action="store_true", help="refine without the depth (mask + RGB only)")
     ap.add_argument("--hypotheses", type=int, default=8)
     ap.add_argument("--iterations", type=int, default=30)
+    ap.add_argument("--patience", type=int, default=10, help="early-stop patience (the node's early_stop_patience)")
     a = ap.parse_args(argv)
     torch.set_num_threads(1)
     data = load_hope(SHARED)
@@ -119,7 +120,8 @@ def main(argv=None) -> int:
     dz = (T_ref[2, 3] - LISTED_T[2]) * 1000
     print(f"reference: the listed pose fitted to depth moves {dz:+.1f} mm along z")
     cam = Camera.from_intrinsics(K[0, 0], K[1, 1], K[0, 2], K[1, 2], W, H)
-    ref = Refiner(obj, None, RefineConfig(max_iterations=a.iterations, num_hypotheses=a.hypotheses))
+    ref = Refiner(obj, None, RefineConfig(max_iterations=a.iterations, num_hypotheses=a.hypotheses,
+                                                  early_stop_patience=a.patience))
     frame = FrameObservation(rgb=rgb, object_mask=mask, depth=None if a.no_depth else depth)
     ref.refine([frame], cam, torch.tensor(T_ref, dtype=torch.float32), max_iterations=1)  # warm-up
     out = {}

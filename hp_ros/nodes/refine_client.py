@@ -2,7 +2,8 @@
 re-centred estimate) and while it has no pose at all (INITIALIZING without an initial pose: the
 refinement node then makes a global estimate from the frame, :mod:`hp_ros.core.global_pose`), give
 up after ``refinement_timeout``, hand a good answer (mask IoU >= ``min_refinement_iou``) to the
-tracker, which re-initialises at the answer's frame and re-predicts through the joint states since."""
+tracker, which re-initialises at the answer's frame and re-predicts through the joint states since. After a
+failed or refused answer the next request is a global estimate."""
 from __future__ import annotations
 
 import time
@@ -25,6 +26,7 @@ class RefinementClient:
         self.started = 0.0
         self.requests = 0
         self.global_pending = False  # a global request failed: asked again by poll (the world may be still)
+        self.last_failed = False     # the last answer was a failure or refused
         self.retry_at = 0.0
 
     def request(self, stamp: int, seed=None, global_estimate: bool = False) -> None:
@@ -33,6 +35,9 @@ class RefinementClient:
         no pose with ``global_estimate`` (the node finds one), else from the tracker's."""
         if not self.p["request_refinement"] or self.future is not None or not self.client.service_is_ready():
             return
+        # a LOST track whose last answer was refused asks for a global estimate (its estimate may be
+        # beyond the refinement's reach)
+        global_estimate = global_estimate or (self.last_failed and seed is None)
         req = RefinePose.Request()
         # a global estimate is of the newest buffered frame (stamp 0): the answer carries its stamp
         req.stamp = msgs.ns_to_stamp(0 if global_estimate else stamp, type(req.stamp))
@@ -62,6 +67,7 @@ class RefinementClient:
             return
         fut, self.future = self.future, None
         self.retry_at = time.monotonic() + 0.5
+        self.last_failed = True
         try:
             res = fut.result()
         except Exception as e:  # noqa: BLE001 - a failed service call must not stop tracking
@@ -78,4 +84,4 @@ class RefinementClient:
             # since (the object moved while the refinement ran)
             self.node.get_logger().info(f"re-initialising from the refinement result (mask IoU {res.mask_iou:.2f})")
         if res is not None and res.success and res.mask_iou >= self.p["min_refinement_iou"]:
-            self.global_pending = False
+            self.global_pending = self.last_failed = False

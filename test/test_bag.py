@@ -246,6 +246,24 @@ def test_pose_covariance_joint_camera(flavour):
         M.make_joint_state(JOINTS[:3], np.zeros(4), 0, JS)
 
 
+def test_quaternion_of_a_pose_matches_scipy_in_every_branch():
+    """The published quaternion (x, y, z, w; w >= 0) against scipy's, over random rotations and the
+    half turns about each axis (each branch of the conversion: trace, then the largest diagonal)."""
+    Rs = list(Rotation.random(2000, random_state=3).as_matrix())
+    Rs += [Rotation.from_rotvec(np.pi * np.eye(3)[k]).as_matrix() for k in range(3)]
+    Rs += [Rotation.from_rotvec((np.pi - 1e-3) * np.array(a) / np.linalg.norm(a)).as_matrix()
+           for a in ([1, 0.1, 0], [0.1, 1, 0.2], [0, 0.2, 1])]
+    for R in Rs:
+        T = np.eye(4)
+        T[:3, :3] = R
+        q, ref = M._quat_xyzw(T), Rotation.from_matrix(R).as_quat()
+        ref = -ref if ref[3] < 0 else ref
+        if abs(ref[3]) < 1e-9:  # a half turn: q and -q are the same rotation with w = 0
+            assert min(np.abs(q - ref).max(), np.abs(q + ref).max()) < 1e-12
+        else:
+            np.testing.assert_allclose(q, ref, atol=1e-12)
+
+
 def test_stamps():
     Time = M.field_class(M.field_class(B.msg_class("sensor_msgs/msg/Image"), "header"), "stamp")
     s = M.ns_to_stamp(3_000_000_007, Time)

@@ -13,38 +13,68 @@ pytestmark = [pytest.mark.ros, pytest.mark.slow]
 def test_full_graph_tracks_synthetic_sequence(tmp_path, ros_env):
     from hp_ros.tools.demo import run_pipeline
 
-    from pathlib import Path
-
-    def until_the_first_answer(c) -> bool:
-        """No initial pose (the default): hold the replay from the first INITIALIZING status until
-        the refinement node's global estimate arrived (state order, not speed, is tested here)."""
-        with c._lock:
-            return bool(c.status) and not c.refined
-
     r = run_pipeline(tmp_path / "run", object_spec="builtin:cracker_box", duration=6.0, seed=2,
-                     log=lambda *a: None, pause_while=until_the_first_answer)
-    print({k: v for k, v in r.items() if k not in ("per_frame", "frames")})
-    logs = {p.stem: p.read_text() for p in Path(r["logs"]).glob("*.log")}
-    # cold start: INITIALIZING, a global estimate by the refinement node, then TRACKING
-    assert r["states"][0] == "INITIALIZING" and "TRACKING" in r["states"], r["states"]
-    assert "refine_pose: global estimate" in logs["refinement_node"], logs["refinement_node"][-2000:]
-    assert "INITIALIZING -> TRACKING" in logs["tracking_node"]
-    # accuracy against ground truth (the tracker found the object itself)
+                     log=lambda *a: None, initial_offset=(0.01, 5.0))
+    print({k: v for k, v in r.items() if k not in ("per_frame", "frames", "estimates", "rss_mb")})
+    # accuracy against ground truth (the tracker starts 1 cm / 5 deg off)
     assert r["n_matched"] >= 0.3 * r["n_frames"], "too few frames produced a pose"
     assert r["adds_mean_cm"] <= 1.5
     assert r["adds_max_cm"] <= 3.0
     # output rate and latency of the whole graph (loose bounds: tests do not time anything; the
     # measured figures are bench_graph.py's, see README)
     assert r["output_rate_hz"] >= 4.0
-    # (median: the frames around the replay's hold wait for it)
-    assert r["latency_ms_median"] < 1500.0
+    assert r["latency_ms_p95"] < 1500.0
     assert r["tf_messages"] >= 0.3 * r["n_frames"]
     assert r["final_state"] == "TRACKING"
     # the depth fit (model backend) segments every frame once the tracker has a pose: only the
-    # frames before its first pose go to the fallback (color|depth: those until the replay holds)
+    # frames before its first pose go to the fallback (color|depth)
     seg = next(v for k, v in r["diagnostics"].items() if k.endswith("segmentation_node"))
     by = {k.split(".", 1)[1]: int(v) for k, v in seg.items() if k.startswith("frames_by_backend.")}
-    assert by.get("model", 0) >= 0.8 * int(seg["frames"]) and by.get("color|depth", 0) <= 30, seg
+    assert by.get("model", 0) >= 0.9 * int(seg["frames"]) and by.get("color|depth", 0) <= 10, seg
+    # the same bag offline (hp-ros eval without --est: the core in one process) poses the same
+    # frames alike, up to what depends on arrival times in the live graph (frames the segmentation
+    # skipped, observations that missed the next frame)
+    import numpy as np
+
+    from hp_ros.core.ekf.geometry import pose_error
+    from hp_ros.tools.offline import run_offline
+
+    off = run_offline(tmp_path / "run" / "synthetic_bag", initial_offset=(0.01, 5.0), log=lambda *a: None)
+    both = sorted(set(off.poses) & set(r["estimates"]))
+    assert len(both) >= 0.9 * len(r["estimates"])
+    err = np.array([pose_error(off.poses[s], r["estimates"][s]) for s in both])
+    dt_mm, dr_deg = 1000 * np.linalg.norm(err[:, :3], axis=1), np.degrees(np.linalg.norm(err[:, 3:], axis=1))
+    print(f"live vs offline over {len(both)} frames: {np.median(dt_mm):.2f} mm / {np.median(dr_deg):.2f} deg "
+          f"median, {np.percentile(dt_mm, 90):.2f} mm / {np.percentile(dr_deg, 90):.2f} deg p90, "
+          f"{dt_mm.max():.2f} mm / {dr_deg.max():.2f} deg max")
+    # (a loaded machine's live graph skips more frames: the tail differs with the load, the bulk not)
+    assert np.median(dt_mm) <= 1.0 and np.median(dr_deg) <= 0.5
+    assert np.percentile(dt_mm, 90) <= 5.0 and np.percentile(dr_deg, 90) <= 2.5
+
+
+def test_full_graph_finds_the_object_without_an_initial_pose(tmp_path, ros_env):
+    """Cold start (the default: no initial pose): INITIALIZING, a global estimate by the refinement
+    node, then TRACKING. The replay holds from the first status until that answer arrived, so the
+    order of states is tested, not the machine's speed (bench_init.py and make demo time it)."""
+    from pathlib import Path
+
+    from hp_ros.tools.demo import run_pipeline
+
+    def until_the_first_answer(c) -> bool:
+        with c._lock:
+            return bool(c.status) and not c.refined
+
+    r = run_pipeline(tmp_path / "run", object_spec="builtin:cracker_box", duration=4.0, seed=2,
+                     log=lambda *a: None, pause_while=until_the_first_answer)
+    print({k: v for k, v in r.items() if k not in ("per_frame", "frames", "estimates", "rss_mb")})
+    logs = {p.stem: p.read_text() for p in Path(r["logs"]).glob("*.log")}
+    assert r["states"][0] == "INITIALIZING" and "TRACKING" in r["states"], r["states"]
+    assert "refine_pose: global estimate" in logs["refinement_node"], logs["refinement_node"][-2000:]
+    assert "INITIALIZING -> TRACKING" in logs["tracking_node"]
+    assert r["final_state"] == "TRACKING"
+    # the tracker found the object itself, and tracks it (ground truth)
+    assert r["n_matched"] >= 0.5 * r["n_frames"], "too few frames produced a pose"
+    assert r["adds_mean_cm"] <= 1.5 and r["adds_max_cm"] <= 3.0
 
 
 @pytest.mark.parametrize("single_process", [False, True], ids=["processes", "single_process"])

@@ -132,6 +132,30 @@ SEG_PARAMS = {
 }
 
 
+def segmenter_config(p: dict, colors: list, device: str = "cpu"):
+    """The core :class:`SegmenterConfig` of the node's parameters ``p`` (also the offline pipeline's,
+    :mod:`hp_ros.tools.offline`); ``colors``: the 12 marker colour numbers or []."""
+    from hp_ros.core.segmentation.segmenter import SegmenterConfig
+
+    return SegmenterConfig(
+        object_backend=p["object_backend"], fallback_backend=p["fallback_backend"],
+        color_model=p["color_model"], hsv_ranges=list(p["hsv_ranges"]),
+        histogram_threshold=p["histogram_threshold"], histogram_rate=p["histogram_rate"],
+        workspace_box=list(p["workspace_box"]), workspace_frame=p["workspace_frame"],
+        color_in_workspace=p["color_in_workspace"], hand_dilate_px=p["hand_dilate_px"],
+        hand_depth_tolerance=p["hand_depth_tolerance"], hand_occluder_tolerance=p["hand_occluder_tolerance"],
+        hand_align_iterations=p["hand_align_iterations"], hand_align_every=p["hand_align_every"],
+        hand_depth_scale=p["hand_depth_scale"],
+        hand_margin_px=p["hand_margin_px"], min_area=p["min_area"], open_px=p["open_px"], close_px=p["close_px"],
+        keep=p["keep"], object_size=p["object_size"], object_size_tolerance=p["object_size_tolerance"],
+        marker_colors=colors, marker_radius=p["marker_radius"],
+        marker_window_px=p["marker_window_px"], marker_hue_tolerance=p["marker_hue_tolerance"],
+        model_margin=p["model_margin"], model_max_margin=p["model_max_margin"],
+        model_tolerance=p["model_tolerance"], model_icp_iterations=p["model_icp_iterations"],
+        model_scale=p["model_scale"], model_dilate_px=p["model_dilate_px"],
+        model_device=device)
+
+
 # stages of a frame in this node (wall-clock): DDS transport (writer's send to reader's receive),
 # executor queue, waiting for the worker (still segmenting an earlier frame), then for the frame's
 # own inputs (depth / joint states) once the worker is free, segmentation, publishing the outputs;
@@ -154,7 +178,6 @@ class SegmentationNode(GuardedNode):
         self.p = p = declare_parameters(self, {**COMMON_PARAMS, **SEG_PARAMS})
         from hp_ros.core.segmentation.detectron2 import Detectron2Backend
         from hp_ros.core.segmentation.image import COLOR_ENCODINGS, DEPTH_ENCODINGS
-        from hp_ros.core.segmentation.segmenter import SegmenterConfig
         self._color_encodings, self._depth_encodings = COLOR_ENCODINGS, DEPTH_ENCODINGS  # checked per message
         try:
             from hp_ros_msgs.msg import FingertipObservations, ObjectObservation
@@ -164,23 +187,7 @@ class SegmentationNode(GuardedNode):
         colors = [float(c) for c in p["marker_colors"]] if len(p["marker_colors"]) == 12 else []
         if len(p["marker_colors"]) not in (1, 12):
             raise ParameterError("marker_colors: need 12 numbers (4 RGB) or [0.0]")
-        self.cfg = SegmenterConfig(
-            object_backend=p["object_backend"], fallback_backend=p["fallback_backend"],
-            color_model=p["color_model"], hsv_ranges=list(p["hsv_ranges"]),
-            histogram_threshold=p["histogram_threshold"], histogram_rate=p["histogram_rate"],
-            workspace_box=list(p["workspace_box"]), workspace_frame=p["workspace_frame"],
-            color_in_workspace=p["color_in_workspace"], hand_dilate_px=p["hand_dilate_px"],
-            hand_depth_tolerance=p["hand_depth_tolerance"], hand_occluder_tolerance=p["hand_occluder_tolerance"],
-            hand_align_iterations=p["hand_align_iterations"], hand_align_every=p["hand_align_every"],
-            hand_depth_scale=p["hand_depth_scale"],
-            hand_margin_px=p["hand_margin_px"], min_area=p["min_area"], open_px=p["open_px"], close_px=p["close_px"],
-            keep=p["keep"], object_size=p["object_size"], object_size_tolerance=p["object_size_tolerance"],
-            marker_colors=colors, marker_radius=p["marker_radius"],
-            marker_window_px=p["marker_window_px"], marker_hue_tolerance=p["marker_hue_tolerance"],
-            model_margin=p["model_margin"], model_max_margin=p["model_max_margin"],
-            model_tolerance=p["model_tolerance"], model_icp_iterations=p["model_icp_iterations"],
-            model_scale=p["model_scale"], model_dilate_px=p["model_dilate_px"],
-            model_device=self._model_device(p["model_device"]))
+        self.cfg = segmenter_config(p, colors, self._model_device(p["model_device"]))
         # the object model feeds the colour model (color_model: object), the size check and the
         # model backend
         self.uses_prior = "model" in p["object_backend"]

@@ -15,6 +15,7 @@ class TfPublisher:
 
     def __init__(self, node: Node, static: bool = False):
         self.backend = "tf2_ros"
+        self.static = bool(static)
         try:
             if static:
                 from tf2_ros import StaticTransformBroadcaster as Broadcaster
@@ -31,6 +32,14 @@ class TfPublisher:
                              durability=DurabilityPolicy.TRANSIENT_LOCAL if static else DurabilityPolicy.VOLATILE)
             self._broadcaster = None
             self._pub = node.create_publisher(TFMessage, "/tf_static" if static else "/tf", qos)
+
+    def wanted(self) -> bool:
+        """Whether anything listens (a /tf listener, RViz): /tf is volatile, so with no subscriber a
+        transform nobody receives need not be built. /tf_static always is (transient local)."""
+        if self.static:
+            return True
+        pub = self._pub if self._pub is not None else getattr(self._broadcaster, "pub_tf", None)
+        return pub is None or pub.get_subscription_count() > 0
 
     def send(self, transforms) -> None:
         """Publish one or several ``TransformStamped``."""

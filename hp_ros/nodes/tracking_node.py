@@ -229,7 +229,9 @@ class TrackingNode(GuardedNode):
             cam = self.p["camera_frame"]
             self.pose_pub.publish(msgs.make_pose_with_covariance_stamped(r.T_cam_obj, r.covariance, r.stamp, cam,
                                                                          PoseWithCovarianceStamped))
-            self.tf.send(msgs.make_transform_stamped(r.T_cam_obj, r.stamp, cam, self.p["object_frame"], TransformStamped))
+            if self.tf.wanted():
+                self.tf.send(msgs.make_transform_stamped(r.T_cam_obj, r.stamp, cam, self.p["object_frame"],
+                                                         TransformStamped))
         st = TrackingStatus()
         st.header = msgs.make_header(type(st.header), r.stamp, self.p["camera_frame"])
         st.state, st.state_name = r.state, TrackState.NAMES[r.state]

@@ -1,4 +1,9 @@
-"""``hp-ros eval BAG``: score estimated object poses against the ground truth in a bag.
+"""``hp-ros eval BAG [BAG ...]``: score estimated object poses against the ground truth in a bag.
+
+Without ``--est`` the estimates come from running the pipeline offline on the bag itself
+(:mod:`hp_ros.tools.offline`: segmentation and frame tracker in this process, as fast as the
+CPU allows; ``--params-file``, ``--set``, ``--initial-offset``); several bags run in ``--jobs``
+processes, one report folder each under ``OUT`` plus ``summary.json`` and ``summary.png``.
 
 Ground truth: ``/hp_ros/ground_truth/object_pose`` (geometry_msgs/PoseStamped) by default.
 Estimates (``--est``): a second bag (topic ``--est-topic``, PoseStamped or
@@ -28,7 +33,8 @@ POSE_TYPES = ("geometry_msgs/msg/PoseStamped", "geometry_msgs/msg/PoseWithCovari
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("bag", help="rosbag2 with the ground-truth object pose")
+    parser.add_argument("bag", nargs="+", help="rosbag2 with the ground-truth object pose (several: "
+                                               "offline runs, one report each)")
     parser.add_argument("--out", required=True, help="report folder (created)")
     parser.add_argument("--est", default=None,
                         help="estimates: a second bag, a .csv or a .json (see the module docs)")
@@ -40,6 +46,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--tolerance-ms", type=float, default=5.0, help="stamp matching tolerance (default 5 ms)")
     parser.add_argument("--auc-max-cm", type=float, default=10.0, help="AUC threshold range (default 10 cm)")
     parser.add_argument("--n-points", type=int, default=2000, help="surface samples taken from a mesh")
+    off = parser.add_argument_group("offline run (no --est)")
+    off.add_argument("--params-file", default=None, help="the nodes' parameter YAML (default: the package's "
+                                                         "config/allegro_tracking.yaml when present)")
+    off.add_argument("--set", nargs="*", default=[], metavar="NAME=VALUE",
+                     help="parameter overrides for both nodes (YAML values: --set object_backend=color)")
+    off.add_argument("--initial-offset", nargs=2, type=float, default=None, metavar=("M", "DEG"),
+                     help="start the tracker from the first ground-truth pose moved by M metres and DEG "
+                          "degrees (as the demo); default: the initial_pose parameter")
+    off.add_argument("--jobs", type=int, default=1, help="bags evaluated in parallel processes")
 
 
 # ----------------------------------------------------------------------------- loading
@@ -200,23 +215,124 @@ def print_summary(result: dict, out_dir: Path) -> None:
     console.print(f"report: {out_dir}")
 
 
-def run(args) -> int:
+def _overrides(items) -> dict:
+    import yaml
+
+    out = {}
+    for it in items or []:
+        if "=" not in it:
+            raise ValueError(f"--set expects NAME=VALUE, got {it!r}")
+        k, v = it.split("=", 1)
+        out[k.strip()] = yaml.safe_load(v)
+    return out
+
+
+def _params_file(args):
+    if args.params_file:
+        if not Path(args.params_file).is_file():
+            raise FileNotFoundError(f"params file not found: {args.params_file}")
+        return args.params_file
+    from hp_ros.graph import default_params_file
+
+    default = default_params_file()
+    return default if Path(default).is_file() else None
+
+
+def evaluate_bag(bag: str, est, out: Path, args, log=print) -> dict:
+    """One bag's report (``est``: estimates by stamp, or None to run the pipeline offline)."""
     from hp_ros.core.metrics import evaluate_sequence
 
-    if not Path(args.bag).exists():
-        raise FileNotFoundError(f"bag not found: {args.bag}")
-    if args.est is None:
-        raise ValueError("no estimates given: pass --est BAG|CSV|JSON (running the estimator "
-                         "offline is not available in this version)")
-    if args.object is None:
-        raise ValueError("--object MESH_OR_POINTS is required to compute ADD / ADD-S")
-    gt = read_pose_topic(args.bag, args.gt_topic)
+    if not Path(bag).exists():
+        raise FileNotFoundError(f"bag not found: {bag}")
+    gt = read_pose_topic(bag, args.gt_topic)
     if not gt:
-        raise ValueError(f"no ground-truth poses on {args.gt_topic} in {args.bag}")
-    est = read_estimates(args.est, args.est_topic)
-    points = load_model_points(args.object, args.n_points)
+        raise ValueError(f"no ground-truth poses on {args.gt_topic} in {bag}")
+    offline = None
+    if est is None:
+        from hp_ros.tools.offline import run_offline
+
+        offline = run_offline(bag, _params_file(args), _overrides(args.set),
+                              tuple(args.initial_offset) if args.initial_offset else None, args.gt_topic, log=log)
+        est = offline.poses
+    if args.object is not None:
+        points = load_model_points(args.object, args.n_points)
+    elif offline is not None:
+        points = offline.model_points
+    else:
+        raise ValueError("--object MESH_OR_POINTS is required to compute ADD / ADD-S")
     result = evaluate_sequence(gt, est, points, symmetric=args.symmetric,
                                tolerance_ns=int(args.tolerance_ms * 1e6), auc_max_m=args.auc_max_cm / 100)
-    out = write_report(result, args.out, args.auc_max_cm)
-    print_summary(result, out)
+    if offline is not None:
+        result["offline"] = {"frames": offline.frames, "segmented": offline.segmented, "posed": len(offline.poses),
+                             "cpu_s": round(offline.cpu_s, 3), "wall_s": round(offline.wall_s, 3),
+                             "startup_s": round(offline.startup_s, 3), "bag_s": round(offline.bag_s, 3),
+                             "counts": offline.counts}
+    write_report(result, out, args.auc_max_cm)
+    return result
+
+
+def _evaluate_job(job):
+    bag, out, args = job
+    result = evaluate_bag(bag, None, Path(out), args, log=lambda *a: None)
+    return {k: v for k, v in result.items() if k != "per_frame"}
+
+
+def _summary(results: dict, out: Path) -> None:
+    """summary.json and summary.png (ADD-S and rotation error per bag) of several bags."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from rich.console import Console
+    from rich.table import Table
+
+    (out / "summary.json").write_text(json.dumps(results, indent=1, default=float))
+    table = Table(title="hp-ros eval: offline runs")
+    for col in ("bag", "frames", "posed", "ADD-S mean [cm]", "rot mean [deg]", "CPU s / bag s"):
+        table.add_column(col)
+    for name, r in results.items():
+        o = r.get("offline", {})
+        table.add_row(name, str(o.get("frames", "")), str(o.get("posed", "")), f"{r['adds_mean_cm']:.3f}",
+                      f"{r['rot_err_mean_deg']:.2f}", f"{o.get('cpu_s', float('nan')):.1f} / {o.get('bag_s', float('nan')):.1f}")
+    Console().print(table)
+    fig, ax = plt.subplots(1, 2, figsize=(8, 3))
+    names = list(results)
+    ax[0].bar(names, [results[n]["adds_mean_cm"] for n in names])
+    ax[0].set_ylabel("ADD-S mean [cm]")
+    ax[1].bar(names, [results[n]["rot_err_mean_deg"] for n in names])
+    ax[1].set_ylabel("rotation error mean [deg]")
+    for a in ax:
+        a.tick_params(axis="x", rotation=45, labelsize=7)
+    fig.tight_layout()
+    fig.savefig(out / "summary.png", dpi=100)
+    plt.close(fig)
+
+
+def run(args) -> int:
+    if args.est is not None:
+        if len(args.bag) != 1:
+            raise ValueError("--est scores one bag: give one BAG")
+        result = evaluate_bag(args.bag[0], read_estimates(args.est, args.est_topic), Path(args.out), args)
+        print_summary(result, Path(args.out))
+        return 0
+    for b in args.bag:
+        if not Path(b).exists():
+            raise FileNotFoundError(f"bag not found: {b}")
+    if len(args.bag) == 1:
+        result = evaluate_bag(args.bag[0], None, Path(args.out), args)
+        print_summary(result, Path(args.out))
+        return 0
+    out = Path(args.out)
+    names = [Path(b).name or f"bag{i}" for i, b in enumerate(args.bag)]
+    if len(set(names)) < len(names):
+        names = [f"{i:02d}_{n}" for i, n in enumerate(names)]
+    jobs = [(b, str(out / n), args) for b, n in zip(args.bag, names)]
+    if args.jobs > 1:
+        import multiprocessing as mp
+
+        with mp.get_context("spawn").Pool(min(args.jobs, len(jobs))) as pool:
+            results = pool.map(_evaluate_job, jobs)
+    else:
+        results = [_evaluate_job(j) for j in jobs]
+    _summary(dict(zip(names, results)), out)
     return 0

@@ -16,7 +16,8 @@ evaluation drive; it owns everything between typed inputs and one pose per frame
   fingertips; then the projection of the published pose out of penetration.
 * **Late observations.** An observation of an already processed frame (within
   ``reprocess_window``) waits for the next :meth:`process`, which returns the filter to the oldest
-  such frame, adds them, and re-predicts and re-updates the frames after it in one pass. Published
+  such frame, adds them, and re-predicts and re-updates the frames after it in one pass (the
+  prediction steps recorded for them are made again: :meth:`EKFTracker.rerun`). Published
   poses stay as they were. An observation older than the window, or of a kind its frame already
   has, is counted ``late``. Joint states or observations jumping back by more than 1 s against
   the newest of their kind (a looping bag, a restarted driver) reset the tracker.
@@ -321,8 +322,9 @@ class FrameTracker:
         elif not ekf.initialized:
             return FrameResult(stamp, TrackState.INITIALIZING)
         state_before = ekf.state
-        self._predict_to(stamp, q)
-        rec = {"stamp": stamp, "q": q, "snap": ekf.snapshot(), "obs": {k: frame[k] for k in KINDS if k in frame}}
+        steps = self._predict_to(stamp, q)
+        rec = {"stamp": stamp, "q": q, "snap": ekf.snapshot(), "obs": {k: frame[k] for k in KINDS if k in frame},
+               "steps": steps}
         updates, projection = self._apply_observations(stamp, rec["obs"], count=True)
         applied = any(r.accepted for r in updates.values())
         if self.cfg.reprocess_window > 0:
@@ -337,15 +339,20 @@ class FrameTracker:
                            float(ekf.last_nis), float(ekf.last_gate), int(ekf.rejections), int(ekf.contact_count),
                            float(ekf.covariance_trace), ekf.message, updates, projection)
 
-    def _predict_to(self, stamp: int, q) -> None:
-        """Predict from ``last_stamp`` through every held joint state before ``stamp`` to ``stamp``."""
+    def _predict_to(self, stamp: int, q) -> list:
+        """Predict from ``last_stamp`` through every held joint state before ``stamp`` to ``stamp``;
+        the steps made (:class:`~hp_ros.core.ekf.motion.PredictStep`, for a re-run)."""
         if self.last_stamp is None or self.last_stamp >= stamp:
-            return
+            return []
+        steps = []
         for s, qj in zip(*self.joints.between(self.last_stamp, stamp)):
             self.ekf.predict(qj, (s - self.last_stamp) * 1e-9)
+            steps.append(self.ekf.last_step)
             self.last_stamp = s
         self.ekf.predict(q, max((stamp - self.last_stamp) * 1e-9, 0.0))
+        steps.append(self.ekf.last_step)
         self.last_stamp, self.last_q = stamp, q
+        return steps
 
     def _apply_observations(self, stamp: int, obs: dict, count: bool, project: bool = True) -> tuple[dict, object]:
         """The frame's updates in their order: depth-fit pose, centre (without an accepted fit: the
@@ -402,8 +409,9 @@ class FrameTracker:
         state_before = self.ekf.state
         last_stamp, last_q = self.last_stamp, self.last_q
         for k, rec in enumerate(self.history[idx:]):
-            if k > 0:
-                self._predict_to(rec["stamp"], rec["q"])
+            if k > 0:  # the frame's prediction steps made again on the updated estimate
+                self.ekf.rerun(rec["steps"])
+                self.last_stamp, self.last_q = rec["stamp"], rec["q"]
                 rec["snap"] = self.ekf.snapshot()
             else:
                 self.ekf.restore(rec["snap"])

@@ -21,7 +21,7 @@ from hp_ros.core.ekf.geometry import propagate_jacobian, so3_exp, so3_log
 from hp_ros.core.ekf.state import StateLayout
 from hp_ros.core.quasistatic import ContactMotion, contact_mask, rigid_motion_from_contacts
 
-__all__ = ["ObjectMotion", "contact_set", "carrying_contacts", "object_motion", "gauss_markov_decay", "transition"]
+__all__ = ["ObjectMotion", "PredictStep", "contact_set", "carrying_contacts", "object_motion", "gauss_markov_decay", "transition"]
 
 
 def contact_set(sdf, p_cand_hand: np.ndarray, T_ho: np.ndarray, cfg) -> torch.Tensor:
@@ -52,6 +52,27 @@ class ObjectMotion:
     velocity: np.ndarray      # (6,) hand-frame twist (v, w) per second, for the constant-velocity model
     pos_var: float            # process variance per translation axis [m^2]
     rot_var: float            # ... per rotation axis [rad^2]
+
+
+@dataclass
+class PredictStep:
+    """One prediction as it was made, to be made again on another estimate (an out-of-sequence
+    update re-runs the frames after it): its input (joint vector ``q`` ``(J,)``, ``dt`` [s]), whether
+    it refreshed the contact set (``refreshed``), the motion ``M`` ``(4, 4)`` (None: the step only
+    took the first joint vector), ``F``, ``Q`` ``(n, n)``, the bias decay factors, and the filter's
+    joint / contact bookkeeping after the step (``aux``: attribute name -> value). The motion and
+    ``F`` follow from the hand's joint motion and the contact set, not from the estimate: with the
+    same contact set, applying them again equals predicting again."""
+
+    q: np.ndarray
+    dt: float
+    refreshed: bool
+    M: "np.ndarray | None"
+    F: "np.ndarray | None"
+    Q: "np.ndarray | None"
+    a_cb: "float | None"
+    a_db: "float | None"
+    aux: dict
 
 
 def object_motion(p_prev: np.ndarray, p_now: np.ndarray, dt: float, velocity: np.ndarray, cfg) -> ObjectMotion:

@@ -129,6 +129,7 @@ class EKFTracker:
         self.rejections = 0
         self.contact_count = 0
         self.last_motion: Optional[ContactMotion] = None
+        self.last_step = None         # the last predict() as a dyn.PredictStep (see rerun)
         self.last_nis = float("nan")
         self.last_gate = float("nan")
         self._published = None        # (T_ho, T_ch, T_cam_obj) of the last projection, see T_cam_obj_published
@@ -257,10 +258,12 @@ class EKFTracker:
             raise ValueError(f"dt must be finite and >= 0, got {dt}")
         if self._q_prev is None:
             self._set_q(q)
+            self.last_step = dyn.PredictStep(self._q_prev, dt, False, None, None, None, None, None, self._step_aux())
             return ContactMotion(np.eye(4), 0, False, 0.0, 0.0)
         c = self.cfg
         # the contact set changes slowly: query the SDF every contact_refresh seconds only
-        if self._mask is None or self._mask_age >= c.contact_refresh:
+        refreshed = self._mask is None or self._mask_age >= c.contact_refresh
+        if refreshed:
             self._mask, self._mask_age = self.contacts(), 0.0
         self._mask_age += dt
         ids = dyn.carrying_contacts(self._mask, self.kin.cand_body, c.min_contact_bodies)
@@ -278,7 +281,38 @@ class EKFTracker:
             self.depth_bias = a_db * self.depth_bias
         self.P = kf.predict_covariance(self.P, F, Q)
         self._check_lost()
+        self.last_step = dyn.PredictStep(self._q_prev, dt, refreshed, step.M, F, Q, a_cb, a_db, self._step_aux())
         return step.contacts
+
+    # joint and contact bookkeeping a prediction leaves behind
+    _STEP_AUX = ("_q_prev", "_T_links", "_velocity", "_mask", "_mask_age", "contact_count", "last_motion")
+
+    def _step_aux(self) -> dict:
+        return {k: (v.copy() if isinstance(v, np.ndarray) else v) for k in self._STEP_AUX for v in (getattr(self, k),)}
+
+    def rerun(self, steps: list) -> None:
+        """Make recorded :meth:`predict` steps (``last_step`` of each) again on the current estimate,
+        as predicting with their joint vectors would: a step that refreshed the contact set is
+        predicted anew (the set at this estimate can differ), and so is every step while the set
+        differs from the recorded one; the others apply their recorded motion, ``F`` and ``Q``
+        (the centre-bias noise at the current spread) without kinematics or distance queries. An
+        out-of-sequence update re-runs the frames after it this way."""
+        for step in steps:
+            if step.refreshed or step.M is None or self._mask is None or not torch.equal(self._mask, step.aux["_mask"]):
+                self.predict(step.q, step.dt)
+                continue
+            self.T_ho = step.M @ self.T_ho
+            Q = step.Q
+            if step.a_cb is not None:
+                self.center_bias = step.a_cb * self.center_bias
+                Q = Q.copy()
+                Q[self._cb, self._cb] = np.diag(self.center_bias_sigma ** 2 * (1.0 - step.a_cb ** 2))
+            if step.a_db is not None:
+                self.depth_bias = step.a_db * self.depth_bias
+            self.P = kf.predict_covariance(self.P, step.F, Q)
+            for k, v in step.aux.items():
+                setattr(self, k, v.copy() if isinstance(v, np.ndarray) else v)
+            self._check_lost()
 
     # ------------------------------------------------------------------ measurement models
     def fingertip_points_hand(self, q=None) -> np.ndarray:

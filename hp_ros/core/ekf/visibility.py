@@ -13,9 +13,11 @@ __all__ = ["VisibleSurface"]
 class VisibleSurface:
     """Small surface elements of an object (centroids ``pts`` ``(n, 3)``, unit normals ``nrm``
     ``(n, 3)``, areas ``area`` ``(n,)``, object frame): its faces subdivided to edges <= diameter /
-    ``pieces`` (deterministic, ~1e4 elements)."""
+    ``pieces`` (deterministic, ~3e3 elements: against 24 pieces, ~8e3 elements at 2.7x the cost, the
+    offset moves by < 0.05 px and its pose derivative by < 0.1 % over random views of the box and
+    the can)."""
 
-    def __init__(self, obj, pieces: int = 24):
+    def __init__(self, obj, pieces: int = 16):
         import trimesh
 
         v, f = obj.vertices.double().numpy(), obj.faces.numpy()

@@ -2,6 +2,7 @@
 (:class:`FingertipMarkerDetector`)."""
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Sequence
 
@@ -24,6 +25,23 @@ def _rgb_to_hsv_pixel(rgb: Sequence[float]) -> np.ndarray:
     if c.max() <= 1.0:
         c = c * 255.0
     return cv2.cvtColor(np.clip(np.round(c), 0, 255).astype(np.uint8), cv2.COLOR_RGB2HSV)[0, 0].astype(np.int32)
+
+
+def _disc_centre(hull: list, cu: float, cv: float, r: float, iterations: int = 30) -> tuple:
+    """Move ``(cu, cv)`` towards the points of ``hull`` (``[[u, v], ...]``) until every one lies
+    within ``r`` of it: each step moves onto the circle of radius ``r`` around the farthest point
+    (at most ``iterations`` steps). Plain Python floats: a hull has tens of points, for which
+    numpy's per-call cost dominated (~25 steps per marker)."""
+    for _ in range(iterations):
+        far, du, dv = -1.0, 0.0, 0.0
+        for hu, hv in hull:
+            d = math.hypot(hu - cu, hv - cv)
+            if d > far:
+                far, du, dv = d, hu - cu, hv - cv
+        if far <= r:
+            break
+        cu, cv = cu + (far - r) * du / far, cv + (far - r) * dv / far
+    return cu, cv
 
 
 class FingertipMarkerDetector:
@@ -82,14 +100,7 @@ class FingertipMarkerDetector:
                 # move the FK prediction into the set of centres consistent with every blob
                 # pixel (a partly hidden marker biases a plain centroid)
                 hull = cv2.convexHull(np.argwhere(labels == 1 + j)[:, ::-1].astype(np.float32)).reshape(-1, 2) + (x0, y0)
-                c = np.array([cu, cv], dtype=np.float64)
-                for _it in range(30):
-                    dv = hull - c
-                    dist = np.hypot(dv[:, 0], dv[:, 1])
-                    far = int(np.argmax(dist))
-                    if dist[far] <= r_px:
-                        break
-                    c = c + (dist[far] - r_px) * dv[far] / dist[far]
+                c = np.array(_disc_centre(hull.tolist(), float(cu), float(cv), float(r_px)))
             uv[i] = c
             expected = np.pi * r_px ** 2 if np.isfinite(r_px) else areas[j]
             conf[i] = float(min(1.0, areas[j] / max(expected, 1.0)))

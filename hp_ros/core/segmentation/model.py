@@ -178,8 +178,8 @@ class ModelObjectMasker:
         dilate_px: silhouette growth absorbing the remaining pose error (px);
         max_points: measured points kept for the refinement (evenly spaced subset);
         n_samples: model surface samples;
-        device: torch + Warp device of the signed-distance grid's construction and of the silhouette
-            render (``cpu`` or ``cuda:N``; the ICP itself is numpy).
+        device: torch + Warp device of the signed-distance grid's construction (``cpu`` or
+            ``cuda:N``; the ICP itself is numpy, the silhouette z-buffer a Warp CPU kernel).
     """
 
     def __init__(self, obj, K, width: int, height: int, margin: float = 0.02, tolerance: float = 0.006,
@@ -198,7 +198,10 @@ class ModelObjectMasker:
         self.device = str(device)
         lo, voxel, sdf, verts, faces = _sdf_grid(obj, 1.2 * self.max_margin, grid_size, self.device)
         self._grid_lo, self._voxel, self._sdf = lo, voxel, sdf
-        self._verts, self._faces_t = verts, faces.to(self.device)
+        from hp_ros.core.zbuffer import ZBuffer
+
+        self._verts = verts
+        self._zbuffer = ZBuffer(faces.cpu().numpy(), len(verts))   # the silhouette render (Warp, CPU)
         self._box = np.stack([verts.min(0), verts.max(0)])
         self.center = self._box.mean(0)
         # signed distance and its gradient per grid node (4, nodes): a trilinear lookup is then
@@ -268,10 +271,6 @@ class ModelObjectMasker:
     def render(self, T_cam_obj: np.ndarray, rect: tuple, scale: float = 1.0) -> np.ndarray:
         """Depth ``(ceil(h scale), ceil(w scale))`` float32 of the object's camera-facing surface at
         a pose inside ``rect = (x0, y0, x1, y1)`` (pixel centres mapped), ``inf`` off the object."""
-        import torch
-
-        from hp_ros.core.render import rasterize
-
         x0, y0, x1, y1 = rect
         K = self.K
         p = self._verts @ T_cam_obj[:3, :3].T + T_cam_obj[:3, 3]
@@ -279,14 +278,9 @@ class ModelObjectMasker:
         zs = np.where(z > 1e-3, z, np.nan)
         u = ((K[0, 0] * p[:, 0] + K[0, 1] * p[:, 1]) / zs + K[0, 2] - x0 + 0.5) * scale - 0.5
         v = (K[1, 1] * p[:, 1] / zs + K[1, 2] - y0 + 0.5) * scale - 0.5
-        uv = torch.from_numpy(np.nan_to_num(np.stack([u, v], -1), nan=-1e6)).float().to(self.device)
-        fu = uv[self._faces_t]
-        area2 = (fu[:, 1, 0] - fu[:, 0, 0]) * (fu[:, 2, 1] - fu[:, 0, 1]) \
-            - (fu[:, 2, 0] - fu[:, 0, 0]) * (fu[:, 1, 1] - fu[:, 0, 1])
-        front = self._faces_t[area2 < 0]   # camera-facing faces (outward winding)
         size = (max(int(np.ceil((y1 - y0) * scale)), 1), max(int(np.ceil((x1 - x0) * scale)), 1))
-        fr = rasterize(uv[None], torch.from_numpy(z).float().to(self.device)[None], front, size, near=1e-3)
-        return fr.zbuf[0].cpu().numpy().astype(np.float32)
+        # camera-facing faces only (outward winding)
+        return self._zbuffer(np.stack([u, v], -1), z, size, near=1e-3, front_only=True)
 
     def _visible_samples(self, T: np.ndarray, depth_m: np.ndarray, exclude: Optional[np.ndarray], every: int = 1):
         """Camera-facing model samples (every ``every``-th) at pose ``T`` that project into the

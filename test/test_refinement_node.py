@@ -54,7 +54,10 @@ def test_refine_service(ros_node, start_process, seq):
     proc = start_process(python_module_cmd(
         "hp_ros.nodes.refinement_node", "--ros-args", "-r", "__ns:=/hp_ros",
         "-p", f"camera_to_hand:={c2h}", "-p", "max_iterations:=25", "-p", "num_hypotheses:=0",
-        "-p", "buffer_size:=6", "-p", "diagnostics_period:=0.2", "-p", "early_stop_patience:=0"))
+        "-p", "buffer_size:=6", "-p", "diagnostics_period:=0.2", "-p", "early_stop_patience:=0",
+        # a generous wait for the joint states to reach the frame (a burst of 100 reaches the node's
+        # reader in pieces on a loaded machine: 0.5 s left the good request without its hand twice)
+        "-p", "request_wait:=5.0"))
 
     qos = QoSProfile(depth=10, reliability=ReliabilityPolicy.RELIABLE)
     pubs = {

@@ -43,7 +43,9 @@ its unobservable spin), ``add_mean_cm_depth``, ``adds_mean_cm_depth``,
 all 2,000 hand samples) and ``max_penetration_mm_gt`` (the same at the ground-truth poses: the
 generator's own), ``nees_mean_depth`` (pooled, of the published pose under the published
 covariance) with ``nees_band_depth``, ``nees_box_depth``, ``nees_can_depth``,
-``anees_in_band_fraction_depth``, ``update_ms_depth`` (thread CPU per frame: fingertips, depth
+``anees_in_band_fraction_depth``, ``contact_precision`` / ``contact_recall`` / ``contact_point_err_mm``
+(``contact_point_err_cam_mm``: the tracker's contact map at the published pose against the generator's
+contacts per frame and hand link, :func:`contact_figures`), ``update_ms_depth`` (thread CPU per frame: fingertips, depth
 pose, centre when no fit, projection; the fit itself is the segmentation's), ``frame_ms_depth``
 (3.3 predicts at 100 Hz + that update); and ``rot_err_mean_deg_both``, ``add_mean_cm_both``,
 ``max_penetration_mm_both`` for comparison. The depth fit's noise against ground truth (bias,
@@ -246,6 +248,8 @@ def run_filter(seq, obs: Observations, variant: str, hand, obj, sdf=None, config
     est, nees = [ekf.T_cam_obj], [ekf.nees(seq.T_cam_obj[0])]
     errs, covs, T_chs = [pose_error(seq.T_cam_obj[0], ekf.T_cam_obj)], [ekf.covariance], [ekf.T_ch.copy()]
     err_filter, cov_filter = [errs[0]], [covs[0]]
+    scores, states, predicted = [float("nan")], [int(ekf.state)], [False]  # frame 0: the initialisation
+    qs = [tracker.joints.at(tf[0], tracker._gap_ns())]
     for i in range(1, len(tf)):
         fit = None
         if depth:  # segmentation's work, not timed with the filter; its prior: the last published pose
@@ -277,8 +281,16 @@ def run_filter(seq, obs: Observations, variant: str, hand, obj, sdf=None, config
             err_filter.append(pose_error(seq.T_cam_obj[i], ekf.T_cam_obj))
             cov_filter.append(ekf.covariance)
         T_chs.append(ekf.T_ch.copy())
+        scores.append(res.score)
+        qs.append(res.q)
+        states.append(int(res.state))
+        predicted.append(bool(res.predicted))
     if record is not None:
         record["error"], record["covariance"], record["T_cam_hand"] = np.stack(errs), np.stack(covs), np.stack(T_chs)
+        # score (Nf,) of the published pose (NaN: frame 0, the initialisation), its TrackState (Nf,) and
+        # whether no observation of the frame was applied (Nf,) bool
+        record.update(score=np.asarray(scores), state=np.asarray(states), predicted=np.asarray(predicted),
+                      q=np.stack(qs))  # q (Nf, J): the joint vector of each frame's pose (contact map)
         if depth:
             record.update(fit_error=fit_err, fit_cov=fit_cov, fit_conf=fit_conf, fit_accepted=fit_acc, projection=proj,
                           error_filter=np.stack(err_filter), covariance_filter=np.stack(cov_filter))
@@ -286,6 +298,26 @@ def run_filter(seq, obs: Observations, variant: str, hand, obj, sdf=None, config
         timings.setdefault("predict", []).extend(tp)
         timings.setdefault("update_" + variant, []).extend(tu)
     return np.stack(est), np.asarray(nees)
+
+
+def contact_figures(seq, T_est: np.ndarray, record: dict, mapper) -> dict:
+    """The tracker's contact map (:class:`hp_ros.core.contact_map.ContactMapper` at the published pose
+    ``T_est`` ``(Nf, 4, 4)``, the frame's measured joints and the filter's camera->hand estimate, as
+    the node publishes it) against the generator's ground truth (true joints, calibration and pose,
+    its 1 mm threshold), per frame and hand link from frame 1: ``{"tp", "fp", "fn", "err" (list, m,
+    object frame), "err_cam" (list, m, camera frame)}``."""
+    from hp_ros.core.contact_map import ground_truth_contacts, match_contacts
+
+    out = {"tp": 0, "fp": 0, "fn": 0, "err": [], "err_cam": []}
+    for k in range(1, len(T_est)):
+        est = mapper.compute(record["q"][k], record["T_cam_hand"][k], T_est[k])
+        gt = ground_truth_contacts(mapper, seq, k, seq.config.contact_threshold)
+        tp, fp, fn, err = match_contacts(est, gt)
+        out["tp"], out["fp"], out["fn"] = out["tp"] + tp, out["fp"] + fp, out["fn"] + fn
+        out["err"] += err
+        g = {c.link: c for c in gt}
+        out["err_cam"] += [float(np.linalg.norm(c.point_cam - g[c.link].point_cam)) for c in est if c.link in g]
+    return out
 
 
 def observable_nees(T_est: np.ndarray, record: dict, axis_obj) -> tuple[np.ndarray, int]:
@@ -483,6 +515,9 @@ def main(argv=None):
         pts = obj.surface_points(1000)
         axis = symmetry_axis(obj)
         masker = None
+        from hp_ros.core.contact_map import ContactMapper
+
+        contact_mapper = ContactMapper.for_object(hand, obj, sdf)
         for seed in args.seeds:
             seq = make_sequence(name, args.seconds, seed)
             obs = make_observations(seq, seed)
@@ -504,6 +539,7 @@ def main(argv=None):
                     row["nees_filter"] = observable_nees(T, {"error": rec["error_filter"],
                                                              "covariance": rec["covariance_filter"]}, axis)[0]
                     row["pen_gt"] = penetration_mm(seq, hand, sdf, seq.T_cam_obj)
+                    row["contacts"] = contact_figures(seq, T, rec, contact_mapper)
                     fits.setdefault(name, []).append((rec["fit_error"], rec["fit_cov"], seq.T_cam_obj))
                 rows.setdefault((name, v), []).append(row)
     cat = lambda name, v, k: np.concatenate([r[k] for r in rows[(name, v)]])  # noqa: E731
@@ -554,6 +590,18 @@ def main(argv=None):
               f"{1e3 * max(pr.depth_after for pr in proj):.2f} mm max; shift p95 "
               f"{1e3 * np.percentile([pr.shift for pr in proj], 95):.2f} mm")
         allv = lambda k: np.concatenate([cat(name, "+depth", k) for name in OBJECTS])  # noqa: E731
+        cf = [r["contacts"] for name in OBJECTS for r in rows[(name, "+depth")]]
+        tp, fp, fn = (sum(c[k] for c in cf) for k in ("tp", "fp", "fn"))
+        c_err = 1e3 * np.asarray([e for c in cf for e in c["err"]] or [np.nan])
+        c_cam = 1e3 * np.asarray([e for c in cf for e in c["err_cam"]] or [np.nan])
+        c_prec, c_rec = tp / max(tp + fp, 1), tp / max(tp + fn, 1)
+        print(f"Contact map ('+depth', per frame and hand link, against the generator's contacts within "
+              f"{1e3 * seq.config.contact_threshold:.0f} mm): precision {c_prec:.3f}, recall {c_rec:.3f} ({tp} true, "
+              f"{fp} false, {fn} missed); contact point error (object frame) mean {np.mean(c_err):.2f} mm, p95 "
+              f"{np.percentile(c_err, 95):.2f}; camera frame mean {np.mean(c_cam):.2f} mm, p95 {np.percentile(c_cam, 95):.2f}")
+        out.update({"contact_precision": round(float(c_prec), 4), "contact_recall": round(float(c_rec), 4),
+                    "contact_point_err_mm": round(float(np.mean(c_err)), 4),
+                    "contact_point_err_cam_mm": round(float(np.mean(c_cam)), 4)})
         per_frame = (100.0 / 30.0) * p[:, 1].mean() + u[:, 1].mean()
         print(f"'+depth' per frame: predict x 3.3 joint states + update (fingertips, centre, depth pose, projection) "
               f"{per_frame:.2f} ms CPU; update alone mean {u[:, 1].mean():.2f} ms (p95 {np.percentile(u[:, 1], 95):.2f})")

@@ -14,6 +14,7 @@ import sys
 COMMANDS = {
     "check": ("hp_ros.tools.check", "check the environment and print the node graph"),
     "synth": ("hp_ros.tools.synth", "generate a synthetic Allegro in-hand sequence as a rosbag2"),
+    "check-bag": ("hp_ros.tools.check_bag", "check a recorded bag before replaying it (topics, encodings, TF, clocks)"),
     "replay": ("hp_ros.tools.replay", "publish a rosbag2 into a live ROS 2 graph at the recorded rate"),
     "eval": ("hp_ros.tools.evaluate", "score estimated object poses against ground truth"),
     "demo": ("hp_ros.tools.demo", "run the whole pipeline on a synthetic sequence and report"),

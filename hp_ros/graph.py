@@ -32,6 +32,10 @@ TOPICS = {
     "initial_pose": f"/{NAMESPACE}/initial_pose",            # geometry_msgs/PoseStamped (in)
     "refined_pose": f"/{NAMESPACE}/refined_pose",            # geometry_msgs/PoseWithCovarianceStamped
     "ground_truth": f"/{NAMESPACE}/ground_truth/object_pose",  # geometry_msgs/PoseStamped (synthetic)
+    "detections": f"/{NAMESPACE}/detections",                # vision_msgs/Detection3DArray
+    "vision_info": f"/{NAMESPACE}/vision_info",              # vision_msgs/VisionInfo (transient local)
+    "contacts": f"/{NAMESPACE}/contacts",                    # hp_ros_msgs/ContactMap
+    "markers": f"/{NAMESPACE}/markers",                      # visualization_msgs/MarkerArray (while subscribed)
 }
 SERVICES = {
     "refine_pose": f"/{NAMESPACE}/refine_pose",              # hp_ros_msgs/srv/RefinePose
@@ -62,7 +66,8 @@ NODES = [
     NodeSpec("tracking_node", "tracking_node", "hp_ros.nodes.tracking_node",
              subscribes=[JOINT_STATES, CAMERA_TOPICS["color_info"], TOPICS["object_observation"],
                          TOPICS["fingertips"], "/tf_static", TOPICS["initial_pose"], TOPICS["refined_pose"]],
-             publishes=[TOPICS["object_pose"], "/tf", TOPICS["tracking_status"], "/diagnostics"],
+             publishes=[TOPICS["object_pose"], "/tf", TOPICS["tracking_status"], TOPICS["detections"],
+                        TOPICS["vision_info"], TOPICS["contacts"], TOPICS["markers"], "/diagnostics"],
              services=[SERVICES["reset_tracking"]], clients=[SERVICES["refine_pose"]]),
     NodeSpec("refinement_node", "refinement_node", "hp_ros.nodes.refinement_node",
              subscribes=[CAMERA_TOPICS["color_image"], CAMERA_TOPICS["color_info"],
@@ -103,6 +108,8 @@ LAUNCH_ARGUMENTS = {
                                 "camera images received once, one GIL)"),
     "nodes": ("all", "the nodes this launch starts: all, or some of segmentation_node,tracking_node,"
                      "refinement_node (comma-separated): one host's share of a graph across machines"),
+    "rviz": ("false", "true: also start rviz2 with config/hp_ros.rviz (object mesh by tracking state, contacts, "
+                      "fingertips, covariance: /hp_ros/markers, built only while subscribed)"),
     "dds_transport": ("shm_udp", "Fast DDS transports of the nodes: shm_udp (config/fastdds_shm_udp.xml: shared "
                                  "memory between processes of one host + UDP on every interface, discovery as "
                                  "ROS_DOMAIN_ID, ROS_AUTOMATIC_DISCOVERY_RANGE and ROS_STATIC_PEERS say: a graph "

@@ -71,23 +71,27 @@ else
 fi
 
 # 4. Interface packages, built with colcon into the venv (merge install) -------------------
-#    hp_ros_msgs always; tf2_msgs (TFMessage only) is a test-only stand-in kept under test/,
-#    where a lab workspace's colcon never looks (it stops at the repository's package.xml).
+#    hp_ros_msgs always; tf2_msgs (TFMessage only) is a test-only stand-in kept under test/, and
+#    vision_msgs (Detection3DArray, VisionInfo: no wheel exists) a stand-in under interfaces/;
+#    a lab workspace's colcon never looks there (it stops at the repository's package.xml) and
+#    rosdep installs the real packages.
 IFACE_DIGEST=$(digest hp_ros_msgs/CMakeLists.txt hp_ros_msgs/package.xml hp_ros_msgs/msg/* hp_ros_msgs/srv/* \
-  test/ros_interfaces/tf2_msgs/CMakeLists.txt test/ros_interfaces/tf2_msgs/package.xml test/ros_interfaces/tf2_msgs/msg/*)
-if stamp_ok interfaces "$IFACE_DIGEST" && "$VENV/bin/python" -c 'import hp_ros_msgs.srv, tf2_msgs.msg' 2>/dev/null; then
-  say "interfaces hp_ros_msgs, tf2_msgs up to date"
+  test/ros_interfaces/tf2_msgs/CMakeLists.txt test/ros_interfaces/tf2_msgs/package.xml test/ros_interfaces/tf2_msgs/msg/* \
+  interfaces/vision_msgs/CMakeLists.txt interfaces/vision_msgs/package.xml interfaces/vision_msgs/msg/*)
+IMPORTS='import hp_ros_msgs.srv, tf2_msgs.msg, vision_msgs.msg'
+if stamp_ok interfaces "$IFACE_DIGEST" && "$VENV/bin/python" -c "$IMPORTS" 2>/dev/null; then
+  say "interfaces hp_ros_msgs, tf2_msgs, vision_msgs up to date"
 else
-  say "building hp_ros_msgs and the test-only tf2_msgs with colcon (about 20 s) ..."
+  say "building hp_ros_msgs and the stand-ins tf2_msgs (tests) and vision_msgs with colcon (about 30 s) ..."
   (
     export PATH="$VENV/bin:$PATH" CMAKE_PREFIX_PATH="$VENV" AMENT_PREFIX_PATH="$VENV"
     "$VENV/bin/colcon" --log-base build/colcon-log build \
-      --base-paths hp_ros_msgs test/ros_interfaces/tf2_msgs \
+      --base-paths hp_ros_msgs test/ros_interfaces/tf2_msgs interfaces/vision_msgs \
       --build-base build/colcon --install-base "$VENV" --merge-install \
       --event-handlers console_cohesion- summary+ status- \
       --cmake-args -DPython3_EXECUTABLE="$VENV/bin/python" -DBUILD_TESTING=OFF
   ) > build/colcon-build.log 2>&1 || { tail -40 build/colcon-build.log >&2; die "colcon build failed (full log: build/colcon-build.log)"; }
-  "$VENV/bin/python" -c 'import hp_ros_msgs.srv, tf2_msgs.msg' || die "interfaces built but not importable"
+  "$VENV/bin/python" -c "$IMPORTS" || die "interfaces built but not importable"
   stamp_set interfaces "$IFACE_DIGEST"
 fi
 

@@ -5,13 +5,20 @@ import numpy as np
 from rclpy.node import Node
 
 
+def diagnostic_status(name: str, level: int, message: str, values: dict, hardware_id: str = "hp_ros"):
+    """One diagnostic_msgs/DiagnosticStatus (values become string KeyValues); name: "<node>: <task>"
+    (diagnostic_updater's convention, see :mod:`hp_ros.nodes.diag_checks`)."""
+    from diagnostic_msgs.msg import DiagnosticStatus, KeyValue
+
+    return DiagnosticStatus(name=name, hardware_id=hardware_id, level=level, message=message,
+                            values=[KeyValue(key=str(k), value=str(v)) for k, v in values.items()])
+
+
 def diagnostics_message(node: Node, name: str, level: int, message: str, values: dict, hardware_id: str = "hp_ros"):
     """A one-status diagnostic_msgs/DiagnosticArray stamped now (values become string KeyValues)."""
-    from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
+    from diagnostic_msgs.msg import DiagnosticArray
 
-    st = DiagnosticStatus(name=name, hardware_id=hardware_id, level=level, message=message,
-                          values=[KeyValue(key=str(k), value=str(v)) for k, v in values.items()])
-    arr = DiagnosticArray(status=[st])
+    arr = DiagnosticArray(status=[diagnostic_status(name, level, message, values, hardware_id)])
     arr.header.stamp = node.get_clock().now().to_msg()
     return arr
 

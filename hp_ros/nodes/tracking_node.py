@@ -42,10 +42,12 @@ from hp_ros.io.observations import fingertips_from_msg, object_observation_from_
 from hp_ros.nodes.buffers import joint_state_arrays
 from hp_ros.nodes.calibration import CameraToHand
 from hp_ros.nodes.deferred import DeferredReader
-from hp_ros.nodes.diagnostics import diagnostics_message, stage_medians_ms
+from hp_ros.nodes.diag_checks import FrequencyCheck, TimestampCheck
+from hp_ros.nodes.diagnostics import diagnostic_status, diagnostics_message, stage_medians_ms
 from hp_ros.nodes.loaders import camera_to_hand_from_param, load_hand, load_object, warm_up
 from hp_ros.nodes.local_bus import publisher, subscribe
 from hp_ros.nodes.guard import GuardedNode
+from hp_ros.nodes.lab_outputs import LabOutputs
 from hp_ros.nodes.params import COMMON_PARAMS, declare_parameters, stamp_detector
 from hp_ros.nodes.process import run_node
 from hp_ros.nodes.qos import OUTPUT_QOS, STATE_QOS
@@ -100,6 +102,8 @@ class TrackingNode(GuardedNode):
         from hp_ros.nodes.tf_out import TfPublisher
 
         self.tf = TfPublisher(self)
+        self.lab = LabOutputs(self, self.hand, self.obj, self.sdf, p)  # detections, contacts, markers (issue 24)
+        self.rate_check, self.stamp_check = FrequencyCheck(p["expected_rate"]), TimestampCheck(*p["frame_delay_limits"])
         # every camera_info is a frame to pose: a deep reader queue (small messages), so that a burst
         # (bad messages, a busy executor) does not push frames out before they are taken (issue 28)
         subscribe(self, bus, CameraInfo, graph.CAMERA_TOPICS["color_info"], self.on_camera_info, STATE_QOS)
@@ -225,19 +229,24 @@ class TrackingNode(GuardedNode):
             self.first_stamp = r.stamp if self.first_stamp is None else self.first_stamp
         if r.state == TrackState.INITIALIZING and self.tracker.pending_init is None:  # issue 26: cold start
             self.refinement.request(r.stamp, seed=self.jump_seed, global_estimate=self.jump_seed is None)
-        if r.T_cam_obj is not None and (r.state != TrackState.LOST or self.p["publish_when_lost"]):
+        posed = r.T_cam_obj is not None and (r.state != TrackState.LOST or self.p["publish_when_lost"])
+        if posed:
             cam = self.p["camera_frame"]
             self.pose_pub.publish(msgs.make_pose_with_covariance_stamped(r.T_cam_obj, r.covariance, r.stamp, cam,
                                                                          PoseWithCovarianceStamped))
             if self.tf.wanted():
                 self.tf.send(msgs.make_transform_stamped(r.T_cam_obj, r.stamp, cam, self.p["object_frame"],
                                                          TransformStamped))
+        self.lab.publish(r, posed, self.tracker.K)  # only what is subscribed (issue 24)
         st = TrackingStatus()
         st.header = msgs.make_header(type(st.header), r.stamp, self.p["camera_frame"])
         st.state, st.state_name = r.state, TrackState.NAMES[r.state]
         st.nis, st.nis_gate, st.covariance_trace = r.nis, r.nis_gate, r.covariance_trace
         st.rejected_updates, st.contact_count = r.rejections, r.contact_count
         st.latency_ms = (self.get_clock().now().nanoseconds - r.stamp) * 1e-6
+        if posed:
+            self.rate_check.tick()
+            self.stamp_check.tick(st.latency_ms * 1e-3)
         st.predicted, st.message = bool(r.predicted), r.message
         self.status_pub.publish(st)
         self.last_status = st
@@ -262,8 +271,10 @@ class TrackingNode(GuardedNode):
         if st is not None:
             vals.update(nis=st.nis, covariance_trace=st.covariance_trace, contacts=st.contact_count,
                         latency_ms=round(st.latency_ms, 2))
-        self.diag_pub.publish(diagnostics_message(self, "hp_ros: tracking_node", level, message, vals,
-                                                  hardware_id=self.p["object_frame"]))
+        arr = diagnostics_message(self, "tracking_node: tracking", level, message, vals, hardware_id=self.p["object_frame"])
+        for task, check in (("pose rate", self.rate_check), ("frame stamps", self.stamp_check)):
+            arr.status.append(diagnostic_status(f"tracking_node: {task}", *check.status(), self.p["object_frame"]))
+        self.diag_pub.publish(arr)
 
 
     # --- issue 28: stamps that make sense (hp_ros.io.stamps), kept apart from the adapter above -----

@@ -28,6 +28,8 @@ OWN_PARAMS = {
     "penetration_tolerance": Param(_D.penetration_tolerance, "hand points deeper than this [m] inside the object "
                                    "are pushed out", positive),
     "contact_threshold": Param(_D.contact_threshold, "hand point within this distance [m] of the object = contact", positive),
+    "contact_map_threshold": Param(0.002, "a hand link within this distance [m] of the object is in contact in "
+                                          "/hp_ros/contacts (the filter's own contact set uses contact_threshold)", positive),
     "out_of_contact": Param(_D.out_of_contact, "motion without contacts", one_of("hold", "constant_velocity")),
     "fingertip_px_sigma": Param(_D.fingertip_px_sigma, "fingertip observation noise [px]", positive),
     "fingertip_offset": Param(_D.fingertip_offset, "observed tip point along the fingertip link z axis [m]"),
@@ -65,4 +67,8 @@ OWN_PARAMS = {
     "refinement_timeout": Param(20.0, "give up on a refine_pose call after this long [s] and ask again", positive),
     "min_refinement_iou": Param(0.7, "a refinement answer re-initialises the tracker only when its mask IoU "
                                      "reaches this (else the node asks again)", non_negative),
+    "expected_rate": Param(30.0, "camera frame rate [Hz]: /diagnostics checks the pose rate against it (+-10 %)",
+                           positive),
+    "frame_delay_limits": Param([-0.1, 0.5], "acceptable delay [s] of a published frame (node clock minus its stamp), "
+                                             "min and max: /diagnostics warns about late and early frames", length_in(2)),
 }

@@ -12,8 +12,9 @@ def add_arguments(parser):
 
 
 REQUIRED = ["torch", "numpy", "warp", "trimesh", "roma", "rosbags", "rclpy", "hp_ros_msgs.msg",
-            "sensor_msgs.msg", "geometry_msgs.msg"]
-OPTIONAL = ["tf2_ros", "tf2_msgs.msg", "cv_bridge", "pytorch3d", "detectron2", "launch_ros"]
+            "sensor_msgs.msg", "geometry_msgs.msg", "visualization_msgs.msg"]
+# vision_msgs: without it the tracking node runs without /hp_ros/detections (one warning)
+OPTIONAL = ["tf2_ros", "tf2_msgs.msg", "vision_msgs.msg", "cv_bridge", "pytorch3d", "detectron2", "launch_ros"]
 
 
 def _probe(name: str):
@@ -41,7 +42,7 @@ def run(args) -> int:
     print(f"hp_ros environment check  (python {platform.python_version()})")
     rows, ok = environment_report()
     for kind, name, found, info in rows:
-        print(f"  {kind:9s} {name:18s} {found:4s} {info}")
+        print(f"  {kind:9s} {name:24s} {found:4s} {info}")
     print("DDS: ROS_DOMAIN_ID=%s ROS_AUTOMATIC_DISCOVERY_RANGE=%s ROS_LOCALHOST_ONLY=%s private-netns=%s" % (
         os.environ.get("ROS_DOMAIN_ID", "-"), os.environ.get("ROS_AUTOMATIC_DISCOVERY_RANGE", "-"),
         os.environ.get("ROS_LOCALHOST_ONLY", "-"), in_private_netns()))

@@ -44,6 +44,9 @@ def add_arguments(parser):
                              "none, the tracker finds the object itself: a global estimate by the refinement node)")
     parser.add_argument("--keep-bag", action="store_true",
                         help="keep the synthetic bag in the report folder (about 65 MB per second)")
+    parser.add_argument("--overlays", type=int, default=6,
+                        help="frames drawn into the report (overlays.png, overlays/): the object mesh at the "
+                             "estimate and at the ground truth over the camera image (0 = none; default 6)")
 
 
 # --- listener ---------------------------------------------------------------------------------
@@ -173,7 +176,7 @@ def run_pipeline(out_dir: Path, object_spec: str = "builtin:cracker_box", durati
                  rate: float = 1.0, startup_timeout: float = 90.0, log=print,
                  initial_offset: tuple | None = None, object_backend: str | None = None,
                  transport: str = "loopback", single_process: bool = False, during_replay=None,
-                 node_params: dict | None = None, place=None, pause_while=None) -> dict:
+                 node_params: dict | None = None, place=None, overlays: int = 0, pause_while=None) -> dict:
     """Synthetic bag -> node graph -> replay -> collected estimates -> metrics dict.
 
     ``initial_offset``: (metres, degrees) between the tracker's initial pose and the first
@@ -186,7 +189,9 @@ def run_pipeline(out_dir: Path, object_spec: str = "builtin:cracker_box", durati
     ``node_params``: extra parameters for every node (``{"pairing_timeout": 0.0}``);
     ``place(name, argv, env) -> (argv, env)``: where each process runs (name: a node's, ``replay``,
     or ``listener`` for this process, whose argv is ignored), e.g. on a simulated host
-    (``hp_ros.veth_hosts``); default: here, unchanged. ``pause_while(collector) -> bool``: checked
+    (``hp_ros.veth_hosts``); default: here, unchanged; ``overlays``: pictures of that many frames (the mesh
+    at the estimate and at the ground truth over the camera image, :mod:`hp_ros.tools.overlay`) into
+    ``out_dir/overlays`` and ``out_dir/overlays.png``; ``pause_while(collector) -> bool``: checked
     every 0.2 s; while true the replay holds (``--pause-file``; at most 120 s in all), so a test can
     wait for a slow answer without the sequence running out. Every process gets loopback-only DDS and one domain id for the run;
     the node logs stay in ``out_dir/logs`` (the result's ``logs`` entry).
@@ -309,6 +314,14 @@ def run_pipeline(out_dir: Path, object_spec: str = "builtin:cracker_box", durati
         if collector is not None:
             collector.close()
     result = score(seq, collector, object_spec, t_replay)
+    if overlays:
+        from hp_ros.core.objects import ObjectModel
+        from hp_ros.tools.overlay import write_overlays
+
+        files = write_overlays(out_dir / "overlays", lambda k: seq.rgb[k], seq.K, ObjectModel.from_spec(object_spec),
+                               seq.frame_stamps_ns, seq.T_cam_obj, {s: v[0] for s, v in collector.poses.items()},
+                               overlays)
+        result["overlays"] = [str(f) for f in files]
     result["logs"] = str(logs)
     result["cpu_percent"] = cpu_percent  # per process during the replay (100 = one core)
     result["cpu_ms_per_frame"] = cpu_ms_per_frame  # per process, CPU ms per streamed camera frame
@@ -438,7 +451,8 @@ def run(args) -> int:
     result = run_pipeline(out, args.object, args.duration, args.seed, args.rate, args.startup_timeout,
                           object_backend=args.object_backend, single_process=args.single_process,
                           initial_offset=None if args.initial_offset is None else tuple(args.initial_offset),
-                          transport="loopback")  # one machine: DDS on loopback (the launch default reaches the LAN)
+                          transport="loopback",  # one machine: DDS on loopback (the launch default reaches the LAN)
+                          overlays=args.overlays)
     write_report(result, out)
     with open(out / "metrics.json") as f:
         merged = json.load(f)
@@ -456,5 +470,8 @@ def run(args) -> int:
           f"max penetration {result['max_penetration_mm']:.2f} mm, segmentation {result['segmentation_rate_hz']:.1f} "
           f"frames/s, CPU {result['cpu_ms_per_frame_total']:.1f} ms per frame for the nodes "
           f"({result['cpu_ms_per_frame']}), total {time.monotonic() - t0:.0f} s")
+    if result.get("overlays"):
+        print(f"overlay pictures (estimate green, ground truth red): {out / 'overlays.png'} and "
+              f"{len(result['overlays']) - 1} frames in {out / 'overlays'}")
     print(out.resolve())
     return 0

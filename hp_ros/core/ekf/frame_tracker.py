@@ -39,6 +39,7 @@ from typing import Callable, Optional
 
 import numpy as np
 
+from hp_ros.core.ekf.confidence import TrackConfidence
 from hp_ros.core.ekf.config import EKFConfig
 from hp_ros.core.ekf.joint_history import JointHistory
 from hp_ros.core.ekf.track_policy import TrackState
@@ -92,6 +93,10 @@ class FrameResult:
     updates: dict = field(default_factory=dict)   # kind -> UpdateResult of this frame's updates
     projection: object = None                     # ProjectionResult of the penetration projection
     stages: Optional[dict] = None                 # the caller's per-frame timing record (add_frame)
+    score: float = 0.0                            # confidence in [0, 1] (hp_ros.core.ekf.confidence)
+    q: Optional[np.ndarray] = None                # (J,) joint vector at the stamp (contact map, markers)
+    T_cam_hand: Optional[np.ndarray] = None       # (4, 4) the filter's camera->hand estimate at the stamp
+    observations: dict = field(default_factory=dict)  # kind -> the frame's own observation (markers)
 
     @property
     def initialized(self) -> bool:
@@ -134,6 +139,7 @@ class FrameTracker:
         self.late_since: Optional[float] = None  # arrival of the oldest of them
         self.counts = {"frames": 0, "predicted": 0, "late": 0, "reprocessed": 0, "resets": 0,
                        "updates_accepted": 0, "updates_rejected": 0}
+        self.confidence = TrackConfidence.for_object(obj)  # the published score (issue 24)
 
     # ------------------------------------------------------------------ inputs
     @property
@@ -222,6 +228,7 @@ class FrameTracker:
         self.newest_obs.clear()
         self.last_stamp = None
         self.last_q = None
+        self.confidence.reset()
         if self.initial_pose is not None:
             self.pending_init = (self.initial_pose, None, None)
 
@@ -306,6 +313,7 @@ class FrameTracker:
         else:
             self.ekf.initialize(T, q=q_init)
         self.last_stamp, self.last_q = t_init, q_init
+        self.confidence.mark(t_init)
         self.history.clear()  # nothing before an initialisation is reprocessed
         self._transition(state_before, stamp, f"initialised at stamp {t_init}")
 
@@ -335,9 +343,12 @@ class FrameTracker:
         self.counts["frames"] += 1
         self.counts["predicted"] += 0 if applied else 1
         self._transition(state_before, stamp, ekf.message)
-        return FrameResult(stamp, ekf.state, not applied, ekf.T_cam_obj_published, ekf.covariance_published,
+        T_pub, cov = ekf.T_cam_obj_published, ekf.covariance_published
+        return FrameResult(stamp, ekf.state, not applied, T_pub, cov,
                            float(ekf.last_nis), float(ekf.last_gate), int(ekf.rejections), int(ekf.contact_count),
-                           float(ekf.covariance_trace), ekf.message, updates, projection)
+                           float(ekf.covariance_trace), ekf.message, updates, projection,
+                           score=self.confidence.score(stamp, ekf.state, T_pub, cov), q=q, T_cam_hand=ekf.T_ch.copy(),
+                           observations=dict(rec["obs"]))
 
     def _predict_to(self, stamp: int, q) -> list:
         """Predict from ``last_stamp`` through every held joint state before ``stamp`` to ``stamp``;
@@ -381,6 +392,7 @@ class FrameTracker:
                 updates["fingertips"] = ekf.update_fingertips_2d(uv)
         projection = ekf.project_out_of_penetration() if cfg.project_penetration and project else None
         if count:
+            self.confidence.observe(stamp, updates)
             for r in updates.values():
                 self.counts["updates_accepted" if r.accepted else "updates_rejected"] += 1
         return updates, projection

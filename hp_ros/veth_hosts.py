@@ -189,7 +189,7 @@ def run_split(pids: dict, out_dir, duration: float, seed: int, object_spec: str,
 
     hosts = TwoHosts(pids=dict(pids))
     return run_pipeline(Path(out_dir), object_spec=object_spec, duration=duration, seed=seed, rate=rate,
-                        log=lambda *a: None, place=placement(hosts, "B", transport=transport))
+                        log=lambda *a: None, place=placement(hosts, "B", transport=transport), initial_offset=(0.01, 5.0))
 
 
 def main(argv=None) -> int:

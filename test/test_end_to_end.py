@@ -14,7 +14,7 @@ def test_full_graph_tracks_synthetic_sequence(tmp_path, ros_env):
     from hp_ros.tools.demo import run_pipeline
 
     r = run_pipeline(tmp_path / "run", object_spec="builtin:cracker_box", duration=6.0, seed=2,
-                     log=lambda *a: None)
+                     log=lambda *a: None, initial_offset=(0.01, 5.0))
     print({k: v for k, v in r.items() if k not in ("per_frame", "frames", "estimates", "rss_mb")})
     # accuracy against ground truth (the tracker starts 1 cm / 5 deg off)
     assert r["n_matched"] >= 0.3 * r["n_frames"], "too few frames produced a pose"
@@ -55,6 +55,31 @@ def test_full_graph_tracks_synthetic_sequence(tmp_path, ros_env):
     assert np.percentile(dt_mm, 90) <= 5.0 and np.percentile(dr_deg, 90) <= 2.5
 
 
+def test_full_graph_finds_the_object_without_an_initial_pose(tmp_path, ros_env):
+    """Cold start (the default: no initial pose): INITIALIZING, a global estimate by the refinement
+    node, then TRACKING. The replay holds from the first status until that answer arrived, so the
+    order of states is tested, not the machine's speed (bench_init.py and make demo time it)."""
+    from pathlib import Path
+
+    from hp_ros.tools.demo import run_pipeline
+
+    def until_the_first_answer(c) -> bool:
+        with c._lock:
+            return bool(c.status) and not c.refined
+
+    r = run_pipeline(tmp_path / "run", object_spec="builtin:cracker_box", duration=4.0, seed=2,
+                     log=lambda *a: None, pause_while=until_the_first_answer)
+    print({k: v for k, v in r.items() if k not in ("per_frame", "frames", "estimates", "rss_mb")})
+    logs = {p.stem: p.read_text() for p in Path(r["logs"]).glob("*.log")}
+    assert r["states"][0] == "INITIALIZING" and "TRACKING" in r["states"], r["states"]
+    assert "refine_pose: global estimate" in logs["refinement_node"], logs["refinement_node"][-2000:]
+    assert "INITIALIZING -> TRACKING" in logs["tracking_node"]
+    assert r["final_state"] == "TRACKING"
+    # the tracker found the object itself, and tracks it (ground truth)
+    assert r["n_matched"] >= 0.5 * r["n_frames"], "too few frames produced a pose"
+    assert r["adds_mean_cm"] <= 1.5 and r["adds_max_cm"] <= 3.0
+
+
 @pytest.mark.parametrize("single_process", [False, True], ids=["processes", "single_process"])
 def test_bad_initial_pose_is_recovered_through_refinement(tmp_path, ros_env, single_process):
     """LOST -> refinement -> re-initialised, with the real nodes: the tracker starts 6 cm / 10 deg off
@@ -67,8 +92,19 @@ def test_bad_initial_pose_is_recovered_through_refinement(tmp_path, ros_env, sin
 
     from hp_ros.tools.demo import run_pipeline
 
+    lost_at = []
+
+    def waiting_for_the_answer(c) -> bool:
+        """Hold the replay from LOST until a refinement answer arrived: the sequence cannot run out
+        before a slow machine answers (the test asserts the order of states, not how fast)."""
+        with c._lock:
+            if not lost_at and c.status and c.status[-1][1] == "LOST":
+                lost_at.append(c.status[-1][0])
+            return bool(lost_at) and not any(t > lost_at[0] for t in c.refined)
+
     r = run_pipeline(tmp_path / "run", object_spec="builtin:cracker_box", duration=10.0, seed=2,
-                     log=lambda *a: None, initial_offset=(0.06, 10.0), single_process=single_process)
+                     log=lambda *a: None, initial_offset=(0.06, 10.0), single_process=single_process,
+                     pause_while=waiting_for_the_answer)
     print({k: v for k, v in r.items() if k not in ("per_frame", "frames")})
     logs = {p.stem: p.read_text() for p in Path(r["logs"]).glob("*.log")}
     log = logs["graph_process"] if single_process else logs["tracking_node"]
@@ -83,15 +119,17 @@ def test_bad_initial_pose_is_recovered_through_refinement(tmp_path, ros_env, sin
     assert "re-initialising from the refinement result" in log, timeline
     assert "-> LOST at stamp" in log and "LOST -> TRACKING at stamp" in log, timeline
     # while LOST the tracker publishes no pose: the segmentation falls back from the model backend
-    # to color|depth (its masks feed the refinement) and returns to it once tracking again
+    # to color|depth (its masks feed the refinement) when that lasts, and returns to it once tracking
     seg_log = logs["graph_process"] if single_process else logs["segmentation_node"]
     lost_at = int(re.search(r"-> LOST at stamp (\d+)", log).group(1))
     switches = [(m.group(1), int(m.group(2))) for m in re.finditer(
         r"object backend '[^']+' -> '([^']+)' at stamp (\d+)", seg_log)]
-    assert any(b == "color|depth" and t >= lost_at for b, t in switches), (switches, lost_at)
+    # (the replay holds while LOST: when the answer comes within prior_max_age of stream time the
+    # segmentation never needs its fallback)
+    assert all(t >= lost_at for b, t in switches if b == "color|depth"), (switches, lost_at)
     back = [t for b, t in switches if b == "model" and t > lost_at]
-    assert back, switches  # (a loaded machine may fall back again for a frame whose pose came late)
-    # poses published after the recovery follow the ground truth (10 s: refinement takes 2-6 s here)
+    assert not switches or back, switches  # (a loaded machine may fall back again for a frame whose pose came late)
+    # poses published after the recovery follow the ground truth (the replay held until the answer)
     late = [f["adds_cm"] for f in r["per_frame"][len(r["per_frame"]) // 2:] if f["matched"]]
     assert len(late) >= 10, late
     assert np.mean(late) <= 1.5 and np.max(late) <= 3.0, late
@@ -154,7 +192,8 @@ def test_every_frame_posed_at_half_rate_through_a_bad_image_burst(tmp_path, ros_
 
     burst = _BadImageBurst(after_frames=50)  # of 120
     r = run_pipeline(tmp_path / "run", object_spec="builtin:cracker_box", duration=4.0, seed=2, rate=0.5,
-                     log=lambda *a: None, single_process=single_process, during_replay=burst)
+                     log=lambda *a: None, single_process=single_process, during_replay=burst,
+                     initial_offset=(0.01, 5.0))
     print({k: v for k, v in r.items() if k not in ("per_frame", "frames", "latencies_ms")})
     assert burst.sent == 100
     missing = [f["stamp_ns"] for f in r["per_frame"] if not f["matched"]]

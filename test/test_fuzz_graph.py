@@ -147,7 +147,7 @@ def test_live_graph_survives_a_burst_of_malformed_messages_on_every_input(tmp_pa
     # half rate, as the bad-image burst test of test_end_to_end: on this shared 2-core machine the
     # burst's own publisher takes most of a core (the full-rate figures are in the README)
     r = run_pipeline(tmp_path / "run", object_spec="builtin:cracker_box", duration=14.0, seed=2, rate=0.5,
-                     log=lambda *a: None, during_replay=burst)
+                     log=lambda *a: None, during_replay=burst, initial_offset=(0.01, 5.0))
     burst.thread.join(60.0)
     summary = {k: v for k, v in r.items() if k not in ("per_frame", "frames", "latencies_ms", "rss_mb", "diagnostics")}
     print(summary)

@@ -51,17 +51,19 @@ from hp_ros.core import se3
 from hp_ros.core.camera import Camera, RoI
 from hp_ros.core.losses import mask_l2
 from hp_ros.core.physics import PhysicsWeights, contact_count, max_penetration_depth, physics_loss
+from hp_ros.core.refine_depth import depth_loss, depth_tensor as _depth_tensor, full_resolution_iou, render_mesh
 from hp_ros.core.render import Texture, render
 from hp_ros.core.sdf import MeshSDF, signed_distance_world
 
 __all__ = ["TERM_NAMES", "RefineWeights", "RefineConfig", "FrameObservation", "RefineResult", "Refiner",
            "perturb_pose"]
 
-TERM_NAMES = ("mask", "rgb", "penetration", "sliding", "smoothness", "oscillation")
+TERM_NAMES = ("mask", "rgb", "depth", "penetration", "sliding", "smoothness", "oscillation")
 # service term name -> RefineWeights fields it switches on
 _TERM_FIELDS = {
     "mask": ("mask_hand", "mask_object"),
     "rgb": ("rgb",),
+    "depth": ("depth",),
     "penetration": ("penetration",),
     "sliding": ("contact_sliding",),
     "smoothness": ("object_smoothness", "hand_smoothness"),
@@ -77,6 +79,7 @@ class RefineWeights:
     mask_hand: float = 1.0
     mask_object: float = 1.0
     rgb: float = 0.05
+    depth: float = 0.5                   # robust depth term (refine_depth.depth_loss), in [0, 1) per pixel
     penetration: float = 2.0e3
     contact_sliding: float = 1.0e2
     object_smoothness: float = 10.0
@@ -147,6 +150,14 @@ class RefineConfig:
     adam_beta1: float = 0.5            # lower than torch's 0.9: less overshoot in short runs
     curvature: bool = False            # estimate the loss curvature (12 extra gradient evaluations)
     seed: int = 0
+    # depth (hp_ros.core.refine_depth): Geman-McClure scale of the depth residuals, and a start from
+    # the model backend's depth fit (ICP, hp_ros.core.segmentation.model) when the frame has depth
+    depth_scale: float = 0.01          # m
+    depth_fit: bool = True
+    depth_fit_sigma: float = 0.013     # m: prior position std. dev. given to the depth fit (its search margin 3x)
+    depth_fit_min_confidence: float = 0.3
+    depth_fit_max_rot_sigma: float = 0.05  # rad: rotation directions the depth fit constrains less are kept
+    face_budget: int = 3000            # faces rendered (quadric decimation above; <= 0: the full mesh)
 
     def __post_init__(self):
         if self.max_iterations < 0:
@@ -169,6 +180,8 @@ class FrameObservation:
         rgb: ``(H, W, 3)`` uint8 (0-255) or float in [0, 1]; None disables the RGB term.
         object_mask: ``(H, W)`` bool/0-1/0-255 mask; None disables the object mask (and RGB) terms.
         hand_mask: ``(H, W)`` or None.
+        depth: ``(H, W)`` float depth [m] aligned with the image (0 or NaN = no depth), or None
+            (no depth term, no depth-fit start).
         q: ``(J,)`` joint angles (model order) or None (no hand).
         T_cam_hand: ``(4, 4)`` hand base pose in the camera frame, or None (no hand).
         stamp_ns: frame time stamp (informational).
@@ -177,6 +190,7 @@ class FrameObservation:
     rgb: Optional[object] = None
     object_mask: Optional[object] = None
     hand_mask: Optional[object] = None
+    depth: Optional[object] = None
     q: Optional[object] = None
     T_cam_hand: Optional[object] = None
     stamp_ns: int = 0
@@ -193,8 +207,8 @@ class RefineResult:
         history: per-iteration values, keys ``total`` and the unweighted terms.
         initial_loss, final_loss: total loss before / after (same resolution and weights).
         final_terms: unweighted terms at the final pose.
-        mask_iou: ``(B,)`` IoU of the rendered (hard) object mask vs the observed one, in the RoI
-            (NaN without an observed mask).
+        mask_iou: ``(B,)`` IoU of the rendered (hard) object mask vs the observed one at the camera's
+            resolution (NaN without an observed mask); mask_iou_roi: the same in the RoI.
         max_penetration_mm: ``(B,)``; contact_count: ``(B,)`` hand points within 1 mm (0 without hand).
         iterations: Adam iterations of the main stage; elapsed_s: wall time of :meth:`Refiner.refine`.
         hypotheses: number of poses scored by the coarse search (0 = no search); chosen_hypothesis.
@@ -218,6 +232,8 @@ class RefineResult:
     hypotheses: int = 0
     chosen_hypothesis: int = 0
     hessian_diag: Optional[np.ndarray] = None
+    mask_iou_roi: Optional[np.ndarray] = None
+    depth_fit_confidence: float = float("nan")   # of the ICP start (NaN: none)
 
 
 def perturb_pose(T: torch.Tensor, translation: float, rotation: float,
@@ -269,9 +285,15 @@ class Refiner:
         self.hand = hand if hand is None or self.device.type == "cpu" else hand.to(self.device)
         self.config = config or RefineConfig()
         self.weights = weights or RefineWeights()
-        self.verts = obj.vertices.detach().float().to(self.device)
-        self.faces = obj.faces.long().to(self.device)
-        if getattr(obj, "uv", None) is not None and getattr(obj, "texture", None) is not None:
+        # rendered: the mesh simplified to the face budget; the SDF (physics) uses the full mesh
+        verts, faces, colors, simplified = render_mesh(obj, self.config.face_budget)
+        self.verts, self.faces = verts.to(self.device), faces.to(self.device)
+        self.full_verts = obj.vertices.detach().float().to(self.device)
+        self.full_faces = obj.faces.long().to(self.device)
+        self._masker = None  # (camera key, ModelObjectMasker) of the depth-fit start
+        if simplified:
+            self.colors = colors.to(self.device)
+        elif getattr(obj, "uv", None) is not None and getattr(obj, "texture", None) is not None:
             self.colors = Texture(obj.uv.float().to(self.device),
                                   obj.texture.float().permute(2, 0, 1).contiguous().to(self.device))
         else:
@@ -286,7 +308,7 @@ class Refiner:
     def sdf(self) -> MeshSDF:
         """The object's :class:`MeshSDF`, built on first use."""
         if self._sdf is None:
-            self._sdf = MeshSDF(self.verts, self.faces, device=self.device)
+            self._sdf = MeshSDF(self.full_verts, self.full_faces, device=self.device)
         return self._sdf
 
     # ------------------------------------------------------------------------------ setup
@@ -301,6 +323,7 @@ class Refiner:
                                         for i, f in enumerate(frames)]).to(self.device)
             elif any(present):
                 raise ValueError(f"{attr} is given for some frames of the window but not all")
+        obs["depth"] = _depth_tensor(frames, H, W, self.device)
         if obs["rgb"] is not None and obs["rgb"].shape[1] != 3:
             raise ValueError("rgb must have 3 channels")
         for key in ("object", "hand"):
@@ -340,6 +363,7 @@ class Refiner:
         out["object"] = None if obs["object"] is None else roi.crop(obs["object"], mode="area")[:, 0].clamp(0, 1)
         out["hand"] = None if obs["hand"] is None else roi.crop(obs["hand"], mode="area")[:, 0].clamp(0, 1)
         out["rgb"] = None if obs["rgb"] is None else roi.crop(obs["rgb"], mode="bilinear")
+        out["depth"] = None if obs.get("depth") is None else roi.crop(obs["depth"], mode="nearest")[:, 0]
         return out
 
     # ------------------------------------------------------------------------------ losses
@@ -422,6 +446,10 @@ class Refiner:
                 ren = ren * gain[..., None, None]
             err = ((ren - obs_rgb) ** 2).sum(1, keepdim=True) * m
             terms["rgb"] = (err.flatten(1).sum(1) / m.flatten(1).sum(1).clamp_min(1.0)).reshape(R, B).mean(1)
+        if crop.get("depth") is not None and weights.depth > 0:
+            hand_obs = None if crop["hand"] is None else rep(crop["hand"])
+            terms["depth"] = depth_loss(out.depth, hard_obj, rep(crop["depth"]), hand_obs,
+                                        self.config.depth_scale).reshape(R, B).mean(1)
         return terms, hard_obj
 
     def _loss(self, T_obj, crop, weights, hand, size, hand_pts=None, xi_hand=None, dq=None):
@@ -452,8 +480,9 @@ class Refiner:
         return total, terms, hard_obj
 
     # ------------------------------------------------------------------------------ stages
-    def _hypotheses(self, T0, crop_lo, weights, hand_lo, camera, obs, n: int):
-        """Coarse search: candidate poses ``(N, B, 4, 4)`` sorted by low-resolution loss."""
+    def _hypotheses(self, T0, crop_lo, weights, hand_lo, camera, obs, n: int, extra=None):
+        """Coarse search: candidate poses ``(N, B, 4, 4)`` sorted by low-resolution loss (``extra``
+        ``(E, B, 4, 4)``: more candidates, scored with them; the last ``E`` indices)."""
         cfg = self.config
         B = T0.shape[0]
         g = torch.Generator().manual_seed(cfg.seed)  # CPU draws: the same hypotheses on every device
@@ -479,6 +508,9 @@ class Refiner:
                 deltas[1, :3] = target - cen
                 deltas[1, 3:] = 0
         cands = se3.apply_delta(T0.unsqueeze(0).expand(n, B, 4, 4), deltas[:, None].expand(n, B, 6))
+        if extra is not None:
+            cands = torch.cat([cands, extra.to(cands)])
+        n = cands.shape[0]
         scores = []
         with torch.no_grad():
             for s in range(0, n, 32):
@@ -601,7 +633,8 @@ class Refiner:
     # ------------------------------------------------------------------------------ API
     def refine(self, frames: Sequence[FrameObservation], camera: Camera, T_cam_obj_init,
                max_iterations: Optional[int] = None, terms: Optional[Sequence[str]] = None,
-               weights: Optional[RefineWeights] = None, num_hypotheses: Optional[int] = None) -> RefineResult:
+               weights: Optional[RefineWeights] = None, num_hypotheses: Optional[int] = None,
+               candidates=None) -> RefineResult:
         """Refine the object pose of one frame or jointly over a window.
 
         Args:
@@ -612,6 +645,9 @@ class Refiner:
             terms: subset of :data:`TERM_NAMES` to use (None/empty = all with non-zero weight).
             weights: override of the refiner's weights.
             num_hypotheses: override of ``config.num_hypotheses`` (0 = no coarse search).
+            candidates: ``(E, 4, 4)`` more starting poses of the last frame (e.g. a global search's,
+                :mod:`hp_ros.core.global_pose`), scored with the hypotheses in the coarse search (the
+                window's other frames move with the last one).
         Returns:
             :class:`RefineResult`, its tensors on the CPU (the work runs on ``device``: tensors made
             without a device inside are made on it).
@@ -620,7 +656,8 @@ class Refiner:
         """
         on_device = contextlib.nullcontext() if self.device.type == "cpu" else self.device
         with on_device:
-            res = self._refine(frames, camera, T_cam_obj_init, max_iterations, terms, weights, num_hypotheses)
+            res = self._refine(frames, camera, T_cam_obj_init, max_iterations, terms, weights, num_hypotheses,
+                               candidates)
         for name in ("T_cam_obj", "T_cam_obj_init", "T_cam_hand", "joint_offsets"):
             value = getattr(res, name)
             if value is not None:
@@ -628,7 +665,7 @@ class Refiner:
         return res
 
     def _refine(self, frames, camera, T_cam_obj_init, max_iterations=None, terms=None, weights=None,
-                num_hypotheses=None) -> RefineResult:
+                num_hypotheses=None, candidates=None) -> RefineResult:
         """:meth:`refine` on the current default device."""
         t_start = time.perf_counter()
         cfg = self.config
@@ -675,14 +712,16 @@ class Refiner:
         with torch.no_grad():
             init_total, _, _ = self._loss(T0[None], crop, w, hand_mesh0, cfg.roi_size, hand_pts0)
         history: Dict[str, List[float]] = {}
-        T_best = T0[None]
+        T_start, fit_conf = self._depth_fit_start(T0, frames, obs, camera)
+        T_best = T_start[None]
         chosen = 0
-        if n_hyp > 1:
+        if n_hyp > 1 or candidates is not None:
             crop_lo = self._crop(obs, left, side, cfg.coarse_size, camera)
             if static:
                 self._static_hand(hand_ctx["mesh"], crop_lo, cfg.coarse_size)
-            cands, order = self._hypotheses(T0, crop_lo, w, hand_mesh0, camera, obs, n_hyp)
-            k = min(cfg.top_k, n_hyp)
+            extra = self._extra_candidates(T0, T_start, candidates)
+            cands, order = self._hypotheses(T_start, crop_lo, w, hand_mesh0, camera, obs, max(n_hyp, 1), extra)
+            k = min(cfg.top_k, cands.shape[0])
             T_best = cands[:k]
             if k > 1 and cfg.top_k_iterations > 0:
                 w_render = replace(w, penetration=0.0, contact_sliding=0.0, object_smoothness=0.0,
@@ -709,9 +748,10 @@ class Refiner:
                 gt = crop["object"] > 0.5
                 inter = (pred & gt).flatten(1).sum(1).float()
                 union = (pred | gt).flatten(1).sum(1).float()
-                iou = torch.where(union > 0, inter / union.clamp(min=1), torch.ones_like(union)).cpu().numpy()
+                iou_roi = torch.where(union > 0, inter / union.clamp(min=1), torch.ones_like(union)).cpu().numpy()
+                iou = self._full_iou(T_fin, obs, camera)
             else:
-                iou = np.full(B, np.nan)
+                iou = iou_roi = np.full(B, np.nan)
             if hand_pts_f is not None:
                 sdf, _ = signed_distance_world(self.sdf, hand_pts_f, T_fin)
                 pen = (max_penetration_depth(sdf) * 1000.0).cpu().numpy()
@@ -730,7 +770,57 @@ class Refiner:
             final_terms={k: float(v[0]) for k, v in fin_terms.items()}, mask_iou=np.asarray(iou, float),
             max_penetration_mm=np.asarray(pen, float), contact_count=np.asarray(cc, np.int64),
             iterations=it_done, elapsed_s=time.perf_counter() - t_start,
-            hypotheses=n_hyp if n_hyp > 1 else 0, chosen_hypothesis=chosen, hessian_diag=hess)
+            hypotheses=n_hyp if n_hyp > 1 else 0, chosen_hypothesis=chosen, hessian_diag=hess,
+            mask_iou_roi=np.asarray(iou_roi, float), depth_fit_confidence=fit_conf)
+
+    def _extra_candidates(self, T0, T_start, candidates):
+        """``(E, B, 4, 4)`` poses scored besides the hypotheses around ``T_start``: the given ``T0`` when
+        the depth fit moved the start, and the caller's ``candidates`` ``(E, 4, 4)`` of the last frame
+        (earlier frames moved with it). None when there are none."""
+        extra = [] if T_start is T0 else [T0[None]]
+        if candidates is not None:
+            C = torch.as_tensor(np.asarray(candidates), dtype=torch.float32).reshape(-1, 4, 4).to(T0.device)
+            corr = C @ torch.linalg.inv(T0[-1])                                  # (E, 4, 4)
+            extra.append(corr[:, None] @ T0[None])
+        return torch.cat(extra) if extra else None
+
+    def _full_iou(self, T: torch.Tensor, obs: dict, camera: Camera) -> np.ndarray:
+        """``(B,)`` mask IoU at the camera's resolution of poses ``T`` ``(B, 4, 4)``."""
+        out = []
+        for b in range(T.shape[0]):
+            m = (obs["object"][b, 0] > 0.5).cpu().numpy()
+            h = None if obs["hand"] is None else (obs["hand"][b, 0] > 0.5).cpu().numpy()
+            out.append(full_resolution_iou(self.verts.cpu(), self.faces.cpu(), T[b].cpu(), camera.K.cpu(), m, h))
+        return np.asarray(out, float)
+
+    def _depth_fit_start(self, T0: torch.Tensor, frames, obs: dict, camera: Camera):
+        """Start ``(B, 4, 4)`` from the model backend's depth fit (ICP of the object model against the
+        last frame's depth, hand pixels excluded) when it is confident, with its confidence; else
+        ``(T0, nan)``. The whole window moves by the last frame's correction."""
+        cfg = self.config
+        depth = getattr(frames[-1], "depth", None)
+        if not cfg.depth_fit or depth is None or obs.get("depth") is None:
+            return T0, float("nan")
+        from hp_ros.core.segmentation.model import ModelObjectMasker
+
+        key = (tuple(camera.K.reshape(-1).tolist()), camera.width, camera.height)
+        if self._masker is None or self._masker[0] != key:
+            self._masker = (key, ModelObjectMasker(self.obj, camera.K.double().cpu().numpy(), camera.width,
+                                                   camera.height, device=str(self.device)))
+        d = obs["depth"][-1, 0].cpu().numpy()
+        hand = None if obs["hand"] is None else (obs["hand"][-1, 0] > 0.5).cpu().numpy()
+        T_last = T0[-1].double().cpu().numpy()
+        try:
+            fit = self._masker[1].fit(d, T_last, cfg.depth_fit_sigma, exclude=hand)
+        except ValueError:
+            return T0, float("nan")
+        if fit is None or not np.isfinite(fit.T_cam_obj).all():
+            return T0, float("nan")
+        if fit.confidence < cfg.depth_fit_min_confidence:
+            return T0, float(fit.confidence)
+        T_fit = _constrained_fit(T_last, fit.T_cam_obj, fit.covariance, cfg.depth_fit_max_rot_sigma)
+        corr = torch.as_tensor(T_fit @ np.linalg.inv(T_last), dtype=torch.float32, device=T0.device)
+        return corr @ T0, float(fit.confidence)
 
     def _curvature(self, T, crop, w, hand_mesh, hand_pts, h: float = 1e-3):
         """Diagonal curvature ``(6,)`` of the loss w.r.t. the last frame's pose delta, from central
@@ -752,6 +842,29 @@ class Refiner:
             return diag
         except Exception:  # noqa: BLE001 - covariance is best effort
             return None
+
+
+def _constrained_fit(T_prior: np.ndarray, T_fit: np.ndarray, covariance, max_rot_sigma: float) -> np.ndarray:
+    """The depth fit ``(4, 4)`` with only the rotation it constrains: its rotation change from the prior
+    (``R_fit = exp(w) R_prior``) keeps the components along the eigenvectors of its covariance's
+    rotation block with a std. dev. below ``max_rot_sigma`` rad and below 4x the smallest one. Depth cannot see the spin of a
+    body of revolution (the ICP lets it drift freely); the colours can, from the prior's spin."""
+    import roma
+
+    R0 = torch.as_tensor(T_prior[:3, :3], dtype=torch.float64)
+    w = roma.rotmat_to_rotvec(torch.as_tensor(T_fit[:3, :3], dtype=torch.float64) @ R0.T).numpy()
+    if covariance is None or not np.isfinite(covariance).all():
+        w = np.zeros(3)
+    else:
+        lam, V = np.linalg.eigh(np.asarray(covariance, np.float64)[3:, 3:])
+        sig = np.sqrt(np.clip(lam, 0, None))
+        # a nearly round body (a can with a label seam) gets a finite but much larger spin sigma
+        keep = (sig < max_rot_sigma) & (sig < 4.0 * max(float(sig.min()), 1e-6))
+        w = V @ (keep * (V.T @ w))
+    out = np.eye(4)
+    out[:3, :3] = (roma.rotvec_to_rotmat(torch.as_tensor(w)) @ R0).numpy()
+    out[:3, 3] = T_fit[:3, 3]
+    return out
 
 
 def roma_special_procrustes(R: torch.Tensor) -> torch.Tensor:

@@ -84,10 +84,17 @@ OWN_PARAMS = {
     "sync_tolerance": Param(0.005, "max stamp difference [s] to pair an image with its masks / a request stamp",
                             non_negative),
     "max_joint_gap": Param(0.1, "max distance [s] from a frame stamp to the joint states around it", positive),
-    "use_depth": Param(False, "also buffer the aligned depth image (not used by the refinement losses yet)"),
+    "use_depth": Param(True, "use the aligned depth image: the robust depth term, the start from the depth fit, "
+                             "and the global estimate of a request without an initial pose"),
+    "global_hypotheses": Param(4, "poses around a global estimate's best scored with its candidates", non_negative),
+    "global_iterations": Param(12, "Adam iterations after a global estimate (its depth fit is close already; a "
+                                   "request's max_iterations overrides)", positive),
+    "max_pose_age": Param(2.0, "a request without an initial pose starts from the tracked/refined pose when it is "
+                               "at most this old [s] against the requested frame, else from a global estimate",
+                          positive),
     "max_iterations": Param(30, "default Adam iterations per request", positive),
     "roi_size": Param(96, "side [px] of the square region around the object that is rendered", positive),
-    "num_hypotheses": Param(16, "poses around the initial one scored before Adam (0 or 1 = no coarse search)",
+    "num_hypotheses": Param(8, "poses around the initial one scored before Adam (0 or 1 = no coarse search)",
                             non_negative),
     "default_terms": Param(list(_TERMS), "loss terms used when a request names none", _terms_check),
     "early_stop_patience": Param(10, "stop after this many iterations without improvement (0 = never)",
@@ -166,6 +173,11 @@ class RefinementNode(GuardedNode):
             self.get_logger().error(f"device {p['device']!r} is not usable here ({self.device.fallback}): "
                                     f"refining on the CPU")
         self.refiner = Refiner(self.obj, self.hand, cfg, device=self.device.torch)
+        from hp_ros.core.global_pose import GlobalPoseSearch
+        from hp_ros.core.segmentation.model import warm_sdf_grid
+
+        self.global_search = GlobalPoseSearch(self.obj)
+        warm_sdf_grid(self.obj, str(self.device.torch))  # the depth fit's grid: seconds, not in a request
         self.errors = self.problems  # refused input, counted in /diagnostics (guard.ProblemLog)
         self.stamps = stamp_detector(p)  # each stream's stamps against its own recent ones
         self._serving = threading.Lock()  # one refinement at a time; others are answered "busy"
@@ -308,7 +320,11 @@ class RefinementNode(GuardedNode):
         self.decoded += 1
         if kind == "rgb":
             return np.ascontiguousarray(arr[..., ::-1] if msg.encoding == "bgr8" else arr)
-        return arr if kind == "depth" else arr > 0
+        if kind == "depth":
+            from hp_ros.core.segmentation.image import depth_to_metres
+
+            return depth_to_metres(arr, msg.encoding)
+        return arr > 0
 
     def on_camera_info(self, msg) -> None:
         from hp_ros.core.camera import Camera
@@ -386,6 +402,15 @@ class RefinementNode(GuardedNode):
             self.get_logger().warning(f"refine_pose: {response.message}")
         return response
 
+    def _recent_pose(self, stamp: int):
+        """The newest of the tracked and the last refined pose ``(4, 4)`` when it is at most ``max_pose_age``
+        from ``stamp``; None (a global estimate) otherwise."""
+        cands = [c for c in (self.tracked_pose, self.refined) if c is not None]
+        if not cands:
+            return None
+        newest = max(cands, key=lambda c: c[0])
+        return newest[1] if abs(stamp - newest[0]) <= self.p["max_pose_age"] * 1e9 else None
+
     def _fail(self, response, text: str):
         response.success = False
         response.message = text
@@ -449,12 +474,12 @@ class RefinementNode(GuardedNode):
                 T0 = msgs.pose_to_matrix(request.initial_pose)
             except ValueError as e:
                 return self._fail(response, f"invalid initial pose: {e}")
-        elif self.tracked_pose is not None or self.refined is not None:
-            cands = [c for c in (self.tracked_pose, self.refined) if c is not None]
-            T0 = max(cands, key=lambda c: c[0])[1]
         else:
-            return self._fail(response, "no initial pose: set use_initial_pose or wait for /hp_ros/object_pose")
-        if T0[2, 3] <= 0:
+            T0 = self._recent_pose(use[-1])  # None: a global estimate from the frame (below)
+            if T0 is None and "depth" not in self.image_readers:
+                return self._fail(response, "no initial pose: set use_initial_pose, wait for /hp_ros/object_pose, "
+                                            "or set use_depth (a global estimate needs depth)")
+        if T0 is not None and T0[2, 3] <= 0:
             return self._fail(response, "initial pose is behind the camera (z <= 0)")
 
         # frames of the window (copies under the lock: buffering continues meanwhile)
@@ -478,6 +503,9 @@ class RefinementNode(GuardedNode):
         elif any(q is None for q in qs):
             no_hand = (f"no joint states around the frame stamps (buffer {len(self.joints.stamps)} joint states"
                        + (f", {self.joints.stamps[0]}..{self.joints.stamps[-1]} ns)" if self.joints.stamps else ")"))
+        if T0 is None and "depth" not in slots[-1]:  # checked before decoding anything
+            return self._fail(response, "no initial pose and no depth image for the requested frame (a global "
+                                        "estimate needs the aligned depth with the same stamp)")
         hand_masks = all("hand_mask" in f for f in slots)
         try:
             slots = [{k: (self._decode(k, v) if k in ("rgb", "object_mask", "hand_mask", "depth") else v)
@@ -487,7 +515,8 @@ class RefinementNode(GuardedNode):
         for s, f, q in zip(use, slots, qs):
             frames.append(FrameObservation(
                 rgb=f["rgb"], object_mask=f["object_mask"], hand_mask=f.get("hand_mask") if hand_masks else None,
-                q=None if no_hand else q, T_cam_hand=None if no_hand else self.cam_to_hand.at(s), stamp_ns=s))
+                depth=f.get("depth"), q=None if no_hand else q, T_cam_hand=None if no_hand else self.cam_to_hand.at(s),
+                stamp_ns=s))
         if self.camera.height != frames[0].rgb.shape[0] or self.camera.width != frames[0].rgb.shape[1]:
             return self._fail(response, f"image size {frames[0].rgb.shape[1]}x{frames[0].rgb.shape[0]} does not "
                                         f"match camera_info {self.camera.width}x{self.camera.height}")
@@ -495,8 +524,19 @@ class RefinementNode(GuardedNode):
             if f.object_mask.shape != f.rgb.shape[:2]:
                 return self._fail(response, "object mask and image sizes differ")
 
+        candidates, how = None, ""
+        if T0 is None:  # no pose to start from: a global estimate from the last frame (global_pose.py)
+            from hp_ros.core.global_pose import global_estimate
+
+            found = global_estimate(self.refiner, self.global_search, frames[-1], self.camera)
+            if found is None:
+                return self._fail(response, "no initial pose, and the object mask has too few depth pixels for a "
+                                            "global estimate")
+            T0, candidates, how = found.T_cam_obj, found.candidates, f"global estimate {found.elapsed_s:.2f} s, "
         res = self.refiner.refine(frames, self.camera, torch.as_tensor(T0, dtype=torch.float32),
-                                  max_iterations=max_it, terms=terms)
+                                  max_iterations=max_it if candidates is None or request.max_iterations
+                                  else int(self.p["global_iterations"]), terms=terms, candidates=candidates,
+                                  num_hypotheses=None if candidates is None else int(self.p["global_hypotheses"]))
         cam = self.p["camera_frame"]
         T = res.T_cam_obj.double().numpy()
         response.poses = [msgs.make_pose_stamped(T[i], s, cam, PoseStamped) for i, s in enumerate(use)]
@@ -515,7 +555,7 @@ class RefinementNode(GuardedNode):
         response.elapsed_s = float(res.elapsed_s)
         response.success = True
         substituted = want != 0 and abs(use[-1] - want) > tol
-        response.message = (f"refined {len(use)} frame(s) in {res.iterations} iterations, {res.elapsed_s:.2f} s, "
+        response.message = (f"{how}refined {len(use)} frame(s) in {res.iterations} iterations, {res.elapsed_s:.2f} s, "
                             f"mask IoU {iou:.3f}"
                             + (f"; frame {use[-1]} instead of {want} (not segmented)" if substituted else "") + (f"; hand not used: {no_hand}" if no_hand else ""))
         self.refined = (use[-1], T[-1])

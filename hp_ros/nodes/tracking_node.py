@@ -199,6 +199,7 @@ class TrackingNode(GuardedNode):
         """Without frames the joint states are still taken, checked (bad input is reported) and held."""
         if time.monotonic() - self.last_run >= JOINTS_IDLE:
             self.run_tracker()
+        self.refinement.poll()  # issue 26: a failed global request is asked again while no frame comes
 
     def _arm_timer(self) -> None:
         waiting = self.tracker.pending or self.refinement.future is not None or self.p["publish_on_joint_states"]
@@ -227,8 +228,8 @@ class TrackingNode(GuardedNode):
         if r.T_cam_obj is not None and r.state == TrackState.TRACKING:  # issue 28: seed and first frame
             self.last_T, self.jump_seed = r.T_cam_obj, None
             self.first_stamp = r.stamp if self.first_stamp is None else self.first_stamp
-        if r.state == TrackState.INITIALIZING and self.jump_seed is not None:
-            self.refinement.request(r.stamp, seed=self.jump_seed)
+        if r.state == TrackState.INITIALIZING and self.tracker.pending_init is None:  # issue 26: cold start
+            self.refinement.request(r.stamp, seed=self.jump_seed, global_estimate=self.jump_seed is None)
         posed = r.T_cam_obj is not None and (r.state != TrackState.LOST or self.p["publish_when_lost"])
         if posed:
             cam = self.p["camera_frame"]

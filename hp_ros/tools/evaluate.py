@@ -147,7 +147,7 @@ def write_report(result: dict, out_dir: str | Path, auc_max_cm: float = 10.0) ->
     """metrics.json, per_frame.csv and PNG plots for an :func:`evaluate_sequence` result."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    scalars = {k: v for k, v in result.items() if k not in ("per_frame", "estimates")}
+    scalars = {k: v for k, v in result.items() if k not in ("per_frame", "estimates")}  # estimates: arrays
     scalars = {k: (None if isinstance(v, float) and math.isnan(v) else v) for k, v in scalars.items()}
     (out / "metrics.json").write_text(json.dumps(scalars, indent=2) + "\n")
     frames = result["per_frame"]

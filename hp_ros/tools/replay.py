@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import math
+import os
 import sys
 import time
 from pathlib import Path
@@ -45,6 +46,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--participants", choices=("per-topic", "one"), default="per-topic",
                         help="DDS participants of the replay: one per topic (default; joint states, /tf_static "
                              "and /clock share one) or one for everything (for comparison: see README)")
+    parser.add_argument("--pause-file", default=None, metavar="PATH",
+                        help="while this file exists the replay holds (the bag's time stands still, and goes on "
+                             "where it stopped): a test waits for a slow node without racing the clock")
     parser.add_argument("--quiet", action="store_true", help="print nothing but errors")
 
 
@@ -201,7 +205,14 @@ def _play_once(args, pubs: dict, clock_pub, start_ns: int, read_bag) -> tuple[in
     # three received it 6 s late, on a loaded machine) would hold its frames without a calibration
     static, next_static = None, math.inf
     static_period = getattr(args, "static_period", 0.0)
+    pause_file = getattr(args, "pause_file", None)
     for topic, _, t_ns, data in read_bag(args.bag, topics=list(pubs), raw=True, start_ns=start_ns):
+        if pause_file and os.path.exists(pause_file):
+            held = time.monotonic()
+            while os.path.exists(pause_file):
+                time.sleep(0.02)
+            wall0 += time.monotonic() - held  # the bag's time stood still meanwhile
+            next_clock += time.monotonic() - held
         due = wall0 + (t_ns - start_ns) * 1e-9 / args.rate
         while clock_msg is not None and next_clock <= due:
             _sleep_until(next_clock)

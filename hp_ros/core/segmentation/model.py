@@ -133,6 +133,12 @@ def _sdf_grid(obj, pad: float, grid_size: int, device: str = "cpu"):
     return per_obj[key]
 
 
+def warm_sdf_grid(obj, device: str = "cpu", grid_size: int = 56, max_margin: float = 0.04) -> None:
+    """Build (and cache) the signed-distance grid :class:`ModelObjectMasker` uses with these settings
+    (its defaults): the first fit of a model then does not pay the seconds it takes."""
+    _sdf_grid(obj, 1.2 * float(max_margin), int(grid_size), str(device))
+
+
 class ModelObjectMasker:
     """Object mask from the known object model at a pose prior (e.g. the tracker's estimate).
 

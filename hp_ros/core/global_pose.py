@@ -1,0 +1,314 @@
+"""A global estimate of the object pose from one RGB-D frame, without an initial pose (ROS-free).
+
+What a lab has when the graph starts: the object mask, the aligned depth, and the hand (joint
+states, camera->hand): the object is in the grasp. :class:`GlobalPoseSearch.estimate`:
+
+1. **Where.** The mask's pixels with depth, back-projected: their centroid ``p`` is a point of the
+   visible surface.
+2. **Which way round.** ``rotations`` rotations spread uniformly over SO(3) (a fixed seeded set;
+   for a ``symmetric`` object - a body of revolution - a quarter as many: turns about its axis
+   change nothing). For each, the object is placed so that the centroid of its camera-facing
+   surface samples lands on ``p``, and its camera-facing samples are splatted (nearest depth per
+   pixel, closed by a 3x3 min-filter) into a ``size x size`` grid over the mask's bounding box;
+   three steps move it so that the splatted silhouette's centroid meets the mask's and its depth
+   the measured depth (hand pixels left out of both).
+   All rotations are scored in one batch: ``(1 - IoU)`` of the splatted silhouette with the mask
+   (hand pixels count for neither: the hand may cover the object) plus the mean Geman-McClure
+   depth residual on the pixels both cover, plus ``penetration_weight`` times the share of hand
+   surface points deeper than 5 mm inside the object (the object is between the fingers, not
+   through them).
+3. **Refined.** The best ``top_k`` go through the model backend's depth fit (ICP,
+   :class:`hp_ros.core.segmentation.model.ModelObjectMasker`); each result and its half turns
+   about the object's principal axes (a box looks the same to depth and mask after them: the
+   symmetry the geometry cannot resolve) are scored again. The best is returned and all of them
+   as ``candidates`` (best first): the caller scores them with the colours too and refines
+   (:meth:`hp_ros.core.refine.Refiner.refine` ``candidates=``).
+
+Shapes: ``N`` rotations, ``M`` model samples, ``S`` grid side, ``H x W`` camera image.
+"""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from typing import Optional
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+__all__ = ["GlobalPoseConfig", "GlobalPoseResult", "GlobalPoseSearch", "uniform_rotations", "cold_start", "global_estimate"]
+
+
+@dataclass
+class GlobalPoseConfig:
+    rotations: int = 480          # rotations scored (a quarter for a symmetric object)
+    size: int = 40                # side of the scoring grid [px]
+    samples: int = 1000           # model surface samples splatted
+    top_k: int = 4                # best rotations refined with the depth fit
+    depth_scale: float = 0.01     # m, Geman-McClure scale of the depth residuals
+    penetration_weight: float = 1.0
+    min_points: int = 30          # mask pixels with depth needed
+    max_hand_points: int = 200    # hand surface points of the penetration score (evenly subsampled)
+    seed: int = 0
+    flips: bool = True            # also the half turns about the principal axes of each candidate
+
+
+@dataclass
+class GlobalPoseResult:
+    """T_cam_obj ``(4, 4)`` float64; score (lower is better); confidence of its depth fit;
+    candidates ``(k, 4, 4)`` (the refined top-k, best first); elapsed_s."""
+
+    T_cam_obj: np.ndarray
+    score: float
+    confidence: float
+    candidates: np.ndarray
+    elapsed_s: float
+
+
+def uniform_rotations(n: int, seed: int = 0) -> torch.Tensor:
+    """``(n, 3, 3)`` rotations uniform over SO(3) (normalised Gaussian quaternions), fixed by ``seed``."""
+    import roma
+
+    g = torch.Generator().manual_seed(int(seed))
+    q = torch.randn(n, 4, generator=g, dtype=torch.float64)
+    q = q / q.norm(dim=1, keepdim=True)
+    q[0] = torch.tensor([0.0, 0.0, 0.0, 1.0], dtype=torch.float64)  # the identity is always one
+    return roma.unitquat_to_rotmat(q)
+
+
+class GlobalPoseSearch:
+    """Batched rotation search + depth fit (see the module doc). ``obj``: an ObjectModel (metres)."""
+
+    def __init__(self, obj, config: Optional[GlobalPoseConfig] = None):
+        import trimesh
+
+        self.obj = obj
+        self.cfg = config or GlobalPoseConfig()
+        pts, fidx = trimesh.sample.sample_surface(obj.trimesh, int(self.cfg.samples), seed=self.cfg.seed)
+        self.samples = torch.as_tensor(np.asarray(pts), dtype=torch.float64)                    # (M, 3)
+        self.normals = torch.as_tensor(np.asarray(obj.trimesh.face_normals)[fidx], dtype=torch.float64)
+        n = self.cfg.rotations // (4 if obj.symmetric else 1)
+        self.R = uniform_rotations(max(n, 1), self.cfg.seed)                                     # (N, 3, 3)
+        self._masker = None  # (camera key, ModelObjectMasker)
+        self.flips = _half_turns(obj) if self.cfg.flips else [np.eye(4)]
+
+    def _masker_for(self, K: np.ndarray, W: int, H: int):
+        from hp_ros.core.segmentation.model import ModelObjectMasker
+
+        key = (tuple(np.round(K, 6).reshape(-1)), W, H)
+        if self._masker is None or self._masker[0] != key:
+            self._masker = (key, ModelObjectMasker(self.obj, K, W, H))
+        return self._masker[1]
+
+    def estimate(self, depth: np.ndarray, mask: np.ndarray, K: np.ndarray, hand_mask: Optional[np.ndarray] = None,
+                 hand_points: Optional[np.ndarray] = None) -> Optional[GlobalPoseResult]:
+        """A pose from ``depth`` ``(H, W)`` [m, 0 = none], the object ``mask`` ``(H, W)`` bool, intrinsics
+        ``K`` ``(3, 3)``, optionally the observed ``hand_mask`` ``(H, W)`` bool and hand surface points
+        ``(P, 3)`` in the camera frame. None when the mask has fewer than ``min_points`` depth pixels."""
+        t0 = time.perf_counter()
+        cfg = self.cfg
+        K = np.asarray(K, np.float64)
+        H, W = mask.shape
+        depth = np.where(np.isfinite(depth), depth, 0.0)
+        ys, xs = np.nonzero(mask & (depth > 0))
+        if len(xs) < cfg.min_points:
+            return None
+        z = depth[ys, xs]
+        keep = np.abs(z - np.median(z)) < 0.15  # stray pixels (mask edges on the background)
+        xs, ys, z = xs[keep], ys[keep], z[keep]
+        P = np.stack([(xs - K[0, 2]) / K[0, 0] * z, (ys - K[1, 2]) / K[1, 1] * z, z], 1)
+        p_bar = torch.as_tensor(P.mean(0))
+        grid = _Grid(mask, depth, hand_mask, K, cfg.size)
+        T = self._align(self._placed(p_bar), grid)                                               # (N, 4, 4)
+        masker = self._masker_for(K, W, H)  # also the signed distance of the penetration score
+        score = self._score(T, grid, hand_points)
+        best = torch.argsort(score)[: cfg.top_k]
+        d_obj = np.where(mask | (hand_mask if hand_mask is not None else False), depth, 0.0).astype(np.float32)
+        cands, confs = [], []
+        for i in best.tolist():
+            fit = masker.fit(d_obj, T[i].numpy(), 0.013, exclude=hand_mask)
+            if fit is not None and np.isfinite(fit.T_cam_obj).all():
+                cands.append(fit.T_cam_obj)
+                confs.append(fit.confidence)
+        if not cands:
+            return None
+        cands = [c @ f for c in cands for f in self.flips]
+        confs = [c for c in confs for _ in self.flips]
+        Tc = torch.as_tensor(np.stack(cands))
+        s2 = self._score(Tc, grid, hand_points) - 0.5 * torch.as_tensor(confs)
+        order = torch.argsort(s2).tolist()
+        j = order[0]
+        return GlobalPoseResult(np.asarray(cands[j]), float(s2[j]), float(confs[j]),
+                                np.stack([cands[k] for k in order]), time.perf_counter() - t0)
+
+    def _placed(self, p_bar: torch.Tensor) -> torch.Tensor:
+        """Poses ``(N, 4, 4)``: each rotation with its camera-facing samples' centroid on ``p_bar``."""
+        view = p_bar / p_bar.norm()
+        n_cam = torch.einsum("nij,mj->nmi", self.R, self.normals)                               # (N, M, 3)
+        s_cam = torch.einsum("nij,mj->nmi", self.R, self.samples)
+        facing = ((n_cam @ view) < 0).double()                                                   # (N, M)
+        c_vis = (s_cam * facing[..., None]).sum(1) / facing.sum(1, keepdim=True).clamp(min=1)   # (N, 3)
+        T = torch.eye(4, dtype=torch.float64).repeat(self.R.shape[0], 1, 1)
+        T[:, :3, :3] = self.R
+        T[:, :3, 3] = p_bar - c_vis
+        return T
+
+    def _align(self, T: torch.Tensor, grid: "_Grid", steps: int = 3) -> torch.Tensor:
+        """Poses ``(N, 4, 4)`` moved so that their splatted silhouettes' centroids meet the mask's and
+        their depth meets the measured depth (``steps`` fixed-point steps, hand pixels left out):
+        the visible-centroid placement is off by centimetres when the hand hides part of the object."""
+        T = T.clone()
+        care = (~grid.hand)[None]
+        obs = grid.mask[None] & care
+        S = self.cfg.size
+        idx = torch.arange(S, dtype=torch.float64)
+        n_obs = obs.flatten(1).sum(1).clamp(min=1)
+        u_obs = (obs * idx[None, None, :]).flatten(1).sum(1) / n_obs
+        v_obs = (obs * idx[None, :, None]).flatten(1).sum(1) / n_obs
+        for _ in range(steps):
+            zbuf = self._splat(T, grid, close=False)
+            sil = torch.isfinite(zbuf) & care
+            n = sil.flatten(1).sum(1).clamp(min=1)
+            du = u_obs - (sil * idx[None, None, :]).flatten(1).sum(1) / n
+            dv = v_obs - (sil * idx[None, :, None]).flatten(1).sum(1) / n
+            both = sil & grid.mask[None] & (grid.depth[None] > 0)
+            r = torch.where(both, (grid.depth[None] - zbuf).clamp(-0.05, 0.05), torch.zeros_like(zbuf))
+            dz = r.flatten(1).sum(1) / both.flatten(1).sum(1).clamp(min=1)
+            z = T[:, 2, 3] + dz
+            T[:, 0, 3] += du * z / grid.K[0, 0]
+            T[:, 1, 3] += dv * z / grid.K[1, 1]
+            T[:, 2, 3] = z
+        return T
+
+    def _splat(self, T: torch.Tensor, grid: "_Grid", close: bool = True) -> torch.Tensor:
+        """Nearest depth ``(N, S, S)`` of the camera-facing samples at poses ``(N, 4, 4)`` (inf: none);
+        ``close``: gaps between samples closed by a 3x3 min-filter (the alignment steps do without)."""
+        S = self.cfg.size
+        R, t = T[:, :3, :3].float(), T[:, :3, 3].float()
+        pts = torch.einsum("nij,mj->nmi", R, self.samples.float()) + t[:, None]                  # (N, M, 3)
+        nrm = torch.einsum("nij,mj->nmi", R, self.normals.float())
+        facing = (nrm * pts).sum(-1) < 0
+        z = pts[..., 2].clamp(min=1e-3)
+        u = (grid.K[0, 0] * pts[..., 0] / z + grid.K[0, 2]).round().long()
+        v = (grid.K[1, 1] * pts[..., 1] / z + grid.K[1, 2]).round().long()
+        ok = facing & (u >= 0) & (u < S) & (v >= 0) & (v < S) & (pts[..., 2] > 1e-3)
+        N = T.shape[0]
+        flat = torch.arange(N)[:, None] * S * S + v.clamp(0, S - 1) * S + u.clamp(0, S - 1)
+        zbuf = torch.full((N * S * S,), float("inf"))
+        zbuf.scatter_reduce_(0, flat[ok], pts[..., 2][ok], reduce="amin")
+        zbuf = zbuf.reshape(N, S, S)
+        return (-F.max_pool2d(-zbuf[:, None], 3, 1, 1)[:, 0] if close else zbuf).double()
+
+    def _score(self, T: torch.Tensor, grid: "_Grid", hand_points) -> torch.Tensor:
+        """Loss ``(N,)`` of poses ``(N, 4, 4)`` (lower is better), see the module doc."""
+        cfg = self.cfg
+        N = T.shape[0]
+        zbuf = self._splat(T, grid)
+        sil = torch.isfinite(zbuf)
+        care = ~grid.hand
+        inter = (sil & grid.mask & care).flatten(1).sum(1).double()
+        union = ((sil | grid.mask) & care).flatten(1).sum(1).double()
+        iou = inter / union.clamp(min=1)
+        both = sil & grid.mask & (grid.depth > 0) & care
+        r = torch.where(both, zbuf - grid.depth, torch.zeros_like(zbuf))
+        rho = (r * r / (r * r + cfg.depth_scale ** 2)).flatten(1).sum(1) / both.flatten(1).sum(1).clamp(min=1)
+        loss = (1 - iou) + rho
+        if hand_points is not None and len(hand_points) and cfg.penetration_weight > 0:
+            masker = self._masker[1] if self._masker is not None else None
+            if masker is not None:
+                h = np.asarray(hand_points, np.float64)
+                h = torch.as_tensor(h[:: max(1, len(h) // cfg.max_hand_points)])
+                local = torch.einsum("nji,npj->npi", T[:, :3, :3], h[None] - T[:, None, :3, 3])   # R^T (h - t)
+                sd = masker.signed_distance(local.reshape(-1, 3).numpy()).reshape(N, -1)
+                loss = loss + cfg.penetration_weight * torch.as_tensor((sd < -0.005).mean(1))
+        return loss
+
+
+class _Grid:
+    """The frame's mask, depth and hand mask resampled (nearest) into an ``S x S`` grid over the mask's
+    bounding box grown by 40 %; ``K`` ``(3, 3)`` of that grid."""
+
+    def __init__(self, mask, depth, hand, K, S: int):
+        ys, xs = np.nonzero(mask)
+        cx, cy = 0.5 * (xs.min() + xs.max()), 0.5 * (ys.min() + ys.max())
+        side = 1.4 * max(xs.max() - xs.min() + 1, ys.max() - ys.min() + 1, 8)
+        scale = S / side
+        left, top = cx - 0.5 * side, cy - 0.5 * side
+        g = (np.arange(S) + 0.5) / scale   # grid pixel centres, camera coordinates minus left/top
+        gx = np.clip(np.rint(left + g), 0, mask.shape[1] - 1).astype(int)
+        gy = np.clip(np.rint(top + g), 0, mask.shape[0] - 1).astype(int)
+        inside = ((left + g >= -0.5) & (left + g <= mask.shape[1] - 0.5))[None, :] \
+            & ((top + g >= -0.5) & (top + g <= mask.shape[0] - 0.5))[:, None]
+        self.mask = torch.as_tensor(mask[np.ix_(gy, gx)] & inside)
+        self.depth = torch.as_tensor(np.where(inside, depth[np.ix_(gy, gx)], 0.0).astype(np.float64))
+        self.hand = torch.as_tensor(hand[np.ix_(gy, gx)] & inside) if hand is not None \
+            else torch.zeros(S, S, dtype=torch.bool)
+        Kg = np.asarray(K, np.float64).copy()
+        Kg[0, :] *= scale
+        Kg[1, :] *= scale
+        Kg[0, 2] = scale * (K[0, 2] - left) - 0.5
+        Kg[1, 2] = scale * (K[1, 2] - top) - 0.5
+        self.K = torch.as_tensor(Kg)
+
+
+def _half_turns(obj) -> list:
+    """``(4, 4)`` object-frame transforms: the identity and half turns about the three principal axes
+    through the bounding-box centre. A box (or any shape with those symmetries) looks the same to
+    depth and mask after them; the caller's scoring with colours decides between them."""
+    v = obj.vertices.detach().double().cpu().numpy()
+    c = 0.5 * (v.min(0) + v.max(0))
+    _, _, Vt = np.linalg.svd(v - v.mean(0), full_matrices=False)
+    out = [np.eye(4)]
+    for a in Vt:
+        R = 2.0 * np.outer(a, a) - np.eye(3)   # rotation by pi about the axis a
+        T = np.eye(4)
+        T[:3, :3], T[:3, 3] = R, c - R @ c
+        out.append(T)
+    return out
+
+
+def cold_start(refiner, search: "GlobalPoseSearch", frame, camera, max_iterations: Optional[int] = None,
+               num_hypotheses: int = 4, terms=None):
+    """Pose of one frame without an initial pose: :meth:`GlobalPoseSearch.estimate` (with the hand's
+    surface points when the frame has joints and camera->hand and the refiner a hand model), then
+    :meth:`hp_ros.core.refine.Refiner.refine` from its best candidate with all of its candidates in
+    the coarse search (the colours decide between poses depth and mask cannot tell apart).
+
+    Args:
+        refiner: :class:`hp_ros.core.refine.Refiner`; frame: :class:`hp_ros.core.refine.FrameObservation`
+            with ``depth`` and ``object_mask``; camera: :class:`hp_ros.core.camera.Camera`.
+    Returns:
+        ``(RefineResult, GlobalPoseResult)``; ``(None, None)`` when the mask has too few depth pixels.
+    Raises:
+        ValueError when the frame has no depth or no object mask.
+    """
+    found = global_estimate(refiner, search, frame, camera)
+    if found is None:
+        return None, None
+    res = refiner.refine([frame], camera, torch.as_tensor(found.T_cam_obj, dtype=torch.float32),
+                         max_iterations=max_iterations, num_hypotheses=num_hypotheses, terms=terms,
+                         candidates=found.candidates)
+    return res, found
+
+
+def global_estimate(refiner, search: "GlobalPoseSearch", frame, camera) -> Optional[GlobalPoseResult]:
+    """:meth:`GlobalPoseSearch.estimate` on a :class:`hp_ros.core.refine.FrameObservation` (its depth,
+    masks, and the hand's surface points from its joints and camera->hand with the refiner's hand
+    model). None when the mask has too few depth pixels; ValueError without depth or object mask."""
+    if frame.depth is None or frame.object_mask is None:
+        raise ValueError("a global estimate needs the frame's depth and object mask")
+    depth = np.asarray(frame.depth, np.float32)
+    mask = np.asarray(frame.object_mask)
+    mask = mask > (127 if mask.dtype == np.uint8 and mask.max() > 1 else 0)
+    hand_mask = None
+    if frame.hand_mask is not None:
+        hm = np.asarray(frame.hand_mask)
+        hand_mask = hm > (127 if hm.dtype == np.uint8 and hm.max() > 1 else 0)
+    hand_points = None
+    if refiner.hand is not None and frame.q is not None and frame.T_cam_hand is not None:
+        with torch.no_grad():
+            q = torch.as_tensor(np.asarray(frame.q), dtype=torch.float32).reshape(1, -1)
+            Th = torch.as_tensor(np.asarray(frame.T_cam_hand), dtype=torch.float32).reshape(1, 4, 4)
+            hand_points = refiner.hand.surface_points(q.to(refiner.device), Th.to(refiner.device))[0].cpu().numpy()
+    K = camera.K.double().cpu().numpy()
+    return search.estimate(depth, mask, K, hand_mask=hand_mask, hand_points=hand_points)

@@ -51,7 +51,8 @@ VARIANTS = {"processes": {"transport": "loopback", "single_process": False},
             "udp": {"transport": "udp", "single_process": False}}
 
 
-def run_variant(variant: str, objects, seeds, duration: float, work: Path, motion: str = "classic") -> dict:
+def run_variant(variant: str, objects, seeds, duration: float, work: Path, motion: str = "classic",
+                initial_offset=None) -> dict:
     from graph_baselines import baseline_summary
 
     from hp_ros.tools.demo import run_pipeline
@@ -60,6 +61,7 @@ def run_variant(variant: str, objects, seeds, duration: float, work: Path, motio
     for obj in objects:
         for seed in seeds:
             r = run_pipeline(work / f"{variant}-{obj.split(':')[-1]}-{seed}", object_spec=obj, duration=duration,
+                             initial_offset=initial_offset,
                              seed=seed, log=lambda *a: None, motion=motion, **VARIANTS[variant])
             runs.append(r)
             stages = {name.split(": ")[-1].split("/")[-1]: {k.split(".", 1)[1]: v for k, v in vals.items()
@@ -136,6 +138,9 @@ def main() -> int:
     ap.add_argument("--motion", default="classic", choices=("classic", "lab"), help="synthetic motion (hp_ros.core.synth)")
     ap.add_argument("--cpu-hog", type=int, default=0, metavar="N",
                     help="run N busy-loop processes beside the graph (a stand-in for a robot controller)")
+    ap.add_argument("--initial-offset", nargs=2, type=float, default=None, metavar=("M", "DEG"),
+                    help="start the tracker from the first frame's ground truth moved by M metres and DEG degrees "
+                         "(default: no initial pose, the graph cold-starts as in a lab)")
     args = ap.parse_args()
     from hp_ros.tools import machine
 
@@ -148,7 +153,8 @@ def main() -> int:
     try:
         with tempfile.TemporaryDirectory(prefix="hp_ros_bench_graph_") as tmp:
             for v in args.variants:
-                results[v] = run_variant(v, args.objects, args.seeds, args.duration, Path(tmp), args.motion)
+                results[v] = run_variant(v, args.objects, args.seeds, args.duration, Path(tmp), args.motion,
+                                         tuple(args.initial_offset) if args.initial_offset else None)
     finally:
         for h in hogs:
             h.kill()
@@ -161,7 +167,8 @@ def main() -> int:
                                         "cpu_ms_per_frame_total", "cpu_ms_per_frame_tracking",
                                         "cpu_ms_per_frame_tracking_total")}
     summary.update({k: default[k] for k in ("adds_ratio_to_baseline", "rot_ratio_to_baseline", "baselines") if k in default})
-    summary.update(motion=args.motion, cpu_hog=args.cpu_hog, cpu_model=here["cpu_model"], cores=here["cores"],
+    summary.update(motion=args.motion, initial_offset=args.initial_offset, cpu_hog=args.cpu_hog,
+                   cpu_model=here["cpu_model"], cores=here["cores"],
                    cpu_ref_ms=here["cpu_ref_ms"])
     summary["load_avg_1min"] = round(os.getloadavg()[0], 2)
     summary["variants"] = {v: {k: r[k] for k in ("posed_fraction", "output_hz", "latency_ms_p50", "latency_ms_p95",

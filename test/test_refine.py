@@ -180,8 +180,9 @@ def test_penetration_gauss_newton_moves_along_the_normal_only():
     assert torch.allclose(T1[0, :3, :3], torch.eye(3))
 
 
-@pytest.mark.shared_data
-def test_real_frame_converges_near_the_reference(shared_data):
+def _hope_frame(shared_data):
+    """The real HOPE frame of ../shared/data (skips when absent): cv2, its folder, the mesh (metres),
+    the RGB image and the dataset's object mask."""
     cv2 = pytest.importorskip("cv2")
     root = shared_data / "real" / "diffdope_hope_example"
     if not root.is_dir():
@@ -189,6 +190,12 @@ def test_real_frame_converges_near_the_reference(shared_data):
     obj = ObjectModel.load(root / "mesh" / "AlphabetSoup.ply", units="mm")
     rgb = cv2.imread(str(root / "scene" / "rgb.png"))[..., ::-1].copy()
     mask = cv2.imread(str(root / "scene" / "seg.png"), cv2.IMREAD_UNCHANGED) > 0
+    return cv2, root, obj, rgb, mask
+
+
+@pytest.mark.shared_data
+def test_real_frame_converges_near_the_reference(shared_data):
+    cv2, root, obj, rgb, mask = _hope_frame(shared_data)
     cam = Camera.from_intrinsics(1390.53, 1386.99, 964.957, 522.586, rgb.shape[1], rgb.shape[0])
     # reference pose from SOURCES.md (mm -> m)
     T_ref = np.eye(4)
@@ -293,15 +300,9 @@ def test_real_frame_with_depth_pins_the_distance(shared_data):
     """The HOPE frame with its depth: from starts 2 cm / 10 deg off, the distance from the camera ends
     within 4 mm of the depth fit's (without depth it ended anywhere from -9 to +5 mm), and the mask
     IoU is measured at the camera's resolution."""
-    cv2 = pytest.importorskip("cv2")
     from hp_ros.core.segmentation.model import ModelObjectMasker
 
-    root = shared_data / "real" / "diffdope_hope_example"
-    if not root.is_dir():
-        pytest.skip("diffdope_hope_example not available")
-    obj = ObjectModel.load(root / "mesh" / "AlphabetSoup.ply", units="mm")
-    rgb = cv2.imread(str(root / "scene" / "rgb.png"))[..., ::-1].copy()
-    mask = cv2.imread(str(root / "scene" / "seg.png"), cv2.IMREAD_UNCHANGED) > 0
+    cv2, root, obj, rgb, mask = _hope_frame(shared_data)
     depth = cv2.imread(str(root / "scene" / "depth.png"), cv2.IMREAD_UNCHANGED).astype(np.float32) / 1000.0
     K = np.array([[1390.53, 0, 964.957], [0, 1386.99, 522.586], [0, 0, 1]])
     cam = Camera.from_intrinsics(K[0, 0], K[1, 1], K[0, 2], K[1, 2], rgb.shape[1], rgb.shape[0])

@@ -387,20 +387,24 @@ def demo_parameters(node_name: str, seq, initial_offset: tuple | None = None) ->
 def initial_pose(seq, initial_offset: tuple = (0.01, 5.0)) -> np.ndarray:
     """``(4, 4)``: a user starts the tracker from a rough pose (default: ground truth of the first frame
     off by 1 cm and 5 degrees); the tracker refines from there. The baselines start there too."""
+    return offset_pose(seq.T_cam_obj[0], initial_offset)
+
+
+def offset_pose(T: np.ndarray, offset: tuple) -> np.ndarray:
+    """``T`` ``(4, 4)`` moved by ``offset`` = (metres, degrees) in a fixed pseudo-random direction (the
+    demo's and the offline evaluation's start pose)."""
     from hp_ros.core import se3
     import torch
 
     rng = np.random.default_rng(1)
     xi = np.concatenate([rng.normal(size=3), rng.normal(size=3)])
-    xi[:3] *= float(initial_offset[0]) / np.linalg.norm(xi[:3])
-    xi[3:] *= math.radians(float(initial_offset[1])) / np.linalg.norm(xi[3:])
-    return se3.apply_delta(torch.as_tensor(seq.T_cam_obj[0], dtype=torch.float64), torch.as_tensor(xi)).numpy()
+    xi[:3] *= float(offset[0]) / np.linalg.norm(xi[:3])
+    xi[3:] *= math.radians(float(offset[1])) / np.linalg.norm(xi[3:])
+    return se3.apply_delta(torch.as_tensor(T, dtype=torch.float64), torch.as_tensor(xi)).numpy()
 
 
 def score(seq, collector, object_spec: str, t_replay: float, initial_offset: tuple = (0.01, 5.0)) -> dict:
     """Metrics of the collected estimates against the sequence's ground truth."""
-    import torch
-
     from hp_ros.core import metrics
     from hp_ros.core.objects import ObjectModel
 

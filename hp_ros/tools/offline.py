@@ -22,7 +22,6 @@ file's YAML), then a synthetic bag's sidecar (its marker colours, as the demo gi
 from __future__ import annotations
 
 import json
-import math
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -94,52 +93,40 @@ def _sidecar(bag: Path) -> dict:
 
 
 class _Calibration:
-    """camera -> hand from /tf_static (the chain of the transforms read so far) or a parameter."""
+    """camera -> hand as the nodes have it: the ``camera_to_hand`` parameter, else ``/tf_static`` and
+    ``/tf`` in a :class:`~hp_ros.core.tf_buffer.TransformBuffer` looked up at each stamp (a moving
+    hand base interpolated, a static chain one value)."""
 
     def __init__(self, camera_frame: str, hand_frame: str, fixed: Optional[np.ndarray]):
-        self.camera_frame, self.hand_frame, self.fixed = camera_frame, hand_frame, fixed
-        self.edges: dict = {}  # child -> (parent, T_parent_child)
+        from hp_ros.core.ekf.hand_base import HandBaseTrack
+        from hp_ros.core.tf_buffer import TransformBuffer
 
-    def add(self, msg) -> None:
+        self.fixed = fixed
+        self.buffer = TransformBuffer()
+        self.track = HandBaseTrack(self.buffer, camera_frame, hand_frame)
+
+    def add(self, msg, static: bool) -> None:
         from hp_ros.io import msgs
 
-        for T, parent, child, _stamp in msgs.tf_message_to_list(msg):
-            if parent != child and child:
-                self.edges[child] = (parent, T)
+        for T, parent, child, stamp in msgs.tf_message_to_list(msg):
+            try:
+                self.buffer.set_transform(T, parent, child, 0 if static else stamp, static=static)
+            except ValueError:
+                pass  # a malformed transform: the nodes refuse it too
 
-    def _to_root(self, frame: str):
-        T, seen = np.eye(4), [frame]
-        while frame in self.edges and len(seen) < 64:
-            parent, T_pc = self.edges[frame]
-            T, frame = T_pc @ T, parent
-            seen.append(frame)
-        return frame, T
-
-    @property
-    def T_cam_hand(self) -> Optional[np.ndarray]:
-        if self.fixed is not None:
-            return self.fixed
-        root_h, T_rh = self._to_root(self.hand_frame)
-        root_c, T_rc = self._to_root(self.camera_frame)
-        return np.linalg.inv(T_rc) @ T_rh if root_h == root_c and (self.edges) else None
+    def at(self, stamp: int) -> Optional[np.ndarray]:
+        return self.fixed if self.fixed is not None else self.track.at(stamp)
 
 
-def _initial_pose(bag: Path, gt_topic: str, offset: tuple) -> Optional[np.ndarray]:
+def _initial_pose(bag: Path, gt_topic: str, offset: tuple) -> np.ndarray:
     """The bag's first ground-truth pose moved by ``offset`` = (metres, degrees), as the demo does."""
-    import torch
-
-    from hp_ros.core import se3
+    from hp_ros.tools.demo import offset_pose
     from hp_ros.tools.evaluate import read_pose_topic
 
     gt = read_pose_topic(bag, gt_topic)
     if not gt:
         raise ValueError(f"--initial-offset needs ground truth on {gt_topic} in {bag}")
-    rng = np.random.default_rng(1)
-    xi = np.concatenate([rng.normal(size=3), rng.normal(size=3)])
-    xi[:3] *= float(offset[0]) / np.linalg.norm(xi[:3])
-    xi[3:] *= math.radians(float(offset[1])) / np.linalg.norm(xi[3:])
-    T0 = gt[min(gt)]
-    return se3.apply_delta(torch.as_tensor(T0, dtype=torch.float64), torch.as_tensor(xi)).numpy()
+    return offset_pose(gt[min(gt)], offset)
 
 
 class _Pipeline:
@@ -167,6 +154,8 @@ class _Pipeline:
         self.mapper = self.hand.joint_state_mapper()
         self.calib = _Calibration(seg_p["camera_frame"], seg_p["hand_base_frame"],
                                   camera_to_hand_from_param(seg_p["camera_to_hand"]))
+        if self.calib.fixed is None:
+            self.tracker.set_hand_base(self.calib.track)  # a moving base: a control input, as in the node
         self.K = None
         self.result = OfflineResult()
 
@@ -199,7 +188,7 @@ class _Pipeline:
 
         r = self.result
         r.frames += 1
-        T_ch = self.calib.T_cam_hand
+        T_ch = self.calib.at(stamp)
         self.tracker.set_calibration(T_ch)
         self.tracker.add_frame(stamp, 0.0)
         prior = None
@@ -256,7 +245,7 @@ def run_offline(bag: str | Path, params_file=None, overrides: Optional[dict] = N
     if need - present:
         raise ValueError(f"{bag} lacks {sorted(need - present)}: the pipeline needs colour images, their "
                          f"camera_info and joint states")
-    topics = present & (need | {B.TOPIC_DEPTH_IMAGE, B.TOPIC_TF_STATIC})
+    topics = present & (need | {B.TOPIC_DEPTH_IMAGE, B.TOPIC_TF_STATIC, "/tf"})
     result = pipe.result
     result.startup_s = time.monotonic() - t0
     c0, w0 = time.process_time(), time.monotonic()
@@ -276,8 +265,8 @@ def run_offline(bag: str | Path, params_file=None, overrides: Optional[dict] = N
     for topic, _type, t_ns, msg in B.read_bag(bag, sorted(topics)):
         first = t_ns if first is None else first
         last = t_ns
-        if topic == B.TOPIC_TF_STATIC:
-            pipe.calib.add(msg)
+        if topic in (B.TOPIC_TF_STATIC, "/tf"):
+            pipe.calib.add(msg, static=topic == B.TOPIC_TF_STATIC)
         elif topic == B.TOPIC_COLOR_INFO:
             pipe.camera_info(msg)
         elif topic == B.TOPIC_JOINT_STATES:

@@ -281,15 +281,20 @@ class EKFTracker:
         self.last_motion = step.contacts
         self._velocity = step.velocity
         F, Q, a_cb, a_db = dyn.transition(self.layout, step, dt, c, self.center_bias_sigma, self.depth_bias_sigma)
-        self.T_ho = step.M @ self.T_ho
+        self._apply_motion(step.M, F, Q, a_cb, a_db)
+        self.last_step = dyn.PredictStep(self._q_prev, dt, refreshed, step.M, F, Q, a_cb, a_db, self._step_aux())
+        return step.contacts
+
+    def _apply_motion(self, M: np.ndarray, F: np.ndarray, Q: np.ndarray, a_cb, a_db) -> None:
+        """One step of the process model: the object by ``M`` ``(4, 4)`` (hand frame), the bias means
+        by their decay factors (None: not decayed), the covariance by ``F``, ``Q`` ``(n, n)``."""
+        self.T_ho = M @ self.T_ho
         if a_cb is not None:
             self.center_bias = a_cb * self.center_bias
         if a_db is not None:
             self.depth_bias = a_db * self.depth_bias
         self.P = kf.predict_covariance(self.P, F, Q)
         self._check_lost()
-        self.last_step = dyn.PredictStep(self._q_prev, dt, refreshed, step.M, F, Q, a_cb, a_db, self._step_aux())
-        return step.contacts
 
     # joint and contact bookkeeping a prediction leaves behind
     _STEP_AUX = ("_q_prev", "_T_links", "_velocity", "_mask", "_mask_age", "contact_count", "last_motion")
@@ -312,18 +317,13 @@ class EKFTracker:
             if step.refreshed or step.M is None or self._mask is None or not torch.equal(self._mask, step.aux["_mask"]):
                 self.predict(step.q, step.dt)
                 continue
-            self.T_ho = step.M @ self.T_ho
             Q = step.Q
-            if step.a_cb is not None:
-                self.center_bias = step.a_cb * self.center_bias
+            if step.a_cb is not None:  # the centre-bias noise at the current spread
                 Q = Q.copy()
                 Q[self._cb, self._cb] = np.diag(self.center_bias_sigma ** 2 * (1.0 - step.a_cb ** 2))
-            if step.a_db is not None:
-                self.depth_bias = step.a_db * self.depth_bias
-            self.P = kf.predict_covariance(self.P, step.F, Q)
             for k, v in step.aux.items():
                 setattr(self, k, v.copy() if isinstance(v, np.ndarray) else v)
-            self._check_lost()
+            self._apply_motion(step.M, step.F, Q, step.a_cb, step.a_db)
 
     # ------------------------------------------------------------------ measurement models
     def fingertip_points_hand(self, q=None) -> np.ndarray:

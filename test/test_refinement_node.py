@@ -57,7 +57,10 @@ def test_refine_service(ros_node, start_process, seq):
         "-p", "buffer_size:=6", "-p", "diagnostics_period:=0.2", "-p", "early_stop_patience:=0",
         # a generous wait for the joint states to reach the frame (a burst of 100 reaches the node's
         # reader in pieces on a loaded machine: 0.5 s left the good request without its hand twice)
-        "-p", "request_wait:=5.0"))
+        "-p", "request_wait:=5.0",
+        # images subscribed all the time: this test publishes its frames once, before it asks
+        # (test_idle_node_receives_no_images: the default, subscribed around requests)
+        "-p", "image_linger:=-1.0"))
 
     qos = QoSProfile(depth=10, reliability=ReliabilityPolicy.RELIABLE)
     pubs = {
@@ -209,3 +212,92 @@ def test_frame_for_stamp_finds_frames_inside_the_buffer():
     assert frame_for_stamp(stamps, stamps[0] - 20_000_000, tol) is None       # before the buffer
     assert frame_for_stamp(stamps, stamps[-1] + 20_000_000, tol) is None      # after it
     assert frame_for_stamp([], stamps[0], tol) is None
+
+
+def test_idle_node_receives_no_images_and_subscribes_for_a_request(ros_node, start_process, seq):
+    """The default: the image streams are subscribed to only around requests (issue 30). While
+    idle no colour or mask reader exists (the graph shows no subscriber; nothing is taken or
+    decoded although frames stream); a request opens them and refines the first frame that
+    arrives (the requested one went by before), close to ground truth; after ``image_linger`` the
+    node unsubscribes again."""
+    from diagnostic_msgs.msg import DiagnosticArray
+    from hp_ros_msgs.srv import RefinePose
+    from rclpy.qos import QoSProfile, ReliabilityPolicy
+    from sensor_msgs.msg import CameraInfo, Image, JointState
+
+    from rostest_utils import spin_until
+
+    xyz, quat = se3.pose_to_xyz_quat(torch.tensor(seq.T_cam_hand_true))
+    c2h = [float(v) for v in list(xyz) + list(quat)]
+    proc = start_process(python_module_cmd(
+        "hp_ros.nodes.refinement_node", "--ros-args", "-r", "__ns:=/hp_ros",
+        "-p", f"camera_to_hand:={c2h}", "-p", "max_iterations:=25", "-p", "num_hypotheses:=0",
+        "-p", "diagnostics_period:=0.2", "-p", "image_linger:=0.5", "-p", "use_depth:=false",
+        "-p", "open_wait:=10.0", "-p", "request_wait:=5.0"))
+    qos = QoSProfile(depth=10, reliability=ReliabilityPolicy.RELIABLE)
+    pubs = {"info": ros_node.create_publisher(CameraInfo, graph.CAMERA_TOPICS["color_info"], qos),
+            "image": ros_node.create_publisher(Image, graph.CAMERA_TOPICS["color_image"], qos),
+            "object_mask": ros_node.create_publisher(Image, graph.TOPICS["object_mask"], qos),
+            "joints": ros_node.create_publisher(JointState, graph.JOINT_STATES,
+                                                QoSProfile(depth=100, reliability=ReliabilityPolicy.RELIABLE))}
+    diags = []
+    ros_node.create_subscription(DiagnosticArray, "/diagnostics", diags.append, qos)
+
+    def status():
+        for arr in reversed(diags):
+            for st in arr.status:
+                if "refinement_node" in st.name:
+                    return {kv.key: kv.value for kv in st.values}
+        return {}
+
+    images = [graph.CAMERA_TOPICS["color_image"], graph.TOPICS["object_mask"]]
+    readers = lambda: [ros_node.count_subscribers(t) for t in images]  # noqa: E731
+    # a camera streaming at 6 Hz the whole time (the sequence looped, stamps increasing)
+    period = int(seq.frame_stamps_ns[1] - seq.frame_stamps_ns[0])
+    t0, sent = int(seq.frame_stamps_ns[0]), []
+
+    def stream():
+        n = len(sent)
+        k, stamp = n % len(seq.frame_stamps_ns), t0 + n * period
+        for j in range(len(seq.joint_stamps_ns)):  # the joint states around this frame
+            dt = int(seq.joint_stamps_ns[j]) - int(seq.frame_stamps_ns[k])
+            if abs(dt) <= period:
+                pubs["joints"].publish(M.make_joint_state(seq.joint_names, seq.joint_positions[j], stamp + dt,
+                                                          JointState))
+        pubs["info"].publish(M.make_camera_info(seq.K, seq.width, seq.height, CameraInfo, stamp_ns=stamp))
+        pubs["image"].publish(M.numpy_to_image(seq.rgb[k], "rgb8", stamp, graph.CAMERA_FRAME, Image))
+        pubs["object_mask"].publish(M.numpy_to_image(seq.object_mask[k].astype(np.uint8) * 255, "mono8", stamp,
+                                                     graph.CAMERA_FRAME, Image))
+        sent.append((stamp, k))
+
+    ros_node.create_timer(1.0 / 6, stream)
+    # idle: after the start-up linger the node has no image reader, though frames stream
+    assert spin_until(ros_node, lambda: status().get("images_subscribed") == "0" and readers() == [0, 0]
+                      and len(sent) >= 12, 60), (status(), readers(), proc.log_text())
+    n_idle = len(sent)
+    assert spin_until(ros_node, lambda: len(sent) >= n_idle + 6 and status().get("images_decoded") == "0", 30)
+    assert status()["images_decoded"] == "0" and readers() == [0, 0], status()
+    taken = int(status()["messages_taken"])
+
+    # a request for a frame that went by while nothing was subscribed: the first frame after
+    asked, k_asked = sent[-1]
+    client = ros_node.create_client(RefinePose, graph.SERVICES["refine_pose"])
+    assert spin_until(ros_node, client.service_is_ready, 30)
+    T0 = perturb_pose(torch.tensor(seq.T_cam_obj[k_asked], dtype=torch.float32), 0.01, math.radians(5),
+                      torch.Generator().manual_seed(5)).double().numpy()
+    req = RefinePose.Request(use_initial_pose=True)
+    req.stamp = M.ns_to_stamp(asked, type(req.stamp))
+    from geometry_msgs.msg import PoseStamped
+    req.initial_pose = M.make_pose_stamped(T0, asked, graph.CAMERA_FRAME, PoseStamped)
+    res = _call(ros_node, client, req)
+    got = M.header_stamp_ns(res.pose)
+    assert res.success and got > asked and "before the images were subscribed" in res.message, res.message
+    k_got = dict(sent)[got]
+    pts = ObjectModel.builtin("cracker_box").vertices.double().numpy()
+    add = metrics.add(seq.T_cam_obj[k_got][None], M.pose_to_matrix(res.pose)[None], pts)[0]
+    assert add < 0.01, (add, res.message)  # the refined pose is of the frame it names
+    assert spin_until(ros_node, lambda: int(status().get("image_openings", 0)) >= 2
+                      and int(status().get("messages_taken", 0)) > taken, 10), status()
+    # ... and the node unsubscribes again once the linger has passed
+    assert spin_until(ros_node, lambda: status().get("images_subscribed") == "0" and readers() == [0, 0], 30), \
+        (status(), readers())

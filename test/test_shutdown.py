@@ -148,7 +148,7 @@ def test_refinement_node_exits_during_a_request(ros_node, start_process, frame, 
     from rostest_utils import spin_until, wait_for_subscribers
 
     proc = start_process(_command("refinement_node", "diagnostics_period:=0.2", "num_hypotheses:=0",
-                                  "early_stop_patience:=0"), name="refinement_node")
+                                  "early_stop_patience:=0", "image_linger:=-1.0"), name="refinement_node")
     K, width, height, rgb, mask, T_gt, stamp = frame
     diags = Diagnostics(ros_node)
     _wait_spinning(ros_node, diags, {"refinement_node": proc})

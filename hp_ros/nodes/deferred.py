@@ -77,6 +77,13 @@ class DeferredReader:
         with self._lock:
             self._queue.append((msg, info))
 
+    def close(self, node) -> None:
+        """Stop receiving: the DDS reader is deleted with what it still holds (with a bus: it
+        keeps its place on the bus, which cannot unsubscribe; in one process that costs nothing)."""
+        if self._sub is not None:
+            node.destroy_subscription(self._sub)
+            self._sub = None
+
     def take(self) -> list:
         """Every message received since the last call (at most ``depth``), oldest first."""
         if self._queue is not None:
@@ -86,6 +93,8 @@ class DeferredReader:
             return out
         out = []
         sub = self._sub
+        if sub is None:  # closed
+            return out
         with sub.handle:
             while True:
                 got = sub.handle.take_message(sub.msg_type, sub.raw)

@@ -11,8 +11,13 @@ Frames: the inputs wait in their DDS readers (keep-last, ``buffer_size`` frames;
 per message, :mod:`hp_ros.nodes.deferred`); a request takes them and matches images and masks by
 header stamp (within ``sync_tolerance``) into a ring buffer of ``buffer_size`` frames; a frame is
 usable once its image and object mask are there. Only the refined frames' images are decoded.
-/diagnostics reports the buffer as the last request left it (``buffered_frames``), the messages
-taken and the images decoded.
+The image streams (colour, depth, masks: ~2 MB per frame) are subscribed to only from start-up
+and from each request until ``image_linger`` seconds after it: an idle node receives no images
+(receiving them cost ~1.5 ms of CPU per frame in Fast DDS alone), and the segmentation node
+publishes its masks only while someone subscribes. A request that finds them closed opens them
+and refines the first frames that arrive (its answer names that frame: the tracker re-predicts
+from it). /diagnostics reports the buffer as the last request left it (``buffered_frames``),
+whether the images are subscribed, the messages taken and the images decoded.
 Joint states are interpolated to the frame stamp when a request is served.
 
 Covariance of /hp_ros/refined_pose: a fixed diagonal ``refined_pose_sigma`` (x, y, z in m,
@@ -92,6 +97,12 @@ OWN_PARAMS = {
     "max_pose_age": Param(2.0, "a request without an initial pose starts from the tracked/refined pose when it is "
                                "at most this old [s] against the requested frame, else from a global estimate",
                           positive),
+    "image_linger": Param(2.0, "the colour, depth and mask subscriptions stay open this long [s] after start-up "
+                               "and after each request, and are closed in between (an idle node receives no "
+                               "images; a request then refines the first frame that arrives); negative = always "
+                               "open (a request can refine any frame of the last buffer_size)"),
+    "open_wait": Param(1.0, "longest extra wait [s] of a request that opened the image subscriptions for its first "
+                            "frames (discovery, the segmentation node starting its masks)", non_negative),
     "max_iterations": Param(30, "default Adam iterations per request", positive),
     "roi_size": Param(96, "side [px] of the square region around the object that is rendered", positive),
     "num_hypotheses": Param(8, "poses around the initial one scored before Adam (0 or 1 = no coarse search)",
@@ -202,18 +213,25 @@ class RefinementNode(GuardedNode):
         # objects it received).
         n = int(p["buffer_size"])
         reader = lambda t, topic, depth, raw=False: DeferredReader(self, bus, t, topic, depth, raw=raw)  # noqa: E731
-        self.image_readers = {
-            "rgb": reader(Image, graph.CAMERA_TOPICS["color_image"], n, raw=True),
-            "object_mask": reader(Image, graph.TOPICS["object_mask"], n, raw=True),
-            "hand_mask": reader(Image, graph.TOPICS["hand_mask"], n, raw=True)}
+        self.image_topics = {"rgb": graph.CAMERA_TOPICS["color_image"], "object_mask": graph.TOPICS["object_mask"],
+                             "hand_mask": graph.TOPICS["hand_mask"]}
         if p["use_depth"]:
-            self.image_readers["depth"] = reader(Image, graph.CAMERA_TOPICS["depth_image"], n, raw=True)
+            self.image_topics["depth"] = graph.CAMERA_TOPICS["depth_image"]
+        self._open_reader = lambda topic: reader(Image, topic, n, raw=True)  # noqa: E731
+        self.image_readers = {}  # kind -> DeferredReader while the images are subscribed (open_images)
+        # in one process (a bus) images are handed over as objects, and a bus cannot unsubscribe: always open
+        self.images_on_demand = bus is None and float(p["image_linger"]) >= 0
+        self._images_until = time.monotonic() + max(0.0, float(p["image_linger"]))  # closed after (monotonic)
+        self._opened_after_ns = 0  # newest camera_info stamp when the images were last opened
+        self._newest_info_ns = 0
         self.info_reader = reader(CameraInfo, graph.CAMERA_TOPICS["color_info"], 1)
         # joint states over the buffered frames' span (30 Hz frames, 100 Hz joints) and a margin
         self.joint_reader = reader(JointState, graph.JOINT_STATES, max(200, int(2 * 100 * n / 30)))
         self.pose_reader = reader(PoseWithCovarianceStamped, graph.TOPICS["object_pose"], 1)
         self.ingested = 0  # messages taken from the readers (counted in /diagnostics)
         self.decoded = 0   # images decoded (only for requests)
+        self.image_openings = 0  # times the image subscriptions were opened
+        self.open_images()  # from start-up: a cold start's first request comes with the first frames
         data = MutuallyExclusiveCallbackGroup()
         service = ReentrantCallbackGroup()  # a request during a refinement is answered "busy" at once
         self.pub = publisher(self, bus, PoseWithCovarianceStamped, graph.TOPICS["refined_pose"], OUTPUT_QOS)
@@ -248,6 +266,32 @@ class RefinementNode(GuardedNode):
             self.counts["frames_dropped"] += 1
         return slot
 
+    # ------------------------------------------------------------------ image subscriptions
+    def open_images(self) -> bool:
+        """Subscribe to the image streams unless they are open; True when this call opened them."""
+        if self.images_on_demand:
+            self._images_until = max(self._images_until, time.monotonic() + float(self.p["image_linger"]))
+        with self.lock:
+            if self.image_readers:
+                return False
+            self.image_readers = {kind: self._open_reader(topic) for kind, topic in self.image_topics.items()}
+            self._opened_after_ns = self._newest_info_ns
+            self.image_openings += 1
+        return True
+
+    def close_idle_images(self) -> None:
+        """Unsubscribe from the image streams (and forget the buffered frames) once ``image_linger``
+        has passed since start-up or the last request, unless a request is being served."""
+        if not self.images_on_demand or self.busy or time.monotonic() < self._images_until:
+            return
+        with self.lock:
+            if not self.image_readers:
+                return
+            for rd in self.image_readers.values():
+                rd.close(self)
+            self.image_readers = {}
+            self.frames.clear()
+
     # Buffering keeps the messages themselves: they are decoded only for the few frames a request
     # refines, not for every frame at 30 Hz (the node spends its idle time doing nothing).
     def ingest(self) -> None:
@@ -269,6 +313,7 @@ class RefinementNode(GuardedNode):
             poses = self.pose_reader.take()
         self.ingested += len(infos) + len(poses)
         if infos:
+            self._newest_info_ns = max(self._newest_info_ns, _stamp_or_zero(infos[-1][0]))
             self.on_camera_info(infos[-1][0])
         if poses:
             self.on_object_pose(poses[-1][0])
@@ -365,6 +410,7 @@ class RefinementNode(GuardedNode):
     def publish_diagnostics(self) -> None:
         # what the last request took from the readers: taking (copying) every frame just to count
         # them cost ~1 ms of CPU per camera frame; the readers hold the newest buffer_size frames
+        self.close_idle_images()
         with self.lock:
             usable = [s for s, f in self.frames.items() if "rgb" in f and "object_mask" in f]
         level = DiagnosticStatus.OK
@@ -372,7 +418,8 @@ class RefinementNode(GuardedNode):
                                             else "no camera_info yet")
         values = {"buffered_frames": len(usable), "newest_stamp_ns": usable[-1] if usable else 0,
                   "busy": int(self.busy), "bad_messages": self.errors.total(), "messages_taken": self.ingested,
-                  "images_decoded": self.decoded, **self.counts,
+                  "images_decoded": self.decoded, "images_subscribed": int(bool(self.image_readers)),
+                  "image_openings": self.image_openings, **self.counts,
                   "stamp_resets": self.stamps.resets, **self.problem_values()}
         self.diag_pub.publish(diagnostics_message(self, "hp_ros/refinement_node", level, message, values))
 
@@ -396,6 +443,8 @@ class RefinementNode(GuardedNode):
         finally:
             self.busy = False
             self._typical_s = max(1.0, time.monotonic() - self._serving_since)
+            if self.images_on_demand:  # the linger counts from the answer
+                self._images_until = time.monotonic() + float(self.p["image_linger"])
             self._serving.release()
         self.counts["succeeded" if response.success else "failed"] += 1
         if not response.success:
@@ -416,9 +465,9 @@ class RefinementNode(GuardedNode):
         response.message = text
         return response
 
-    def _wait_for(self, ready, period: float = 0.02) -> bool:
-        """Poll ``ready()`` for up to ``request_wait`` seconds while the buffering thread runs; its result."""
-        deadline = time.monotonic() + self.p["request_wait"]
+    def _wait_for(self, ready, period: float = 0.02, extra: float = 0.0) -> bool:
+        """Poll ``ready()`` for up to ``request_wait`` (+ ``extra``) seconds while the buffering thread runs; its result."""
+        deadline = time.monotonic() + self.p["request_wait"] + extra
         while not ready():
             if time.monotonic() >= deadline:
                 return False
@@ -438,23 +487,31 @@ class RefinementNode(GuardedNode):
         if max_it > MAX_ITERATIONS_LIMIT:
             return self._fail(response, f"max_iterations {max_it} exceeds the limit {MAX_ITERATIONS_LIMIT}")
         self.ingest()  # what arrived since the last request (camera_info, frames, joint states, pose)
+        opened = self.open_images()
         if self.camera is None:
             return self._fail(response, "no camera_info received yet")
         want = msgs.stamp_to_ns(request.stamp)
+        window = max(int(request.window_length), 1)
         # a request for the newest frame (the tracker's, when LOST) can arrive before that frame's
-        # image and masks: give the buffering thread a moment (the newest frame is kept anyway)
+        # image and masks: give the buffering thread a moment (the newest frame is kept anyway);
+        # images subscribed to just now: wait for the first frames (discovery, masks) a little longer
         tol = int(self.p["sync_tolerance"] * 1e9)
-        if want > 0:
-            self._wait_for(lambda: max(self.usable_stamps(), default=0) >= want - tol)
+        if want > 0 or opened:
+            def frames_there():
+                usable = self.usable_stamps()
+                return len(usable) >= window and max(usable, default=0) >= want - tol
+            self._wait_for(frames_there, extra=float(self.p["open_wait"]) if opened else 0.0)
         stamps = self.usable_stamps()
         if not stamps:
             return self._fail(response, "no synchronised frames buffered yet (need a colour image and an object "
                                         "mask with the same stamp)")
         idx = frame_for_stamp(stamps, want, tol)
+        passed = idx is None and 0 < want < stamps[0] and want <= self._opened_after_ns + tol
+        if passed:  # the frame went by before the images were subscribed: the first frames since
+            idx = min(window, len(stamps)) - 1
         if idx is None:
             return self._fail(response, f"no buffered frame at stamp {want} ns (buffer holds "
                                         f"{stamps[0]}..{stamps[-1]} ns, {len(stamps)} frames)")
-        window = max(int(request.window_length), 1)
         if window > idx + 1:
             return self._fail(response, f"window_length {window} is longer than the {idx + 1} buffered frames "
                                         f"ending at the requested stamp")
@@ -557,7 +614,9 @@ class RefinementNode(GuardedNode):
         substituted = want != 0 and abs(use[-1] - want) > tol
         response.message = (f"{how}refined {len(use)} frame(s) in {res.iterations} iterations, {res.elapsed_s:.2f} s, "
                             f"mask IoU {iou:.3f}"
-                            + (f"; frame {use[-1]} instead of {want} (not segmented)" if substituted else "") + (f"; hand not used: {no_hand}" if no_hand else ""))
+                            + (f"; frame {use[-1]} instead of {want} ("
+                               + ("it went by before the images were subscribed" if passed else "not segmented") + ")"
+                               if substituted else "") + (f"; hand not used: {no_hand}" if no_hand else ""))
         self.refined = (use[-1], T[-1])
         self.get_logger().info(f"refine_pose: {response.message} (loss {res.initial_loss:.4g} -> {res.final_loss:.4g})")
         if self.p["publish_refined_pose"]:

@@ -47,6 +47,7 @@ and the fixed per-call overhead is ~0.1 ms.
 """
 from __future__ import annotations
 
+import threading
 import time
 import warnings
 
@@ -201,24 +202,48 @@ class MeshSDF:
         self._lo = wp.vec3(*self.bounds[0].tolist())
         self._hi = wp.vec3(*self.bounds[1].tolist())
         self._kernel = _sdf_sign_normal_kernel if self.sign_method == "normal" else _sdf_sign_winding_kernel
+        self._recorded: dict = {}  # point count -> buffers and recorded launch (_launch_for)
+        self._recorded_lock = threading.Lock()
 
     @property
     def num_faces(self) -> int:
         return int(self.faces.shape[0])
 
+    # point counts whose launch is kept (the tracker queries the same few sizes every frame:
+    # its contact candidates, its penetration samples)
+    _RECORDED_SIZES = 8
+
+    def _launch_for(self, m: int):
+        """``(points (m, 3), sdf (m,), normals (m, 3), wp.Launch)``: buffers and a recorded launch
+        of the query kernel for ``m`` points, made at the first query of that size. A recorded
+        launch costs ~0.02 ms instead of ~0.1 ms of argument packing per ``wp.launch`` (the
+        tracker queries its contact candidates at every joint state)."""
+        rec = self._recorded.pop(m, None)
+        if rec is None:
+            kw = dict(dtype=torch.float32, device=self.device)
+            p, sdf, normals = torch.empty(m, 3, **kw), torch.empty(m, **kw), torch.empty(m, 3, **kw)
+            launch = wp.launch(self._kernel, dim=m, device=self._wp_device, record_cmd=True,
+                               inputs=[self._mesh.id, wp.from_torch(p, dtype=wp.vec3), self.max_dist, self._lo,
+                                       self._hi],
+                               outputs=[wp.from_torch(sdf), wp.from_torch(normals, dtype=wp.vec3)])
+            rec = (p, sdf, normals, launch)
+            if len(self._recorded) >= self._RECORDED_SIZES:
+                self._recorded.pop(next(iter(self._recorded)))
+        self._recorded[m] = rec  # most recently used last
+        return rec
+
     def _query_flat(self, points: torch.Tensor):
         """points (M, 3) any float dtype, on ``device`` -> sdf (M,), normals (M, 3) in the same dtype
         (no autograd)."""
-        p32 = points.detach().to(device=self.device, dtype=torch.float32).contiguous()
-        m = p32.shape[0]
-        sdf = torch.empty(m, dtype=torch.float32, device=self.device)
-        normals = torch.empty(m, 3, dtype=torch.float32, device=self.device)
-        if m > 0:
-            wp.launch(self._kernel, dim=m, device=self._wp_device,
-                      inputs=[self._mesh.id, wp.from_torch(p32, dtype=wp.vec3), self.max_dist, self._lo, self._hi],
-                      outputs=[wp.from_torch(sdf), wp.from_torch(normals, dtype=wp.vec3)])
-        if points.dtype != torch.float32:
-            sdf, normals = sdf.to(points.dtype), normals.to(points.dtype)
+        m = points.shape[0]
+        if m == 0:
+            empty = torch.empty(0, dtype=points.dtype, device=self.device)
+            return empty, empty.reshape(0, 3)
+        with self._recorded_lock:  # the buffers are shared by the callers of one size
+            p, sdf, normals, launch = self._launch_for(m)
+            p.copy_(points.detach())
+            launch.launch()
+            sdf, normals = sdf.to(points.dtype, copy=True), normals.to(points.dtype, copy=True)
         return sdf, normals
 
     def query(self, points: torch.Tensor):

@@ -12,7 +12,8 @@ per message, :mod:`hp_ros.nodes.deferred`); a request takes them and matches ima
 header stamp (within ``sync_tolerance``) into a ring buffer of ``buffer_size`` frames; a frame is
 usable once its image and object mask are there. Only the refined frames' images are decoded.
 The image streams (colour, depth, masks: ~2 MB per frame) are subscribed to only from start-up
-and from each request until ``image_linger`` seconds after it: an idle node receives no images
+(until ``image_linger`` seconds after the first camera_info) and from each request until
+``image_linger`` seconds after its answer: an idle node receives no images
 (receiving them cost ~1.5 ms of CPU per frame in Fast DDS alone), and the segmentation node
 publishes its masks only while someone subscribes. A request that finds them closed opens them
 and refines the first frames that arrive (its answer names that frame: the tracker re-predicts
@@ -97,8 +98,8 @@ OWN_PARAMS = {
     "max_pose_age": Param(2.0, "a request without an initial pose starts from the tracked/refined pose when it is "
                                "at most this old [s] against the requested frame, else from a global estimate",
                           positive),
-    "image_linger": Param(2.0, "the colour, depth and mask subscriptions stay open this long [s] after start-up "
-                               "and after each request, and are closed in between (an idle node receives no "
+    "image_linger": Param(2.0, "the colour, depth and mask subscriptions stay open this long [s] after the first "
+                               "camera_info and after each request, and are closed in between (an idle node receives no "
                                "images; a request then refines the first frame that arrives); negative = always "
                                "open (a request can refine any frame of the last buffer_size)"),
     "open_wait": Param(1.0, "longest extra wait [s] of a request that opened the image subscriptions for its first "
@@ -281,8 +282,19 @@ class RefinementNode(GuardedNode):
 
     def close_idle_images(self) -> None:
         """Unsubscribe from the image streams (and forget the buffered frames) once ``image_linger``
-        has passed since start-up or the last request, unless a request is being served."""
-        if not self.images_on_demand or self.busy or time.monotonic() < self._images_until:
+        has passed since the stream's first frame or the last request, unless a request is being
+        served. (Until the first camera_info the images stay subscribed: a cold start asks with
+        the first frames, however long the graph took to come up.)"""
+        if not self.images_on_demand or self.busy:
+            return
+        if not self._newest_info_ns:
+            infos = self.info_reader.take()
+            if infos:
+                self.on_camera_info(infos[-1][0])
+            self._newest_info_ns = max([_stamp_or_zero(m) for m, _ in infos], default=0)
+            self._images_until = time.monotonic() + float(self.p["image_linger"])
+            return
+        if time.monotonic() < self._images_until:
             return
         with self.lock:
             if not self.image_readers:

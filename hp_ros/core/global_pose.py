@@ -57,7 +57,7 @@ class GlobalPoseConfig:
     max_hand_points: int = 200    # hand surface points of the penetration score (evenly subsampled)
     seed: int = 0
     flips: bool = True            # also the half turns about the principal axes of each candidate
-    spins: int = 8                # symmetric object: turns about its axis of each candidate (colours decide)
+    spins: int = 16               # symmetric object: turns about its axis of each candidate (colours decide)
     exclude_deg: float = 40.0     # rotations this close to an excluded basin are left out (estimate(exclude=))
 
 

@@ -200,7 +200,7 @@ class RefinementNode(GuardedNode):
         self._serving = threading.Lock()  # one refinement at a time; others are answered "busy"
         self._serving_since = 0.0
         self._typical_s = 5.0             # duration of the last refinement [s] (retry hint)
-        self.served = deque(maxlen=100)   # (wall s, CPU s of the serving thread) of the answered requests
+        self.served = deque(maxlen=100)   # (wall s, CPU s of the serving thread) of the successful requests
         self.lock = threading.Lock()
         self.frames: "OrderedDict[int, dict]" = OrderedDict()  # stamp_ns -> {rgb, object_mask, hand_mask, depth}
         self.camera = None
@@ -456,7 +456,10 @@ class RefinementNode(GuardedNode):
             self.busy = False
             wall = time.monotonic() - self._serving_since
             self._typical_s = max(1.0, wall)
-            self.served.append((wall, time.thread_time() - cpu0))
+            wall = time.monotonic() - self._serving_since
+            self._typical_s = max(1.0, wall)
+            if response.success:  # answers; failures (no frames yet, bad requests) take milliseconds
+                self.served.append((wall, time.thread_time() - cpu0))
             if self.images_on_demand:  # the linger counts from the answer
                 self._images_until = time.monotonic() + float(self.p["image_linger"])
             self._serving.release()

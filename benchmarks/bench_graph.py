@@ -100,9 +100,9 @@ def run_variant(variant: str, objects, seeds, duration: float, work: Path, motio
         # from each run's first pose on (a cold start poses nothing before its first answer)
         "posed_fraction_after_first_pose": round(sum(sum(f["matched"] for f in _from_first(r)) for r in runs)
                                                  / max(1, sum(len(_from_first(r)) for r in runs)), 3),
-        "time_to_first_pose_s_median": (round(float(np.median([r["time_to_first_pose_s"] for r in runs
-                                                                if r.get("time_to_first_pose_s") is not None])), 2)
-                                        if any(r.get("time_to_first_pose_s") is not None for r in runs) else None),
+        # over the runs that posed (a run never posed has NaN); ``runs_never_posed`` counts the others
+        "time_to_first_pose_s_median": _median_or_none([r.get("time_to_first_pose_s") for r in runs], 2),
+        "runs_never_posed": sum(not r["n_matched"] for r in runs),
         "output_hz": round(float(np.median([r["output_rate_hz"] for r in runs])), 2),
         "latency_ms_p50": round(float(np.percentile(lat, 50)), 1) if lat.size else float("nan"),
         "latency_ms_p95": round(float(np.percentile(lat, 95)), 1) if lat.size else float("nan"),
@@ -141,9 +141,10 @@ def _refine_figure(r: dict, key: str):
     return float(vals[key]) if key in vals else None
 
 
-def _median_or_none(values: list):
-    values = [v for v in values if v is not None]
-    return round(float(np.median(values)), 3) if values else None
+def _median_or_none(values: list, digits: int = 3):
+    """Median of the finite ``values`` (None: none)."""
+    values = [v for v in values if v is not None and np.isfinite(v)]
+    return round(float(np.median(values)), digits) if values else None
 
 
 def _from_first(r: dict) -> list:
@@ -187,7 +188,7 @@ def main() -> int:
             h.wait()
     default = results[args.variants[0]]
     summary = {k: default[k] for k in ("posed_fraction", "posed_fraction_after_first_pose",
-                                        "time_to_first_pose_s_median", "output_hz", "latency_ms_p50", "latency_ms_p95",
+                                        "time_to_first_pose_s_median", "runs_never_posed", "output_hz", "latency_ms_p50", "latency_ms_p95",
                                         "final_tracking_fraction", "adds_mean_cm", "rot_err_mean_deg",
                                         "max_penetration_mm", "segmentation_rate_hz", "cpu_ms_per_frame",
                                         "cpu_ms_per_frame_total", "cpu_ms_per_frame_tracking",

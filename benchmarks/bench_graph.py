@@ -16,7 +16,9 @@ frames), ``final_tracking_fraction``, ``adds_mean_cm`` and ``rot_err_mean_deg`` 
 matched frames of all runs), ``max_penetration_mm`` (the largest of all runs),
 ``segmentation_rate_hz`` (median), ``cpu_ms_per_frame`` (per process, CPU ms per camera frame
 from /proc, median over runs; ``replay`` stands in for the drivers), ``cpu_ms_per_frame_total``
-(the three nodes), ``cpu_ms_per_frame_tracking`` / ``_tracking_total`` (the same from one second
+(the three nodes), ``final_rot_err_deg`` (each run's last posed frame), ``refine_wall_s_median`` / ``refine_cpu_s_median`` (the
+refinement node's wall and CPU seconds per request in the running graph, from its /diagnostics; median
+over runs of each run's median), ``cpu_ms_per_frame_tracking`` / ``_tracking_total`` (the same from one second
 after the first pose: a cold start's search and the fallback frames before it left out), plus the machine (``cpu_model``, ``cores``, ``cpu_ref_ms``: a fixed
 single-threaded workload, :mod:`hp_ros.tools.machine`, measured before the hogs start),
 ``cpu_hog``, ``load_avg_1min`` and per-variant figures under ``variants``; and beside the accuracy the
@@ -74,7 +76,9 @@ def run_variant(variant: str, objects, seeds, duration: float, work: Path, motio
                   f"segmentation {r['segmentation_rate_hz']:.1f} Hz, CPU % {r.get('cpu_percent')}, "
                   f"CPU ms/frame {r.get('cpu_ms_per_frame')} (nodes {r.get('cpu_ms_per_frame_total')}; once tracking "
                   f"{r.get('cpu_ms_per_frame_tracking_total')})", flush=True)
-            print(f"        stage medians [ms]: {stages}", flush=True)
+            print(f"        stage medians [ms]: {stages}; final rotation error {_final_rot(r)} deg; refinement "
+                  f"{_refine_figure(r, 'refine_wall_s_median')} s wall / {_refine_figure(r, 'refine_cpu_s_median')} s "
+                  f"CPU per request (median)", flush=True)
     lat = np.concatenate([np.asarray(r["latencies_ms"], float) for r in runs if r["latencies_ms"]] or [np.zeros(0)])
     adds = [f["adds_cm"] for r in runs for f in r["per_frame"] if f["matched"]]
     rots = [f["rot_err_deg"] for r in runs for f in r["per_frame"] if f["matched"]]
@@ -96,9 +100,9 @@ def run_variant(variant: str, objects, seeds, duration: float, work: Path, motio
         # from each run's first pose on (a cold start poses nothing before its first answer)
         "posed_fraction_after_first_pose": round(sum(sum(f["matched"] for f in _from_first(r)) for r in runs)
                                                  / max(1, sum(len(_from_first(r)) for r in runs)), 3),
-        "time_to_first_pose_s_median": (round(float(np.median([r["time_to_first_pose_s"] for r in runs
-                                                                if r.get("time_to_first_pose_s") is not None])), 2)
-                                        if any(r.get("time_to_first_pose_s") is not None for r in runs) else None),
+        # over the runs that posed (a run never posed has NaN); ``runs_never_posed`` counts the others
+        "time_to_first_pose_s_median": _median_or_none([r.get("time_to_first_pose_s") for r in runs], 2),
+        "runs_never_posed": sum(not r["n_matched"] for r in runs),
         "output_hz": round(float(np.median([r["output_rate_hz"] for r in runs])), 2),
         "latency_ms_p50": round(float(np.percentile(lat, 50)), 1) if lat.size else float("nan"),
         "latency_ms_p95": round(float(np.percentile(lat, 95)), 1) if lat.size else float("nan"),
@@ -114,10 +118,33 @@ def run_variant(variant: str, objects, seeds, duration: float, work: Path, motio
         "cpu_ms_per_frame_tracking_total": round(float(np.median(trk_totals)), 2) if trk_totals else None,
         "cpu_percent_median": {k: float(np.median(v)) for k, v in cpu.items()},
         "final_states": [r["final_state"] for r in runs],
+        "final_rot_err_deg": [_final_rot(r) for r in runs],
+        # the refinement node's requests in the running graph (its /diagnostics): median over runs of
+        # each run's median wall / CPU seconds per request (a cold start's search included)
+        **{k: _median_or_none([_refine_figure(r, k) for r in runs])
+           for k in ("refine_wall_s_median", "refine_cpu_s_median")},
         **baseline_summary(runs),
     }
     print(f"[{variant}] pooled over {len(runs)} runs: {out}", flush=True)
     return out
+
+
+def _final_rot(r: dict):
+    """Rotation error [deg] of a run's last posed frame (None: never posed)."""
+    last = [f["rot_err_deg"] for f in r["per_frame"] if f["matched"]]
+    return round(float(last[-1]), 2) if last else None
+
+
+def _refine_figure(r: dict, key: str):
+    """A figure of the refinement node's last /diagnostics in run ``r`` (None: no request answered)."""
+    vals = next((v for name, v in r.get("diagnostics", {}).items() if name.endswith("refinement_node")), {})
+    return float(vals[key]) if key in vals else None
+
+
+def _median_or_none(values: list, digits: int = 3):
+    """Median of the finite ``values`` (None: none)."""
+    values = [v for v in values if v is not None and np.isfinite(v)]
+    return round(float(np.median(values)), digits) if values else None
 
 
 def _from_first(r: dict) -> list:
@@ -161,11 +188,12 @@ def main() -> int:
             h.wait()
     default = results[args.variants[0]]
     summary = {k: default[k] for k in ("posed_fraction", "posed_fraction_after_first_pose",
-                                        "time_to_first_pose_s_median", "output_hz", "latency_ms_p50", "latency_ms_p95",
+                                        "time_to_first_pose_s_median", "runs_never_posed", "output_hz", "latency_ms_p50", "latency_ms_p95",
                                         "final_tracking_fraction", "adds_mean_cm", "rot_err_mean_deg",
                                         "max_penetration_mm", "segmentation_rate_hz", "cpu_ms_per_frame",
                                         "cpu_ms_per_frame_total", "cpu_ms_per_frame_tracking",
-                                        "cpu_ms_per_frame_tracking_total")}
+                                        "cpu_ms_per_frame_tracking_total", "final_rot_err_deg",
+                                        "refine_wall_s_median", "refine_cpu_s_median")}
     summary.update({k: default[k] for k in ("adds_ratio_to_baseline", "rot_ratio_to_baseline", "baselines") if k in default})
     summary.update(motion=args.motion, initial_offset=args.initial_offset, cpu_hog=args.cpu_hog,
                    cpu_model=here["cpu_model"], cores=here["cores"],

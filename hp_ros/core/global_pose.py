@@ -20,23 +20,29 @@ states, camera->hand): the object is in the grasp. :class:`GlobalPoseSearch.esti
 3. **Refined.** The best ``top_k`` go through the model backend's depth fit (ICP,
    :class:`hp_ros.core.segmentation.model.ModelObjectMasker`); each result and its half turns
    about the object's principal axes (a box looks the same to depth and mask after them: the
-   symmetry the geometry cannot resolve) are scored again. The best is returned and all of them
+   symmetry the geometry cannot resolve; for a ``symmetric`` object also ``spins`` turns about its
+   axis, which only the colours show) are scored again. The best is returned and all distinct ones
    as ``candidates`` (best first): the caller scores them with the colours too and refines
    (:meth:`hp_ros.core.refine.Refiner.refine` ``candidates=``).
+4. **Checked.** :func:`cold_start` refines and checks the answer (:class:`AnswerCheck`: mask IoU at
+   the camera's resolution, the hand not inside the object). A rejected answer's basin - its
+   rotation and the ones depth and mask cannot tell from it, :meth:`GlobalPoseSearch.basin` - is
+   excluded (``estimate(exclude=)``) and the search run again; the best-fitting answer is returned.
 
 Shapes: ``N`` rotations, ``M`` model samples, ``S`` grid side, ``H x W`` camera image.
 """
 from __future__ import annotations
 
+import math
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Optional
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
-__all__ = ["GlobalPoseConfig", "GlobalPoseResult", "GlobalPoseSearch", "uniform_rotations", "cold_start", "global_estimate"]
+__all__ = ["AnswerCheck", "GlobalPoseConfig", "GlobalPoseResult", "GlobalPoseSearch", "uniform_rotations", "cold_start", "global_estimate"]
 
 
 @dataclass
@@ -51,6 +57,8 @@ class GlobalPoseConfig:
     max_hand_points: int = 200    # hand surface points of the penetration score (evenly subsampled)
     seed: int = 0
     flips: bool = True            # also the half turns about the principal axes of each candidate
+    spins: int = 16               # symmetric object: turns about its axis of each candidate (colours decide)
+    exclude_deg: float = 40.0     # rotations this close to an excluded basin are left out (estimate(exclude=))
 
 
 @dataclass
@@ -63,6 +71,7 @@ class GlobalPoseResult:
     confidence: float
     candidates: np.ndarray
     elapsed_s: float
+    attempts: list = field(default_factory=list)  # cold_start: each search's problem (None = accepted)
 
 
 def uniform_rotations(n: int, seed: int = 0) -> torch.Tensor:
@@ -91,6 +100,15 @@ class GlobalPoseSearch:
         self.R = uniform_rotations(max(n, 1), self.cfg.seed)                                     # (N, 3, 3)
         self._masker = None  # (camera key, ModelObjectMasker)
         self.flips = _half_turns(obj) if self.cfg.flips else [np.eye(4)]
+        if obj.symmetric and self.cfg.spins > 1:  # the spin about the axis: only the colours show it
+            self.flips = [f @ s for f in self.flips for s in _spins(obj, int(self.cfg.spins))]
+
+    def basin(self, T_cam_obj: np.ndarray) -> np.ndarray:
+        """Rotations ``(F, 3, 3)`` that depth and mask cannot tell from ``T_cam_obj`` ``(4, 4)``'s (its
+        half turns about the principal axes, and for a symmetric object its turns about the axis):
+        what :meth:`estimate` ``exclude=`` leaves out when an answer was rejected."""
+        T = np.asarray(T_cam_obj, np.float64)
+        return np.stack([(T @ f)[:3, :3] for f in self.flips])
 
     def _masker_for(self, K: np.ndarray, W: int, H: int):
         from hp_ros.core.segmentation.model import ModelObjectMasker
@@ -101,10 +119,13 @@ class GlobalPoseSearch:
         return self._masker[1]
 
     def estimate(self, depth: np.ndarray, mask: np.ndarray, K: np.ndarray, hand_mask: Optional[np.ndarray] = None,
-                 hand_points: Optional[np.ndarray] = None) -> Optional[GlobalPoseResult]:
+                 hand_points: Optional[np.ndarray] = None, exclude: Optional[np.ndarray] = None) -> Optional[GlobalPoseResult]:
         """A pose from ``depth`` ``(H, W)`` [m, 0 = none], the object ``mask`` ``(H, W)`` bool, intrinsics
         ``K`` ``(3, 3)``, optionally the observed ``hand_mask`` ``(H, W)`` bool and hand surface points
-        ``(P, 3)`` in the camera frame. None when the mask has fewer than ``min_points`` depth pixels."""
+        ``(P, 3)`` in the camera frame. ``exclude``: rotations ``(E, 3, 3)`` (camera frame, e.g.
+        :meth:`basin` of rejected answers): rotations within ``exclude_deg`` of one are neither
+        searched nor returned. None when the mask has fewer than ``min_points`` depth pixels, or when
+        every candidate is excluded."""
         t0 = time.perf_counter()
         cfg = self.cfg
         K = np.asarray(K, np.float64)
@@ -122,10 +143,12 @@ class GlobalPoseSearch:
         T = self._align(self._placed(p_bar), grid)                                               # (N, 4, 4)
         masker = self._masker_for(K, W, H)  # also the signed distance of the penetration score
         score = self._score(T, grid, hand_points)
-        best = torch.argsort(score)[: cfg.top_k]
+        if exclude is not None and len(exclude):
+            score = torch.where(self._excluded(T, exclude), torch.full_like(score, math.inf), score)
+        best = [i for i in torch.argsort(score)[: cfg.top_k].tolist() if math.isfinite(float(score[i]))]
         d_obj = np.where(mask | (hand_mask if hand_mask is not None else False), depth, 0.0).astype(np.float32)
         cands, confs = [], []
-        for i in best.tolist():
+        for i in best:
             fit = masker.fit(d_obj, T[i].numpy(), 0.013, exclude=hand_mask)
             if fit is not None and np.isfinite(fit.T_cam_obj).all():
                 cands.append(fit.T_cam_obj)
@@ -134,12 +157,24 @@ class GlobalPoseSearch:
             return None
         cands = [c @ f for c in cands for f in self.flips]
         confs = [c for c in confs for _ in self.flips]
+        if exclude is not None and len(exclude):  # the depth fit can slide back into an excluded basin
+            out = self._excluded(torch.as_tensor(np.stack(cands)), exclude).tolist()
+            cands, confs = [c for c, o in zip(cands, out) if not o], [c for c, o in zip(confs, out) if not o]
+            if not cands:
+                return None
         Tc = torch.as_tensor(np.stack(cands))
         s2 = self._score(Tc, grid, hand_points) - 0.5 * torch.as_tensor(confs)
-        order = torch.argsort(s2).tolist()
+        order = _distinct(np.stack(cands), torch.argsort(s2).tolist())
         j = order[0]
         return GlobalPoseResult(np.asarray(cands[j]), float(s2[j]), float(confs[j]),
                                 np.stack([cands[k] for k in order]), time.perf_counter() - t0)
+
+    def _excluded(self, T: torch.Tensor, exclude) -> torch.Tensor:
+        """``(N,)`` bool: the rotations of poses ``T`` ``(N, 4, 4)`` within ``exclude_deg`` of one of
+        ``exclude`` ``(E, 3, 3)``."""
+        E = torch.as_tensor(np.asarray(exclude, np.float64)).reshape(-1, 3, 3)
+        cos = (torch.einsum("nij,eij->ne", T[:, :3, :3].double(), E) - 1.0) / 2.0   # trace(R_e^T R_n)
+        return (cos > math.cos(math.radians(self.cfg.exclude_deg))).any(1)
 
     def _placed(self, p_bar: torch.Tensor) -> torch.Tensor:
         """Poses ``(N, 4, 4)``: each rotation with its camera-facing samples' centroid on ``p_bar``."""
@@ -267,34 +302,115 @@ def _half_turns(obj) -> list:
     return out
 
 
+def _distinct(T: np.ndarray, order: list, deg: float = 2.0, metres: float = 0.003) -> list:
+    """``order`` (indices into poses ``T`` ``(N, 4, 4)``) without the poses within ``deg`` and ``metres``
+    of an earlier one (the depth fits of several rotations often end in the same pose)."""
+    kept = []
+    c = math.cos(math.radians(deg))
+    for i in order:
+        if not any(np.linalg.norm(T[i, :3, 3] - T[k, :3, 3]) < metres
+                   and (np.trace(T[k, :3, :3].T @ T[i, :3, :3]) - 1) / 2 > c for k in kept):
+            kept.append(i)
+    return kept
+
+
+def _spins(obj, n: int) -> list:
+    """``n`` ``(4, 4)`` object-frame turns about the symmetry axis of a body of revolution (the
+    principal axis whose moment differs most from the other two, through the bounding-box centre)."""
+    v = obj.vertices.detach().double().cpu().numpy()
+    c = 0.5 * (v.min(0) + v.max(0))
+    _, sv, Vt = np.linalg.svd(v - v.mean(0), full_matrices=False)
+    gaps = [abs(sv[i] - sv[[j for j in range(3) if j != i]]).min() for i in range(3)]
+    a = Vt[int(np.argmax(gaps))]
+    out = []
+    for k in range(n):
+        ang = 2 * math.pi * k / n
+        A = np.array([[0, -a[2], a[1]], [a[2], 0, -a[0]], [-a[1], a[0], 0]])
+        R = np.eye(3) + math.sin(ang) * A + (1 - math.cos(ang)) * A @ A
+        T = np.eye(4)
+        T[:3, :3], T[:3, 3] = R, c - R @ c
+        out.append(T)
+    return out
+
+
+@dataclass
+class AnswerCheck:
+    """What a refined global answer must show before it is given out (:func:`cold_start`): its mask
+    IoU at the camera's resolution (a box turned a quarter about one axis covers a tenth of the mask
+    wrongly: 0.88 against 0.98) and the hand's deepest point inside it (the object is between the
+    fingers, not through them). A rejected answer's basin is excluded and the search run again, up to
+    ``attempts`` searches in all; the answer that fits best of them is returned."""
+
+    min_mask_iou: float = 0.94
+    max_penetration_mm: float = 3.0
+    attempts: int = 3
+
+    def problem(self, res) -> Optional[str]:
+        """Why the :class:`hp_ros.core.refine.RefineResult` ``res`` is rejected (its last frame), or None."""
+        iou, pen = float(res.mask_iou[-1]), float(res.max_penetration_mm[-1])
+        if not iou >= self.min_mask_iou:  # NaN (no mask) fails too
+            return f"mask IoU {iou:.3f} < {self.min_mask_iou}"
+        if pen > self.max_penetration_mm:
+            return f"the hand {pen:.1f} mm inside the object (> {self.max_penetration_mm} mm)"
+        return None
+
+    @staticmethod
+    def fit(res) -> float:
+        """Higher is better: the mask IoU, less 1 per 10 mm of penetration."""
+        iou = float(res.mask_iou[-1])
+        return (iou if math.isfinite(iou) else 0.0) - 0.1 * float(res.max_penetration_mm[-1])
+
+
 def cold_start(refiner, search: "GlobalPoseSearch", frame, camera, max_iterations: Optional[int] = None,
-               num_hypotheses: int = 4, terms=None):
+               num_hypotheses: int = 4, terms=None, check: Optional[AnswerCheck] = None):
     """Pose of one frame without an initial pose: :meth:`GlobalPoseSearch.estimate` (with the hand's
     surface points when the frame has joints and camera->hand and the refiner a hand model), then
     :meth:`hp_ros.core.refine.Refiner.refine` from its best candidate with all of its candidates in
-    the coarse search (the colours decide between poses depth and mask cannot tell apart).
+    the coarse search (the colours decide between poses depth and mask cannot tell apart), then
+    ``check`` (default :class:`AnswerCheck`): a rejected answer's basin
+    (:meth:`GlobalPoseSearch.basin`) is excluded and the search run again; the best-fitting answer
+    of the searches is returned, its ``GlobalPoseResult.attempts`` lists each search's problem (None:
+    accepted).
 
     Args:
         refiner: :class:`hp_ros.core.refine.Refiner`; frame: :class:`hp_ros.core.refine.FrameObservation`
-            with ``depth`` and ``object_mask``; camera: :class:`hp_ros.core.camera.Camera`.
+            with ``depth`` and ``object_mask``, or a window of them (oldest first: the estimate is of
+            the last, the refinement of all); camera: :class:`hp_ros.core.camera.Camera`.
     Returns:
         ``(RefineResult, GlobalPoseResult)``; ``(None, None)`` when the mask has too few depth pixels.
     Raises:
         ValueError when the frame has no depth or no object mask.
     """
-    found = global_estimate(refiner, search, frame, camera)
-    if found is None:
+    frames = list(frame) if isinstance(frame, (list, tuple)) else [frame]
+    check = check or AnswerCheck()
+    best, excluded, attempts = None, [], []
+    for _ in range(max(1, int(check.attempts))):
+        found = global_estimate(refiner, search, frames[-1], camera,
+                                exclude=np.concatenate(excluded) if excluded else None)
+        if found is None:
+            break  # too few depth pixels, or every candidate in a rejected basin
+        res = refiner.refine(frames, camera, torch.as_tensor(found.T_cam_obj, dtype=torch.float32),
+                             max_iterations=max_iterations, num_hypotheses=num_hypotheses, terms=terms,
+                             candidates=found.candidates)
+        problem = check.problem(res)
+        attempts.append(problem)
+        if best is None or check.fit(res) > check.fit(best[0]):
+            best = (res, found)
+        if problem is None:
+            break
+        excluded.append(search.basin(res.T_cam_obj[-1].double().numpy()))
+    if best is None:
         return None, None
-    res = refiner.refine([frame], camera, torch.as_tensor(found.T_cam_obj, dtype=torch.float32),
-                         max_iterations=max_iterations, num_hypotheses=num_hypotheses, terms=terms,
-                         candidates=found.candidates)
-    return res, found
+    best[1].attempts = attempts
+    return best
 
 
-def global_estimate(refiner, search: "GlobalPoseSearch", frame, camera) -> Optional[GlobalPoseResult]:
+def global_estimate(refiner, search: "GlobalPoseSearch", frame, camera,
+                    exclude: Optional[np.ndarray] = None) -> Optional[GlobalPoseResult]:
     """:meth:`GlobalPoseSearch.estimate` on a :class:`hp_ros.core.refine.FrameObservation` (its depth,
     masks, and the hand's surface points from its joints and camera->hand with the refiner's hand
-    model). None when the mask has too few depth pixels; ValueError without depth or object mask."""
+    model; ``exclude``: rotations left out, see :meth:`GlobalPoseSearch.estimate`). None when the mask has
+    too few depth pixels; ValueError without depth or object mask."""
     if frame.depth is None or frame.object_mask is None:
         raise ValueError("a global estimate needs the frame's depth and object mask")
     depth = np.asarray(frame.depth, np.float32)
@@ -311,4 +427,4 @@ def global_estimate(refiner, search: "GlobalPoseSearch", frame, camera) -> Optio
             Th = torch.as_tensor(np.asarray(frame.T_cam_hand), dtype=torch.float32).reshape(1, 4, 4)
             hand_points = refiner.hand.surface_points(q.to(refiner.device), Th.to(refiner.device))[0].cpu().numpy()
     K = camera.K.double().cpu().numpy()
-    return search.estimate(depth, mask, K, hand_mask=hand_mask, hand_points=hand_points)
+    return search.estimate(depth, mask, K, hand_mask=hand_mask, hand_points=hand_points, exclude=exclude)

@@ -44,7 +44,7 @@ exit_quietly_while_loading(__name__)  # before the imports below: they take seco
 import math
 import threading
 import time
-from collections import OrderedDict
+from collections import OrderedDict, deque
 
 import numpy as np
 import rclpy
@@ -95,6 +95,12 @@ OWN_PARAMS = {
     "global_hypotheses": Param(4, "poses around a global estimate's best scored with its candidates", non_negative),
     "global_iterations": Param(12, "Adam iterations after a global estimate (its depth fit is close already; a "
                                    "request's max_iterations overrides)", positive),
+    "global_min_iou": Param(0.94, "a global estimate's refined answer with a lower mask IoU (camera resolution) is "
+                                  "rejected: its basin is excluded and the search run again", non_negative),
+    "global_max_penetration_mm": Param(3.0, "a global estimate's refined answer with the hand deeper inside the "
+                                            "object [mm] is rejected (as global_min_iou)", non_negative),
+    "global_attempts": Param(3, "global searches of one request at most (each after a rejected answer); the "
+                                "best-fitting answer is returned", positive),
     "max_pose_age": Param(2.0, "a request without an initial pose starts from the tracked/refined pose when it is "
                                "at most this old [s] against the requested frame, else from a global estimate",
                           positive),
@@ -195,6 +201,7 @@ class RefinementNode(GuardedNode):
         self._serving = threading.Lock()  # one refinement at a time; others are answered "busy"
         self._serving_since = 0.0
         self._typical_s = 5.0             # duration of the last refinement [s] (retry hint)
+        self.served = deque(maxlen=100)   # (wall s, CPU s of the serving thread) of the successful requests
         self.lock = threading.Lock()
         self.frames: "OrderedDict[int, dict]" = OrderedDict()  # stamp_ns -> {rgb, object_mask, hand_mask, depth}
         self.camera = None
@@ -433,6 +440,10 @@ class RefinementNode(GuardedNode):
                   "images_decoded": self.decoded, "images_subscribed": int(bool(self.image_readers)),
                   "image_openings": self.image_openings, **self.counts,
                   "stamp_resets": self.stamps.resets, **self.problem_values()}
+        if self.served:  # wall and CPU seconds per request, in the running graph (bench_graph.py reads them)
+            wall, cpu = np.asarray(list(self.served)).T
+            values.update(refine_wall_s_median=round(float(np.median(wall)), 3), refine_wall_s_max=round(float(wall.max()), 3),
+                          refine_cpu_s_median=round(float(np.median(cpu)), 3))
         self.diag_pub.publish(diagnostics_message(self, "hp_ros/refinement_node", level, message, values))
 
     # ------------------------------------------------------------------ service
@@ -447,6 +458,7 @@ class RefinementNode(GuardedNode):
             return response
         self.busy = True
         self._serving_since = time.monotonic()
+        cpu0 = time.thread_time()  # the request's own CPU time (torch runs one thread here): survives load
         try:
             self._serve(request, response)
         except Exception as e:  # noqa: BLE001 - a request must never take the node down
@@ -454,7 +466,12 @@ class RefinementNode(GuardedNode):
             response.message = f"refinement failed: {type(e).__name__}: {e}"
         finally:
             self.busy = False
-            self._typical_s = max(1.0, time.monotonic() - self._serving_since)
+            wall = time.monotonic() - self._serving_since
+            self._typical_s = max(1.0, wall)
+            wall = time.monotonic() - self._serving_since
+            self._typical_s = max(1.0, wall)
+            if response.success:  # answers; failures (no frames yet, bad requests) take milliseconds
+                self.served.append((wall, time.thread_time() - cpu0))
             if self.images_on_demand:  # the linger counts from the answer
                 self._images_until = time.monotonic() + float(self.p["image_linger"])
             self._serving.release()
@@ -593,19 +610,25 @@ class RefinementNode(GuardedNode):
             if f.object_mask.shape != f.rgb.shape[:2]:
                 return self._fail(response, "object mask and image sizes differ")
 
-        candidates, how = None, ""
-        if T0 is None:  # no pose to start from: a global estimate from the last frame (global_pose.py)
-            from hp_ros.core.global_pose import global_estimate
+        how = ""
+        if T0 is None:  # no pose to start from: a checked global estimate from the last frame (global_pose.py)
+            from hp_ros.core.global_pose import AnswerCheck, cold_start
 
-            found = global_estimate(self.refiner, self.global_search, frames[-1], self.camera)
-            if found is None:
+            res, found = cold_start(self.refiner, self.global_search, frames, self.camera,
+                                    max_iterations=max_it if request.max_iterations else int(self.p["global_iterations"]),
+                                    num_hypotheses=int(self.p["global_hypotheses"]), terms=terms,
+                                    check=AnswerCheck(float(self.p["global_min_iou"]),
+                                                      float(self.p["global_max_penetration_mm"]),
+                                                      int(self.p["global_attempts"])))
+            if res is None:
                 return self._fail(response, "no initial pose, and the object mask has too few depth pixels for a "
                                             "global estimate")
-            T0, candidates, how = found.T_cam_obj, found.candidates, f"global estimate {found.elapsed_s:.2f} s, "
-        res = self.refiner.refine(frames, self.camera, torch.as_tensor(T0, dtype=torch.float32),
-                                  max_iterations=max_it if candidates is None or request.max_iterations
-                                  else int(self.p["global_iterations"]), terms=terms, candidates=candidates,
-                                  num_hypotheses=None if candidates is None else int(self.p["global_hypotheses"]))
+            rejected = [a for a in found.attempts if a is not None]
+            how = (f"global estimate {found.elapsed_s:.2f} s"
+                   + (f" after {len(rejected)} rejected ({'; '.join(rejected)})" if rejected else "") + ", ")
+        else:
+            res = self.refiner.refine(frames, self.camera, torch.as_tensor(T0, dtype=torch.float32),
+                                      max_iterations=max_it, terms=terms)
         cam = self.p["camera_frame"]
         T = res.T_cam_obj.double().numpy()
         response.poses = [msgs.make_pose_stamped(T[i], s, cam, PoseStamped) for i, s in enumerate(use)]

@@ -32,6 +32,18 @@ def seq():
     return generate_sequence(SynthConfig(duration_s=1.0, fps=6, seed=1))
 
 
+def _start_node(start_process, seq, *params: str):
+    """The refinement node with the sequence's true camera->hand, 25 iterations, no coarse search,
+    diagnostics every 0.2 s, and ``params`` (``name:=value``)."""
+    xyz, quat = se3.pose_to_xyz_quat(torch.tensor(seq.T_cam_hand_true))
+    c2h = [float(v) for v in list(xyz) + list(quat)]
+    cmd = ["hp_ros.nodes.refinement_node", "--ros-args", "-r", "__ns:=/hp_ros", "-p", f"camera_to_hand:={c2h}",
+           "-p", "max_iterations:=25", "-p", "num_hypotheses:=0", "-p", "diagnostics_period:=0.2"]
+    for p in params:
+        cmd += ["-p", p]
+    return start_process(python_module_cmd(*cmd))
+
+
 def _call(node, client, req, timeout=120.0):
     from rostest_utils import spin_until
 
@@ -49,18 +61,13 @@ def test_refine_service(ros_node, start_process, seq):
 
     from rostest_utils import spin_until, wait_for_subscribers
 
-    xyz, quat = se3.pose_to_xyz_quat(torch.tensor(seq.T_cam_hand_true))
-    c2h = [float(v) for v in list(xyz) + list(quat)]
-    proc = start_process(python_module_cmd(
-        "hp_ros.nodes.refinement_node", "--ros-args", "-r", "__ns:=/hp_ros",
-        "-p", f"camera_to_hand:={c2h}", "-p", "max_iterations:=25", "-p", "num_hypotheses:=0",
-        "-p", "buffer_size:=6", "-p", "diagnostics_period:=0.2", "-p", "early_stop_patience:=0",
-        # a generous wait for the joint states to reach the frame (a burst of 100 reaches the node's
-        # reader in pieces on a loaded machine: 0.5 s left the good request without its hand twice)
-        "-p", "request_wait:=5.0",
-        # images subscribed all the time: this test publishes its frames once, before it asks
-        # (test_idle_node_receives_no_images: the default, subscribed around requests)
-        "-p", "image_linger:=-1.0"))
+    proc = _start_node(start_process, seq, "buffer_size:=6", "early_stop_patience:=0",
+                       # a generous wait for the joint states to reach the frame (a burst of 100 reaches the
+                       # node's reader in pieces on a loaded machine: 0.5 s left the good request without its hand)
+                       "request_wait:=5.0",
+                       # images subscribed all the time: this test publishes its frames once, before it asks
+                       # (test_idle_node_receives_no_images: the default, subscribed around requests)
+                       "image_linger:=-1.0")
 
     qos = QoSProfile(depth=10, reliability=ReliabilityPolicy.RELIABLE)
     pubs = {
@@ -227,13 +234,8 @@ def test_idle_node_receives_no_images_and_subscribes_for_a_request(ros_node, sta
 
     from rostest_utils import spin_until
 
-    xyz, quat = se3.pose_to_xyz_quat(torch.tensor(seq.T_cam_hand_true))
-    c2h = [float(v) for v in list(xyz) + list(quat)]
-    proc = start_process(python_module_cmd(
-        "hp_ros.nodes.refinement_node", "--ros-args", "-r", "__ns:=/hp_ros",
-        "-p", f"camera_to_hand:={c2h}", "-p", "max_iterations:=25", "-p", "num_hypotheses:=0",
-        "-p", "diagnostics_period:=0.2", "-p", "image_linger:=0.5", "-p", "use_depth:=false",
-        "-p", "open_wait:=10.0", "-p", "request_wait:=5.0"))
+    proc = _start_node(start_process, seq, "image_linger:=0.5", "use_depth:=false", "open_wait:=10.0",
+                       "request_wait:=5.0")
     qos = QoSProfile(depth=10, reliability=ReliabilityPolicy.RELIABLE)
     pubs = {"info": ros_node.create_publisher(CameraInfo, graph.CAMERA_TOPICS["color_info"], qos),
             "image": ros_node.create_publisher(Image, graph.CAMERA_TOPICS["color_image"], qos),

@@ -258,3 +258,32 @@ def test_vendor_urdf_and_ycb_mesh(shared_data):
     assert s.joint_names[0].startswith("ah_joint") and s.contact_fingers[0]
     assert s.penetration_mm[int(np.argmax(s.in_contact))] < 0.5
     assert s.penetration_mm.max() < 3.0
+
+
+def test_lab_push_out_of_hand_takes_penetrating_samples_to_the_surface():
+    """The lab motion's contact step (issue 29: fingers penetrated the object by up to 30 mm): hand
+    samples up to 6 mm inside one face of a box are pushed to its surface by moving the box away,
+    by the depth of the deepest (within the tolerance); a frame without penetration is untouched."""
+    from hp_ros.core.objects import ObjectModel
+    from hp_ros.core.synth.assets import _object_sdf
+    from hp_ros.core.synth.lab import push_out_of_hand
+
+    sdf = _object_sdf("builtin:cracker_box", "m")
+    verts = ObjectModel.builtin("cracker_box").vertices.double().numpy()
+    lo, hi = verts.min(0), verts.max(0)
+    T0 = np.eye(4)
+    T0[:3, 3] = [0.0, 0.0, 0.5]
+    rng = np.random.default_rng(0)
+    # samples near the +x face: 0-6 mm inside it, spread over the face's middle
+    yz = rng.uniform(0.3, 0.7, size=(40, 2)) * (hi[1:] - lo[1:]) + lo[1:]
+    depth = rng.uniform(0.0, 0.006, size=40)
+    pts_obj = np.column_stack([hi[0] - depth, yz])
+    pts_out = pts_obj + np.array([0.02, 0.0, 0.0])          # the other frame: 2 cm outside
+    pts = np.stack([pts_obj, pts_out]) + T0[:3, 3]
+    T = push_out_of_hand(sdf, np.stack([T0, T0]), pts)
+    np.testing.assert_allclose(T[1], T0)
+    shift = T[0, :3, 3] - T0[:3, 3]
+    assert shift[0] == pytest.approx(-depth.max(), abs=0.0007)   # away from the samples, along -x
+    assert np.abs(shift[1:]).max() < 2e-4
+    d, _ = sdf.query(torch.as_tensor(pts[0] - T[0, :3, 3], dtype=torch.float32))
+    assert d.min().item() > -0.0007

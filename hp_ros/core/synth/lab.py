@@ -17,6 +17,11 @@
   the fingers follow the command by IK as well as they can. Nothing here fits the contacts
   (the classic motion's Kabsch chain is the tracker's own quasistatic model).
 * **Slips.** ``cfg.slips`` when given, else one or two random slips of 4-10 mm over 0.15-0.3 s.
+* **The fingers push, they do not pass through.** The commanded motion, its deviation and the
+  slips take no account of where the fingers are (the regrasp strokes sweep them past a turning
+  box's corners, IK misses its targets), so the object is then moved out of the hand
+  (:func:`push_out_of_hand`: per frame the smallest translation that takes the penetrating hand
+  samples back to its surface, a penalty contact's static answer).
 * **/tf.** The published world -> hand base at the joint-state stamps (a robot_state_publisher
   on the arm's joint states) carries the calibration error ``E`` (hand frame, constant: the
   mount of the hand on the flange) and white noise of ``tf_noise_m`` / ``tf_noise_rad``; the camera
@@ -261,6 +266,42 @@ def lab_motion(hand, obj, sdf, scen, grip, tb, params: dict, rng, cfg) -> dict:
     return dict(q_all=q_all, ik_res=ik_res, T_cam_obj=T_cam_hand_f @ T_palm_obj, in_contact=tf >= tb.t_grasp - 1e-9,
                 slip=slip, T_cam_hand_frames=T_cam_hand_f, T_cam_hand_frames_published=T_cam_hand_pub,
                 T_world_hand_tf=T_wh_tf, lab=lab)
+
+
+def push_out_of_hand(sdf, T_cam_obj: np.ndarray, pts_f: np.ndarray, tolerance: float = 0.0005,
+                     iterations: int = 6) -> np.ndarray:
+    """Object poses ``(Nf, 4, 4)`` moved out of the hand: per frame, hand samples ``pts_f``
+    ``(Nf, N, 3)`` (camera frame) deeper than ``tolerance`` inside the object at ``T_cam_obj``
+    ``(Nf, 4, 4)`` are pushed back to its surface by a translation: the least-squares one on their
+    signed distances (the SDF's normals), lengthened until the deepest is out, ``iterations``
+    times. Frames without
+    penetration are unchanged. A squeeze from opposite sides cannot be undone by a translation and
+    is left balanced between them."""
+    import torch
+
+    from .geometry import _transform
+
+    T = np.array(T_cam_obj, dtype=np.float64, copy=True)
+    for _ in range(iterations):
+        p_obj = _transform(np.linalg.inv(T), pts_f)                          # (Nf, N, 3)
+        d, n = sdf.query(torch.as_tensor(p_obj, dtype=torch.float32))
+        d, n = d.double().numpy(), n.double().numpy()
+        w = (d < -tolerance).astype(np.float64)                              # (Nf, N)
+        if not w.any():
+            break
+        n_cam = np.einsum("fij,fnj->fni", T[:, :3, :3], n)                   # normals in the camera
+        # moving the object by t changes a fixed point's distance by -n.t: solve n.t = d (to 0)
+        # damped (a face's samples leave the directions along it free)
+        A = np.einsum("fn,fni,fnj->fij", w, n_cam, n_cam) + (0.05 * w.sum(1) + 1e-9)[:, None, None] * np.eye(3)
+        b = np.einsum("fn,fni,fn->fi", w, n_cam, d)
+        u = np.linalg.solve(A, b[..., None])[..., 0]                         # (Nf, 3) least squares
+        # lengthened so that the deepest sample it moves away from reaches the surface (the least
+        # squares step takes the mean depth out)
+        nu = np.einsum("fni,fi->fn", n_cam, u)
+        ratio = np.where((w > 0) & (nu < -1e-12), d / np.where(nu < -1e-12, nu, -1.0), 1.0)
+        alpha = np.clip(ratio.max(1), 1.0, 4.0)
+        T[:, :3, 3] += (alpha * w.any(1))[:, None] * u
+    return T
 
 
 def _grip_centre(grip) -> np.ndarray:

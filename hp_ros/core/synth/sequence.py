@@ -7,7 +7,7 @@ import torch
 
 from .assets import _hand_model, _object_model, _object_sdf, _single_thread_torch
 from .data import SynthConfig, SynthSequence
-from .lab import lab_motion
+from .lab import lab_motion, push_out_of_hand
 from .motion import _joint_trajectory, _motion_params, _object_trajectory, _penetration_and_contacts, _time_base
 from .render import _auto_marker_radius, _scene_params, iter_rendered_frames
 from .scenario import _grasp_contacts, _plan_scenario
@@ -54,6 +54,7 @@ def _generate(cfg: SynthConfig) -> SynthSequence:
         T_cam_obj, in_contact, slip = _object_trajectory(obj, scen, pts_f[:, grip.contact_ids], tb, cfg.slips, rng)
     else:
         T_cam_obj, in_contact, slip = lab["T_cam_obj"], lab["in_contact"], lab["slip"]
+        T_cam_obj = push_out_of_hand(sdf, T_cam_obj, pts_f)   # the fingers push the object, not through it
     penetration_mm, n_contacts = _penetration_and_contacts(sdf, T_cam_obj, pts_f, cfg.contact_threshold)
 
     # ---- published joint states ----------------------------------------------------------

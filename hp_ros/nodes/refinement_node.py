@@ -515,12 +515,29 @@ class RefinementNode(GuardedNode):
         max_it = int(request.max_iterations) or int(self.p["max_iterations"])
         if max_it > MAX_ITERATIONS_LIMIT:
             return self._fail(response, f"max_iterations {max_it} exceeds the limit {MAX_ITERATIONS_LIMIT}")
+        window = max(int(request.window_length), 1)
+        if window > int(self.p["buffer_size"]):
+            return self._fail(response, f"window_length {window} is longer than the buffer ({self.p['buffer_size']} "
+                                        f"frames, buffer_size)")
+        T_request = None
+        if request.use_initial_pose:  # checked before anything is subscribed or waited for
+            frame = request.initial_pose.header.frame_id
+            if frame and frame != self.p["camera_frame"]:
+                return self._fail(response, f"initial pose frame {frame!r} is not the camera frame "
+                                            f"{self.p['camera_frame']!r}")
+            p, o = request.initial_pose.pose.position, request.initial_pose.pose.orientation
+            vals = [p.x, p.y, p.z, o.x, o.y, o.z, o.w]
+            if not all(math.isfinite(v) for v in vals):
+                return self._fail(response, "initial pose contains NaN or inf")
+            try:
+                T_request = msgs.pose_to_matrix(request.initial_pose)
+            except ValueError as e:
+                return self._fail(response, f"invalid initial pose: {e}")
         self.ingest()  # what arrived since the last request (camera_info, frames, joint states, pose)
         opened = self.open_images()
         if self.camera is None:
             return self._fail(response, "no camera_info received yet")
         want = msgs.stamp_to_ns(request.stamp)
-        window = max(int(request.window_length), 1)
         # a request for the newest frame (the tracker's, when LOST) can arrive before that frame's
         # image and masks: give the buffering thread a moment (the newest frame is kept anyway);
         # images subscribed to just now: wait for the first frames (discovery, masks) a little longer
@@ -548,21 +565,10 @@ class RefinementNode(GuardedNode):
 
         # initial pose
         if request.use_initial_pose:
-            frame = request.initial_pose.header.frame_id
-            if frame and frame != self.p["camera_frame"]:
-                return self._fail(response, f"initial pose frame {frame!r} is not the camera frame "
-                                            f"{self.p['camera_frame']!r}")
-            p, o = request.initial_pose.pose.position, request.initial_pose.pose.orientation
-            vals = [p.x, p.y, p.z, o.x, o.y, o.z, o.w]
-            if not all(math.isfinite(v) for v in vals):
-                return self._fail(response, "initial pose contains NaN or inf")
-            try:
-                T0 = msgs.pose_to_matrix(request.initial_pose)
-            except ValueError as e:
-                return self._fail(response, f"invalid initial pose: {e}")
+            T0 = T_request
         else:
             T0 = self._recent_pose(use[-1])  # None: a global estimate from the frame (below)
-            if T0 is None and "depth" not in self.image_readers:
+            if T0 is None and "depth" not in self.image_topics:
                 return self._fail(response, "no initial pose: set use_initial_pose, wait for /hp_ros/object_pose, "
                                             "or set use_depth (a global estimate needs depth)")
         if T0 is not None and T0[2, 3] <= 0:

@@ -295,10 +295,7 @@ class RefinementNode(GuardedNode):
         if not self.images_on_demand or self.busy:
             return
         if not self._newest_info_ns:
-            infos = self.info_reader.take()
-            if infos:
-                self.on_camera_info(infos[-1][0])
-            self._newest_info_ns = max([_stamp_or_zero(m) for m, _ in infos], default=0)
+            self._take_camera_info(self.info_reader.take())
             self._images_until = time.monotonic() + float(self.p["image_linger"])
             return
         if time.monotonic() < self._images_until:
@@ -331,11 +328,15 @@ class RefinementNode(GuardedNode):
             infos = self.info_reader.take()
             poses = self.pose_reader.take()
         self.ingested += len(infos) + len(poses)
+        self._take_camera_info(infos)
+        if poses:
+            self.on_object_pose(poses[-1][0])
+
+    def _take_camera_info(self, infos: list) -> None:
+        """The newest of the camera_info ``(msg, info)`` taken: the camera model and the stream's newest stamp."""
         if infos:
             self._newest_info_ns = max(self._newest_info_ns, _stamp_or_zero(infos[-1][0]))
             self.on_camera_info(infos[-1][0])
-        if poses:
-            self.on_object_pose(poses[-1][0])
 
     def on_buffered(self, data, kind: str) -> None:
         """A sensor_msgs/Image (colour, mask or depth), serialised (bytes) or a message object

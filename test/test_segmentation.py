@@ -553,3 +553,41 @@ def test_model_backend_searches_only_when_the_direct_fit_is_poor(seq, hand, monk
         if not searched:
             assert np.linalg.norm(r.observation.pose[:3, 3] - seq.T_cam_obj[0][:3, 3]) < 0.003
             assert mask_iou(r.object_mask, seq.object_mask[0])[0] >= 0.9
+
+
+def test_model_backend_warp_rows_match_the_numpy_reference(seq, hand):
+    """The ICP's residual rows from the Warp kernels (hp_ros.core.segmentation.icp_rows) against the
+    numpy reference (signed_distance + _visible_samples) at perturbed poses, every gate and stride,
+    with and without excluded pixels: the same rows in the same order to float64 rounding; and the
+    whole fit (pose, inliers, confidence, covariance) the same with either."""
+    from hp_ros.core.objects import ObjectModel
+    from hp_ros.core.segmentation.model import ModelObjectMasker
+    mm = ModelObjectMasker(ObjectModel.builtin("cracker_box"), seq.K, seq.width, seq.height)
+    rng = np.random.default_rng(11)
+    for k in range(0, seq.num_frames, 3):
+        depth = S.depth_to_metres(seq.depth_mm[k], "16UC1")
+        exclude = seq.hand_mask[k] if k % 2 else None
+        T = _perturbed(seq.T_cam_obj[k], rng, 0.004, 2.0)
+        mm.rows_backend = "numpy"
+        P_ref = mm._depth_points(depth, exclude, T, 0.02)
+        mm.rows_backend = "warp"
+        P = mm._depth_points(depth, exclude, T, 0.02)
+        assert len(P) > 500 and np.array_equal(P, P_ref)
+        mm._icp_rows.set_frame(depth, exclude)
+        mm._icp_rows.set_points(P)
+        for gate, wide in ((0.02, True), (0.012, False), (0.003, False)):
+            ref = mm._rows_numpy(T, P, depth, exclude, gate, wide)
+            got = mm._icp_rows.rows(T, gate, *(mm.wide_every if wide else (1, 1)))
+            assert len(ref[1]) > 50 and len(ref[3]) > 50
+            for a, b in zip(got, ref):
+                assert a.shape == b.shape
+                np.testing.assert_allclose(a, b, rtol=1e-9, atol=1e-12)
+        fits = []
+        for backend in ("numpy", "warp"):
+            mm.rows_backend, mm._last_confidence = backend, 0.0
+            fits.append(mm.fit(depth, T, 0.004, exclude))
+        a, b = fits
+        assert a.inliers == b.inliers and a.confidence == b.confidence and np.array_equal(a.mask, b.mask)
+        np.testing.assert_allclose(b.T_cam_obj, a.T_cam_obj, atol=1e-12)
+        np.testing.assert_allclose(b.covariance, a.covariance, rtol=1e-8, atol=1e-18)
+        assert np.linalg.norm(b.T_cam_obj[:3, 3] - seq.T_cam_obj[k][:3, 3]) < 0.003

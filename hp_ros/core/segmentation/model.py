@@ -215,6 +215,11 @@ class ModelObjectMasker:
         self._samples = obj.surface_points(int(n_samples), seed=0).detach().cpu().numpy().astype(np.float64)
         self._normals = self.signed_distance(self._samples, gradient=True)[1]
         self._sample_sets = {}          # stride -> contiguous [sample, normal] rows (M, 6)
+        # the ICP's residual rows: Warp kernels (icp_rows), or the numpy reference ("numpy")
+        from hp_ros.core.segmentation.icp_rows import IcpRows
+
+        self.rows_backend = "warp"
+        self._icp_rows = IcpRows(self._field, sdf.shape, lo, voxel, self.K, self._samples, self._normals)
         # coarse search: "auto" (only when the prior is wide or the direct fit is poor) or "always"
         self.search = "auto"
         self.search_below = 0.9         # confidence below which a fit (this frame or the last) searches
@@ -357,7 +362,9 @@ class ModelObjectMasker:
             ok &= ~exclude[sl]
         d = d[ok].astype(np.float64)
         P = np.stack([self._rx[sl][ok] * d, self._ry[sl][ok] * d, d], -1)
-        if len(P):
+        if len(P) and self.rows_backend == "warp":
+            P = P[self._icp_rows.near_surface(P, T, margin)]
+        elif len(P):
             P = P[np.abs(self.signed_distance((P - T[:3, 3]) @ T[:3, :3])) < margin]
         if len(P) > self.max_points:
             P = P[np.linspace(0, len(P) - 1, self.max_points).astype(np.int64)]
@@ -375,33 +382,27 @@ class ModelObjectMasker:
         final_gate = 2.0 * self.tolerance
         it = 0
         system = None
+        if self.rows_backend == "warp" and n_it:
+            self._icp_rows.set_frame(depth_m, exclude)
+            self._icp_rows.set_points(P)
         for _ in range(n_it):
             gate = margin * (final_gate / margin) ** (min(it, n_it - 1) / max(n_it - 1, 1))
             # the wide-gate steps only bring the pose near: subsets do that as well, cheaper
             wide = it < n_it - 1
-            Pi = P[::self.wide_every[0]] if wide else P
-            R, t = T[:3, :3], T[:3, 3]
-            # residual r + J xi for a left perturbation (v, w) of the pose, each term averaged:
-            # measured points to the surface (signed distance), then model samples to depth
-            s, g = self.signed_distance((Pi - t) @ R, gradient=True)
-            n = g @ R.T                                                      # outward normals
-            keep = (np.abs(s) < gate) & (np.einsum("ij,ij->i", n, Pi) < 0)  # camera-facing side
-            q, nq, dq = self._visible_samples(T, depth_m, exclude, self.wide_every[1] if wide else 1)
-            ok = (dq > 0) & (np.abs(dq - q[:, 2]) < gate)
-            r2 = np.einsum("ij,ij->i", q, nq) * (1.0 - dq / q[:, 2])
-            # both terms in one system: points X, normals N (sign folded in), J = [N, X x N]
-            # (a term with fewer than min_points inliers is left out)
-            none = np.zeros(0, dtype=np.int64)
-            i1, i2 = np.flatnonzero(keep), np.flatnonzero(ok)
-            i1, i2 = (i1 if len(i1) >= self.min_points else none), (i2 if len(i2) >= self.min_points else none)
-            n1, inliers = len(i1), len(i1) + len(i2)
+            if self.rows_backend == "warp":
+                J1, r1, J2, r2 = self._icp_rows.rows(T, gate, self.wide_every[0] if wide else 1,
+                                                     self.wide_every[1] if wide else 1)
+            else:
+                J1, r1, J2, r2 = self._rows_numpy(T, P, depth_m, exclude, gate, wide)
+            # both terms in one system (a term with fewer than min_points inliers is left out)
+            if len(r1) < self.min_points:
+                J1, r1 = J1[:0], r1[:0]
+            if len(r2) < self.min_points:
+                J2, r2 = J2[:0], r2[:0]
+            n1, inliers = len(r1), len(r1) + len(r2)
             if not inliers:
                 break
-            X = np.concatenate([np.take(Pi, i1, axis=0), np.take(q, i2, axis=0)])
-            J = np.empty((inliers, 6))                                      # [N, X x N]
-            J[:n1, :3], J[n1:, :3] = -np.take(n, i1, axis=0), np.take(nq, i2, axis=0)
-            J[:, 3:] = _cross(X, J[:, :3])
-            r = np.concatenate([np.take(s, i1), np.take(r2, i2)])
+            J, r = np.concatenate([J1, J2]), np.concatenate([r1, r2])
             # Huber weights, each term averaged over its own count
             ar = np.abs(r)
             w = np.where(ar <= huber, 1.0, huber / np.maximum(ar, 1e-12))
@@ -428,6 +429,25 @@ class ModelObjectMasker:
             else:
                 it += 1
         return T, inliers, system
+
+    def _rows_numpy(self, T: np.ndarray, P: np.ndarray, depth_m, exclude, gate: float, wide: bool):
+        """The ICP's kept residual rows at pose ``T`` in numpy: ``(J1 (n1, 6), r1, J2 (n2, 6), r2)``
+        of the measured points (every ``wide_every[0]``-th when ``wide``) and of the model samples
+        (every ``wide_every[1]``-th); the reference of :class:`~hp_ros.core.segmentation.icp_rows.IcpRows`."""
+        Pi = P[::self.wide_every[0]] if wide else P
+        R, t = T[:3, :3], T[:3, 3]
+        # measured points to the surface (signed distance), on its camera-facing side
+        s, g = self.signed_distance((Pi - t) @ R, gradient=True)
+        n = g @ R.T                                                      # outward normals
+        i1 = np.flatnonzero((np.abs(s) < gate) & (np.einsum("ij,ij->i", n, Pi) < 0))
+        # model samples to the depth on their pixels (point-to-plane along the ray)
+        q, nq, dq = self._visible_samples(T, depth_m, exclude, self.wide_every[1] if wide else 1)
+        i2 = np.flatnonzero((dq > 0) & (np.abs(dq - q[:, 2]) < gate))
+        m1, X1 = -np.take(n, i1, axis=0), np.take(Pi, i1, axis=0)
+        m2, X2 = np.take(nq, i2, axis=0), np.take(q, i2, axis=0)
+        r2 = np.einsum("ij,ij->i", X2, m2) * (1.0 - np.take(dq, i2) / X2[:, 2])
+        return (np.concatenate([m1, _cross(X1, m1)], 1), np.take(s, i1),
+                np.concatenate([m2, _cross(X2, m2)], 1), r2)
 
     # ------------------------------------------------------------------ one frame
     def fit(self, depth_m: np.ndarray, T_cam_obj_prior: np.ndarray, prior_pos_sigma: float = 0.0,

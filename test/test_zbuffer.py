@@ -88,3 +88,18 @@ def test_bad_input():
     assert np.isfinite(zbuffer(ok, np.ones(3), tri, (10, 10))).sum() > 20
     assert not np.isfinite(zbuffer(ok, np.array([1.0, np.nan, 1.0]), tri, (10, 10))).any()
     assert zbuffer(np.zeros((3, 2)), np.ones(3), tri, (0, 10)).shape == (0, 10)
+
+
+def test_one_instance_over_changing_sizes_and_settings_matches_fresh_ones():
+    """A ZBuffer keeps one recorded launch and a raster that grows: rasters of changing sizes,
+    near planes and front_only in any order equal those of a new instance each time (no depth
+    left over from a larger earlier raster, no stale setting)."""
+    v, f = posed_hand()
+    uv, z = project(v), v[:, 2]
+    zb = ZBuffer(f, len(v))
+    for size, near, front in (((120, 160), 0.01, True), ((240, 320), 0.01, False), ((60, 200), 0.36, True),
+                              ((240, 100), 0.01, True), ((7, 9), 0.01, False)):
+        got = zb(uv * (size[1] / 320.0), z, size, near=near, front_only=front)
+        ref = ZBuffer(f, len(v))(uv * (size[1] / 320.0), z, size, near=near, front_only=front)
+        assert got.shape == size and np.array_equal(got, ref)
+        assert np.isfinite(got).any()

@@ -98,13 +98,29 @@ class HandMasker:
         self.margin = int(margin_px)
         self._faces_t = hand.mesh_faces.detach().cpu().long()
         faces = self._faces_t.numpy()
+        # float64 numpy forward kinematics (the filter's): ~10x less than torch's per-op overhead for
+        # one configuration; the torch path stays for hand models without the closed-form factors
+        from hp_ros.core.ekf.kinematics import HandKinematics
+
+        kin = HandKinematics(hand)
+        self._kin = kin if kin.fk_factors is not None and "mesh_verts" in getattr(hand, "_np", {}) else None
+        if self._kin is not None:
+            self._mesh_local = np.asarray(hand._np["mesh_verts"], dtype=np.float64)
+            self._mesh_links = hand.mesh_vert_link_ids.detach().cpu().numpy()
         self._parts, self._loose_faces = _convex_parts(faces, hand._np["mesh_verts"] if hasattr(hand, "_np")
                                                        else hand.posed_mesh(hand.zero_q())[0][0].detach().numpy())
+        # the parts' vertex ids end to end, and where each part starts (one reduceat per frame)
+        self._part_vids = np.concatenate(self._parts).astype(np.int64) if self._parts else np.zeros(0, np.int64)
+        self._part_starts = np.cumsum([0] + [len(p) for p in self._parts[:-1]]).astype(np.int64)
         self._torch = torch
         self._zbuffer = None   # ZBuffer of the face table, made at the first render (vertex count)
 
     def posed(self, q, T_cam_hand):
         """Posed mesh vertices ``(V, 3)`` and fingertips ``(4, 3)`` (float64, camera frame)."""
+        if self._kin is not None:
+            links = np.asarray(T_cam_hand, dtype=np.float64).reshape(4, 4) @ self._kin.forward_kinematics(
+                self._kin.as_q(q))
+            return self._kin._posed(links, self._mesh_local, self._mesh_links), links[self._kin.tip_idx, :3, 3]
         torch = self._torch
         q_t = torch.as_tensor(np.asarray(q, dtype=np.float64).reshape(1, -1), dtype=self.hand.dtype)
         T = torch.as_tensor(np.asarray(T_cam_hand, dtype=np.float64).reshape(1, 4, 4), dtype=self.hand.dtype)
@@ -173,15 +189,17 @@ class HandMasker:
         (``(y1 - y0, x1 - x0)`` float32, ``inf`` off the silhouette). A full-resolution z-buffer as
         the silhouette instead measured no cheaper and matched the true hand mask less well."""
         x0, y0, x1, y1 = roi
-        uv16 = np.stack([u - x0, v - y0], -1) * 16.0
-        for vids in self._parts:
-            if not (z[vids] > self.near).all():
-                continue
-            hull = cv2.convexHull(np.round(uv16[vids]).astype(np.int32))
-            cv2.fillConvexPoly(crop, hull, 1, lineType=cv2.LINE_8, shift=4)
+        front = z > self.near
+        # 4 fractional bits, rounded once for all vertices (behind the near plane: 0, never drawn)
+        uv16 = np.round(np.where(front[:, None], np.stack([u - x0, v - y0], -1) * 16.0, 0.0)).astype(np.int32)
+        if self._parts:
+            whole = np.logical_and.reduceat(front[self._part_vids], self._part_starts)  # part entirely in front
+            for vids, ok in zip(self._parts, whole):
+                if ok:
+                    cv2.fillConvexPoly(crop, cv2.convexHull(uv16[vids]), 1, lineType=cv2.LINE_8, shift=4)
         for f in self._loose_faces:
-            if (z[f] > self.near).all():
-                cv2.fillConvexPoly(crop, np.round(uv16[f]).astype(np.int32), 1, lineType=cv2.LINE_8, shift=4)
+            if front[f].all():
+                cv2.fillConvexPoly(crop, uv16[f], 1, lineType=cv2.LINE_8, shift=4)
         # pixel centres mapped to the low-resolution raster
         s = self.depth_scale
         hw, hh = max(int(np.ceil((x1 - x0) * s)), 1), max(int(np.ceil((y1 - y0) * s)), 1)

@@ -255,6 +255,16 @@ class HandAligner:
         i = np.arange(48) + 0.5
         phi, th = np.arccos(1 - 2 * i / 48), np.pi * (1 + 5 ** 0.5) * i
         self._sphere = np.stack([np.cos(th) * np.sin(phi), np.sin(th) * np.sin(phi), np.cos(phi)], -1)
+        # float64 numpy forward kinematics (as HandMasker.posed) and every stride-th surface sample
+        from hp_ros.core.ekf.kinematics import HandKinematics
+
+        kin = HandKinematics(hand) if hand is not None else None
+        self._kin = kin if kin is not None and kin.fk_factors is not None else None
+        if self._kin is not None:
+            sl = slice(None, None, self.stride)
+            self._pts_local = kin.surf_pts[sl]
+            self._normals_local = hand._point_normals.detach().cpu().double().numpy()[sl]
+            self._pts_links = kin.surf_links[sl]
 
     def reset(self) -> None:
         self.correction = np.eye(4)
@@ -262,6 +272,13 @@ class HandAligner:
         self._settled = False
 
     def _surface(self, q, T_cam_hand):
+        if self._kin is not None:
+            links = np.asarray(T_cam_hand, dtype=np.float64).reshape(4, 4) @ self._kin.forward_kinematics(
+                self._kin.as_q(q))
+            R = links[self._pts_links, :3, :3]
+            p = np.einsum("kij,kj->ki", R, self._pts_local) + links[self._pts_links, :3, 3]
+            n = np.einsum("kij,kj->ki", R, self._normals_local)
+            return self._with_markers(p, n, links[self._kin.tip_idx, :3, 3])
         import torch
         q_t = torch.as_tensor(np.asarray(q, dtype=np.float64).reshape(1, -1), dtype=self.hand.dtype)
         T = torch.as_tensor(np.asarray(T_cam_hand, dtype=np.float64).reshape(1, 4, 4), dtype=self.hand.dtype)
@@ -270,8 +287,12 @@ class HandAligner:
             p, n = self.hand.surface_points(q_t, T, link_poses=lp, return_normals=True)
             tips = self.hand.fingertips(q_t, T, link_poses=lp)
         p, n = p[0, ::self.stride].numpy().astype(np.float64), n[0, ::self.stride].numpy().astype(np.float64)
+        return self._with_markers(p, n, tips[0].numpy().astype(np.float64))
+
+    def _with_markers(self, p, n, tips):
+        """Surface samples ``(N, 3)`` and normals with the fingertip marker spheres (centred on
+        ``tips`` ``(4, 3)``) in place of the fingertip geometry they hide."""
         if self.marker_radius > 0:  # marker spheres hide the fingertip geometry: use theirs
-            tips = tips[0].numpy().astype(np.float64)
             inside = (np.linalg.norm(p[:, None] - tips[None], axis=2) < self.marker_radius).any(1)
             sp = (tips[:, None] + self.marker_radius * self._sphere[None]).reshape(-1, 3)
             sn = np.tile(self._sphere, (4, 1))

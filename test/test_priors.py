@@ -1,5 +1,5 @@
 """The priors registry (hp_ros.core.priors): each entry's function and default weight are what the
-refinement computes, and a registered prior reaches the core and ``terms``."""
+refinement computes, and a registered prior reaches the core, the node's parameters and ``terms``."""
 from __future__ import annotations
 
 import pytest
@@ -17,6 +17,12 @@ from hp_ros.core.refine import FrameObservation, RefineConfig, Refiner
 from hp_ros.core.refine_depth import depth_loss
 from hp_ros.core.render import render
 from hp_ros.core.sdf import signed_distance_world
+
+try:  # imported before a test registers a prior: its OWN_PARAMS (the README's tables) stay the shipped ones
+    from hp_ros.nodes import refinement_node as NODE
+except ImportError:  # no rclpy
+    NODE = None
+needs_rclpy = pytest.mark.skipif(NODE is None, reason="rclpy not importable")
 
 # the weights of before the registry (RefineWeights' defaults): a registry line with a wrong number fails
 DEFAULTS = {"mask_object": 1.0, "mask_hand": 1.0, "rgb": 0.05, "depth": 0.5, "penetration": 2.0e3,
@@ -150,3 +156,30 @@ def test_a_registered_prior_is_used_by_the_refinement(scene, extra_prior):
     assert with_it.final_terms["test_constant"] == pytest.approx(0.25)
     assert "test_constant" not in without.final_terms
     assert with_it.initial_loss - without.initial_loss == pytest.approx(2.0 * 0.25, rel=1e-5)
+
+
+@needs_rclpy
+def test_a_registered_prior_appears_in_the_node_parameters(extra_prior):
+    node = NODE
+    params = node.own_params()
+    assert "constant" in params["default_terms"].default
+    assert params["weights.test_constant"].default == 2.0
+    assert node._terms_check(["mask", "constant"]) is None and node._terms_check(["colour"])
+    values = {k: p.default for k, p in params.items()}
+    assert node.weights_from_params({**values, "weights.test_constant": 0.5}) == Weights(test_constant=0.5)
+
+
+@needs_rclpy
+def test_node_defaults_are_the_cores():
+    node = NODE
+    from hp_ros.core.global_pose import DEFAULT_GLOBAL_HYPOTHESES, AnswerCheck
+
+    core, check, p = RefineConfig(), AnswerCheck(), node.OWN_PARAMS
+    for name in ("max_iterations", "roi_size", "num_hypotheses", "early_stop_patience", "optimize_camera_hand",
+                 "optimize_joint_offsets"):
+        assert p[name].default == getattr(core, name), name
+    assert core.num_hypotheses == 8
+    assert (p["global_hypotheses"].default, p["global_min_iou"].default, p["global_max_penetration_mm"].default,
+            p["global_attempts"].default) == (DEFAULT_GLOBAL_HYPOTHESES, check.min_mask_iou,
+                                              check.max_penetration_mm, check.attempts)
+    assert node.weights_from_params({k: v.default for k, v in p.items()}) == Weights()

@@ -42,7 +42,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-__all__ = ["AnswerCheck", "GlobalPoseConfig", "GlobalPoseResult", "GlobalPoseSearch", "uniform_rotations", "cold_start", "global_estimate"]
+__all__ = ["AnswerCheck", "DEFAULT_GLOBAL_HYPOTHESES", "GlobalPoseConfig", "GlobalPoseResult", "GlobalPoseSearch",
+           "uniform_rotations", "cold_start", "global_estimate"]
 
 
 @dataclass
@@ -333,6 +334,10 @@ def _spins(obj, n: int) -> list:
     return out
 
 
+# poses around the global estimate's best that the refinement's coarse search scores with its candidates
+DEFAULT_GLOBAL_HYPOTHESES = 4
+
+
 @dataclass
 class AnswerCheck:
     """What a refined global answer must show before it is given out (:func:`cold_start`): its mask
@@ -362,7 +367,7 @@ class AnswerCheck:
 
 
 def cold_start(refiner, search: "GlobalPoseSearch", frame, camera, max_iterations: Optional[int] = None,
-               num_hypotheses: int = 4, terms=None, check: Optional[AnswerCheck] = None):
+               num_hypotheses: int = DEFAULT_GLOBAL_HYPOTHESES, terms=None, check: Optional[AnswerCheck] = None):
     """Pose of one frame without an initial pose: :meth:`GlobalPoseSearch.estimate` (with the hand's
     surface points when the frame has joints and camera->hand and the refiner a hand model), then
     :meth:`hp_ros.core.refine.Refiner.refine` from its best candidate with all of its candidates in

@@ -89,8 +89,8 @@ class RefineConfig:
     early_stop_rel_tol: float = 1.0e-3
     optimize_camera_hand: bool = False
     optimize_joint_offsets: bool = False
-    # coarse search before Adam (robustness to a poor initial pose); 0 disables it
-    num_hypotheses: int = 0
+    # coarse search before Adam (robustness to a poor initial pose); 0 or 1 disables it
+    num_hypotheses: int = 8
     hypothesis_rotation: float = math.radians(25.0)
     hypothesis_translation: float = 0.03
     coarse_size: int = 40              # RoI side used to score hypotheses

@@ -21,6 +21,11 @@ from it). /diagnostics reports the buffer as the last request left it (``buffere
 whether the images are subscribed, the messages taken and the images decoded.
 Joint states are interpolated to the frame stamp when a request is served.
 
+Loss terms and weights come from the priors registry (:mod:`hp_ros.core.priors`): ``default_terms``
+and a request's ``terms`` take its term names, and each registered term has a ``weights.<name>``
+parameter with the registry's default (:func:`prior_params`); the refinement settings' defaults are
+the core's (``RefineConfig``, ``global_pose``).
+
 Covariance of /hp_ros/refined_pose: a fixed diagonal ``refined_pose_sigma`` (x, y, z in m,
 rotations in rad, parameter) divided by the final object mask IoU squared (clamped to >= 0.1):
 a refinement that explains the observed mask well gets the nominal uncertainty, a poor fit a
@@ -58,7 +63,9 @@ from sensor_msgs.msg import CameraInfo, Image, JointState
 
 from hp_ros import graph
 from hp_ros.core.device import device_error, resolve_device
-from hp_ros.core.refine import TERM_NAMES
+from hp_ros.core import priors
+from hp_ros.core.global_pose import DEFAULT_GLOBAL_HYPOTHESES, AnswerCheck
+from hp_ros.core.refine import RefineConfig
 from hp_ros.io import msgs, validate
 from hp_ros.nodes.deferred import DeferredReader
 from hp_ros.nodes.buffers import JointStateBuffer
@@ -72,16 +79,43 @@ from hp_ros.nodes.params import COMMON_PARAMS, declare_parameters, length_in, no
 from hp_ros.nodes.process import run_node
 from hp_ros.nodes.qos import OUTPUT_QOS
 
-_TERMS = TERM_NAMES  # the core's loss terms: one list
 MAX_ITERATIONS_LIMIT = 2000
+WEIGHT_PREFIX = "weights."  # one parameter per registered prior: weights.<name>
 
 
 def _terms_check(v):
-    bad = [t for t in v if t not in _TERMS]
-    return f"unknown terms {bad}; valid: {list(_TERMS)}" if bad else None
+    names = priors.term_names()
+    bad = [t for t in v if t not in names]
+    return f"unknown terms {bad}; valid: {list(names)}" if bad else None
 
 
-OWN_PARAMS = {
+def _weight_check(v):
+    return None if math.isfinite(v) and v >= 0 else f"must be a finite number >= 0, got {v!r}"
+
+
+def prior_params() -> dict:
+    """The parameters the priors registry (:mod:`hp_ros.core.priors`) gives: ``default_terms`` (every
+    ``terms`` name) and one ``weights.<name>`` per registered term, with its default weight."""
+    out = {"default_terms": Param(list(priors.term_names()), "loss terms used when a request names none",
+                                  _terms_check)}
+    for p in priors.PRIORS.values():
+        switch = f"'{p.term}' term" if p.term else "not switchable by terms"
+        out[WEIGHT_PREFIX + p.name] = Param(float(p.weight), f"weight of {p.doc} ({p.kind}, {switch}; 0 = off)",
+                                            _weight_check)
+    return out
+
+
+def weights_from_params(params: dict) -> "priors.Weights":
+    """The refinement's :class:`hp_ros.core.priors.Weights` from the declared ``weights.<name>`` parameters."""
+    n = len(WEIGHT_PREFIX)
+    return priors.Weights({k[n:]: float(v) for k, v in params.items() if k.startswith(WEIGHT_PREFIX)})
+
+
+_CORE = RefineConfig()  # the core's defaults are the node's: one value per setting
+_CHECK = AnswerCheck()
+
+# the node's own parameters before and after those of the priors registry (prior_params)
+_BASE_PARAMS = {
     "buffer_size": Param(30, "number of synchronised frames kept (ring buffer)", positive),
     "max_frame_age": Param(2.0, "buffered frames older than this [s] behind the newest buffered frame are dropped",
                            positive),
@@ -92,15 +126,18 @@ OWN_PARAMS = {
     "max_joint_gap": Param(0.1, "max distance [s] from a frame stamp to the joint states around it", positive),
     "use_depth": Param(True, "use the aligned depth image: the robust depth term, the start from the depth fit, "
                              "and the global estimate of a request without an initial pose"),
-    "global_hypotheses": Param(4, "poses around a global estimate's best scored with its candidates", non_negative),
+    "global_hypotheses": Param(DEFAULT_GLOBAL_HYPOTHESES, "poses around a global estimate's best scored with its "
+                                                          "candidates", non_negative),
     "global_iterations": Param(12, "Adam iterations after a global estimate (its depth fit is close already; a "
                                    "request's max_iterations overrides)", positive),
-    "global_min_iou": Param(0.94, "a global estimate's refined answer with a lower mask IoU (camera resolution) is "
-                                  "rejected: its basin is excluded and the search run again", non_negative),
-    "global_max_penetration_mm": Param(3.0, "a global estimate's refined answer with the hand deeper inside the "
-                                            "object [mm] is rejected (as global_min_iou)", non_negative),
-    "global_attempts": Param(3, "global searches of one request at most (each after a rejected answer); the "
-                                "best-fitting answer is returned", positive),
+    "global_min_iou": Param(_CHECK.min_mask_iou, "a global estimate's refined answer with a lower mask IoU (camera "
+                                                 "resolution) is rejected: its basin is excluded and the search run "
+                                                 "again", non_negative),
+    "global_max_penetration_mm": Param(_CHECK.max_penetration_mm, "a global estimate's refined answer with the hand "
+                                                                  "deeper inside the object [mm] is rejected (as "
+                                                                  "global_min_iou)", non_negative),
+    "global_attempts": Param(_CHECK.attempts, "global searches of one request at most (each after a rejected "
+                                              "answer); the best-fitting answer is returned", positive),
     "max_pose_age": Param(2.0, "a request without an initial pose starts from the tracked/refined pose when it is "
                                "at most this old [s] against the requested frame, else from a global estimate",
                           positive),
@@ -110,15 +147,16 @@ OWN_PARAMS = {
                                "open (a request can refine any frame of the last buffer_size)"),
     "open_wait": Param(1.0, "longest extra wait [s] of a request that opened the image subscriptions for its first "
                             "frames (discovery, the segmentation node starting its masks)", non_negative),
-    "max_iterations": Param(30, "default Adam iterations per request", positive),
-    "roi_size": Param(96, "side [px] of the square region around the object that is rendered", positive),
-    "num_hypotheses": Param(8, "poses around the initial one scored before Adam (0 or 1 = no coarse search)",
-                            non_negative),
-    "default_terms": Param(list(_TERMS), "loss terms used when a request names none", _terms_check),
-    "early_stop_patience": Param(10, "stop after this many iterations without improvement (0 = never)",
-                                 non_negative),
-    "optimize_camera_hand": Param(False, "also optimise a camera->hand correction"),
-    "optimize_joint_offsets": Param(False, "also optimise per-joint offsets"),
+    "max_iterations": Param(_CORE.max_iterations, "default Adam iterations per request", positive),
+    "roi_size": Param(_CORE.roi_size, "side [px] of the square region around the object that is rendered", positive),
+    "num_hypotheses": Param(_CORE.num_hypotheses, "poses around the initial one scored before Adam (0 or 1 = no "
+                                                  "coarse search)", non_negative),
+}
+_AFTER_PARAMS = {
+    "early_stop_patience": Param(_CORE.early_stop_patience, "stop after this many iterations without improvement "
+                                                            "(0 = never)", non_negative),
+    "optimize_camera_hand": Param(_CORE.optimize_camera_hand, "also optimise a camera->hand correction"),
+    "optimize_joint_offsets": Param(_CORE.optimize_joint_offsets, "also optimise per-joint offsets"),
     "refined_pose_sigma": Param([0.003, 0.003, 0.003, 0.035, 0.035, 0.035],
                                 "std. dev. of the refined pose [x y z (m) rx ry rz (rad)], divided by the mask IoU",
                                 length_in(6)),
@@ -127,6 +165,14 @@ OWN_PARAMS = {
     "device": Param("cpu", "torch and Warp device of the refinement: cpu or cuda[:N] (CUDA asked for but not "
                            "usable here: one error in the log, then the CPU)", device_error),
 }
+
+
+def own_params() -> dict:
+    """The node's own parameters; the registry is read when called (a prior registered since is in them)."""
+    return {**_BASE_PARAMS, **prior_params(), **_AFTER_PARAMS}
+
+
+OWN_PARAMS = own_params()  # with the shipped registry (the README's tables)
 
 
 def frame_for_stamp(stamps: list, want_ns: int, tol_ns: int):
@@ -175,9 +221,9 @@ class RefinementNode(GuardedNode):
     def __init__(self, bus=None):
         super().__init__("refinement_node")
         self.bus = bus  # LocalBus when the graph runs in one process (hp_ros.nodes.graph_process)
-        p = declare_parameters(self, {**COMMON_PARAMS, **OWN_PARAMS})
+        p = declare_parameters(self, {**COMMON_PARAMS, **own_params()})
         self.p = p
-        from hp_ros.core.refine import RefineConfig, Refiner
+        from hp_ros.core.refine import Refiner
 
         self.hand = load_hand(p)
         self.obj = load_object(p)
@@ -190,7 +236,7 @@ class RefinementNode(GuardedNode):
         if self.device.fallback:
             self.get_logger().error(f"device {p['device']!r} is not usable here ({self.device.fallback}): "
                                     f"refining on the CPU")
-        self.refiner = Refiner(self.obj, self.hand, cfg, device=self.device.torch)
+        self.refiner = Refiner(self.obj, self.hand, cfg, weights_from_params(p), device=self.device.torch)
         from hp_ros.core.global_pose import GlobalPoseSearch
         from hp_ros.core.segmentation.model import warm_sdf_grid
 
@@ -510,9 +556,10 @@ class RefinementNode(GuardedNode):
         from hp_ros.core.refine import FrameObservation
 
         terms = list(request.terms) or list(self.p["default_terms"])
-        bad = [t for t in terms if t not in _TERMS]
+        names = priors.term_names()
+        bad = [t for t in terms if t not in names]
         if bad:
-            return self._fail(response, f"unknown term(s) {bad}; valid terms: {list(_TERMS)}")
+            return self._fail(response, f"unknown term(s) {bad}; valid terms: {list(names)}")
         max_it = int(request.max_iterations) or int(self.p["max_iterations"])
         if max_it > MAX_ITERATIONS_LIMIT:
             return self._fail(response, f"max_iterations {max_it} exceeds the limit {MAX_ITERATIONS_LIMIT}")
@@ -619,7 +666,7 @@ class RefinementNode(GuardedNode):
 
         how = ""
         if T0 is None:  # no pose to start from: a checked global estimate from the last frame (global_pose.py)
-            from hp_ros.core.global_pose import AnswerCheck, cold_start
+            from hp_ros.core.global_pose import cold_start
 
             res, found = cold_start(self.refiner, self.global_search, frames, self.camera,
                                     max_iterations=max_it if request.max_iterations else int(self.p["global_iterations"]),

@@ -172,13 +172,14 @@ def test_a_registered_prior_appears_in_the_node_parameters(extra_prior):
 @needs_rclpy
 def test_node_defaults_are_the_cores():
     node = NODE
-    from hp_ros.core.global_pose import DEFAULT_GLOBAL_HYPOTHESES, AnswerCheck
+    from hp_ros.core.global_pose import DEFAULT_GLOBAL_HYPOTHESES, DEFAULT_GLOBAL_ITERATIONS, AnswerCheck
 
     core, check, p = RefineConfig(), AnswerCheck(), node.OWN_PARAMS
     for name in ("max_iterations", "roi_size", "num_hypotheses", "early_stop_patience", "optimize_camera_hand",
                  "optimize_joint_offsets"):
         assert p[name].default == getattr(core, name), name
     assert core.num_hypotheses == 8
+    assert p["global_iterations"].default == DEFAULT_GLOBAL_ITERATIONS == 12
     assert (p["global_hypotheses"].default, p["global_min_iou"].default, p["global_max_penetration_mm"].default,
             p["global_attempts"].default) == (DEFAULT_GLOBAL_HYPOTHESES, check.min_mask_iou,
                                               check.max_penetration_mm, check.attempts)

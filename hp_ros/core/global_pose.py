@@ -42,7 +42,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-__all__ = ["AnswerCheck", "DEFAULT_GLOBAL_HYPOTHESES", "GlobalPoseConfig", "GlobalPoseResult", "GlobalPoseSearch",
+__all__ = ["AnswerCheck", "DEFAULT_GLOBAL_HYPOTHESES", "DEFAULT_GLOBAL_ITERATIONS", "GlobalPoseConfig", "GlobalPoseResult", "GlobalPoseSearch",
            "uniform_rotations", "cold_start", "global_estimate"]
 
 
@@ -336,6 +336,8 @@ def _spins(obj, n: int) -> list:
 
 # poses around the global estimate's best that the refinement's coarse search scores with its candidates
 DEFAULT_GLOBAL_HYPOTHESES = 4
+# Adam iterations of the refinement after a global estimate (its depth fit is close already)
+DEFAULT_GLOBAL_ITERATIONS = 12
 
 
 @dataclass
@@ -366,7 +368,8 @@ class AnswerCheck:
         return (iou if math.isfinite(iou) else 0.0) - 0.1 * float(res.max_penetration_mm[-1])
 
 
-def cold_start(refiner, search: "GlobalPoseSearch", frame, camera, max_iterations: Optional[int] = None,
+def cold_start(refiner, search: "GlobalPoseSearch", frame, camera,
+               max_iterations: Optional[int] = DEFAULT_GLOBAL_ITERATIONS,
                num_hypotheses: int = DEFAULT_GLOBAL_HYPOTHESES, terms=None, check: Optional[AnswerCheck] = None):
     """Pose of one frame without an initial pose: :meth:`GlobalPoseSearch.estimate` (with the hand's
     surface points when the frame has joints and camera->hand and the refiner a hand model), then
@@ -381,6 +384,8 @@ def cold_start(refiner, search: "GlobalPoseSearch", frame, camera, max_iteration
         refiner: :class:`hp_ros.core.refine.Refiner`; frame: :class:`hp_ros.core.refine.FrameObservation`
             with ``depth`` and ``object_mask``, or a window of them (oldest first: the estimate is of
             the last, the refinement of all); camera: :class:`hp_ros.core.camera.Camera`.
+        max_iterations: Adam iterations of the refinement (None: the refiner's ``config.max_iterations``);
+        num_hypotheses: poses around the estimate's best scored with its candidates.
     Returns:
         ``(RefineResult, GlobalPoseResult)``; ``(None, None)`` when the mask has too few depth pixels.
     Raises:

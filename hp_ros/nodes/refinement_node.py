@@ -64,7 +64,7 @@ from sensor_msgs.msg import CameraInfo, Image, JointState
 from hp_ros import graph
 from hp_ros.core.device import device_error, resolve_device
 from hp_ros.core import priors
-from hp_ros.core.global_pose import DEFAULT_GLOBAL_HYPOTHESES, AnswerCheck
+from hp_ros.core.global_pose import DEFAULT_GLOBAL_HYPOTHESES, DEFAULT_GLOBAL_ITERATIONS, AnswerCheck
 from hp_ros.core.refine import RefineConfig
 from hp_ros.io import msgs, validate
 from hp_ros.nodes.deferred import DeferredReader
@@ -128,8 +128,9 @@ _BASE_PARAMS = {
                              "and the global estimate of a request without an initial pose"),
     "global_hypotheses": Param(DEFAULT_GLOBAL_HYPOTHESES, "poses around a global estimate's best scored with its "
                                                           "candidates", non_negative),
-    "global_iterations": Param(12, "Adam iterations after a global estimate (its depth fit is close already; a "
-                                   "request's max_iterations overrides)", positive),
+    "global_iterations": Param(DEFAULT_GLOBAL_ITERATIONS, "Adam iterations after a global estimate (its depth fit "
+                                                          "is close already; a request's max_iterations overrides)",
+                               positive),
     "global_min_iou": Param(_CHECK.min_mask_iou, "a global estimate's refined answer with a lower mask IoU (camera "
                                                  "resolution) is rejected: its basin is excluded and the search run "
                                                  "again", non_negative),

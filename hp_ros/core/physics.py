@@ -33,7 +33,7 @@ from typing import Dict, Optional, Tuple
 import torch
 
 from hp_ros.core import se3
-from hp_ros.core.sdf import MeshSDF, signed_distance_world
+from hp_ros.core.sdf import MeshSDF
 
 __all__ = [
     "DEFAULT_CONTACT_THRESHOLD", "penetration_loss", "contact_mask",
@@ -109,11 +109,6 @@ def contact_sliding_loss(points_world: torch.Tensor, T_world_object: torch.Tenso
     d2 = ((p_obj[1:] - p_obj[:-1]) ** 2).sum(-1)                             # (B-1, N)
     n = both.sum()
     return (d2 * both).sum() / n.clamp(min=1.0)
-
-
-def _object_points(object_vertices: torch.Tensor, T_world_object: torch.Tensor) -> torch.Tensor:
-    """Object vertices ``(V, 3)`` (object frame) under poses ``(B, 4, 4)`` -> ``(B, V, 3)``."""
-    return se3.transform_points(T_world_object, object_vertices)
 
 
 def object_smoothness_loss(object_points_world: torch.Tensor) -> torch.Tensor:

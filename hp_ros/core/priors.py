@@ -33,13 +33,15 @@ from typing import Callable, Dict, Iterator, Optional, Sequence, Tuple
 
 import torch
 
+from hp_ros.core import se3
 from hp_ros.core.losses import mask_l2
-from hp_ros.core.physics import (contact_sliding_loss, hand_smoothness_loss, object_oscillation_loss,
-                                 object_smoothness_loss, penetration_loss)
+from hp_ros.core.physics import (DEFAULT_CONTACT_THRESHOLD, contact_mask, contact_sliding_loss, hand_smoothness_loss,
+                                 object_oscillation_loss, object_smoothness_loss, penetration_loss)
 from hp_ros.core.refine_depth import depth_loss
+from hp_ros.core.sdf import signed_distance_world
 
 __all__ = ["DATA", "KINDS", "Prior", "PRIORS", "register", "unregister", "term_names", "priors_of_kind",
-           "Weights", "ImageInputs", "PhysicsInputs", "CorrectionInputs"]
+           "Weights", "ImageInputs", "PhysicsInputs", "CorrectionInputs", "physics_terms"]
 
 KINDS = ("image", "physics", "correction")
 
@@ -359,9 +361,6 @@ def physics_terms(object_sdf, hand_points_world: torch.Tensor, T_world_object: t
     """The physics terms of one window: ``(total, terms, contact)`` - the weighted sum (scalar), the
     unweighted terms that were computed (weight > 0 and data there; registry order) and the contact
     mask ``(B, N)``. Arguments as :func:`hp_ros.core.physics.physics_loss`."""
-    from hp_ros.core.physics import DEFAULT_CONTACT_THRESHOLD, contact_mask, _object_points
-    from hp_ros.core.sdf import signed_distance_world
-
     threshold = DEFAULT_CONTACT_THRESHOLD if contact_threshold is None else contact_threshold
     sdf, _ = signed_distance_world(object_sdf, hand_points_world, T_world_object)
     x = PhysicsInputs(hand_points_world, sdf, contact_mask(sdf, threshold), T_world_object, hand_q=hand_q,
@@ -373,7 +372,7 @@ def physics_terms(object_sdf, hand_points_world: torch.Tensor, T_world_object: t
     active = weights.active("physics", available)
     if any("object_points" in p.needs for p in active):
         verts = object_sdf.vertices if object_vertices is None else object_vertices
-        x.object_points = _object_points(verts.to(T_world_object.dtype), T_world_object)
+        x.object_points = se3.transform_points(T_world_object, verts.to(T_world_object.dtype))
     total = hand_points_world.new_zeros(())
     terms: Dict[str, torch.Tensor] = {}
     for p in active:

@@ -19,7 +19,7 @@ from hp_ros.core.render import render
 from hp_ros.core.sdf import signed_distance_world
 
 try:  # imported before a test registers a prior: its OWN_PARAMS (the README's tables) stay the shipped ones
-    from hp_ros.nodes import refinement_node as NODE
+    from hp_ros.nodes import refinement_params as NODE
 except ImportError:  # no rclpy
     NODE = None
 needs_rclpy = pytest.mark.skipif(NODE is None, reason="rclpy not importable")
@@ -164,7 +164,7 @@ def test_a_registered_prior_appears_in_the_node_parameters(extra_prior):
     params = node.own_params()
     assert "constant" in params["default_terms"].default
     assert params["weights.test_constant"].default == 2.0
-    assert node._terms_check(["mask", "constant"]) is None and node._terms_check(["colour"])
+    assert node.terms_problem(["mask", "constant"]) is None and node.terms_problem(["colour"])
     values = {k: p.default for k, p in params.items()}
     assert node.weights_from_params({**values, "weights.test_constant": 0.5}) == Weights(test_constant=0.5)
 

@@ -78,7 +78,7 @@ def depth_reference(obj, depth, K, mask, rgb) -> np.ndarray:
     lam, V = np.linalg.eigh(fit.covariance[3:, 3:])
     axis = V[:, -1]  # camera frame, through the object origin (apply_delta convention)
     cam = Camera.from_intrinsics(K[0, 0], K[1, 1], K[0, 2], K[1, 2], W, H)
-    ref = Refiner(obj, None, RefineConfig(roi_size=192, face_budget=0, depth_fit=False))
+    ref = Refiner(obj, None, RefineConfig(roi_size=192, face_budget=0, depth_fit=False, num_hypotheses=0))
     frame = FrameObservation(rgb=rgb, object_mask=mask)
 
     def spun(deg):

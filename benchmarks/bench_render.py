@@ -25,7 +25,8 @@ import trimesh
 
 from hp_ros.core import se3
 from hp_ros.core.camera import Camera
-from hp_ros.core.losses import RenderLossWeights, rendering_loss
+from hp_ros.core.losses import rendering_loss
+from hp_ros.core.priors import Weights
 from hp_ros.core.render import render
 
 
@@ -70,7 +71,7 @@ def main() -> int:
     cam = Camera.from_intrinsics(615.0, 615.0, 320.0, 240.0, 640, 480)
     print(f"object: icosphere {obj_f.shape[0]} faces; hand: {hand_name}; "
           f"torch threads {torch.get_num_threads()}")
-    weights = RenderLossWeights()
+    weights = Weights(rgb=1.0)  # the three rendering terms at weight 1
     results, cpu_med, cpu_p25 = {}, {}, {}
     for S in (128, 256):
         verts0 = se3.transform_points(T_obj, obj_v[None])

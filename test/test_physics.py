@@ -9,10 +9,11 @@ import torch
 import trimesh
 
 from hp_ros.core import se3
-from hp_ros.core.physics import (PhysicsWeights, contact_count, contact_mask, contact_sliding_loss,
+from hp_ros.core.physics import (contact_count, contact_mask, contact_sliding_loss,
                                  hand_object_interpenetration_volume, hand_smoothness_loss,
                                  interpenetration_volume, max_penetration_depth, object_oscillation_loss,
                                  object_smoothness_loss, penetration_loss, per_vertex_contact, physics_loss)
+from hp_ros.core.priors import Weights
 from hp_ros.core.sdf import MeshSDF, signed_distance_world
 
 SDF = torch.tensor([[0.01, -0.002, 0.0005, -0.004, 0.003],
@@ -109,7 +110,7 @@ def test_physics_loss_total_is_weighted_sum(cube_sdf):
     p_obj = (torch.rand(3, 50, 3, generator=g) - 0.5) * 0.05  # some inside the 4 cm cube
     pw = se3.transform_points(T, p_obj)
     q = torch.rand(3, 16, generator=g)
-    w = PhysicsWeights(penetration=2.0, contact_sliding=3.0, object_smoothness=5.0, hand_smoothness=7.0, oscillation=11.0)
+    w = Weights(penetration=2.0, contact_sliding=3.0, object_smoothness=5.0, hand_smoothness=7.0, oscillation=11.0)
     total, terms = physics_loss(cube_sdf, pw, T, w, hand_q=q)
     sdf, _ = signed_distance_world(cube_sdf, pw, T)
     assert terms["penetration"].item() == pytest.approx(penetration_loss(sdf).item(), rel=1e-6)
@@ -122,10 +123,10 @@ def test_physics_loss_total_is_weighted_sum(cube_sdf):
     weighted = sum(getattr(w, k) * terms[k] for k in
                    ("penetration", "contact_sliding", "object_smoothness", "hand_smoothness", "oscillation"))
     assert total.item() == pytest.approx(weighted.item(), rel=1e-6)
-    total0, terms0 = physics_loss(cube_sdf, pw, T, PhysicsWeights(0, 0, 0, 0, 0))
+    total0, terms0 = physics_loss(cube_sdf, pw, T, Weights().without("physics"))
     assert total0.item() == 0.0 and terms0["penetration"].item() == 0.0
     with pytest.raises(ValueError):
-        PhysicsWeights(penetration=-1.0)
+        Weights(penetration=-1.0)
     with pytest.raises(ValueError, match=r"\(3, 4, 4\)"):
         physics_loss(cube_sdf, pw, T[:2])
 

@@ -9,7 +9,8 @@ import trimesh
 
 from hp_ros.core import se3
 from hp_ros.core.camera import Camera
-from hp_ros.core.losses import RenderLossWeights, mask_l2, rendering_loss, rgb_l2
+from hp_ros.core.losses import mask_l2, rendering_loss, rgb_l2
+from hp_ros.core.priors import Weights
 from hp_ros.core.render import Texture, render
 
 CAM = Camera.from_intrinsics(615.0, 615.0, 320.0, 240.0, 640, 480)
@@ -277,7 +278,7 @@ def test_losses_and_bad_input():
     with pytest.raises(ValueError, match="crop observations"):
         mask_l2(soft, torch.zeros(1, 3, 3))
     with pytest.raises(ValueError):
-        RenderLossWeights(rgb=-1.0)
+        Weights(rgb=-1.0)
     v, f = sphere(1, 0.05, (0.0, 0.0, 0.4))
     with pytest.raises(ValueError, match="verts must be"):
         render([(v[0], f)], CAM.K, 32)
@@ -310,7 +311,7 @@ def test_pose_recovery_from_mask_and_rgb():
         tgt = render([(se3.transform_points(T_gt, ov), of)], K, S, colors=[oc])
     obs_mask = tgt.hard_masks[:, 0].double()
     obs_rgb = tgt.rgb * tgt.hard_masks[:, 0, None]
-    weights = RenderLossWeights(mask_hand=0.0, mask_object=1.0, rgb=1.0)
+    weights = Weights(mask_hand=0.0, mask_object=1.0, rgb=1.0)
     xi = torch.zeros(1, 6, dtype=torch.float64, requires_grad=True)
     opt = torch.optim.Adam([xi], lr=3e-3)
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, 150, eta_min=1e-4)

@@ -42,7 +42,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-__all__ = ["AnswerCheck", "GlobalPoseConfig", "GlobalPoseResult", "GlobalPoseSearch", "uniform_rotations", "cold_start", "global_estimate"]
+__all__ = ["AnswerCheck", "DEFAULT_GLOBAL_HYPOTHESES", "DEFAULT_GLOBAL_ITERATIONS", "GlobalPoseConfig", "GlobalPoseResult", "GlobalPoseSearch",
+           "uniform_rotations", "cold_start", "global_estimate"]
 
 
 @dataclass
@@ -333,6 +334,12 @@ def _spins(obj, n: int) -> list:
     return out
 
 
+# poses around the global estimate's best that the refinement's coarse search scores with its candidates
+DEFAULT_GLOBAL_HYPOTHESES = 4
+# Adam iterations of the refinement after a global estimate (its depth fit is close already)
+DEFAULT_GLOBAL_ITERATIONS = 12
+
+
 @dataclass
 class AnswerCheck:
     """What a refined global answer must show before it is given out (:func:`cold_start`): its mask
@@ -361,8 +368,9 @@ class AnswerCheck:
         return (iou if math.isfinite(iou) else 0.0) - 0.1 * float(res.max_penetration_mm[-1])
 
 
-def cold_start(refiner, search: "GlobalPoseSearch", frame, camera, max_iterations: Optional[int] = None,
-               num_hypotheses: int = 4, terms=None, check: Optional[AnswerCheck] = None):
+def cold_start(refiner, search: "GlobalPoseSearch", frame, camera,
+               max_iterations: Optional[int] = DEFAULT_GLOBAL_ITERATIONS,
+               num_hypotheses: int = DEFAULT_GLOBAL_HYPOTHESES, terms=None, check: Optional[AnswerCheck] = None):
     """Pose of one frame without an initial pose: :meth:`GlobalPoseSearch.estimate` (with the hand's
     surface points when the frame has joints and camera->hand and the refiner a hand model), then
     :meth:`hp_ros.core.refine.Refiner.refine` from its best candidate with all of its candidates in
@@ -376,6 +384,8 @@ def cold_start(refiner, search: "GlobalPoseSearch", frame, camera, max_iteration
         refiner: :class:`hp_ros.core.refine.Refiner`; frame: :class:`hp_ros.core.refine.FrameObservation`
             with ``depth`` and ``object_mask``, or a window of them (oldest first: the estimate is of
             the last, the refinement of all); camera: :class:`hp_ros.core.camera.Camera`.
+        max_iterations: Adam iterations of the refinement (None: the refiner's ``config.max_iterations``);
+        num_hypotheses: poses around the estimate's best scored with its candidates.
     Returns:
         ``(RefineResult, GlobalPoseResult)``; ``(None, None)`` when the mask has too few depth pixels.
     Raises:

@@ -1,5 +1,6 @@
 """HandyPriors rendering losses: L2 mask loss (hand and object) and L2 RGB loss (object, inside
-the observed object mask).
+the observed object mask). The refinement's terms built on them are entries of
+:data:`hp_ros.core.priors.PRIORS`.
 
 All terms are means over pixels (so they do not depend on the RoI size) averaged over the
 batch. Observed masks are float in [0, 1] (bool accepted), on the same grid as the rendering
@@ -7,28 +8,13 @@ batch. Observed masks are float in [0, 1] (bool accepted), on the same grid as t
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import Optional
 
 import torch
 
 from .render import RenderOutput
 
-__all__ = ["RenderLossWeights", "mask_l2", "rgb_l2", "rendering_loss"]
-
-
-@dataclass
-class RenderLossWeights:
-    """Weights of the rendering terms (0 disables a term)."""
-
-    mask_hand: float = 1.0
-    mask_object: float = 1.0
-    rgb: float = 1.0
-
-    def __post_init__(self) -> None:
-        for name in ("mask_hand", "mask_object", "rgb"):
-            if getattr(self, name) < 0:
-                raise ValueError(f"RenderLossWeights.{name} must be >= 0")
+__all__ = ["mask_l2", "rgb_l2", "rendering_loss"]
 
 
 def _as_mask(x: torch.Tensor, like: torch.Tensor, name: str) -> torch.Tensor:
@@ -74,7 +60,7 @@ def rgb_l2(rendered: torch.Tensor, observed: torch.Tensor, mask: torch.Tensor) -
 
 def rendering_loss(out: RenderOutput, hand_mask: Optional[torch.Tensor],
                    object_mask: Optional[torch.Tensor], rgb: Optional[torch.Tensor],
-                   weights: RenderLossWeights = RenderLossWeights(), hand_index: int = 0,
+                   weights=None, hand_index: int = 0,
                    object_index: int = 1, valid: Optional[torch.Tensor] = None):
     """The paper's rendering prior.
 
@@ -83,13 +69,17 @@ def rendering_loss(out: RenderOutput, hand_mask: Optional[torch.Tensor],
             object (rendered with colours) at ``object_index``.
         hand_mask, object_mask: observed masks ``(B, H, W)``; None skips the term.
         rgb: observed image ``(B, 3, H, W)`` in [0, 1]; None skips the RGB term.
-        weights: :class:`RenderLossWeights`.
+        weights: :class:`hp_ros.core.priors.Weights` (``mask_hand``, ``mask_object``, ``rgb`` are
+            read; the registry's defaults if None).
         valid: optional ``(B, H, W)`` mask of pixels inside the camera image (RoI crops
             that stick out of the image), used by the mask terms.
     Returns:
         ``(total, terms)``: scalar total and a dict of unweighted scalar terms
         ``mask_hand``, ``mask_object``, ``rgb`` (batch means).
     """
+    from hp_ros.core.priors import Weights
+
+    weights = Weights() if weights is None else weights
     terms = {}
     total = out.soft_masks.new_zeros(())
     if hand_mask is not None and weights.mask_hand > 0:

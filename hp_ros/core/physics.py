@@ -19,7 +19,8 @@ Loss terms (all return a scalar tensor, differentiable where it makes sense):
   ``|| v_{t+1} - 2 v_t + v_{t-1} ||^2`` (m^2): penalises changes of object velocity (jitter /
   back-and-forth motion) while allowing constant-velocity motion.
 
-:func:`physics_loss` combines them with :class:`PhysicsWeights` and returns ``(total, terms)``.
+:func:`physics_loss` combines them with :class:`hp_ros.core.priors.Weights` and returns ``(total, terms)``;
+the terms, their default weights and the data they need are entries of :data:`hp_ros.core.priors.PRIORS`.
 
 Metrics: :func:`max_penetration_depth`, :func:`contact_count`, :func:`per_vertex_contact`
 (ContactOpt-style contact map), :func:`interpenetration_volume` (voxelised intersection of two
@@ -27,17 +28,15 @@ meshes) and :func:`hand_object_interpenetration_volume`.
 """
 from __future__ import annotations
 
-import math
-from dataclasses import asdict, dataclass
 from typing import Dict, Optional, Tuple
 
 import torch
 
 from hp_ros.core import se3
-from hp_ros.core.sdf import MeshSDF, signed_distance_world
+from hp_ros.core.sdf import MeshSDF
 
 __all__ = [
-    "DEFAULT_CONTACT_THRESHOLD", "PhysicsWeights", "penetration_loss", "contact_mask",
+    "DEFAULT_CONTACT_THRESHOLD", "penetration_loss", "contact_mask",
     "contact_sliding_loss", "object_smoothness_loss", "hand_smoothness_loss", "object_oscillation_loss",
     "physics_loss", "max_penetration_depth", "contact_count", "per_vertex_contact",
     "interpenetration_volume", "hand_object_interpenetration_volume",
@@ -112,11 +111,6 @@ def contact_sliding_loss(points_world: torch.Tensor, T_world_object: torch.Tenso
     return (d2 * both).sum() / n.clamp(min=1.0)
 
 
-def _object_points(object_vertices: torch.Tensor, T_world_object: torch.Tensor) -> torch.Tensor:
-    """Object vertices ``(V, 3)`` (object frame) under poses ``(B, 4, 4)`` -> ``(B, V, 3)``."""
-    return se3.transform_points(T_world_object, object_vertices)
-
-
 def object_smoothness_loss(object_points_world: torch.Tensor) -> torch.Tensor:
     """Mean over frame pairs and vertices of ``||v_t - v_{t-1}||^2`` for ``(B, V, 3)`` (m^2); 0 if B < 2."""
     _check_points("object_points_world", object_points_world)
@@ -160,71 +154,39 @@ def object_oscillation_loss(object_points_world: torch.Tensor) -> torch.Tensor:
     return ((v[2:] - 2.0 * v[1:-1] + v[:-2]) ** 2).sum(-1).mean()
 
 
-@dataclass
-class PhysicsWeights:
-    """Weights of the physics terms (0 disables a term). Terms are in m^2 (hand joints rad^2),
-    so a weight ``w`` makes a 1 mm violation cost about ``w * 1e-6`` per point/vertex."""
-
-    penetration: float = 1.0e4
-    contact_sliding: float = 1.0e3
-    object_smoothness: float = 1.0e2
-    hand_smoothness: float = 1.0
-    oscillation: float = 1.0e2
-
-    def __post_init__(self):
-        for k, v in asdict(self).items():
-            if not (isinstance(v, (int, float)) and math.isfinite(v) and v >= 0):
-                raise ValueError(f"PhysicsWeights.{k} must be a finite number >= 0, got {v!r}")
-
-
 def physics_loss(object_sdf: MeshSDF, hand_points_world: torch.Tensor, T_world_object: torch.Tensor,
-                 weights: Optional[PhysicsWeights] = None, object_vertices: Optional[torch.Tensor] = None,
+                 weights=None, object_vertices: Optional[torch.Tensor] = None,
                  hand_q: Optional[torch.Tensor] = None, hand_base: Optional[torch.Tensor] = None,
                  contact_threshold: float = DEFAULT_CONTACT_THRESHOLD) -> Tuple[torch.Tensor, Dict[str, torch.Tensor]]:
-    """Weighted sum of the physics priors over a window of ``B`` consecutive frames.
+    """Weighted sum of the physics priors (the ``"physics"`` entries of :data:`hp_ros.core.priors.PRIORS`)
+    over a window of ``B`` consecutive frames.
 
     Args:
         object_sdf: :class:`MeshSDF` of the object (object frame).
         hand_points_world: ``(B, N, 3)`` hand surface points in the world/camera frame.
         T_world_object: ``(B, 4, 4)`` object poses.
-        weights: :class:`PhysicsWeights` (defaults if None).
+        weights: :class:`hp_ros.core.priors.Weights` (the registry's defaults if None).
         object_vertices: ``(V, 3)`` object-frame points for smoothness/oscillation (default: the
             SDF mesh's vertices; pass a subsample for speed).
         hand_q: ``(B, J)`` joint angles and/or hand_base ``(B, 4, 4)`` for hand smoothness
             (the term is skipped when both are None).
         contact_threshold: metres.
     Returns:
-        ``(total, terms)``: scalar tensor and a dict of the unweighted terms (``penetration``,
-        ``contact_sliding``, ``object_smoothness``, ``hand_smoothness``, ``oscillation``) plus
-        ``num_contacts`` (detached). Terms with weight 0 are not computed and reported as 0.
+        ``(total, terms)``: scalar tensor and a dict of the unweighted terms (one per physics prior:
+        ``penetration``, ``contact_sliding``, ``object_smoothness``, ``hand_smoothness``,
+        ``oscillation``) plus ``num_contacts`` (detached). Terms with weight 0 are not computed and
+        reported as 0.
     """
-    w = weights or PhysicsWeights()
+    from hp_ros.core.priors import Weights, physics_terms, priors_of_kind
+
+    w = Weights() if weights is None else weights
     _check_points("hand_points_world", hand_points_world)
     B = hand_points_world.shape[0]
     _check_poses("T_world_object", T_world_object, B)
     zero = hand_points_world.new_zeros(())
-    terms: Dict[str, torch.Tensor] = {}
-
-    sdf, _ = signed_distance_world(object_sdf, hand_points_world, T_world_object)
-    contact = contact_mask(sdf, contact_threshold)
-    terms["penetration"] = penetration_loss(sdf) if w.penetration > 0 else zero
-    terms["contact_sliding"] = (contact_sliding_loss(hand_points_world, T_world_object, contact)
-                                if w.contact_sliding > 0 else zero)
-    if w.object_smoothness > 0 or w.oscillation > 0:
-        verts = object_sdf.vertices if object_vertices is None else object_vertices
-        obj_pts = _object_points(verts.to(T_world_object.dtype), T_world_object)
-        terms["object_smoothness"] = object_smoothness_loss(obj_pts) if w.object_smoothness > 0 else zero
-        terms["oscillation"] = object_oscillation_loss(obj_pts) if w.oscillation > 0 else zero
-    else:
-        terms["object_smoothness"] = terms["oscillation"] = zero
-    if w.hand_smoothness > 0 and (hand_q is not None or hand_base is not None):
-        terms["hand_smoothness"] = hand_smoothness_loss(hand_q, hand_base)
-    else:
-        terms["hand_smoothness"] = zero
-
-    total = (w.penetration * terms["penetration"] + w.contact_sliding * terms["contact_sliding"]
-             + w.object_smoothness * terms["object_smoothness"] + w.hand_smoothness * terms["hand_smoothness"]
-             + w.oscillation * terms["oscillation"])
+    total, computed, contact = physics_terms(object_sdf, hand_points_world, T_world_object, w, object_vertices,
+                                             hand_q, hand_base, contact_threshold)
+    terms = {p.name: computed.get(p.name, zero) for p in priors_of_kind("physics")}
     terms["num_contacts"] = contact.sum().to(zero.dtype)
     return total, terms
 

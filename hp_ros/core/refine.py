@@ -5,7 +5,9 @@ applied with :func:`hp_ros.core.se3.apply_delta`), optionally also over a camera
 correction (one 6-vector shared by the window, applied to ``T_cam_hand``) and per-joint offsets
 (``(J,)`` shared by the window), for one frame or jointly over a window of consecutive frames.
 
-Loss (weights in :class:`RefineWeights`, 0 disables a term):
+Loss: the terms of the registry :data:`hp_ros.core.priors.PRIORS` (one entry each: function, default
+weight, the data it needs, its ``terms=`` name), weighted by :class:`hp_ros.core.priors.Weights`
+(0 disables a term):
 
 * rendering (:mod:`hp_ros.core.losses`): L2 between the rendered soft masks (hand, object, with
   mutual occlusion) and the observed masks, and L2 between the rendered object colours and the
@@ -31,7 +33,8 @@ mask centroid) are scored by the rendering loss at low resolution in one batch w
 gradients; the best ``top_k`` are refined for a few iterations and the one with the lowest loss
 continues (see :meth:`Refiner.refine`).
 
-Term names accepted by ``terms=`` (and the ``RefinePose`` service): ``mask``, ``rgb``,
+Term names accepted by ``terms=`` (and the ``RefinePose`` service): the registry's
+(:func:`hp_ros.core.priors.term_names`; ``TERM_NAMES`` here): ``mask``, ``rgb``, ``depth``,
 ``penetration``, ``sliding``, ``smoothness``, ``oscillation``.
 
 Shapes: ``B`` frames of the window (oldest first), ``J`` joints, ``S`` RoI side.
@@ -41,7 +44,7 @@ from __future__ import annotations
 import contextlib
 import math
 import time
-from dataclasses import asdict, dataclass, replace
+from dataclasses import dataclass, replace
 from typing import Dict, List, Optional, Sequence
 
 import numpy as np
@@ -49,70 +52,23 @@ import torch
 
 from hp_ros.core import se3
 from hp_ros.core.camera import Camera, RoI
-from hp_ros.core.losses import mask_l2
-from hp_ros.core.physics import PhysicsWeights, contact_count, max_penetration_depth, physics_loss
-from hp_ros.core.refine_depth import depth_loss, depth_tensor as _depth_tensor, full_resolution_iou, render_mesh
+from hp_ros.core.physics import contact_count, max_penetration_depth
+from hp_ros.core.priors import CorrectionInputs, ImageInputs, Weights, physics_terms, term_names
+from hp_ros.core.refine_depth import depth_tensor as _depth_tensor, full_resolution_iou, render_mesh
 from hp_ros.core.render import Texture, render
 from hp_ros.core.sdf import MeshSDF, signed_distance_world
 
-__all__ = ["TERM_NAMES", "RefineWeights", "RefineConfig", "FrameObservation", "RefineResult", "Refiner",
+__all__ = ["TERM_NAMES", "Weights", "RefineWeights", "RefineConfig", "FrameObservation", "RefineResult", "Refiner",
            "perturb_pose"]
 
-TERM_NAMES = ("mask", "rgb", "depth", "penetration", "sliding", "smoothness", "oscillation")
-# service term name -> RefineWeights fields it switches on
-_TERM_FIELDS = {
-    "mask": ("mask_hand", "mask_object"),
-    "rgb": ("rgb",),
-    "depth": ("depth",),
-    "penetration": ("penetration",),
-    "sliding": ("contact_sliding",),
-    "smoothness": ("object_smoothness", "hand_smoothness"),
-    "oscillation": ("oscillation",),
-}
+# the one weight type (the registry's terms): RefineWeights is its name from before the registry
+RefineWeights = Weights
 
 
-@dataclass
-class RefineWeights:
-    """Loss weights (0 disables a term). Rendering terms are pixel means (unitless, ~ fraction of
-    wrong pixels); physics terms are in m^2 (see :class:`hp_ros.core.physics.PhysicsWeights`)."""
-
-    mask_hand: float = 1.0
-    mask_object: float = 1.0
-    rgb: float = 0.05
-    depth: float = 0.5                   # robust depth term (refine_depth.depth_loss), in [0, 1) per pixel
-    penetration: float = 2.0e3
-    contact_sliding: float = 1.0e2
-    object_smoothness: float = 10.0
-    hand_smoothness: float = 0.0
-    oscillation: float = 10.0
-    calibration_prior: float = 1.0e2     # on the camera->hand correction (|v|^2 m^2 + |w|^2 rad^2)
-    joint_offset_prior: float = 1.0e2    # on the joint offsets (rad^2, summed)
-
-    def __post_init__(self):
-        for k, v in asdict(self).items():
-            if not (isinstance(v, (int, float)) and math.isfinite(v) and v >= 0):
-                raise ValueError(f"RefineWeights.{k} must be a finite number >= 0, got {v!r}")
-
-    def restricted(self, terms: Optional[Sequence[str]]) -> "RefineWeights":
-        """Copy with only the named terms (see :data:`TERM_NAMES`) kept; None or empty = all."""
-        if not terms:
-            return replace(self)
-        unknown = [t for t in terms if t not in _TERM_FIELDS]
-        if unknown:
-            raise ValueError(f"unknown loss term(s) {unknown}; valid terms: {list(TERM_NAMES)}")
-        keep = {f for t in terms for f in _TERM_FIELDS[t]}
-        kw = {f: (getattr(self, f) if f in keep else 0.0) for fs in _TERM_FIELDS.values() for f in fs}
-        return replace(self, **kw)
-
-    def physics(self) -> PhysicsWeights:
-        return PhysicsWeights(penetration=self.penetration, contact_sliding=self.contact_sliding,
-                              object_smoothness=self.object_smoothness, hand_smoothness=self.hand_smoothness,
-                              oscillation=self.oscillation)
-
-    @property
-    def uses_physics(self) -> bool:
-        return any(getattr(self, f) > 0 for f in ("penetration", "contact_sliding", "object_smoothness",
-                                                  "hand_smoothness", "oscillation"))
+def __getattr__(name):
+    if name == "TERM_NAMES":  # derived from the registry when asked (a prior registered later is in it)
+        return term_names()
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 @dataclass
@@ -133,8 +89,8 @@ class RefineConfig:
     early_stop_rel_tol: float = 1.0e-3
     optimize_camera_hand: bool = False
     optimize_joint_offsets: bool = False
-    # coarse search before Adam (robustness to a poor initial pose); 0 disables it
-    num_hypotheses: int = 0
+    # coarse search before Adam (robustness to a poor initial pose); 0 or 1 disables it
+    num_hypotheses: int = 8
     hypothesis_rotation: float = math.radians(25.0)
     hypothesis_translation: float = 0.03
     coarse_size: int = 40              # RoI side used to score hypotheses
@@ -273,18 +229,18 @@ class Refiner:
     Args:
         obj: :class:`hp_ros.core.objects.ObjectModel`.
         hand: :class:`hp_ros.core.hand.HandModel` or None (rendering terms for the object only).
-        config: :class:`RefineConfig`; weights: default :class:`RefineWeights`.
+        config: :class:`RefineConfig`; weights: default :class:`hp_ros.core.priors.Weights`.
         device: torch device of the optimisation (``cpu`` or ``cuda:N``; Warp's SDF on the same
             one); the hand model is moved to it. Results come back on the CPU.
     """
 
     def __init__(self, obj, hand=None, config: Optional[RefineConfig] = None,
-                 weights: Optional[RefineWeights] = None, device="cpu"):
+                 weights: Optional[Weights] = None, device="cpu"):
         self.device = torch.device(device)
         self.obj = obj
         self.hand = hand if hand is None or self.device.type == "cpu" else hand.to(self.device)
         self.config = config or RefineConfig()
-        self.weights = weights or RefineWeights()
+        self.weights = Weights() if weights is None else weights
         # rendered: the mesh simplified to the face budget; the SDF (physics) uses the full mesh
         verts, faces, colors, simplified = render_mesh(obj, self.config.face_budget)
         self.verts, self.faces = verts.to(self.device), faces.to(self.device)
@@ -385,17 +341,20 @@ class Refiner:
         crop["hand_depth"] = torch.where(out.hard_masks[:, 0], out.depth, torch.zeros_like(out.depth))
 
     def _render_terms(self, T_obj, crop, weights, hand_mesh, size):
-        """Rendering terms for poses ``(R, B, 4, 4)`` (R hypotheses) -> (dict of ``(R,)`` tensors,
-        visible object hard mask ``(R B, S, S)``)."""
+        """The registry's image terms for poses ``(R, B, 4, 4)`` (R hypotheses) -> (dict of ``(R,)``
+        tensors, visible object hard mask ``(R B, S, S)``)."""
         R, B = T_obj.shape[:2]
         flat = T_obj.reshape(R * B, 4, 4)
         ov = se3.transform_points(flat, self.verts)
 
-        def rep(x):
-            return None if x is None else x.unsqueeze(0).expand(R, *x.shape).reshape(R * B, *x.shape[1:])
-
-        meshes, colors, oi = [], [], 0
         static = hand_mesh is None and crop.get("hand_depth") is not None
+        available = {name for name, key in (("object_mask", "object"), ("hand_mask", "hand"), ("rgb", "rgb"),
+                                            ("depth", "depth")) if crop.get(key) is not None}
+        if hand_mesh is not None or static:
+            available.add("hand")
+        active = weights.active("image", available)
+        use_rgb = any("rgb" in p.needs for p in active)
+        meshes, colors, oi = [], [], 0
         if hand_mesh is not None:
             hv, hf = hand_mesh
             hv = hv.unsqueeze(0).expand(R, -1, -1, -1).reshape(R * B, -1, 3)
@@ -403,7 +362,6 @@ class Refiner:
             colors.append(None)
             oi = 1
         meshes.append((ov, self.faces))
-        use_rgb = weights.rgb > 0 and crop["rgb"] is not None and crop["object"] is not None
         colors.append(self.colors if use_rgb else None)
         K = crop["K"].unsqueeze(0).expand(R, -1, -1, -1).reshape(R * B, 3, 3)
         out = render(meshes, K, size, colors=colors if use_rgb else None, band=self.config.band)
@@ -413,7 +371,7 @@ class Refiner:
         soft_hand = out.soft_masks[:, 0] if hand_mesh is not None else None
         if static:
             with torch.no_grad():
-                hd = rep(crop["hand_depth"])
+                hd = crop["hand_depth"].unsqueeze(0).expand(R, *crop["hand_depth"].shape).reshape(R * B, size, size)
                 od = out.depth.detach()
                 covered = od > 0
                 # object depth for its soft halo outside the object: its mean visible depth
@@ -427,54 +385,35 @@ class Refiner:
             ren_rgb = None if ren_rgb is None else ren_rgb * keep[:, None]
             soft_hand = hand_vis
 
-        valid = rep(crop["valid"])
-        terms = {}
-        if crop["object"] is not None and weights.mask_object > 0:
-            terms["mask_object"] = mask_l2(soft_obj, rep(crop["object"]), valid).reshape(R, B).mean(1)
-        if soft_hand is not None and crop["hand"] is not None and weights.mask_hand > 0:
-            terms["mask_hand"] = mask_l2(soft_hand, rep(crop["hand"]), valid).reshape(R, B).mean(1)
-        if use_rgb:
-            m = rep(crop["object"])[:, None]                       # (RB, 1, S, S)
-            obs_rgb = rep(crop["rgb"])
-            ren = ren_rgb
-            if self.config.rgb_gain:
-                # per-frame, per-channel gain (closed form, no gradient): lighting-invariant colours
-                with torch.no_grad():
-                    num = (ren * obs_rgb * m).flatten(2).sum(-1)
-                    den = (ren * ren * m).flatten(2).sum(-1).clamp_min(1e-6)
-                    gain = (num / den).clamp(0.3, 3.0)
-                ren = ren * gain[..., None, None]
-            err = ((ren - obs_rgb) ** 2).sum(1, keepdim=True) * m
-            terms["rgb"] = (err.flatten(1).sum(1) / m.flatten(1).sum(1).clamp_min(1.0)).reshape(R, B).mean(1)
-        if crop.get("depth") is not None and weights.depth > 0:
-            hand_obs = None if crop["hand"] is None else rep(crop["hand"])
-            terms["depth"] = depth_loss(out.depth, hard_obj, rep(crop["depth"]), hand_obs,
-                                        self.config.depth_scale).reshape(R, B).mean(1)
+        x = ImageInputs(R=R, B=B, config=self.config, soft_object=soft_obj, hard_object=hard_obj,
+                        soft_hand=soft_hand, rendered_rgb=ren_rgb if use_rgb else None, rendered_depth=out.depth,
+                        object_mask=crop["object"], hand_mask=crop["hand"], rgb=crop["rgb"],
+                        depth=crop.get("depth"), valid=crop["valid"])
+        terms = {p.name: p.fn(x).reshape(R, B).mean(1) for p in active}
         return terms, hard_obj
 
     def _loss(self, T_obj, crop, weights, hand, size, hand_pts=None, xi_hand=None, dq=None):
-        """Total loss ``(R,)`` and unweighted terms (dict of ``(R,)``) for poses ``(R, B, 4, 4)``."""
+        """Total loss ``(R,)`` and unweighted terms (dict of ``(R,)``) for poses ``(R, B, 4, 4)``: the
+        registry's image terms, then its physics terms (with hand points ``hand_pts``), then its
+        priors on the hand corrections ``xi_hand`` / ``dq``, each weighted and added in that order."""
         terms, hard_obj = self._render_terms(T_obj, crop, weights, hand, size)
-        total = sum(getattr(weights, k) * v for k, v in terms.items())
+        total = sum(weights[k] * v for k, v in terms.items())
         R = T_obj.shape[0]
         if hand_pts is not None and weights.uses_physics:
-            pw = weights.physics()
             phys_tot, phys = [], {}
             for r in range(R):
-                t, d = physics_loss(self.sdf, hand_pts, T_obj[r], pw, object_vertices=self.object_samples)
+                t, d, _ = physics_terms(self.sdf, hand_pts, T_obj[r], weights, object_vertices=self.object_samples)
                 phys_tot.append(t)
-                for k in ("penetration", "contact_sliding", "object_smoothness", "oscillation"):
-                    phys.setdefault(k, []).append(d[k])
+                for k, v in d.items():
+                    phys.setdefault(k, []).append(v)
             total = total + torch.stack(phys_tot)
             for k, v in phys.items():
-                if getattr(weights, k) > 0:
-                    terms[k] = torch.stack(v)
-        if xi_hand is not None and weights.calibration_prior > 0:
-            terms["calibration_prior"] = (xi_hand ** 2).sum().expand(R)
-            total = total + weights.calibration_prior * terms["calibration_prior"]
-        if dq is not None and weights.joint_offset_prior > 0:
-            terms["joint_offset_prior"] = (dq ** 2).sum().expand(R)
-            total = total + weights.joint_offset_prior * terms["joint_offset_prior"]
+                terms[k] = torch.stack(v)
+        x = CorrectionInputs(camera_hand=xi_hand, joint_offsets=dq)
+        present = {n for n in ("camera_hand", "joint_offsets") if getattr(x, n) is not None}
+        for p in weights.active("correction", present):
+            terms[p.name] = p.fn(x).expand(R)
+            total = total + weights[p.name] * terms[p.name]
         if not torch.is_tensor(total):
             total = T_obj.new_zeros(R)
         return total, terms, hard_obj
@@ -514,9 +453,8 @@ class Refiner:
         scores = []
         with torch.no_grad():
             for s in range(0, n, 32):
-                tot, _, _ = self._loss(cands[s:s + 32], crop_lo, replace(weights, **{
-                    k: 0.0 for k in ("penetration", "contact_sliding", "object_smoothness", "hand_smoothness",
-                                     "oscillation")}), hand_lo, cfg.coarse_size)
+                tot, _, _ = self._loss(cands[s:s + 32], crop_lo, weights.without("physics"), hand_lo,
+                                       cfg.coarse_size)
                 scores.append(tot)
         order = torch.argsort(torch.cat(scores))
         return cands[order], order
@@ -528,8 +466,7 @@ class Refiner:
         let the deep penetrations of a poor initial pose push the object away from the image
         evidence. Returns best poses, losses ``(R,)``, (hand correction, joint offsets), iterations."""
         cfg = self.config
-        render_only = replace(weights, penetration=0.0, contact_sliding=0.0, object_smoothness=0.0,
-                              hand_smoothness=0.0, oscillation=0.0)
+        render_only = weights.without("physics")
         two_stage = weights.uses_physics and hand_ctx["q"] is not None and cfg.physics_fraction > 0
         n2 = int(round(cfg.physics_fraction * iterations)) if two_stage else 0
         if two_stage and iterations > 0:
@@ -633,7 +570,7 @@ class Refiner:
     # ------------------------------------------------------------------------------ API
     def refine(self, frames: Sequence[FrameObservation], camera: Camera, T_cam_obj_init,
                max_iterations: Optional[int] = None, terms: Optional[Sequence[str]] = None,
-               weights: Optional[RefineWeights] = None, num_hypotheses: Optional[int] = None,
+               weights: Optional[Weights] = None, num_hypotheses: Optional[int] = None,
                candidates=None) -> RefineResult:
         """Refine the object pose of one frame or jointly over a window.
 
@@ -688,7 +625,7 @@ class Refiner:
         iters = cfg.max_iterations if max_iterations is None else int(max_iterations)
         if iters < 0:
             raise ValueError(f"max_iterations must be >= 0, got {iters}")
-        w = (weights or self.weights).restricted(terms)
+        w = (self.weights if weights is None else weights).restricted(terms)
         n_hyp = cfg.num_hypotheses if num_hypotheses is None else int(num_hypotheses)
 
         obs, has_hand, q, T_hand, left, side = self._prepare(frames, camera, T0)
@@ -724,8 +661,7 @@ class Refiner:
             k = min(cfg.top_k, cands.shape[0])
             T_best = cands[:k]
             if k > 1 and cfg.top_k_iterations > 0:
-                w_render = replace(w, penetration=0.0, contact_sliding=0.0, object_smoothness=0.0,
-                                   hand_smoothness=0.0, oscillation=0.0)
+                w_render = w.without("physics")
                 Tk, lk, _, _ = self._adam_stage(T_best, crop, w_render, hand_ctx, cfg.roi_size,
                                                 cfg.top_k_iterations)
                 j = int(torch.argmin(lk))

@@ -21,6 +21,11 @@ from it). /diagnostics reports the buffer as the last request left it (``buffere
 whether the images are subscribed, the messages taken and the images decoded.
 Joint states are interpolated to the frame stamp when a request is served.
 
+Loss terms and weights come from the priors registry (:mod:`hp_ros.core.priors`): ``default_terms``
+and a request's ``terms`` take its term names, and each registered term has a ``weights.<name>``
+parameter with the registry's default; the refinement settings' defaults are the core's
+(``RefineConfig``, ``global_pose``). The parameters: :mod:`hp_ros.nodes.refinement_params`.
+
 Covariance of /hp_ros/refined_pose: a fixed diagonal ``refined_pose_sigma`` (x, y, z in m,
 rotations in rad, parameter) divided by the final object mask IoU squared (clamped to >= 0.1):
 a refinement that explains the observed mask well gets the nominal uncertainty, a poor fit a
@@ -57,8 +62,10 @@ from rclpy.node import Node
 from sensor_msgs.msg import CameraInfo, Image, JointState
 
 from hp_ros import graph
-from hp_ros.core.device import device_error, resolve_device
-from hp_ros.core.refine import TERM_NAMES
+from hp_ros.core.device import resolve_device
+from hp_ros.core import priors
+from hp_ros.core.global_pose import AnswerCheck
+from hp_ros.core.refine import RefineConfig
 from hp_ros.io import msgs, validate
 from hp_ros.nodes.deferred import DeferredReader
 from hp_ros.nodes.buffers import JointStateBuffer
@@ -68,65 +75,12 @@ from hp_ros.nodes.guard import GuardedNode
 from hp_ros.nodes.executor import PoolExecutor
 from hp_ros.nodes.loaders import camera_to_hand_from_param, load_hand, load_object
 from hp_ros.nodes.local_bus import publisher
-from hp_ros.nodes.params import COMMON_PARAMS, declare_parameters, length_in, non_negative, Param, positive, stamp_detector
+from hp_ros.nodes.params import COMMON_PARAMS, declare_parameters, stamp_detector
 from hp_ros.nodes.process import run_node
 from hp_ros.nodes.qos import OUTPUT_QOS
+from hp_ros.nodes.refinement_params import OWN_PARAMS, own_params, weights_from_params  # noqa: F401 (OWN_PARAMS: README)
 
-_TERMS = TERM_NAMES  # the core's loss terms: one list
 MAX_ITERATIONS_LIMIT = 2000
-
-
-def _terms_check(v):
-    bad = [t for t in v if t not in _TERMS]
-    return f"unknown terms {bad}; valid: {list(_TERMS)}" if bad else None
-
-
-OWN_PARAMS = {
-    "buffer_size": Param(30, "number of synchronised frames kept (ring buffer)", positive),
-    "max_frame_age": Param(2.0, "buffered frames older than this [s] behind the newest buffered frame are dropped",
-                           positive),
-    "request_wait": Param(0.5, "longest wait [s] for a requested frame newer than the buffer (its image and "
-                               "masks still on the way) and for the joint states to reach it", non_negative),
-    "sync_tolerance": Param(0.005, "max stamp difference [s] to pair an image with its masks / a request stamp",
-                            non_negative),
-    "max_joint_gap": Param(0.1, "max distance [s] from a frame stamp to the joint states around it", positive),
-    "use_depth": Param(True, "use the aligned depth image: the robust depth term, the start from the depth fit, "
-                             "and the global estimate of a request without an initial pose"),
-    "global_hypotheses": Param(4, "poses around a global estimate's best scored with its candidates", non_negative),
-    "global_iterations": Param(12, "Adam iterations after a global estimate (its depth fit is close already; a "
-                                   "request's max_iterations overrides)", positive),
-    "global_min_iou": Param(0.94, "a global estimate's refined answer with a lower mask IoU (camera resolution) is "
-                                  "rejected: its basin is excluded and the search run again", non_negative),
-    "global_max_penetration_mm": Param(3.0, "a global estimate's refined answer with the hand deeper inside the "
-                                            "object [mm] is rejected (as global_min_iou)", non_negative),
-    "global_attempts": Param(3, "global searches of one request at most (each after a rejected answer); the "
-                                "best-fitting answer is returned", positive),
-    "max_pose_age": Param(2.0, "a request without an initial pose starts from the tracked/refined pose when it is "
-                               "at most this old [s] against the requested frame, else from a global estimate",
-                          positive),
-    "image_linger": Param(1.0, "the colour, depth and mask subscriptions stay open this long [s] after the first "
-                               "camera_info and after each request, and are closed in between (an idle node receives no "
-                               "images; a request then refines the first frame that arrives); negative = always "
-                               "open (a request can refine any frame of the last buffer_size)"),
-    "open_wait": Param(1.0, "longest extra wait [s] of a request that opened the image subscriptions for its first "
-                            "frames (discovery, the segmentation node starting its masks)", non_negative),
-    "max_iterations": Param(30, "default Adam iterations per request", positive),
-    "roi_size": Param(96, "side [px] of the square region around the object that is rendered", positive),
-    "num_hypotheses": Param(8, "poses around the initial one scored before Adam (0 or 1 = no coarse search)",
-                            non_negative),
-    "default_terms": Param(list(_TERMS), "loss terms used when a request names none", _terms_check),
-    "early_stop_patience": Param(10, "stop after this many iterations without improvement (0 = never)",
-                                 non_negative),
-    "optimize_camera_hand": Param(False, "also optimise a camera->hand correction"),
-    "optimize_joint_offsets": Param(False, "also optimise per-joint offsets"),
-    "refined_pose_sigma": Param([0.003, 0.003, 0.003, 0.035, 0.035, 0.035],
-                                "std. dev. of the refined pose [x y z (m) rx ry rz (rad)], divided by the mask IoU",
-                                length_in(6)),
-    "publish_refined_pose": Param(True, "publish every successful result on /hp_ros/refined_pose"),
-    "diagnostics_period": Param(1.0, "period [s] of the /diagnostics status", positive),
-    "device": Param("cpu", "torch and Warp device of the refinement: cpu or cuda[:N] (CUDA asked for but not "
-                           "usable here: one error in the log, then the CPU)", device_error),
-}
 
 
 def frame_for_stamp(stamps: list, want_ns: int, tol_ns: int):
@@ -175,9 +129,9 @@ class RefinementNode(GuardedNode):
     def __init__(self, bus=None):
         super().__init__("refinement_node")
         self.bus = bus  # LocalBus when the graph runs in one process (hp_ros.nodes.graph_process)
-        p = declare_parameters(self, {**COMMON_PARAMS, **OWN_PARAMS})
+        p = declare_parameters(self, {**COMMON_PARAMS, **own_params()})
         self.p = p
-        from hp_ros.core.refine import RefineConfig, Refiner
+        from hp_ros.core.refine import Refiner
 
         self.hand = load_hand(p)
         self.obj = load_object(p)
@@ -190,7 +144,7 @@ class RefinementNode(GuardedNode):
         if self.device.fallback:
             self.get_logger().error(f"device {p['device']!r} is not usable here ({self.device.fallback}): "
                                     f"refining on the CPU")
-        self.refiner = Refiner(self.obj, self.hand, cfg, device=self.device.torch)
+        self.refiner = Refiner(self.obj, self.hand, cfg, weights_from_params(p), device=self.device.torch)
         from hp_ros.core.global_pose import GlobalPoseSearch
         from hp_ros.core.segmentation.model import warm_sdf_grid
 
@@ -510,9 +464,10 @@ class RefinementNode(GuardedNode):
         from hp_ros.core.refine import FrameObservation
 
         terms = list(request.terms) or list(self.p["default_terms"])
-        bad = [t for t in terms if t not in _TERMS]
+        names = priors.term_names()
+        bad = [t for t in terms if t not in names]
         if bad:
-            return self._fail(response, f"unknown term(s) {bad}; valid terms: {list(_TERMS)}")
+            return self._fail(response, f"unknown term(s) {bad}; valid terms: {list(names)}")
         max_it = int(request.max_iterations) or int(self.p["max_iterations"])
         if max_it > MAX_ITERATIONS_LIMIT:
             return self._fail(response, f"max_iterations {max_it} exceeds the limit {MAX_ITERATIONS_LIMIT}")
@@ -619,7 +574,7 @@ class RefinementNode(GuardedNode):
 
         how = ""
         if T0 is None:  # no pose to start from: a checked global estimate from the last frame (global_pose.py)
-            from hp_ros.core.global_pose import AnswerCheck, cold_start
+            from hp_ros.core.global_pose import cold_start
 
             res, found = cold_start(self.refiner, self.global_search, frames, self.camera,
                                     max_iterations=max_it if request.max_iterations else int(self.p["global_iterations"]),

@@ -141,3 +141,17 @@ def test_invalid_parameter_stops_node_with_one_line(ros_env):
     assert res.returncode == 2
     assert "tracking_node: invalid parameters: object_units" in res.stdout
     assert "Traceback" not in res.stdout + res.stderr
+
+
+def test_node_processes_compute_on_one_thread():
+    """A node process (hp_ros.nodes.process.run_nodes) sets torch and OpenCV to one thread each:
+    their pools split small per-frame work over the second core and cost more CPU than they save
+    (checked in a fresh interpreter: the libraries' defaults there are the machine's cores)."""
+    import subprocess
+    import sys
+
+    code = ("import cv2, torch; from hp_ros.nodes.process import _one_compute_thread; "
+            "before = (cv2.getNumThreads(), torch.get_num_threads()); _one_compute_thread(); "
+            "print(before, (cv2.getNumThreads(), torch.get_num_threads()))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=True)
+    assert out.stdout.strip().endswith("(1, 1)"), out.stdout + out.stderr

@@ -27,18 +27,19 @@ def _rgb_to_hsv_pixel(rgb: Sequence[float]) -> np.ndarray:
     return cv2.cvtColor(np.clip(np.round(c), 0, 255).astype(np.uint8), cv2.COLOR_RGB2HSV)[0, 0].astype(np.int32)
 
 
-def _disc_centre(hull: list, cu: float, cv: float, r: float, iterations: int = 30) -> tuple:
+def _disc_centre(hull: list, cu: float, cv: float, r: float, iterations: int = 30, tol: float = 0.01) -> tuple:
     """Move ``(cu, cv)`` towards the points of ``hull`` (``[[u, v], ...]``) until every one lies
-    within ``r`` of it: each step moves onto the circle of radius ``r`` around the farthest point
-    (at most ``iterations`` steps). Plain Python floats: a hull has tens of points, for which
-    numpy's per-call cost dominated (~25 steps per marker)."""
+    within ``r`` (+ ``tol`` px) of it: each step moves onto the circle of radius ``r`` around the
+    farthest point (at most ``iterations`` steps). Plain Python floats: a hull has tens of points,
+    for which numpy's per-call cost dominated; steps below ``tol`` (the zig-zag between two
+    nearly equidistant points, ~25 steps of a marker) are not taken."""
     for _ in range(iterations):
         far, du, dv = -1.0, 0.0, 0.0
         for hu, hv in hull:
             d = math.hypot(hu - cu, hv - cv)
             if d > far:
                 far, du, dv = d, hu - cu, hv - cv
-        if far <= r:
+        if far <= r + tol:
             break
         cu, cv = cu + (far - r) * du / far, cv + (far - r) * dv / far
     return cu, cv
@@ -99,7 +100,9 @@ class FingertipMarkerDetector:
                 # the blob is part of the marker's projected disc (radius r_px) around the tip:
                 # move the FK prediction into the set of centres consistent with every blob
                 # pixel (a partly hidden marker biases a plain centroid)
-                hull = cv2.convexHull(np.argwhere(labels == 1 + j)[:, ::-1].astype(np.float32)).reshape(-1, 2) + (x0, y0)
+                bx, by, bw, bh = (int(x) for x in stats[1 + j, :4])   # the blob's box: no full-window scan
+                pts = np.argwhere(labels[by:by + bh, bx:bx + bw] == 1 + j)[:, ::-1] + (bx, by)
+                hull = cv2.convexHull(pts.astype(np.int32)).reshape(-1, 2) + (x0, y0)
                 c = np.array(_disc_centre(hull.tolist(), float(cu), float(cv), float(r_px)))
             uv[i] = c
             expected = np.pi * r_px ** 2 if np.isfinite(r_px) else areas[j]

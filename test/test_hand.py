@@ -198,6 +198,24 @@ def test_joint_state_mapper_subsets_and_errors(hand64):
         m2.update(["joint_0.0"], [0.0], require_complete=False)
 
 
+def test_joint_state_mapper_repeated_names_are_checked_once_and_still_mapped(hand64):
+    """A driver sends the same names every message: the mapper reuses the last message's checked
+    indices - and still maps a new order, refuses a duplicate or unknown name after valid
+    messages, and takes the cached order again after an error."""
+    m = hand64.joint_state_mapper()
+    names = list(hand64.joint_names)
+    q = np.linspace(-0.2, 0.6, 16)
+    for k in range(3):
+        np.testing.assert_array_equal(m.update(names, q + k), q + k)
+    rev = names[::-1]
+    np.testing.assert_array_equal(m.update(rev, q[::-1]), q)   # another order: mapped by name
+    with pytest.raises(ValueError, match="duplicate joint names"):
+        m.update(rev[:-1] + [rev[0]], q)
+    with pytest.raises(ValueError, match="unknown joint names"):
+        m.update(rev[:-1] + ["wrist"], q)
+    np.testing.assert_array_equal(m.update(rev, q[::-1] + 1.0), q + 1.0)
+
+
 # ----------------------------------------------------------------------------- limits, geometry
 
 def test_joint_limits_and_clamp(hand64):

@@ -184,6 +184,7 @@ class JointStateMapper:
             self._q[:] = init
             self._seen[:] = True
         self._cache: dict = {}
+        self._checked_names = None   # (names tuple, index array) of the last message: drivers repeat them
 
     def index_of(self, name: str) -> Optional[int]:
         """Canonical index of an incoming joint name, or None when it maps to no model joint."""
@@ -214,16 +215,22 @@ class JointStateMapper:
         positions = np.asarray(positions, dtype=float).reshape(-1)
         if len(names) != len(positions):
             raise ValueError(f"JointState has {len(names)} names but {len(positions)} positions")
-        idx = [self.index_of(n) for n in names]
-        unknown = [n for n, i in zip(names, idx) if i is None]
-        if unknown:
-            for n in unknown:  # unknown names are not cached: endless bad names must not grow memory
-                self._cache.pop(n, None)
-            raise ValueError(f"unknown joint names {unknown[:8]}; the hand model has {self.joint_names}"
-                             f" (also accepted: {self.accept} names of the same joints)")
-        dup = {n for n in names if names.count(n) > 1}
-        if dup:
-            raise ValueError(f"duplicate joint names in JointState: {sorted(dup)}")
+        key = tuple(names)
+        if self._checked_names is not None and self._checked_names[0] == key:
+            idx = self._checked_names[1]   # the names of the last message again: already checked
+        else:
+            idx = [self.index_of(n) for n in names]
+            unknown = [n for n, i in zip(names, idx) if i is None]
+            if unknown:
+                for n in unknown:  # unknown names are not cached: endless bad names must not grow memory
+                    self._cache.pop(n, None)
+                raise ValueError(f"unknown joint names {unknown[:8]}; the hand model has {self.joint_names}"
+                                 f" (also accepted: {self.accept} names of the same joints)")
+            if len(set(names)) != len(names):
+                dup = {n for n in names if names.count(n) > 1}
+                raise ValueError(f"duplicate joint names in JointState: {sorted(dup)}")
+            idx = np.asarray(idx, dtype=np.int64)
+            self._checked_names = (key, idx)
         if not np.all(np.isfinite(positions)):
             raise ValueError(f"non-finite joint positions for {[n for n, p in zip(names, positions) if not np.isfinite(p)]}")
         if dry_run:

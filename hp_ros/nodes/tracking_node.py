@@ -50,10 +50,11 @@ from hp_ros.nodes.loaders import camera_to_hand_from_param, load_hand, load_obje
 from hp_ros.nodes.local_bus import publisher, subscribe
 from hp_ros.nodes.guard import GuardedNode
 from hp_ros.nodes.lab_outputs import LabOutputs
-from hp_ros.nodes.params import COMMON_PARAMS, declare_parameters, stamp_detector
+from hp_ros.nodes.params import COMMON_PARAMS, declare_parameters
 from hp_ros.nodes.process import run_node
 from hp_ros.nodes.qos import OUTPUT_QOS, STATE_QOS
 from hp_ros.nodes.refine_client import RefinementClient
+from hp_ros.nodes.tracking_inputs import InputChecks
 from hp_ros.nodes.tracking_params import OWN_PARAMS
 
 # stages of a frame in this node (wall-clock): camera_info delivery, executor queue, waiting for
@@ -78,11 +79,6 @@ class TrackingNode(GuardedNode):
         self.sdf = MeshSDF(self.obj.vertices, self.obj.faces)
         warm_up(self.sdf, self.hand)  # before subscribing: the first query compiles for seconds
         self.errors = self.problems  # refused input, counted in /diagnostics (guard.ProblemLog)
-        self.stamps = stamp_detector(p)  # issue 28: each stream's stamps against its own (see _stamp_ok)
-        self.newest = {"camera_info": 0, "joint_states": 0}  # issue 28: newest accepted stamps
-        self.first_stamp = None          # issue 28: first posed frame (see _after_time_jump)
-        self.last_T = None               # issue 28: last published estimate (a refinement seed)
-        self.jump_seed = None
         self.calib = CameraToHand(self, p["camera_frame"], p["hand_base_frame"], camera_to_hand_from_param(p["camera_to_hand"]))
         # joint states of the last refinement_timeout (+ margin) at 100 Hz: a refinement answer for a
         # frame seconds old re-initialises there and re-predicts through them (4 s were not enough)
@@ -93,6 +89,7 @@ class TrackingNode(GuardedNode):
                                     warn=self.errors.warn, info=self.get_logger().info)
         self.tracker.set_hand_base(self.calib.track)  # a moving hand base through /tf (a static one: set_calibration)
         self.mapper = self.hand.joint_state_mapper()
+        self.checks = InputChecks(self.tracker, self.mapper, self.errors, self.get_logger(), p)  # issue 28
         # joint states (100 Hz) wait in their DDS reader until the tracker runs (hp_ros.nodes.deferred):
         # no executor callback per message; all that arrived are handed over as one batch
         self.joint_reader = DeferredReader(self, bus, JointState, graph.JOINT_STATES, depth=JOINT_READER_DEPTH)
@@ -145,7 +142,7 @@ class TrackingNode(GuardedNode):
         except ValueError as e:
             self.errors.reject(e, "camera_info", "camera_info ignored: ")
             return
-        if not self._stamp_ok("camera_info", intrinsics.stamp_ns):
+        if not self.checks.stamp_ok("camera_info", intrinsics.stamp_ns):
             return
         self.tracker.set_camera(intrinsics.K)
         if intrinsics.distorted:
@@ -171,7 +168,7 @@ class TrackingNode(GuardedNode):
         except (ValueError, TypeError) as e:
             self.errors.reject(e, f"{kind}_observation", f"{kind} observation ignored: ")
             return
-        if not self._stamp_ok(kind, msgs.header_stamp_ns(msg)):
+        if not self.checks.stamp_ok(kind, msgs.header_stamp_ns(msg)):
             return
         self.tracker.add_observation(msgs.header_stamp_ns(msg), kind, obs, time.monotonic())
 
@@ -227,7 +224,8 @@ class TrackingNode(GuardedNode):
         publish what it processed."""
         now = self.last_run = time.monotonic()
         batch = self.joint_reader.take()
-        batch = [(m, i) for m, i in batch if self._joint_ok(m)]  # issue 28: stamps checked first
+        joint_ok = self.checks.joint_ok
+        batch = [(m, i) for m, i in batch if joint_ok(m)]  # issue 28: stamps checked first
         if batch:
             stamps, q = joint_state_arrays([m for m, _ in batch], self.mapper,
                                            lambda text: self.errors.warn("joint_state", text))
@@ -243,11 +241,12 @@ class TrackingNode(GuardedNode):
     # ------------------------------------------------------------------ outputs
     def publish(self, r) -> None:
         """One frame's :class:`FrameResult`: pose and TF (not while LOST unless publish_when_lost), status."""
+        checks = self.checks
         if r.T_cam_obj is not None and r.state == TrackState.TRACKING:  # issue 28: seed and first frame
-            self.last_T, self.jump_seed = r.T_cam_obj, None
-            self.first_stamp = r.stamp if self.first_stamp is None else self.first_stamp
+            checks.last_T, checks.jump_seed = r.T_cam_obj, None
+            checks.first_stamp = r.stamp if checks.first_stamp is None else checks.first_stamp
         if r.state == TrackState.INITIALIZING and self.tracker.pending_init is None:  # issue 26: cold start
-            self.refinement.request(r.stamp, seed=self.jump_seed, global_estimate=self.jump_seed is None)
+            self.refinement.request(r.stamp, seed=checks.jump_seed, global_estimate=checks.jump_seed is None)
         posed = r.T_cam_obj is not None and (r.state != TrackState.LOST or self.p["publish_when_lost"])
         if posed:
             cam = self.p["camera_frame"]
@@ -286,7 +285,7 @@ class TrackingNode(GuardedNode):
         vals = {**self.tracker.counts, "refine_requests": self.refinement.requests}
         vals.update(stage_medians_ms(list(self.stage_times), TRACKER_STAGES))
         vals.update(self.problem_values())
-        vals["stamp_resets"] = self.stamps.resets
+        vals["stamp_resets"] = self.checks.stamps.resets
         if st is not None:
             vals.update(nis=st.nis, covariance_trace=st.covariance_trace, contacts=st.contact_count,
                         latency_ms=round(st.latency_ms, 2))
@@ -295,55 +294,6 @@ class TrackingNode(GuardedNode):
             arr.status.append(diagnostic_status(f"tracking_node: {task}", *check.status(), self.p["object_frame"]))
         self.diag_pub.publish(arr)
 
-
-    # --- issue 28: stamps that make sense (hp_ros.io.stamps), kept apart from the adapter above -----
-    def _stamp_ok(self, stream: str, stamp_ns: int) -> bool:
-        """The stamp fits its stream: a stray is refused (counted); a confirmed jump of the timeline
-        resets the tracker (_after_time_jump); a camera_info must be a new frame (newer than the last)."""
-        v = self.stamps.check(stream, stamp_ns)
-        if not v.accepted:
-            self.errors.warn(f"{stream}_{v.kind}", f"{stream} ignored: {v.text}")
-            return False
-        if v.verdict == "reset":
-            self._after_time_jump(v.text, stamp_ns)
-        if stream in self.newest:
-            if stream == "camera_info" and stamp_ns <= self.newest[stream]:
-                self.errors.warn("camera_info_order", f"camera_info stamped {(stamp_ns - self.newest[stream]) * 1e-9:+.3f}"
-                                 " s from the previous one ignored (not a new frame)")
-                return False
-            if stream == "joint_states" and stamp_ns < self.newest[stream] - 50_000_000:
-                self.errors.warn("joint_states_late", f"joint state {(self.newest[stream] - stamp_ns) * 1e-9:.3f} s "
-                                 "older than the newest (more than 0.05 s late): dropped")
-                return False
-            self.newest[stream] = max(self.newest[stream], stamp_ns)
-        return True
-
-    def _joint_ok(self, msg) -> bool:
-        try:  # content first (finite, as many names as positions, known names), then the stamp
-            names, positions, stamp = msgs.joint_state_to_numpy(msg)
-            self.mapper.update(names, positions, require_complete=False, dry_run=True)
-        except ValueError as e:
-            self.errors.reject(e, "joint_state", "joint state ignored: ")
-            return False
-        return self._stamp_ok("joint_states", stamp)
-
-    def _after_time_jump(self, why: str, new_stamp: int) -> None:
-        """Reset for a confirmed jump to ``new_stamp``. The initial_pose parameter describes the object
-        at the stream's start: re-armed only when the new timeline starts there again (a looping bag);
-        after any other jump it is stale, and the tracker asks the refinement, seeded with its last
-        estimate (or waits for /hp_ros/initial_pose)."""
-        self.tracker.reset(why)
-        if hasattr(self.tracker, "joints"):
-            self.tracker.joints.clear()  # the old timeline's joint states are not a jump back again
-        self.newest = {k: 0 for k in self.newest}
-        jump = int(self.p["max_stamp_jump"] * 1e9)
-        if self.first_stamp is not None and new_stamp <= self.first_stamp + jump and self.tracker.pending_init:
-            self.get_logger().info("the stream restarted at its beginning: initial pose re-armed")
-            return
-        self.tracker.pending_init = None
-        self.jump_seed = self.last_T
-        self.get_logger().info("time jumped: waiting for a refinement (seeded with the last estimate)"
-                               if self.jump_seed is not None else "time jumped: waiting for an initial pose")
 
 
 def main(args=None):

@@ -5,8 +5,9 @@ stray is refused (counted in /diagnostics); a confirmed jump of the timeline res
 (:meth:`InputChecks.after_time_jump`); a camera_info must be a new frame (newer than the last), a
 joint state at most 0.05 s older than the newest (``newest``: the newest accepted stamps).
 
-After a jump the refinement is asked, seeded with the last published estimate: the node's
-``publish`` keeps ``last_T``, ``first_stamp`` and clears ``jump_seed`` here for each TRACKING frame.
+After a jump the refinement is asked, seeded with the last published estimate: the node's outputs
+(:class:`hp_ros.nodes.tracking_outputs.FrameOutputs`) keep ``last_T``, ``first_stamp`` and clear
+``jump_seed`` here for each TRACKING frame.
 """
 from __future__ import annotations
 

@@ -74,11 +74,11 @@ def test_tracker_inputs(trk, data, topic):
     msg = F.INPUTS[topic](F.hypothesis_pick(data.draw), NOW)
     t = trk.tracker
     before = (t.K, trk.calib.T_cam_hand.copy(), sorted(t.frames), t.pending_init, t.counts["resets"],
-              _snapshot_joints(t.joints), dict(trk.newest))
+              _snapshot_joints(t.joints), dict(trk.checks.newest))
     fails = trk.guard.failures
     TRACKER_INPUTS[topic](trk, msg)
     after = (t.K, trk.calib.T_cam_hand, sorted(t.frames), t.pending_init, t.counts["resets"],
-             _snapshot_joints(t.joints), dict(trk.newest))
+             _snapshot_joints(t.joints), dict(trk.checks.newest))
     assert before[0] is after[0] and np.array_equal(before[1], after[1])
     assert before[2:] == after[2:], (topic, msg)
     assert trk.guard.failures == fails and len(trk.problems.counts) < 64

@@ -254,7 +254,7 @@ def test_finding5_reset_mid_stream_does_not_rearm_the_stale_initial_pose(fresh_t
     feed(node, seq, s0 + 2 * 10 ** 9, s0 + 2500 * MS, shift=-1200 * MS)
     assert node.tracker.counts["resets"] == 1, node.tracker.counts
     assert node.tracker.pending_init is None and not (node.tracker.ekf is not None and node.tracker.ekf.initialized), "the stale initial pose was re-armed"
-    assert node.jump_seed is not None  # it asks the refinement, seeded with its last estimate
+    assert node.checks.jump_seed is not None  # it asks the refinement, seeded with its last estimate
 
 
 def test_finding5_bag_loop_resets_and_rearms_the_initial_pose(fresh_tracker):

@@ -9,8 +9,9 @@ Out: /hp_ros/object_pose (PoseWithCovarianceStamped, EKF covariance), /tf (camer
 The per-frame logic - pairing observations with frames by stamp, late observations, the update
 order, the penetration projection, LOST and re-initialisation - is the core's
 :class:`~hp_ros.core.ekf.FrameTracker` (see its module doc). This node turns messages into its
-typed inputs (:mod:`hp_ros.io.observations`), runs it when a camera_info arrives and on a 10 ms
-timer (steady clock) while anything is pending, and publishes each processed frame's result.
+typed inputs (:mod:`hp_ros.io.observations`; stamps checked by :mod:`hp_ros.nodes.tracking_inputs`),
+runs it when a camera_info arrives and on a 10 ms timer (steady clock) while anything is pending,
+and publishes each processed frame's result (:mod:`hp_ros.nodes.tracking_outputs`).
 Joint states and observations have no callback: they wait in DDS readers
 (:class:`~hp_ros.nodes.deferred.DeferredReader`) and each run of the tracker takes all that arrived
 as one batch (without pending frames at least every 0.5 s). A frame waiting only for the joint
@@ -25,41 +26,33 @@ from hp_ros.nodes import exit_quietly_while_loading
 
 exit_quietly_while_loading(__name__)  # before the imports below: they take seconds
 
-import collections
 import functools
 import time
 
-from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus
-from geometry_msgs.msg import PoseStamped, PoseWithCovarianceStamped, TransformStamped
-from hp_ros_msgs.msg import FingertipObservations, ObjectObservation, TrackingStatus
+from geometry_msgs.msg import PoseStamped, PoseWithCovarianceStamped
+from hp_ros_msgs.msg import FingertipObservations, ObjectObservation
 from rclpy.clock import Clock, ClockType
-from rclpy.node import Node
 from sensor_msgs.msg import CameraInfo, JointState
 from std_srvs.srv import Trigger
 
 from hp_ros import graph
-from hp_ros.core.ekf import EKFConfig, FrameTracker, FrameTrackerConfig, TrackState
+from hp_ros.core.ekf import EKFConfig, FrameTracker, FrameTrackerConfig
 from hp_ros.io import msgs, validate
 from hp_ros.io.observations import fingertips_from_msg, object_observation_from_msg
 from hp_ros.nodes.buffers import joint_state_arrays
 from hp_ros.nodes.calibration import CameraToHand
 from hp_ros.nodes.deferred import DeferredReader
-from hp_ros.nodes.diag_checks import FrequencyCheck, TimestampCheck
-from hp_ros.nodes.diagnostics import diagnostic_status, diagnostics_message, stage_medians_ms
 from hp_ros.nodes.loaders import camera_to_hand_from_param, load_hand, load_object, warm_up
-from hp_ros.nodes.local_bus import publisher, subscribe
+from hp_ros.nodes.local_bus import subscribe
 from hp_ros.nodes.guard import GuardedNode
-from hp_ros.nodes.lab_outputs import LabOutputs
-from hp_ros.nodes.params import COMMON_PARAMS, declare_parameters, stamp_detector
+from hp_ros.nodes.params import COMMON_PARAMS, declare_parameters
 from hp_ros.nodes.process import run_node
 from hp_ros.nodes.qos import OUTPUT_QOS, STATE_QOS
 from hp_ros.nodes.refine_client import RefinementClient
+from hp_ros.nodes.tracking_inputs import InputChecks
+from hp_ros.nodes.tracking_outputs import FrameOutputs
 from hp_ros.nodes.tracking_params import OWN_PARAMS
 
-# stages of a frame in this node (wall-clock): camera_info delivery, executor queue, waiting for
-# the frame's observations and joint states (at most pairing_timeout), filter + publishing
-TRACKER_STAGES = (("transport", "sent", "received"), ("executor", "received", "callback"),
-                  ("wait_observations", "callback", "start"), ("filter_publish", "start", "published"))
 JOINTS_IDLE = 0.5  # [s] joint states are taken at least this often
 JOINT_READER_DEPTH = 200  # joint states the DDS reader keeps between two takes (2 s at 100 Hz)
 OBS_READER_DEPTH = 60  # observations of each kind kept between two takes (2 s at 30 Hz)
@@ -78,11 +71,6 @@ class TrackingNode(GuardedNode):
         self.sdf = MeshSDF(self.obj.vertices, self.obj.faces)
         warm_up(self.sdf, self.hand)  # before subscribing: the first query compiles for seconds
         self.errors = self.problems  # refused input, counted in /diagnostics (guard.ProblemLog)
-        self.stamps = stamp_detector(p)  # issue 28: each stream's stamps against its own (see _stamp_ok)
-        self.newest = {"camera_info": 0, "joint_states": 0}  # issue 28: newest accepted stamps
-        self.first_stamp = None          # issue 28: first posed frame (see _after_time_jump)
-        self.last_T = None               # issue 28: last published estimate (a refinement seed)
-        self.jump_seed = None
         self.calib = CameraToHand(self, p["camera_frame"], p["hand_base_frame"], camera_to_hand_from_param(p["camera_to_hand"]))
         # joint states of the last refinement_timeout (+ margin) at 100 Hz: a refinement answer for a
         # frame seconds old re-initialises there and re-predicts through them (4 s were not enough)
@@ -93,21 +81,14 @@ class TrackingNode(GuardedNode):
                                     warn=self.errors.warn, info=self.get_logger().info)
         self.tracker.set_hand_base(self.calib.track)  # a moving hand base through /tf (a static one: set_calibration)
         self.mapper = self.hand.joint_state_mapper()
+        self.checks = InputChecks(self.tracker, self.mapper, self.errors, self.get_logger(), p)  # issue 28
         # joint states (100 Hz) wait in their DDS reader until the tracker runs (hp_ros.nodes.deferred):
         # no executor callback per message; all that arrived are handed over as one batch
         self.joint_reader = DeferredReader(self, bus, JointState, graph.JOINT_STATES, depth=JOINT_READER_DEPTH)
         self.last_run = 0.0  # monotonic time of the last run_tracker
-        self.stage_times = collections.deque(maxlen=300)  # per-frame wall-clock ns stamps, see on_camera_info
-        self.last_status = None
-
-        self.pose_pub = publisher(self, bus, PoseWithCovarianceStamped, graph.TOPICS["object_pose"], OUTPUT_QOS)
-        self.status_pub = publisher(self, bus, TrackingStatus, graph.TOPICS["tracking_status"], OUTPUT_QOS)
-        self.diag_pub = self.create_publisher(DiagnosticArray, "/diagnostics", OUTPUT_QOS)
-        from hp_ros.nodes.tf_out import TfPublisher
-
-        self.tf = TfPublisher(self)
-        self.lab = LabOutputs(self, self.hand, self.obj, self.sdf, p)  # detections, contacts, markers (issue 24)
-        self.rate_check, self.stamp_check = FrequencyCheck(p["expected_rate"]), TimestampCheck(*p["frame_delay_limits"])
+        self.refinement = RefinementClient(self, self.tracker, p, self.errors)
+        # pose, TF, status, the lab outputs and /diagnostics of each processed frame (tracking_outputs)
+        self.outputs = FrameOutputs(self, bus, self.tracker, self.checks, self.refinement, p)
         # every camera_info is a frame to pose: a deep reader queue (small messages), so that a burst
         # (bad messages, a busy executor) does not push frames out before they are taken (issue 28)
         subscribe(self, bus, CameraInfo, graph.CAMERA_TOPICS["color_info"], self.on_camera_info, STATE_QOS)
@@ -127,15 +108,14 @@ class TrackingNode(GuardedNode):
         subscribe(self, bus, PoseStamped, graph.TOPICS["initial_pose"], self.on_initial_pose, OUTPUT_QOS)
         subscribe(self, bus, PoseWithCovarianceStamped, graph.TOPICS["refined_pose"], self.on_refined_pose, OUTPUT_QOS)
         self.create_service(Trigger, graph.SERVICES["reset_tracking"], self.on_reset)
-        self.refinement = RefinementClient(self, self.tracker, p, self.errors)
         # steady clock: pairing budgets are wall time, and a sim clock (use_sim_time) stops with the bag
         steady = Clock(clock_type=ClockType.STEADY_TIME)
         # the 10 ms timer runs only while a frame, a late observation or a refinement waits (_arm_timer)
         self.timer = self.create_timer(0.01, self.on_timer, clock=steady)
         self.timer.cancel()
         self.create_timer(JOINTS_IDLE, self.on_idle, clock=steady)
-        self.create_timer(1.0, self.publish_diagnostics)
-        self.get_logger().info(f"tracking {self.obj.name} (tf via {self.tf.backend}, "
+        self.create_timer(1.0, self.outputs.publish_diagnostics)
+        self.get_logger().info(f"tracking {self.obj.name} (tf via {self.outputs.tf.backend}, "
                                f"calibration {'estimated' if self.cfg.estimate_calibration else 'fixed'})")
 
     # ------------------------------------------------------------------ inputs
@@ -145,7 +125,7 @@ class TrackingNode(GuardedNode):
         except ValueError as e:
             self.errors.reject(e, "camera_info", "camera_info ignored: ")
             return
-        if not self._stamp_ok("camera_info", intrinsics.stamp_ns):
+        if not self.checks.stamp_ok("camera_info", intrinsics.stamp_ns):
             return
         self.tracker.set_camera(intrinsics.K)
         if intrinsics.distorted:
@@ -171,7 +151,7 @@ class TrackingNode(GuardedNode):
         except (ValueError, TypeError) as e:
             self.errors.reject(e, f"{kind}_observation", f"{kind} observation ignored: ")
             return
-        if not self._stamp_ok(kind, msgs.header_stamp_ns(msg)):
+        if not self.checks.stamp_ok(kind, msgs.header_stamp_ns(msg)):
             return
         self.tracker.add_observation(msgs.header_stamp_ns(msg), kind, obs, time.monotonic())
 
@@ -227,7 +207,8 @@ class TrackingNode(GuardedNode):
         publish what it processed."""
         now = self.last_run = time.monotonic()
         batch = self.joint_reader.take()
-        batch = [(m, i) for m, i in batch if self._joint_ok(m)]  # issue 28: stamps checked first
+        joint_ok = self.checks.joint_ok
+        batch = [(m, i) for m, i in batch if joint_ok(m)]  # issue 28: stamps checked first
         if batch:
             stamps, q = joint_state_arrays([m for m, _ in batch], self.mapper,
                                            lambda text: self.errors.warn("joint_state", text))
@@ -236,114 +217,10 @@ class TrackingNode(GuardedNode):
             for msg, _info in reader.take():
                 self.add_observation(kind, msg)
         self.tracker.set_calibration(self.calib.T_cam_hand)
+        publish = self.outputs.publish  # pose, TF, status, lab outputs, refinement requests
         for result in self.tracker.process(now):
-            self.publish(result)
+            publish(result)
         self._arm_timer()
-
-    # ------------------------------------------------------------------ outputs
-    def publish(self, r) -> None:
-        """One frame's :class:`FrameResult`: pose and TF (not while LOST unless publish_when_lost), status."""
-        if r.T_cam_obj is not None and r.state == TrackState.TRACKING:  # issue 28: seed and first frame
-            self.last_T, self.jump_seed = r.T_cam_obj, None
-            self.first_stamp = r.stamp if self.first_stamp is None else self.first_stamp
-        if r.state == TrackState.INITIALIZING and self.tracker.pending_init is None:  # issue 26: cold start
-            self.refinement.request(r.stamp, seed=self.jump_seed, global_estimate=self.jump_seed is None)
-        posed = r.T_cam_obj is not None and (r.state != TrackState.LOST or self.p["publish_when_lost"])
-        if posed:
-            cam = self.p["camera_frame"]
-            self.pose_pub.publish(msgs.make_pose_with_covariance_stamped(r.T_cam_obj, r.covariance, r.stamp, cam,
-                                                                         PoseWithCovarianceStamped))
-            if self.tf.wanted():
-                self.tf.send(msgs.make_transform_stamped(r.T_cam_obj, r.stamp, cam, self.p["object_frame"],
-                                                         TransformStamped))
-        self.lab.publish(r, posed, self.tracker.K)  # only what is subscribed (issue 24)
-        st = TrackingStatus()
-        st.header = msgs.make_header(type(st.header), r.stamp, self.p["camera_frame"])
-        st.state, st.state_name = r.state, TrackState.NAMES[r.state]
-        st.nis, st.nis_gate, st.covariance_trace = r.nis, r.nis_gate, r.covariance_trace
-        st.rejected_updates, st.contact_count = r.rejections, r.contact_count
-        st.latency_ms = (self.get_clock().now().nanoseconds - r.stamp) * 1e-6
-        if posed:
-            self.rate_check.tick()
-            self.stamp_check.tick(st.latency_ms * 1e-3)
-        st.predicted, st.message = bool(r.predicted), r.message
-        self.status_pub.publish(st)
-        self.last_status = st
-        if r.stages is not None:
-            r.stages["published"] = time.time_ns()
-            self.stage_times.append(r.stages)
-        if r.state == TrackState.LOST:
-            self.refinement.request(r.stamp)
-
-    def publish_diagnostics(self) -> None:
-        st = self.last_status
-        if st is None or st.state == TrackState.INITIALIZING:
-            level, message = DiagnosticStatus.WARN, "initialising"
-        elif st.state == TrackState.LOST:
-            level, message = DiagnosticStatus.ERROR, f"lost: {st.message}"
-        else:
-            level, message = DiagnosticStatus.OK, "tracking"
-        vals = {**self.tracker.counts, "refine_requests": self.refinement.requests}
-        vals.update(stage_medians_ms(list(self.stage_times), TRACKER_STAGES))
-        vals.update(self.problem_values())
-        vals["stamp_resets"] = self.stamps.resets
-        if st is not None:
-            vals.update(nis=st.nis, covariance_trace=st.covariance_trace, contacts=st.contact_count,
-                        latency_ms=round(st.latency_ms, 2))
-        arr = diagnostics_message(self, "tracking_node: tracking", level, message, vals, hardware_id=self.p["object_frame"])
-        for task, check in (("pose rate", self.rate_check), ("frame stamps", self.stamp_check)):
-            arr.status.append(diagnostic_status(f"tracking_node: {task}", *check.status(), self.p["object_frame"]))
-        self.diag_pub.publish(arr)
-
-
-    # --- issue 28: stamps that make sense (hp_ros.io.stamps), kept apart from the adapter above -----
-    def _stamp_ok(self, stream: str, stamp_ns: int) -> bool:
-        """The stamp fits its stream: a stray is refused (counted); a confirmed jump of the timeline
-        resets the tracker (_after_time_jump); a camera_info must be a new frame (newer than the last)."""
-        v = self.stamps.check(stream, stamp_ns)
-        if not v.accepted:
-            self.errors.warn(f"{stream}_{v.kind}", f"{stream} ignored: {v.text}")
-            return False
-        if v.verdict == "reset":
-            self._after_time_jump(v.text, stamp_ns)
-        if stream in self.newest:
-            if stream == "camera_info" and stamp_ns <= self.newest[stream]:
-                self.errors.warn("camera_info_order", f"camera_info stamped {(stamp_ns - self.newest[stream]) * 1e-9:+.3f}"
-                                 " s from the previous one ignored (not a new frame)")
-                return False
-            if stream == "joint_states" and stamp_ns < self.newest[stream] - 50_000_000:
-                self.errors.warn("joint_states_late", f"joint state {(self.newest[stream] - stamp_ns) * 1e-9:.3f} s "
-                                 "older than the newest (more than 0.05 s late): dropped")
-                return False
-            self.newest[stream] = max(self.newest[stream], stamp_ns)
-        return True
-
-    def _joint_ok(self, msg) -> bool:
-        try:  # content first (finite, as many names as positions, known names), then the stamp
-            names, positions, stamp = msgs.joint_state_to_numpy(msg)
-            self.mapper.update(names, positions, require_complete=False, dry_run=True)
-        except ValueError as e:
-            self.errors.reject(e, "joint_state", "joint state ignored: ")
-            return False
-        return self._stamp_ok("joint_states", stamp)
-
-    def _after_time_jump(self, why: str, new_stamp: int) -> None:
-        """Reset for a confirmed jump to ``new_stamp``. The initial_pose parameter describes the object
-        at the stream's start: re-armed only when the new timeline starts there again (a looping bag);
-        after any other jump it is stale, and the tracker asks the refinement, seeded with its last
-        estimate (or waits for /hp_ros/initial_pose)."""
-        self.tracker.reset(why)
-        if hasattr(self.tracker, "joints"):
-            self.tracker.joints.clear()  # the old timeline's joint states are not a jump back again
-        self.newest = {k: 0 for k in self.newest}
-        jump = int(self.p["max_stamp_jump"] * 1e9)
-        if self.first_stamp is not None and new_stamp <= self.first_stamp + jump and self.tracker.pending_init:
-            self.get_logger().info("the stream restarted at its beginning: initial pose re-armed")
-            return
-        self.tracker.pending_init = None
-        self.jump_seed = self.last_T
-        self.get_logger().info("time jumped: waiting for a refinement (seeded with the last estimate)"
-                               if self.jump_seed is not None else "time jumped: waiting for an initial pose")
 
 
 def main(args=None):

@@ -31,7 +31,7 @@ from hp_ros.io.observations import fingertips_to_msg, object_observation_to_msg
 from hp_ros.nodes.buffers import JointStateBuffer
 from hp_ros.nodes.calibration import CameraToHand
 from hp_ros.nodes.diagnostics import diagnostics_message, stage_medians_ms
-from hp_ros.nodes.loaders import camera_to_hand_from_param, load_hand, load_object
+from hp_ros.nodes.loaders import camera_to_hand_from_param, load_hand, load_object, warm_up_segmenter
 from hp_ros.nodes.deferred import DeferredReader
 from hp_ros.nodes.guard import GuardedNode, SupervisedWorker
 from hp_ros.nodes.local_bus import publisher, subscribe
@@ -122,7 +122,8 @@ class SegmentationNode(GuardedNode):
         # its last input arrives (no polling period).
         self._cv = threading.Condition()
         self._running = True
-        self._warm_up()  # before subscribing: the first frames must not pay for imports/first calls
+        # before subscribing: the first frames must not pay for imports/first calls
+        warm_up_segmenter(self.hand, self.cfg, self.object_model, self.uses_prior, self.get_logger())
         from rclpy.event_handler import SubscriptionEventCallbacks
         lost = SubscriptionEventCallbacks(message_lost=self._on_images_lost)
         frames_qos = QoSProfile(depth=int(p["image_queue_depth"]), reliability=IMAGE_QOS.reliability,
@@ -239,34 +240,6 @@ class SegmentationNode(GuardedNode):
         if best is None or stamp_ns - best[0] > self.p["prior_max_age"] * 1e9:
             return None
         return best[1], best[2]
-
-    def _warm_up(self) -> None:
-        """Run the segmenter once on a dummy 640x480 frame (torch, rasteriser, aligner first calls
-        take ~1 s; paid here instead of dropping the stream's first frames)."""
-        from hp_ros.core.segmentation.segmenter import Segmenter
-
-        t0 = time.monotonic()
-        try:
-            K = np.array([[600.0, 0.0, 320.0], [0.0, 600.0, 240.0], [0.0, 0.0, 1.0]])
-            seg = Segmenter(K, 640, 480, self.hand, self.cfg, None, object_model=self.object_model)
-            T = np.eye(4)
-            T[2, 3] = 0.5
-            q = np.zeros(len(self.hand.joint_names))
-            T_obj = np.eye(4)
-            T_obj[2, 3] = 0.6
-            depth = np.full((480, 640), 0.6, np.float32)
-            if self.uses_prior:
-                # a depth image that shows the object at the prior, so that the model backend's whole
-                # path (search, ICP, Warp rasteriser) runs now, not on the first real frames: a
-                # first-call stall of ~1 s overflowed the image queue and dropped frames
-                d_obj = seg.model_masker.render(T_obj, (0, 0, 640, 480), 1.0)
-                depth = np.where(np.isfinite(d_obj), d_obj, 0.9).astype(np.float32)
-            for k in range(3 if self.uses_prior else 1):  # the model backend twice, then its fallback
-                seg.segment(np.full((480, 640, 3), 128, np.uint8), depth, q, T, None,
-                            T_cam_obj_prior=T_obj if self.uses_prior and k < 2 else None)
-        except Exception as e:  # noqa: BLE001 - a failed warm-up only costs the first frames' speed
-            self.get_logger().info(f"warm-up skipped: {e}")
-        self.get_logger().info(f"warm-up {time.monotonic() - t0:.2f} s")
 
     def _update_segmenter(self):
         info, self.new_info = self.new_info, None

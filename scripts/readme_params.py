@@ -33,10 +33,10 @@ def _table(title: str, params: dict) -> str:
 
 def render() -> str:
     """The README section from ``START`` up to (not including) ``END``."""
-    from hp_ros.nodes import refinement_node, segmentation_node, tracking_node
+    from hp_ros.nodes import refinement_node, segmentation_params, tracking_node
     from hp_ros.nodes.params import COMMON_PARAMS
 
-    parts = [("All nodes", COMMON_PARAMS), ("segmentation_node", segmentation_node.SEG_PARAMS),
+    parts = [("All nodes", COMMON_PARAMS), ("segmentation_node", segmentation_params.SEG_PARAMS),
              ("tracking_node", tracking_node.OWN_PARAMS), ("refinement_node", refinement_node.OWN_PARAMS)]
     return "\n\n".join(_table(t, p) for t, p in parts) + "\n\n"
 

@@ -11,10 +11,10 @@ pytest.importorskip("rclpy")
 
 
 def _declared():
-    from hp_ros.nodes import refinement_node, segmentation_node, tracking_node
+    from hp_ros.nodes import refinement_node, segmentation_params, tracking_node
     from hp_ros.nodes.params import COMMON_PARAMS
 
-    return {"common": COMMON_PARAMS, "segmentation_node": segmentation_node.SEG_PARAMS,
+    return {"common": COMMON_PARAMS, "segmentation_node": segmentation_params.SEG_PARAMS,
             "tracking_node": tracking_node.OWN_PARAMS, "refinement_node": refinement_node.OWN_PARAMS}
 
 

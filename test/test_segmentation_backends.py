@@ -87,7 +87,7 @@ def test_segmenter_builds_every_registered_backend():
 
 def test_node_parameter_accepts_the_registered_backends(monkeypatch):
     pytest.importorskip("rclpy")
-    from hp_ros.nodes.segmentation_node import SEG_PARAMS
+    from hp_ros.nodes.segmentation_params import SEG_PARAMS
 
     check = SEG_PARAMS["object_backend"].check
     for name in S.OBJECT_BACKENDS:

@@ -22,7 +22,7 @@ from rclpy.node import Node
 from rclpy.qos import QoSProfile
 from sensor_msgs.msg import CameraInfo, Image, JointState
 
-from hp_ros.core.device import device_error, resolve_device
+from hp_ros.core.device import resolve_device
 from hp_ros.core.observation import FingertipObservation
 from hp_ros.graph import CAMERA_TOPICS, JOINT_STATES, TOPICS
 from hp_ros.io import msgs
@@ -31,130 +31,20 @@ from hp_ros.io.observations import fingertips_to_msg, object_observation_to_msg
 from hp_ros.nodes.buffers import JointStateBuffer
 from hp_ros.nodes.calibration import CameraToHand
 from hp_ros.nodes.diagnostics import diagnostics_message, stage_medians_ms
-from hp_ros.nodes.loaders import camera_to_hand_from_param, load_hand, load_object
+from hp_ros.nodes.loaders import camera_to_hand_from_param, load_hand, load_object, warm_up_segmenter
 from hp_ros.nodes.deferred import DeferredReader
 from hp_ros.nodes.guard import GuardedNode, SupervisedWorker
 from hp_ros.nodes.local_bus import publisher, subscribe
-from hp_ros.nodes.params import COMMON_PARAMS, declare_parameters, non_negative, one_of, Param, ParameterError, positive, stamp_detector
+from hp_ros.nodes.params import COMMON_PARAMS, declare_parameters, ParameterError, stamp_detector
 from hp_ros.nodes.process import run_node
 from hp_ros.nodes.qos import IMAGE_QOS, OUTPUT_QOS
+from hp_ros.nodes.segmentation_inputs import SegmentationInputs
+from hp_ros.nodes.segmentation_params import SEG_PARAMS, segmenter_config  # also importable from here
 
 try:  # cv_bridge when importable (a ROS workspace), numpy conversion otherwise
     from cv_bridge import CvBridge
 except ImportError:  # pragma: no cover - depends on the installation
     CvBridge = None
-
-
-def _backend_check(v):
-    from hp_ros.core.segmentation.registry import parse_combination
-    try:
-        parse_combination(v)
-    except ValueError as e:
-        return str(e)
-    return None
-
-
-SEG_PARAMS = {
-    "object_backend": Param("model", "object mask backends: color, depth, external, detectron2, model (the "
-                            "tracker's pose on /hp_ros/object_pose refined against depth), or several joined by '+' "
-                            "(intersection) or '|' (union)", _backend_check),
-    "fallback_backend": Param("color|depth", "object backends of the frames the model backend cannot serve (no "
-                              "tracker pose within prior_max_age: before the first pose, after LOST; or no "
-                              "depth); '' = none", lambda v: None if v == "" else _backend_check(v)),
-    "color_model": Param("hsv", "colour model: hsv (hsv_ranges), histogram (learned from the first confident "
-                         "mask, hsv_ranges bootstrap it when set) or object (histogram of the object_mesh's "
-                         "texture/colours)", one_of("hsv", "histogram", "object")),
-    "object_size": Param(0.0, "expected 3D size (m) of the object mask's component: components more than "
-                         "object_size_tolerance times off are rejected, others ranked by it (0 = off, "
-                         "-1 = the object_mesh's diameter)"),
-    "object_size_tolerance": Param(2.0, "factor beyond which a component's 3D size is implausible (>= 1)", positive),
-    "hsv_ranges": Param([0.0, 100.0, 60.0, 180.0, 255.0, 255.0],
-                        "object HSV boxes, 6 numbers each: h_min s_min v_min h_max s_max v_max (H 0-180); "
-                        "h_min > h_max wraps around red"),
-    "histogram_threshold": Param(0.5, "back-projection threshold (0-1) of the histogram model", positive),
-    "histogram_rate": Param(0.05, "blend rate of later confident masks into the histogram", non_negative),
-    "workspace_box": Param([0.005, -0.15, -0.08, 0.25, 0.15, 0.20],
-                           "depth workspace box x_min y_min z_min x_max y_max z_max (m) in workspace_frame"),
-    "workspace_frame": Param("hand", "frame of workspace_box: hand (hand base) or camera", one_of("hand", "camera")),
-    "color_in_workspace": Param(True, "search colour only inside the projected workspace box"),
-    "hand_dilate_px": Param(0, "hand silhouette dilation (pixels) against residual calibration error", non_negative),
-    "hand_depth_tolerance": Param(0.02, "hand pixels whose depth is this much (m) behind the hand are background",
-                                  positive),
-    "hand_occluder_tolerance": Param(0.006, "hand pixels whose depth is this much (m) in front of the hand are "
-                                     "occluded (the object)", positive),
-    "hand_align_iterations": Param(2, "ICP steps per frame correcting camera->hand against depth (0 = off)",
-                                   non_negative),
-    "hand_align_every": Param(3, "run the camera->hand alignment on every n-th frame (the correction is held "
-                              "between; a calibration error drifts slowly)", positive),
-    "hand_depth_scale": Param(0.5, "resolution factor of the rendered hand depth (0-1]", positive),
-    "hand_margin_px": Param(2, "ring around the visible hand removed from the object mask (pixels)", non_negative),
-    "min_area": Param(100, "smallest object component kept (pixels)", non_negative),
-    "open_px": Param(1, "morphological opening radius of the object mask", non_negative),
-    "close_px": Param(2, "morphological closing radius of the object mask", non_negative),
-    "keep": Param("largest", "component kept: largest or near_prior (nearest the fingertips)",
-                  one_of("largest", "near_prior")),
-    "marker_colors": Param([0.0], "fingertip marker colours, 12 numbers (RGB 0-255 thumb, index, middle, ring); "
-                           "[0.0] = no marker detection"),
-    "marker_radius": Param(0.0144, "fingertip marker sphere radius (m)", positive),
-    "marker_window_px": Param(40, "marker search half-window around the FK fingertip (pixels)", positive),
-    "marker_hue_tolerance": Param(10, "marker hue tolerance (OpenCV hue units, 0-90)", positive),
-    "depth_scale": Param(0.001, "metres per unit of 16UC1 depth", positive),
-    "depth_max_dt": Param(0.02, "max colour/depth stamp difference (s) for pairing", positive),
-    "input_wait": Param(0.3, "longest wait (s) of a colour image for its camera_info, depth and joint states",
-                        positive),
-    "joint_max_gap": Param(0.3, "joint states up to this far (s) from the image stamp are used (held, not "
-                           "extrapolated); farther = no hand mask", positive),
-    "model_margin": Param(0.02, "model backend: search margin (m) around the prior pose (3 x its position "
-                          "sigma when larger)", positive),
-    "model_max_margin": Param(0.04, "model backend: largest search margin (m)", positive),
-    "model_tolerance": Param(0.006, "model backend: depth within this (m) of the fitted model surface is object",
-                             positive),
-    "model_icp_iterations": Param(8, "model backend: robust ICP steps per frame after the coarse search (a fit "
-                                  "without it, from the tracker's pose: at most 4; 0 = coarse search only)",
-                                  non_negative),
-    "model_scale": Param(0.5, "model backend: working resolution factor (0-1]", positive),
-    "model_dilate_px": Param(2, "model backend: silhouette growth (pixels)", non_negative),
-    "model_device": Param("cpu", "model backend: torch and Warp device of the fit's signed-distance grid and "
-                                 "silhouette render: cpu or cuda[:N] (CUDA asked for but not usable here: one "
-                                 "error in the log, then the CPU)", device_error),
-    "prior_max_age": Param(0.5, "model backend: a tracker pose more than this (s) from the image stamp is not "
-                           "used as the prior", positive),
-    "image_queue_depth": Param(5, "reader queue of the colour / depth streams (keep-last): a node that falls behind "
-                               "drops the oldest frames instead of lagging; raise it to segment every frame of "
-                               "a bag (loopback DDS delivers large images in bursts)", positive),
-    "use_depth": Param(True, "subscribe to the aligned depth image"),
-    "latest_only": Param(True, "segment the newest colour image whose inputs are there and drop older waiting "
-                         "ones (live: a node that falls behind catches up instead of working through a backlog; "
-                         "the tracker poses dropped frames from the joint states); false: every image in order"),
-    "external_mask_topic": Param("", "mono8 mask topic for the external backend (same stamps as the images)"),
-    "detectron2_config": Param("", "detectron2 (PointRend) config file for the detectron2 backend"),
-    "detectron2_weights": Param("", "detectron2 weights file"),
-    "publish_overlay": Param(True, "publish the RGB overlay"),
-}
-
-
-def segmenter_config(p: dict, colors: list, device: str = "cpu"):
-    """The core :class:`SegmenterConfig` of the node's parameters ``p`` (also the offline pipeline's,
-    :mod:`hp_ros.tools.offline`); ``colors``: the 12 marker colour numbers or []."""
-    from hp_ros.core.segmentation.segmenter import SegmenterConfig
-
-    return SegmenterConfig(
-        object_backend=p["object_backend"], fallback_backend=p["fallback_backend"],
-        color_model=p["color_model"], hsv_ranges=list(p["hsv_ranges"]),
-        histogram_threshold=p["histogram_threshold"], histogram_rate=p["histogram_rate"],
-        workspace_box=list(p["workspace_box"]), workspace_frame=p["workspace_frame"],
-        color_in_workspace=p["color_in_workspace"], hand_dilate_px=p["hand_dilate_px"],
-        hand_depth_tolerance=p["hand_depth_tolerance"], hand_occluder_tolerance=p["hand_occluder_tolerance"],
-        hand_align_iterations=p["hand_align_iterations"], hand_align_every=p["hand_align_every"],
-        hand_depth_scale=p["hand_depth_scale"],
-        hand_margin_px=p["hand_margin_px"], min_area=p["min_area"], open_px=p["open_px"], close_px=p["close_px"],
-        keep=p["keep"], object_size=p["object_size"], object_size_tolerance=p["object_size_tolerance"],
-        marker_colors=colors, marker_radius=p["marker_radius"],
-        marker_window_px=p["marker_window_px"], marker_hue_tolerance=p["marker_hue_tolerance"],
-        model_margin=p["model_margin"], model_max_margin=p["model_max_margin"],
-        model_tolerance=p["model_tolerance"], model_icp_iterations=p["model_icp_iterations"],
-        model_scale=p["model_scale"], model_dilate_px=p["model_dilate_px"],
-        model_device=device)
 
 
 # stages of a frame in this node (wall-clock): DDS transport (writer's send to reader's receive),
@@ -168,11 +58,7 @@ STAGES = (("transport", "sent", "received"), ("executor", "received", "callback"
           ("segment_cpu", "cpu_start", "cpu_end"), ("publish", "segmented", "published"))
 
 
-# at start-up, how long colour images wait for the first depth image before going without depth [s]
-DEPTH_STARTUP_WAIT = 2.0
-
-
-class SegmentationNode(GuardedNode):
+class SegmentationNode(SegmentationInputs, GuardedNode):
     def __init__(self, bus=None):
         super().__init__("segmentation_node")
         self.bus = bus  # LocalBus when the graph runs in one process (hp_ros.nodes.graph_process)
@@ -233,7 +119,8 @@ class SegmentationNode(GuardedNode):
         # its last input arrives (no polling period).
         self._cv = threading.Condition()
         self._running = True
-        self._warm_up()  # before subscribing: the first frames must not pay for imports/first calls
+        # before subscribing: the first frames must not pay for imports/first calls
+        warm_up_segmenter(self.hand, self.cfg, self.object_model, self.uses_prior, self.get_logger())
         from rclpy.event_handler import SubscriptionEventCallbacks
         lost = SubscriptionEventCallbacks(message_lost=self._on_images_lost)
         frames_qos = QoSProfile(depth=int(p["image_queue_depth"]), reliability=IMAGE_QOS.reliability,
@@ -278,30 +165,6 @@ class SegmentationNode(GuardedNode):
                                f"{'cv_bridge' if self.bridge else 'numpy'} image conversion")
 
     # ------------------------------------------------------------------ inputs
-    def on_info(self, msg):
-        try:
-            info = msgs.camera_info_to_intrinsics(msg, self.p["camera_frame"])
-        except ValueError as e:
-            self.bad.reject(e, "camera_info", "camera_info skipped: ")
-            return
-        if info.distorted:
-            self.bad.warn("camera_distortion", "camera_info has distortion coefficients but no P: the image is used "
-                                               "as if undistorted (subscribe to a rectified image for accuracy)")
-        with self._cv:  # the stamp detector is shared with the worker's joint-state intake
-            if not self._stamp_ok("camera_info", info.stamp_ns):
-                return
-            self.new_info = info   # taken over by the worker thread
-            self._cv.notify()
-
-    def on_depth(self, msg):
-        with self._cv:
-            if not self._image_ok(msg, self._depth_encodings, "depth", self.info or self.new_info) \
-                    or not self._stamp_ok("depth", msgs.header_stamp_ns(msg)):
-                return
-            self.depth_queue.append(msg)
-            self._depth_seen = True
-            self._cv.notify()
-
     def on_external_mask(self, msg):
         with self._cv:
             self.mask_queue.append(msg)
@@ -351,34 +214,6 @@ class SegmentationNode(GuardedNode):
             return None
         return best[1], best[2]
 
-    def _warm_up(self) -> None:
-        """Run the segmenter once on a dummy 640x480 frame (torch, rasteriser, aligner first calls
-        take ~1 s; paid here instead of dropping the stream's first frames)."""
-        from hp_ros.core.segmentation.segmenter import Segmenter
-
-        t0 = time.monotonic()
-        try:
-            K = np.array([[600.0, 0.0, 320.0], [0.0, 600.0, 240.0], [0.0, 0.0, 1.0]])
-            seg = Segmenter(K, 640, 480, self.hand, self.cfg, None, object_model=self.object_model)
-            T = np.eye(4)
-            T[2, 3] = 0.5
-            q = np.zeros(len(self.hand.joint_names))
-            T_obj = np.eye(4)
-            T_obj[2, 3] = 0.6
-            depth = np.full((480, 640), 0.6, np.float32)
-            if self.uses_prior:
-                # a depth image that shows the object at the prior, so that the model backend's whole
-                # path (search, ICP, Warp rasteriser) runs now, not on the first real frames: a
-                # first-call stall of ~1 s overflowed the image queue and dropped frames
-                d_obj = seg.model_masker.render(T_obj, (0, 0, 640, 480), 1.0)
-                depth = np.where(np.isfinite(d_obj), d_obj, 0.9).astype(np.float32)
-            for k in range(3 if self.uses_prior else 1):  # the model backend twice, then its fallback
-                seg.segment(np.full((480, 640, 3), 128, np.uint8), depth, q, T, None,
-                            T_cam_obj_prior=T_obj if self.uses_prior and k < 2 else None)
-        except Exception as e:  # noqa: BLE001 - a failed warm-up only costs the first frames' speed
-            self.get_logger().info(f"warm-up skipped: {e}")
-        self.get_logger().info(f"warm-up {time.monotonic() - t0:.2f} s")
-
     def _update_segmenter(self):
         info, self.new_info = self.new_info, None
         if info is None:
@@ -390,57 +225,10 @@ class SegmentationNode(GuardedNode):
                                        object_model=self.object_model)
         self.info = info
 
-    def on_joints(self, msg):
-        """One joint state into the buffer (called with self._cv held, see _take_joints)."""
-        try:
-            self.joints.add(msg)
-            self._last_joint_wall = time.monotonic()
-        except ValueError as e:
-            self.bad.reject(e, "joint_states", "joint_states skipped: ")
-
-    def _stamp_ok(self, stream: str, stamp_ns: int) -> bool:
-        """The stamp fits its stream (hp_ros.io.stamps); a confirmed jump of the timeline resets the
-        alignment, the priors and the joint states (as a jump seen in the joint states does)."""
-        v = self.stamps.check(stream, stamp_ns)
-        if not v.accepted:
-            self.bad.warn(f"{stream}_{v.kind}", f"{stream} skipped: {v.text}")
-            return False
-        if v.verdict == "reset":
-            with self._cv:
-                self.joints.clear()
-                self.joints.reset_pending = True
-        return True
-
-    def _take_joints(self) -> None:
-        """The joint states received since the last call into the buffer (self._cv held)."""
-        for msg, _info in self.joint_reader.take():
-            self.on_joints(msg)
-
-    def _take_inputs(self) -> None:
-        """camera_info (the newest), depth images and joint states received since the last call
-        (self._cv held: it is re-entrant)."""
-        infos = self.info_reader.take()
-        if infos:
-            self.on_info(infos[-1][0])
-        if self.depth_reader is not None:
-            for msg, _info in self.depth_reader.take():
-                self.on_depth(msg)
-        self._take_joints()
-
     def _to_array(self, msg):
         if self.bridge is not None:
             return self.bridge.imgmsg_to_cv2(msg, desired_encoding="passthrough")
         return msgs.image_to_numpy(msg)
-
-    def _paired(self, queue, stamp_ns):
-        best, best_dt = None, None
-        for m in queue:
-            dt = abs(msgs.header_stamp_ns(m) - stamp_ns)
-            if best_dt is None or dt < best_dt:
-                best, best_dt = m, dt
-        if best is None or best_dt > self.p["depth_max_dt"] * 1e9:
-            return None
-        return best
 
     def _image_ok(self, msg, allowed, kind, info="current") -> bool:
         """Encoding accepted and size as camera_info says (``info``: the intrinsics to check
@@ -516,77 +304,6 @@ class SegmentationNode(GuardedNode):
             self._cv.notify_all()
         self._worker.join(timeout=2.0)
         return super().destroy_node()
-
-    def _next_ready(self):
-        """The colour image to segment next as ``(image msg, depth msg or None, stages)``, removed
-        from the queue; None when nothing is ready. Called with self._cv held.
-
-        ``latest_only`` (live): the newest image whose inputs are complete (or waited long enough);
-        the older ones still waiting are dropped - a node that fell behind catches up at once
-        instead of segmenting a backlog (the tracker poses the dropped frames from the joint
-        states). Otherwise the oldest, in order."""
-        self._take_inputs()
-        self._update_segmenter()
-        if self.segmenter is None:
-            now = time.monotonic()
-            while self.pending and (now - self.pending[0][1] > self.p["input_wait"]
-                                    or len(self.pending) == self.pending.maxlen):
-                self.pending.popleft()
-                self.bad.warn("no_info", "image skipped: no camera_info received for it")
-            return None
-        order = range(len(self.pending) - 1, -1, -1) if self.p["latest_only"] else range(len(self.pending))
-        for i in order:
-            msg, t_arrival, stages = self.pending[i]
-            ready, depth_msg = self._inputs_ready(msg, t_arrival, len(self.pending) - i)
-            if ready:
-                for _ in range(i):  # older than the chosen one: dropped (latest_only) - none otherwise
-                    self.pending.popleft()
-                    self.skipped_behind += 1
-                self.pending.popleft()
-                stages["worker_free"] = max(stages["callback"], self._worker_free_ns)
-                return msg, depth_msg, stages
-            if not self.p["latest_only"]:
-                return None  # keep the order: wait for the oldest
-        return None
-
-    def _inputs_ready(self, msg, t_arrival, waiting_behind: int):
-        """``(ready, depth msg or None)`` of one waiting colour image: its joint states, depth and
-        the camera->hand transform are there, or it waited ``input_wait``, or the queue is full.
-        Called with self._cv held."""
-        stamp = msgs.header_stamp_ns(msg)
-        now = time.monotonic()
-        waited = now - t_arrival > self.p["input_wait"]
-        full = len(self.pending) == self.pending.maxlen
-        if not full and not waited and self.cam_hand.T_cam_hand is None:
-            return False, None  # /tf_static may still come (start-up)
-        # wait for the joint states to reach the image while they are flowing - and at start-up,
-        # for the first input_wait after the first image, for the first ones (the stream's first
-        # images must not go out without a hand mask because they won a race)
-        joints_flowing = now - self._last_joint_wall <= self.p["input_wait"] or (
-            self._last_joint_wall < 0 and now - self._first_image_wall <= self.p["input_wait"])
-        if not full and joints_flowing and not self._joints_cover(stamp):
-            return False, None
-        depth_msg = None
-        if self.p["use_depth"]:
-            depth_msg = self._paired(self.depth_queue, stamp)
-            if depth_msg is None and not self._depth_seen and now - self._first_image_wall < DEPTH_STARTUP_WAIT:
-                # no depth stream yet (its reader can match after the colour one's): the first
-                # observations must not be colour-only - one wrong centroid while the tracker's
-                # initial covariance is wide moved it 2 cm and lost the track (1 demo run in ~35)
-                return False, None
-            newer_depth = any(msgs.header_stamp_ns(d) > stamp + self.p["depth_max_dt"] * 1e9
-                              for d in self.depth_queue)
-            # in order (latest_only false) a frame without depth must not hold up those behind it;
-            # newest first, an older frame is taken only when its own depth is lost or late
-            behind = not self.p["latest_only"] and (waiting_behind > 1 or full)
-            if depth_msg is None and not (newer_depth or waited or behind):
-                return False, None  # its depth may still come
-        return True, depth_msg
-
-    def _joints_cover(self, stamp_ns) -> bool:
-        """Joint states reach this stamp (a message at or after it, or within one message period)."""
-        latest = self.joints.latest()  # self._cv held by the caller
-        return latest is not None and latest[0] >= stamp_ns - self.p["depth_max_dt"] * 1e9
 
     def _process(self, msg, dmsg, stages=None):
         from hp_ros.core.segmentation.image import COLOR_ENCODINGS, DEPTH_ENCODINGS, depth_to_metres, overlay, to_rgb

@@ -67,7 +67,7 @@ def node_parameters(node: str, params_file=None, overrides: Optional[dict] = Non
     from hp_ros.nodes.params import COMMON_PARAMS
 
     if node == "segmentation_node":
-        from hp_ros.nodes.segmentation_node import SEG_PARAMS as own
+        from hp_ros.nodes.segmentation_params import SEG_PARAMS as own
     elif node == "tracking_node":
         from hp_ros.nodes.tracking_params import OWN_PARAMS as own
     else:
@@ -137,7 +137,7 @@ class _Pipeline:
         from hp_ros.core.sdf import MeshSDF
         from hp_ros.nodes.buffers import JointStateBuffer
         from hp_ros.nodes.loaders import camera_to_hand_from_param, load_hand, load_object
-        from hp_ros.nodes.segmentation_node import segmenter_config
+        from hp_ros.nodes.segmentation_params import segmenter_config
         from hp_ros.nodes.tracking_params import OWN_PARAMS
 
         self.seg_p, self.trk_p = seg_p, trk_p

@@ -78,15 +78,19 @@ def test_replay_delivers_everything_in_order_at_rate(tmp_path, ros_node, start_p
     img = M.image_to_numpy(got[B.TOPIC_COLOR_IMAGE][3][2])
     assert img.shape == (480, 640, 3) and np.all(img == 3)
 
-    # rate: spacing of arrivals vs recorded spacing / rate, over the whole sequence (±10 %)
+    # rate: the slope of arrival time against recorded time / rate, over every message (1 when the
+    # replay keeps the rate; a replay at the wrong rate - 1x for 2x, or as fast as it can - is off by
+    # 50 % or more). A least-squares slope, not the first-to-last span: on a loaded 2-core machine one
+    # late message at either end of the 0.6 s sequence moved the span by more than 10 % (CI reruns)
     arrivals = sorted((t_recv, stamp) for v in got.values() for t_recv, stamp, _ in v)
-    wall_span = arrivals[-1][0] - arrivals[0][0]
-    bag_span = (arrivals[-1][1] - arrivals[0][1]) * 1e-9 / rate
-    assert wall_span == pytest.approx(bag_span, rel=0.10)
+    t_arr = np.array([a for a, _ in arrivals])
+    s_arr = np.array([b for _, b in arrivals], dtype=np.float64) * 1e-9 / rate
+    slope = np.polyfit(s_arr - s_arr[0], t_arr - t_arr[0], 1)[0]
+    assert slope == pytest.approx(1.0, rel=0.2), slope
     # and per image: arrival time of each image against its recorded offset
     t_img = np.array([t for t, _, _ in got[B.TOPIC_COLOR_IMAGE]])
     s_img = (np.array(stamps[B.TOPIC_COLOR_IMAGE]) - T0) * 1e-9 / rate
-    np.testing.assert_allclose(t_img - t_img[0], s_img - s_img[0], atol=0.1 * s_img[-1])
+    np.testing.assert_allclose(t_img - t_img[0], s_img - s_img[0], atol=0.2 * s_img[-1])
 
     # /clock: bag time, monotonic, inside the bag's span
     assert len(clock) >= n_ticks, f"only {len(clock)} /clock messages: {proc.log_text()}"

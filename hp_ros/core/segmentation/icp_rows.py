@@ -39,6 +39,23 @@ def _pose_r(f: wp.array(dtype=wp.float64)):
     return wp.mat33d(f[0], f[1], f[2], f[3], f[4], f[5], f[6], f[7], f[8])
 
 
+@wp.func
+def _pose_t(f: wp.array(dtype=wp.float64)):
+    return wp.vec3d(f[9], f[10], f[11])
+
+
+@wp.func
+def _keep_row(J: wp.array2d(dtype=wp.float64), r: wp.array(dtype=wp.float64), ok: wp.array(dtype=wp.int32),
+              k: int, x: wp.vec3d, m: wp.vec3d, residual: wp.float64):
+    """Row ``k``: ``J = [m, x x m]``, ``r = residual``, kept."""
+    xm = wp.cross(x, m)
+    for a in range(3):
+        J[k, a] = m[a]
+        J[k, 3 + a] = xm[a]
+    r[k] = residual
+    ok[k] = 1
+
+
 @wp.kernel
 def _point_rows(points: wp.array(dtype=wp.vec3d), fparams: wp.array(dtype=wp.float64),
                 iparams: wp.array(dtype=wp.int32), field: wp.array2d(dtype=wp.float32), lo: wp.vec3d,
@@ -50,7 +67,7 @@ def _point_rows(points: wp.array(dtype=wp.vec3d), fparams: wp.array(dtype=wp.flo
     if i >= iparams[0]:
         return
     R = _pose_r(fparams)
-    t = wp.vec3d(fparams[9], fparams[10], fparams[11])
+    t = _pose_t(fparams)
     p = points[i]
     c = (wp.transpose(R) @ (p - t) - lo) * inv_voxel
     for a in range(3):   # outside the grid: +inf, never kept
@@ -75,16 +92,7 @@ def _point_rows(points: wp.array(dtype=wp.vec3d), fparams: wp.array(dtype=wp.flo
     n = R @ g
     if wp.abs(s) >= fparams[_F_GATE] or (iparams[2] != 0 and wp.dot(n, p) >= wp.float64(0.0)):
         return
-    m = -n
-    x = wp.cross(p, m)
-    J[k, 0] = m[0]
-    J[k, 1] = m[1]
-    J[k, 2] = m[2]
-    J[k, 3] = x[0]
-    J[k, 4] = x[1]
-    J[k, 5] = x[2]
-    r[k] = s
-    ok[k] = 1
+    _keep_row(J, r, ok, k, p, -n, s)
 
 
 @wp.kernel
@@ -98,7 +106,7 @@ def _sample_rows(samples: wp.array(dtype=wp.vec3d), normals: wp.array(dtype=wp.v
     if j >= iparams[0]:
         return
     R = _pose_r(fparams)
-    q = R @ samples[j] + wp.vec3d(fparams[9], fparams[10], fparams[11])
+    q = R @ samples[j] + _pose_t(fparams)
     m = R @ normals[j]
     z = q[2]
     if wp.dot(m, q) >= wp.float64(0.0) or z <= wp.float64(0.02):
@@ -118,15 +126,7 @@ def _sample_rows(samples: wp.array(dtype=wp.vec3d), normals: wp.array(dtype=wp.v
             return
     if not (d > wp.float64(0.0)) or wp.abs(d - z) >= fparams[_F_GATE]:
         return
-    x = wp.cross(q, m)
-    J[k, 0] = m[0]
-    J[k, 1] = m[1]
-    J[k, 2] = m[2]
-    J[k, 3] = x[0]
-    J[k, 4] = x[1]
-    J[k, 5] = x[2]
-    r[k] = wp.dot(q, m) * (wp.float64(1.0) - d / z)
-    ok[k] = 1
+    _keep_row(J, r, ok, k, q, m, wp.dot(q, m) * (wp.float64(1.0) - d / z))
 
 
 class IcpRows:

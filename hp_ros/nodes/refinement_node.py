@@ -425,8 +425,6 @@ class RefinementNode(GuardedNode):
             self.busy = False
             wall = time.monotonic() - self._serving_since
             self._typical_s = max(1.0, wall)
-            wall = time.monotonic() - self._serving_since
-            self._typical_s = max(1.0, wall)
             if response.success:  # answers; failures (no frames yet, bad requests) take milliseconds
                 self.served.append((wall, time.thread_time() - cpu0))
             if self.images_on_demand:  # the linger counts from the answer

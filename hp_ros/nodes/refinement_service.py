@@ -71,6 +71,7 @@ class RefinePoseService:
     :class:`hp_ros.nodes.refinement_inputs.RefinementInputs`."""
 
     def _start_serving(self) -> None:
+        """The serving state: one request refined at a time, the figures of the last ones."""
         self._serving = threading.Lock()  # one refinement at a time; others are answered "busy"
         self._serving_since = 0.0
         self._typical_s = 5.0             # duration of the last refinement [s] (retry hint)

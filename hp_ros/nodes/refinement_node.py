@@ -93,8 +93,7 @@ from hp_ros.nodes.refinement_params import OWN_PARAMS, own_params, weights_from_
 MAX_ITERATIONS_LIMIT = 2000
 # how a failure answer's message starts when the node has no camera_info or frame yet (the client asks
 # again, quietly), and when every global search's answer failed the acceptance check (AnswerCheck)
-NOT_READY = "not ready:"
-REJECTED = "rejected:"
+NOT_READY, REJECTED = graph.REFINE_NOT_READY, graph.REFINE_REJECTED
 
 
 def frame_for_stamp(stamps: list, want_ns: int, tol_ns: int):
@@ -424,7 +423,7 @@ class RefinementNode(GuardedNode):
             self.counts["answered_busy"] += 1
             elapsed = time.monotonic() - self._serving_since
             response.success = False
-            response.message = (f"busy: another refine_pose request is being served ({elapsed:.1f} s so far); "
+            response.message = (f"{graph.REFINE_BUSY} another refine_pose request is being served ({elapsed:.1f} s so far); "
                                 f"retry in about {max(1.0, self._typical_s - elapsed):.0f} s")
             return response
         self.busy = True

@@ -178,7 +178,8 @@ class RefinementNode(GuardedNode):
         self.tracked_pose = None   # (stamp_ns, T) from the tracker
         self.refined = None        # (stamp_ns, T) last result
         self.busy = False
-        self.counts = {"requests": 0, "succeeded": 0, "failed": 0, "rejected": 0, "not_ready": 0, "answered_busy": 0, "frames_dropped": 0}
+        self.counts = {"requests": 0, "succeeded": 0, "failed": 0, "rejected": 0, "not_ready": 0, "answered_busy": 0,
+                       "frames_dropped": 0}
         self.joints = JointStateBuffer(self.hand.joint_state_mapper(), stamps=self.stamps)
         self.cam_to_hand = CameraToHand(self, p["camera_frame"], p["hand_base_frame"],
                                         camera_to_hand_from_param(p["camera_to_hand"]))
@@ -423,8 +424,8 @@ class RefinementNode(GuardedNode):
             self.counts["answered_busy"] += 1
             elapsed = time.monotonic() - self._serving_since
             response.success = False
-            response.message = (f"{graph.REFINE_BUSY} another refine_pose request is being served ({elapsed:.1f} s so far); "
-                                f"retry in about {max(1.0, self._typical_s - elapsed):.0f} s")
+            response.message = (f"{graph.REFINE_BUSY} another refine_pose request is being served ({elapsed:.1f} s so "
+                                f"far); retry in about {max(1.0, self._typical_s - elapsed):.0f} s")
             return response
         self.busy = True
         self._not_ready = False  # set by _fail(not_ready=True): a refusal before the first frame (logged at INFO)
@@ -654,8 +655,8 @@ class RefinementNode(GuardedNode):
         # re-initialise from it (its pose stays in the response, for a user's inspection)
         response.success = not rejection
         substituted = want != 0 and abs(use[-1] - want) > tol
-        response.message = (f"{rejection}{how}refined {len(use)} frame(s) in {res.iterations} iterations, {res.elapsed_s:.2f} s, "
-                            f"mask IoU {iou:.3f}"
+        response.message = (f"{rejection}{how}refined {len(use)} frame(s) in {res.iterations} iterations, "
+                            f"{res.elapsed_s:.2f} s, mask IoU {iou:.3f}"
                             + (f"; frame {use[-1]} instead of {want} ("
                                + ("it went by before the images were subscribed" if passed else "not segmented") + ")"
                                if substituted else "") + (f"; hand not used: {no_hand}" if no_hand else ""))

@@ -42,6 +42,11 @@ SERVICES = {
     "reset_tracking": f"/{NAMESPACE}/reset_tracking",        # std_srvs/srv/Trigger
 }
 
+# how refine_pose's failure messages start, for a client to tell them apart: the node has no
+# camera_info or frame yet, or is serving another request (ask again soon, quietly); every global
+# search's answer failed the acceptance check (the best-fitting pose is still in the response)
+REFINE_NOT_READY, REFINE_BUSY, REFINE_REJECTED = "not ready:", "busy:", "rejected:"
+
 
 @dataclass
 class NodeSpec:

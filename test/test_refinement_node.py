@@ -303,3 +303,66 @@ def test_idle_node_receives_no_images_and_subscribes_for_a_request(ros_node, sta
     # ... and the node unsubscribes again once the linger has passed
     assert spin_until(ros_node, lambda: status().get("images_subscribed") == "0" and readers() == [0, 0], 30), \
         (status(), readers())
+
+
+def test_an_early_global_request_waits_for_the_first_frame_and_a_rejected_answer_fails(ros_node, start_process, seq):
+    """Issue 26, the cold start at graph start-up. The tracker's first request (no initial pose: a
+    global estimate) comes before the node has camera_info or a frame: it waits for the first frame
+    with its depth (``first_frame_wait``) and is served then, not refused. A global estimate whose
+    every answer fails the acceptance check (here ``global_min_iou`` above 1: none can pass) is a
+    failure, ``rejected: ...``, with the best-fitting pose still in the response; it is not published
+    on /hp_ros/refined_pose (the tracker would re-initialise from it)."""
+    from diagnostic_msgs.msg import DiagnosticArray
+    from geometry_msgs.msg import PoseWithCovarianceStamped
+    from hp_ros_msgs.srv import RefinePose
+    from rclpy.qos import QoSProfile, ReliabilityPolicy
+    from sensor_msgs.msg import CameraInfo, Image
+
+    from rostest_utils import spin_until
+
+    proc = _start_node(start_process, seq, "image_linger:=-1.0", "first_frame_wait:=300.0", "global_min_iou:=1.01",
+                       "global_attempts:=1")
+    qos = QoSProfile(depth=10, reliability=ReliabilityPolicy.RELIABLE)
+    pubs = {"info": ros_node.create_publisher(CameraInfo, graph.CAMERA_TOPICS["color_info"], qos),
+            "image": ros_node.create_publisher(Image, graph.CAMERA_TOPICS["color_image"], qos),
+            "object_mask": ros_node.create_publisher(Image, graph.TOPICS["object_mask"], qos),
+            "hand_mask": ros_node.create_publisher(Image, graph.TOPICS["hand_mask"], qos),
+            "depth": ros_node.create_publisher(Image, graph.CAMERA_TOPICS["depth_image"], qos)}
+    refined, diags = [], []
+    ros_node.create_subscription(PoseWithCovarianceStamped, graph.TOPICS["refined_pose"], refined.append, qos)
+    ros_node.create_subscription(DiagnosticArray, "/diagnostics", diags.append, qos)
+
+    def status():
+        return {kv.key: kv.value for kv in diags[-1].status[0].values} if diags else {}
+
+    client = ros_node.create_client(RefinePose, graph.SERVICES["refine_pose"])
+    assert spin_until(ros_node, client.service_is_ready, 60), proc.log_text()
+    fut = client.call_async(RefinePose.Request())  # stamp 0, no initial pose: a global estimate
+    # the request is taken and waits: nothing has been published yet
+    assert spin_until(ros_node, lambda: status().get("busy") == "1" or fut.done(), 60), (status(), proc.log_text())
+    assert not fut.done(), fut.result().message
+
+    k = 3
+    stamp = int(seq.frame_stamps_ns[k])
+    for _ in range(300):  # the same frame again until answered (discovery may lose the first samples)
+        pubs["info"].publish(M.make_camera_info(seq.K, seq.width, seq.height, CameraInfo, stamp_ns=stamp))
+        pubs["image"].publish(M.numpy_to_image(seq.rgb[k], "rgb8", stamp, graph.CAMERA_FRAME, Image))
+        for kind in ("object_mask", "hand_mask"):
+            mask = getattr(seq, kind)[k].astype(np.uint8) * 255
+            pubs[kind].publish(M.numpy_to_image(mask, "mono8", stamp, graph.CAMERA_FRAME, Image))
+        pubs["depth"].publish(M.numpy_to_image(seq.depth_mm[k], "16UC1", stamp, graph.CAMERA_FRAME, Image))
+        if spin_until(ros_node, fut.done, 1.0):
+            break
+    assert fut.done(), (status(), proc.log_text())
+    res = fut.result()
+    assert not res.success and res.message.startswith("rejected:"), res.message
+    assert "mask IoU" in res.message and "1.01" in res.message and "global estimate" in res.message, res.message
+    # the best-fitting pose is in the response, of the frame, with its metrics
+    assert M.header_stamp_ns(res.pose) == stamp and res.iterations >= 1 and 0.0 < res.mask_iou <= 1.0, res
+    pts = ObjectModel.builtin("cracker_box").vertices.double().numpy()
+    adds = metrics.add_s(seq.T_cam_obj[k][None], M.pose_to_matrix(res.pose)[None], pts)[0]
+    assert adds < 0.02, (adds, res.message)
+    # counted as rejected, not as a success, and not published
+    assert spin_until(ros_node, lambda: status().get("rejected") == "1", 30), status()
+    assert status()["succeeded"] == "0" and not refined, (status(), len(refined))
+    assert proc.alive(), proc.log_text()

@@ -90,7 +90,8 @@ class RefinementNode(RefinementInputs, RefinePoseService, GuardedNode):
         self.stamps = stamp_detector(p)  # each stream's stamps against its own recent ones
         self._start_serving()
         self.lock = threading.Lock()
-        self.counts = {"requests": 0, "succeeded": 0, "failed": 0, "answered_busy": 0, "frames_dropped": 0}
+        self.counts = {"requests": 0, "succeeded": 0, "failed": 0, "rejected": 0, "not_ready": 0, "answered_busy": 0,
+                       "frames_dropped": 0}
         self.cam_to_hand = CameraToHand(self, p["camera_frame"], p["hand_base_frame"],
                                         camera_to_hand_from_param(p["camera_to_hand"]))
         self._start_inputs(bus, p)  # the frame buffer and the deferred readers; the images subscribed

@@ -81,6 +81,10 @@ _BASE_PARAMS = {
                                "open (a request can refine any frame of the last buffer_size)"),
     "open_wait": Param(1.0, "longest extra wait [s] of a request that opened the image subscriptions for its first "
                             "frames (discovery, the segmentation node starting its masks)", non_negative),
+    "first_frame_wait": Param(5.0, "longest wait [s] of a request that finds no camera_info or no synchronised frame "
+                                   "yet (the cold start's first request at graph start-up): it is served as soon as "
+                                   "the first frame (with depth, for a global estimate) is buffered, else answered "
+                                   "'not ready:'", non_negative),
     "max_iterations": Param(_CORE.max_iterations, "default Adam iterations per request", positive),
     "roi_size": Param(_CORE.roi_size, "side [px] of the square region around the object that is rendered", positive),
     "num_hypotheses": Param(_CORE.num_hypotheses, "poses around the initial one scored before Adam (0 or 1 = no "

@@ -5,6 +5,15 @@ the refinement (or the cold start's checked global estimate) and the answer buil
 
 A request that cannot be served is answered ``success = False`` with the reason: each step raises
 :class:`Refused` with that text, so the steps stay short and the answer is written in one place.
+
+Answers that are not a pose to use: a request that finds no camera_info or no synchronised frame
+(the cold start's first, at graph start-up) waits up to ``first_frame_wait`` for the first frame and
+is served then; after that it is answered ``success = False``, ``not ready: ...`` (logged at INFO,
+throttled). A global estimate whose every search's answer failed the acceptance check
+(:class:`hp_ros.core.global_pose.AnswerCheck`: ``global_min_iou``, ``global_max_penetration_mm``) is
+answered ``success = False``, ``rejected: best mask IoU 0.870 < 0.94 after 3 global search(es) ...``,
+with the best-fitting pose and its metrics still in the response; it is not published on
+/hp_ros/refined_pose and not kept as the next request's start.
 """
 from __future__ import annotations
 
@@ -19,11 +28,15 @@ import numpy as np
 from geometry_msgs.msg import PoseStamped, PoseWithCovarianceStamped
 from rclpy.qos import HistoryPolicy, QoSProfile, ReliabilityPolicy
 
+from hp_ros import graph
 from hp_ros.core import priors
 from hp_ros.core.global_pose import AnswerCheck
 from hp_ros.io import msgs
 
 MAX_ITERATIONS_LIMIT = 2000
+# how a failure answer's message starts when the node has no camera_info or frame yet (the client asks
+# again, quietly), and when every global search's answer failed the acceptance check (AnswerCheck)
+NOT_READY, REJECTED = graph.REFINE_NOT_READY, graph.REFINE_REJECTED
 # requests of one burst the service's reader keeps until the executor takes them (the rmw default is
 # 10: of 20 concurrent requests 9 were lost and never answered); each is answered, "busy" at once
 # while another is refined. 64 lost 12-16 of test_fuzz_graph's 100 requests (5 batches of 20 during a
@@ -55,7 +68,12 @@ def frame_for_stamp(stamps: list, want_ns: int, tol_ns: int):
 
 
 class Refused(Exception):
-    """A request that is answered ``success = False`` with this text."""
+    """A request that is answered ``success = False`` with this text (``not_ready``: the node has no
+    camera_info or frame yet; the message then starts ``not ready:``)."""
+
+    def __init__(self, text: str, not_ready: bool = False):
+        super().__init__(text)
+        self.not_ready = not_ready
 
 
 class FrameWindow(NamedTuple):
@@ -85,10 +103,12 @@ class RefinePoseService:
             self.counts["answered_busy"] += 1
             elapsed = time.monotonic() - self._serving_since
             response.success = False
-            response.message = (f"busy: another refine_pose request is being served ({elapsed:.1f} s so far); "
-                                f"retry in about {max(1.0, self._typical_s - elapsed):.0f} s")
+            response.message = (f"{graph.REFINE_BUSY} another refine_pose request is being served ({elapsed:.1f} s so "
+                                f"far); retry in about {max(1.0, self._typical_s - elapsed):.0f} s")
             return response
         self.busy = True
+        self._not_ready = False  # set by _fail(not_ready=True): a refusal before the first frame (logged at INFO)
+        self._ran = False        # a refinement ran (its wall time counts, also for a rejected answer)
         self._serving_since = time.monotonic()
         cpu0 = time.thread_time()  # the request's own CPU time (torch runs one thread here): survives load
         try:
@@ -100,13 +120,16 @@ class RefinePoseService:
             self.busy = False
             wall = time.monotonic() - self._serving_since
             self._typical_s = max(1.0, wall)
-            if response.success:  # answers; failures (no frames yet, bad requests) take milliseconds
+            if self._ran:  # answers, rejected ones too; refusals (no frames yet, bad requests) take no refinement
                 self.served.append((wall, time.thread_time() - cpu0))
             if self.images_on_demand:  # the linger counts from the answer
                 self._images_until = time.monotonic() + float(self.p["image_linger"])
             self._serving.release()
-        self.counts["succeeded" if response.success else "failed"] += 1
-        if not response.success:
+        self.counts["succeeded" if response.success else "not_ready" if self._not_ready
+                    else "rejected" if response.message.startswith(REJECTED) else "failed"] += 1
+        if self._not_ready:  # the graph is starting: the client asks again, quietly
+            self.get_logger().info(f"refine_pose: {response.message}", throttle_duration_sec=10.0)
+        elif not response.success:
             self.get_logger().warning(f"refine_pose: {response.message}")
         return response
 
@@ -119,19 +142,32 @@ class RefinePoseService:
         newest = max(cands, key=lambda c: c[0])
         return newest[1] if abs(stamp - newest[0]) <= self.p["max_pose_age"] * 1e9 else None
 
-    def _fail(self, response, text: str):
+    def _fail(self, response, text: str, not_ready: bool = False):
+        """A failure answer; ``not_ready``: the node has no camera_info or frame yet (message ``not ready: ...``)."""
         response.success = False
-        response.message = text
+        response.message = f"{NOT_READY} {text}" if not_ready else text
+        self._not_ready = not_ready
         return response
 
-    def _wait_for(self, ready, period: float = 0.02, extra: float = 0.0) -> bool:
-        """Poll ``ready()`` for up to ``request_wait`` (+ ``extra``) seconds while the buffering thread runs; its result."""
-        deadline = time.monotonic() + self.p["request_wait"] + extra
+    def _wait_for(self, ready, period: float = 0.02, extra: float = 0.0, wait: Optional[float] = None) -> bool:
+        """Poll ``ready()`` for up to ``wait`` (default ``request_wait`` + ``extra``) seconds while the
+        buffering thread runs (not past a shutdown); its result."""
+        deadline = time.monotonic() + (self.p["request_wait"] + extra if wait is None else wait)
         while not ready():
-            if time.monotonic() >= deadline:
+            if time.monotonic() >= deadline or not self.context.ok():
                 return False
             time.sleep(period)
         return True
+
+    def _first_frame(self, need_depth: bool) -> bool:
+        """The camera model and a usable frame are there (with ``need_depth``: the newest has its depth)."""
+        stamps = self.usable_stamps()
+        if self.camera is None or not stamps:
+            return False
+        if not need_depth:
+            return True
+        with self.lock:
+            return "depth" in self.frames.get(stamps[-1], {})
 
     def _serve(self, request, response):
         """The request refined into ``response``, or refused with the reason."""
@@ -140,10 +176,10 @@ class RefinePoseService:
             found = self._frame_window(request, window)
             T0 = self._start_pose(request, T_request, found.stamps[-1])
             frames, no_hand = self._observations(found.stamps, T0)
-            res, how = self._solve(request, frames, T0, max_it, terms)
+            res, how, rejection = self._solve(request, frames, T0, max_it, terms)
         except Refused as e:
-            return self._fail(response, str(e))
-        return self._answer(response, res, found, how, no_hand)
+            return self._fail(response, str(e), e.not_ready)
+        return self._answer(response, res, found, how, no_hand, rejection)
 
     def _request_settings(self, request):
         """``(terms, max_iterations, window_length, initial pose or None)`` of a request, checked
@@ -180,8 +216,15 @@ class RefinePoseService:
         """The ``window`` usable frames ending at the requested stamp, waiting a moment for them."""
         self.ingest()  # what arrived since the last request (camera_info, frames, joint states, pose)
         opened = self.open_images()
+        # the cold start's first request comes at graph start-up, before the first frame (and its masks,
+        # and for a global estimate its depth) is buffered: served as soon as it is, within first_frame_wait
+        need_depth = (not request.use_initial_pose and "depth" in self.image_topics
+                      and self.tracked_pose is None and self.refined is None)
+        first_wait = float(self.p["first_frame_wait"])
+        if not self._first_frame(need_depth):
+            self._wait_for(lambda: self._first_frame(need_depth), wait=first_wait)
         if self.camera is None:
-            raise Refused("no camera_info received yet")
+            raise Refused(f"no camera_info received yet (waited {first_wait:g} s)", not_ready=True)
         want = msgs.stamp_to_ns(request.stamp)
         # a request for the newest frame (the tracker's, when LOST) can arrive before that frame's
         # image and masks: give the buffering thread a moment (the newest frame is kept anyway);
@@ -194,8 +237,8 @@ class RefinePoseService:
             self._wait_for(frames_there, extra=float(self.p["open_wait"]) if opened else 0.0)
         stamps = self.usable_stamps()
         if not stamps:
-            raise Refused("no synchronised frames buffered yet (need a colour image and an object mask with the "
-                          "same stamp)")
+            raise Refused(f"no synchronised frames buffered yet after {first_wait:g} s (need a colour image and an "
+                          f"object mask with the same stamp)", not_ready=True)
         idx = frame_for_stamp(stamps, want, tol)
         passed = idx is None and 0 < want < stamps[0] and want <= self._opened_after_ns + tol
         if passed:  # the frame went by before the images were subscribed: the first frames since
@@ -271,29 +314,37 @@ class RefinePoseService:
             return [dict(self.frames[s]) for s in use], [self.joints.at(s, gap) for s in use]
 
     def _solve(self, request, frames: list, T0, max_it: int, terms: list):
-        """``(RefineResult, how the start pose was found)``: refined from ``T0``, or without one
-        from a checked global estimate of the last frame (global_pose.py)."""
+        """``(RefineResult, how the start pose was found, rejection)``: refined from ``T0``, or without
+        one from a checked global estimate of the last frame (global_pose.py); ``rejection``: the
+        answer's message prefix when every global search's answer failed the check ("" otherwise)."""
         if T0 is not None:
             import torch
 
+            self._ran = True
             return self.refiner.refine(frames, self.camera, torch.as_tensor(T0, dtype=torch.float32),
-                                       max_iterations=max_it, terms=terms), ""
+                                       max_iterations=max_it, terms=terms), "", ""
         from hp_ros.core.global_pose import cold_start
 
+        check = AnswerCheck(float(self.p["global_min_iou"]), float(self.p["global_max_penetration_mm"]),
+                            int(self.p["global_attempts"]))
         res, found = cold_start(self.refiner, self.global_search, frames, self.camera,
                                 max_iterations=max_it if request.max_iterations else int(self.p["global_iterations"]),
-                                num_hypotheses=int(self.p["global_hypotheses"]), terms=terms,
-                                check=AnswerCheck(float(self.p["global_min_iou"]),
-                                                  float(self.p["global_max_penetration_mm"]),
-                                                  int(self.p["global_attempts"])))
+                                num_hypotheses=int(self.p["global_hypotheses"]), terms=terms, check=check)
         if res is None:
             raise Refused("no initial pose, and the object mask has too few depth pixels for a global estimate")
+        self._ran = True
         rejected = [a for a in found.attempts if a is not None]
+        rejection = ""
+        if len(rejected) == len(found.attempts):  # every search's answer failed the check
+            rejection = (f"{REJECTED} best {check.problem(res)} after {len(found.attempts)} global search(es) "
+                         f"(global_min_iou / global_max_penetration_mm); the best-fitting pose is in the response, "
+                         f"not published; ")
         return res, (f"global estimate {found.elapsed_s:.2f} s"
-                     + (f" after {len(rejected)} rejected ({'; '.join(rejected)})" if rejected else "") + ", ")
+                     + (f" after {len(rejected)} rejected ({'; '.join(rejected)})" if rejected else "") + ", "), rejection
 
-    def _answer(self, response, res, found: FrameWindow, how: str, no_hand: Optional[str]):
-        """``response`` from the refinement result; it is logged and (``publish_refined_pose``) published."""
+    def _answer(self, response, res, found: FrameWindow, how: str, no_hand: Optional[str], rejection: str = ""):
+        """``response`` from the refinement result; it is logged and (``publish_refined_pose``) published
+        - unless ``rejection`` (a global answer the check refused: a failure, see the module doc)."""
         use, want = found.stamps, found.want_ns
         cam = self.p["camera_frame"]
         T = res.T_cam_obj.double().numpy()
@@ -311,13 +362,17 @@ class RefinePoseService:
         response.contact_count = int(res.contact_count[-1])
         response.iterations = int(res.iterations)
         response.elapsed_s = float(res.elapsed_s)
-        response.success = True
+        # a rejected global answer is a failure: the tracker asks again with a later frame rather than
+        # re-initialise from it (its pose stays in the response, for a user's inspection)
+        response.success = not rejection
         substituted = want != 0 and abs(use[-1] - want) > found.tol_ns
-        response.message = (f"{how}refined {len(use)} frame(s) in {res.iterations} iterations, {res.elapsed_s:.2f} s, "
-                            f"mask IoU {iou:.3f}"
+        response.message = (f"{rejection}{how}refined {len(use)} frame(s) in {res.iterations} iterations, "
+                            f"{res.elapsed_s:.2f} s, mask IoU {iou:.3f}"
                             + (f"; frame {use[-1]} instead of {want} ("
                                + ("it went by before the images were subscribed" if found.passed else "not segmented")
                                + ")" if substituted else "") + (f"; hand not used: {no_hand}" if no_hand else ""))
+        if rejection:  # logged once (a warning) by on_refine; neither kept as a start nor published
+            return response
         self.refined = (use[-1], T[-1])
         self.get_logger().info(f"refine_pose: {response.message} (loss {res.initial_loss:.4g} -> {res.final_loss:.4g})")
         if self.p["publish_refined_pose"]:

@@ -30,7 +30,7 @@ object with the chi-square band of the mean, and pooled (sum of NEES over the su
 freedom, scaled to 6). Frames of one run are strongly correlated (the rotation error is mostly
 the initial draw), so the per-run means spread widely: use several seeds (default 6, ~2 min).
 
-LAST line: one JSON object with ``predict_ms`` (mean thread CPU time per prediction step: one per frame at the default ``predict_step``),
+LAST line: one JSON object with ``predict_ms`` (mean thread CPU time per joint state, 100 Hz),
 ``update_ms`` (mean thread CPU time per frame without its predicts: centre + fingertips and the
 FrameTracker's bookkeeping, as in the node; wall times and the load
 average are printed above), ``adds_mean_cm_both``, ``adds_max_cm_both``, ``nees_mean`` (pooled,

@@ -52,9 +52,6 @@ OWN_PARAMS = {
                                    "observation), normally earlier: once its observations and the joint states "
                                    "after it arrived; observations arriving later are applied afterwards",
                              positive),
-    "predict_step": Param(_F.predict_step, "shortest prediction step [s]: joint states closer than this to the "
-                                           "previous step or to the frame are folded into the next step (0 = a "
-                                           "step per joint state; 0.03 = one per frame at 30 Hz)", non_negative),
     "pose_every_frame": Param(True, "publish a pose for every camera frame (its camera_info stamp): predicted from "
                                     "the joint states when the frame's observations are late or missing (status "
                                     "'predicted')"),

@@ -10,10 +10,8 @@ evaluation drive; it owns everything between typed inputs and one pose per frame
   second; ``pairing_timeout`` after it was first heard of, it goes with what it has (without a
   joint state after it only when none arrived for ``max(0.5 s, max_joint_gap)``). Until the
   camera->hand calibration is known frames wait (those older than 2 s are dropped).
-* **One frame.** Predict from the last processed stamp through the joint states in between to
-  the frame's stamp (joints interpolated there; a joint state is a step of its own only
-  ``predict_step`` or more from the last step and from the frame: at 30 Hz frames and 100 Hz joints
-  one step per frame, 1/4 of the CPU, as the contact motion over 33 ms is the same), then the updates in this order: the depth-fit
+* **One frame.** Predict from the last processed stamp through every joint state in between to
+  the frame's stamp (joints interpolated there), then the updates in this order: the depth-fit
   pose, the object centre (only when no depth fit was accepted: same depth pixels), the
   fingertips; then the projection of the published pose out of penetration.
 * **Late observations.** An observation of an already processed frame (within
@@ -67,7 +65,6 @@ class FrameTrackerConfig:
     reprocess_window: float = 1.0       # [s] late observations up to this old are applied (0: dropped)
     late_wait: float = 0.02             # [s] longest wait of a late observation for the other kinds of its frame
     max_joint_gap: float = 0.1          # [s] farthest joint state from a frame's stamp
-    predict_step: float = 0.03          # [s] shortest prediction step through the joint states between frames
     publish_on_joint_states: bool = False  # also a predicted pose at the newest joint state
     joint_capacity: int = 400           # joint vectors held (re-initialisation at an old stamp needs them)
 
@@ -378,17 +375,13 @@ class FrameTracker:
                            observations=dict(rec["obs"]))
 
     def _predict_to(self, stamp: int, q) -> list:
-        """Predict from ``last_stamp`` through the held joint states before ``stamp`` (those at least
-        ``predict_step`` from the previous step and from ``stamp``) to ``stamp``; the steps made
-        (:class:`~hp_ros.core.ekf.motion.PredictStep`, for a re-run)."""
+        """Predict from ``last_stamp`` through every held joint state before ``stamp`` to ``stamp``;
+        the steps made (:class:`~hp_ros.core.ekf.motion.PredictStep`, for a re-run)."""
         if self.last_stamp is None or self.last_stamp >= stamp:
             return []
         steps = []
         moving = self._moving()  # the hand base is a control input too: moved before each joint step
-        min_step = int(self.cfg.predict_step * 1e9)
         for s, qj in zip(*self.joints.between(self.last_stamp, stamp)):
-            if s - self.last_stamp < min_step or stamp - s < min_step:
-                continue  # folded into the next step (the contacts move the object the same)
             if moving:
                 steps.append(self._move_base(s))
             self.ekf.predict(qj, (s - self.last_stamp) * 1e-9)

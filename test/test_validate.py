@@ -146,30 +146,3 @@ def test_joint_state_fuzz(pos, n_names):
         assert e.kind in KINDS
         return
     assert len(names) == p.size and np.all(np.isfinite(p))
-
-
-TYPESTORE = get_typestore(Stores.ROS2_JAZZY)
-
-
-@settings(max_examples=60, deadline=None)
-@given(st.sampled_from(["rgb8", "bgr8", "mono8", "16UC1", "32FC1"]), st.integers(1, 9), st.integers(1, 7),
-       st.integers(0, 7), st.text(max_size=23), st.booleans(), st.integers(0, 2**31 - 1), st.integers(0, 999_999_999))
-def test_cdr_image_reads_the_bytes_of_an_independent_serialiser(enc, w, h, pad, frame, big, sec, nsec):
-    """CdrImage (the nodes' raw image path) against rosbags' CDR serialiser: every header field,
-    and the pixels image_to_numpy makes of it equal those of the message itself (row padding,
-    string lengths that shift the alignment, both byte orders of the pixels); truncated bytes
-    are refused."""
-    dtype, ch = M.IMAGE_ENCODINGS[enc]
-    big = big and dtype.itemsize > 1
-    step = w * ch * dtype.itemsize + pad
-    data = np.random.default_rng(w * 31 + h).integers(0, 256, step * h, dtype=np.uint8)
-    Hdr, Time = T["std_msgs/msg/Header"], T["builtin_interfaces/msg/Time"]
-    msg = Image(header=Hdr(stamp=Time(sec=sec, nanosec=nsec), frame_id=frame), height=h, width=w, encoding=enc,
-                is_bigendian=int(big), step=step, data=data)
-    raw = bytes(TYPESTORE.serialize_cdr(msg, "sensor_msgs/msg/Image"))
-    view = M.CdrImage(raw)
-    assert (view.height, view.width, view.encoding, view.step, view.is_bigendian) == (h, w, enc, step, big)
-    assert view.header.frame_id == frame and M.header_stamp_ns(view) == sec * 1_000_000_000 + nsec
-    np.testing.assert_array_equal(M.image_to_numpy(view), M.image_to_numpy(msg))
-    with pytest.raises(ValueError):
-        M.CdrImage(raw[:-1])

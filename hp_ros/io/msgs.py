@@ -189,7 +189,7 @@ def serialized_header_stamp_ns(data: bytes) -> int:
     return sec * 1_000_000_000 + nsec
 
 
-from hp_ros.io.image_header import CdrImage, ImageHeader, check_image_header, serialized_image_header  # noqa: E402,F401
+from hp_ros.io.image_header import ImageHeader, check_image_header, serialized_image_header  # noqa: E402,F401
 
 
 def numpy_to_image(arr: np.ndarray, encoding: str, stamp_ns: int, frame_id: str, msg_cls: type) -> Any:

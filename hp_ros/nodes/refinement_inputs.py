@@ -193,7 +193,9 @@ class RefinementInputs:
     def _decode(self, kind: str, data: bytes) -> np.ndarray:
         """Buffered serialised image -> array (rgb (H,W,3) uint8 RGB, masks (H,W) bool, depth raw);
         ValueError for an encoding the kind does not accept."""
-        msg = msgs.CdrImage(data) if isinstance(data, bytes) else data  # read in place (no pixel copy)
+        from rclpy.serialization import deserialize_message
+
+        msg = deserialize_message(data, Image) if isinstance(data, bytes) else data
         if msg.encoding not in self._ENCODINGS[kind]:
             raise ValueError(f"{kind} image has encoding {msg.encoding!r} (expected one of {list(self._ENCODINGS[kind])})")
         arr = msgs.image_to_numpy(msg)

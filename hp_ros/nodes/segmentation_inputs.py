@@ -31,10 +31,6 @@ class SegmentationInputs:
             self._cv.notify()
 
     def on_depth(self, msg):
-        if isinstance(msg, bytes):
-            msg = self._from_cdr(msg, "depth")
-            if msg is None:
-                return
         with self._cv:
             if not self._image_ok(msg, self._depth_encodings, "depth", self.info or self.new_info) \
                     or not self._stamp_ok("depth", msgs.header_stamp_ns(msg)):

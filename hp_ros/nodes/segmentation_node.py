@@ -125,12 +125,8 @@ class SegmentationNode(SegmentationInputs, GuardedNode):
         lost = SubscriptionEventCallbacks(message_lost=self._on_images_lost)
         frames_qos = QoSProfile(depth=int(p["image_queue_depth"]), reliability=IMAGE_QOS.reliability,
                                 history=IMAGE_QOS.history)
-        # colour and depth arrive as CDR bytes and are read in place (msgs.CdrImage): rclpy's
-        # deserialisation copied every pixel (~1.2 ms per frame for both); in one process (a bus)
-        # they are message objects
-        raw = {} if bus is not None else {"raw": True}
         subscribe(self, bus, Image, CAMERA_TOPICS["color_image"], self.on_image, frames_qos,
-                  event_callbacks=lost, **raw)
+                                 event_callbacks=lost)
         # camera_info, depth, joint states and the tracker's poses wait in their DDS readers until a
         # colour image or the worker needs them (hp_ros.nodes.deferred): the executor runs one
         # callback per frame (the colour image, which wakes the worker) instead of ~7
@@ -138,7 +134,7 @@ class SegmentationNode(SegmentationInputs, GuardedNode):
         self.depth_reader = None
         if p["use_depth"]:
             self.depth_reader = DeferredReader(self, bus, Image, CAMERA_TOPICS["depth_image"],
-                                               depth=int(p["image_queue_depth"]), raw=bus is None)
+                                               depth=int(p["image_queue_depth"]))
         if p["external_mask_topic"]:
             subscribe(self, bus, Image, p["external_mask_topic"], self.on_external_mask, IMAGE_QOS)
         self.joint_reader = DeferredReader(self, bus, JointState, JOINT_STATES, depth=200)
@@ -230,7 +226,7 @@ class SegmentationNode(SegmentationInputs, GuardedNode):
         self.info = info
 
     def _to_array(self, msg):
-        if self.bridge is not None and not isinstance(msg, msgs.CdrImage):
+        if self.bridge is not None:
             return self.bridge.imgmsg_to_cv2(msg, desired_encoding="passthrough")
         return msgs.image_to_numpy(msg)
 
@@ -254,24 +250,12 @@ class SegmentationNode(SegmentationInputs, GuardedNode):
             return False
         return True
 
-    def _from_cdr(self, data: bytes, kind: str):
-        """The serialised image read in place (msgs.CdrImage), or None (logged) when it is not one."""
-        try:
-            return msgs.CdrImage(data)
-        except ValueError as e:
-            self.bad.warn(f"{kind}_data", f"{kind} image skipped: {e}")
-            return None
-
     def _on_images_lost(self, info):
         self.lost_images += int(info.total_count_change)
         self.bad.warn("images_lost", f"{info.total_count_change} colour image(s) lost before reaching the node "
                       "(it falls behind the stream)")
 
     def on_image(self, msg, info):
-        if isinstance(msg, bytes):
-            msg = self._from_cdr(msg, "colour")
-            if msg is None:
-                return
         # the driver publishes colour, camera_info and depth of one frame in any order: a colour
         # image waits (bounded) for its camera_info, its depth and the joint states around it
         with self._cv:

@@ -1,7 +1,8 @@
 """The tracking node's client of /hp_ros/refine_pose (:class:`hp_ros.nodes.refine_client.RefinementClient`)
 against fake node, service and tracker, on its own clock (no rclpy context, no waiting): what it
-does with each kind of answer - a rejected global answer is not used and is asked again with a later
-frame after a growing back-off; the refinement node's early "not ready" refusals are asked again
+does with each kind of answer - a rejected global answer is used when its IoU reaches
+min_refinement_iou (with a warning), otherwise asked again with a later frame after a growing
+back-off; the refinement node's early "not ready" refusals are asked again
 soon and quietly (one INFO line, no warning)."""
 from __future__ import annotations
 
@@ -116,7 +117,7 @@ def _answer(success: bool, message: str, iou: float = 0.0, stamp: int = 1_000_00
     return res
 
 
-REJECTED = "rejected: best mask IoU 0.870 < 0.94 after 3 global search(es) ...; global estimate 1.20 s ..."
+REJECTED = "rejected: best mask IoU 0.650 < 0.94 after 3 global search(es) ...; global estimate 1.20 s ..."
 
 
 def _frame(client, stamp):
@@ -125,10 +126,10 @@ def _frame(client, stamp):
     client.poll()
 
 
-def test_a_rejected_answer_is_not_used_and_asked_again_later_with_a_later_frame():
+def test_a_rejected_answer_below_min_refinement_iou_is_not_used_and_asked_again_later_with_a_later_frame():
     client, node, tracker, errors, clock = _client()
     svc = node.service
-    svc.answers += [_answer(False, REJECTED, 0.87), _answer(False, REJECTED, 0.86)]
+    svc.answers += [_answer(False, REJECTED, 0.65), _answer(False, REJECTED, 0.64)]
     _frame(client, 1)
     assert len(svc.requests) == 1 and not tracker.reinitialized
     # the frames that follow at once do not ask again (the service is not hammered) ...
@@ -136,7 +137,7 @@ def test_a_rejected_answer_is_not_used_and_asked_again_later_with_a_later_frame(
         _frame(client, stamp)
         clock.t += 0.1
     assert len(svc.requests) == 1
-    assert [k for k, _ in errors.warnings] == ["refine_rejected"] and "0.870 < 0.94" in errors.warnings[0][1]
+    assert [k for k, _ in errors.warnings] == ["refine_rejected"] and "0.650 < 0.94" in errors.warnings[0][1]
     # ... the first frame after the back-off does: a global estimate again, of the newest frame
     clock.t = 100.0 + RETRY_BACKOFF_S[0]
     _frame(client, 5)
@@ -156,11 +157,23 @@ def test_a_rejected_answer_is_not_used_and_asked_again_later_with_a_later_frame(
     assert client.failures == 0 and not client.global_pending
 
 
+def test_a_rejected_answer_that_reaches_min_refinement_iou_starts_the_track_with_a_warning():
+    """The node's check (global_min_iou 0.94) is stricter than what the tracker needs to start: its
+    best answer at IoU 0.87 starts the track (in the default graph a soup can never posed
+    otherwise), and the warning says it was a rejected one."""
+    client, node, tracker, errors, clock = _client()
+    node.service.answers.append(_answer(False, REJECTED.replace("0.650", "0.870"), 0.87, stamp=3))
+    _frame(client, 1)
+    assert len(tracker.reinitialized) == 1 and tracker.reinitialized[0][1] == 3
+    assert [k for k, _ in errors.warnings] == ["refine_rejected"] and "although its check rejected" in errors.warnings[0][1]
+    assert client.failures == 0 and not client.global_pending and not client.last_failed
+
+
 def test_the_back_off_is_bounded():
     client, node, tracker, errors, clock = _client()
     waits = []
     for _ in range(10):
-        node.service.answers.append(_answer(False, REJECTED, 0.87))
+        node.service.answers.append(_answer(False, REJECTED, 0.65))
         start = clock.t
         while True:
             n = len(node.service.requests)

@@ -9,9 +9,14 @@ Answers that are no pose to use (issue 26), each asked again with a later frame,
 
 * ``not ready: ...`` (the refinement node has no camera_info or frame yet: the graph is starting) and
   ``busy: ...``: asked again ``NOT_READY_RETRY_S`` later; one INFO line per such episode, no warning.
-* ``rejected: ...`` (every global search's answer failed the node's acceptance check; its pose is in
-  the response but is not used), any other failure, an answer below ``min_refinement_iou``, a failed
-  call: asked again after a back-off, ``RETRY_BACKOFF_S[0]`` doubling per consecutive failure up to
+* ``rejected: ...`` (every global search's answer failed the node's acceptance check, which had it
+  search again ``global_attempts`` times; the best pose is in the response): used when its mask IoU
+  reaches ``min_refinement_iou``, with a (throttled) warning - the check is stricter than what the
+  tracker needs to start, and the filter's gates and LOST handle a poor start. In the default graph a
+  soup can whose answers never passed the check (IoU just under ``global_min_iou``) then never posed
+  at all, where the answer (ADD-S 0.15 cm) tracked well.
+* ``rejected: ...`` below ``min_refinement_iou``, any other failure, a success below
+  ``min_refinement_iou``, a failed call: asked again after a back-off, ``RETRY_BACKOFF_S[0]`` doubling per consecutive failure up to
   ``RETRY_BACKOFF_S[1]`` (on real data the check may never pass: the refinement node then runs a
   request every few seconds, not back to back); a warning per kind (throttled, counted in
   /diagnostics). The back-off starts again after an answer that is used, or once the track is
@@ -107,14 +112,19 @@ class RefinementClient:
                                             f"{NOT_READY_RETRY_S} s")
             return
         self.waiting_logged = False
-        if res is None or not res.success:
-            rejected = message.startswith(graph.REFINE_REJECTED)
-            self._failed("refine_rejected" if rejected else "refine_failed",
-                         f"refine_pose {'answer rejected' if rejected else 'failed'}: {message or 'no answer'}", now)
+        rejected = res is not None and not res.success and message.startswith(graph.REFINE_REJECTED)
+        if res is None or (not res.success and not rejected):
+            self._failed("refine_failed", f"refine_pose failed: {message or 'no answer'}", now)
+        elif rejected and not res.mask_iou >= self.p["min_refinement_iou"]:
+            self._failed("refine_rejected", f"refine_pose answer rejected: {message}", now)
         elif not res.mask_iou >= self.p["min_refinement_iou"]:
             self._failed("refine_iou", f"refinement result not used: mask IoU {res.mask_iou:.2f} < "
                                        f"min_refinement_iou {self.p['min_refinement_iou']}", now)
         else:
+            if rejected:
+                self.errors.warn("refine_rejected", f"using the refinement node's best answer although its check "
+                                                    f"rejected it (mask IoU {res.mask_iou:.3f} >= min_refinement_iou "
+                                                    f"{self.p['min_refinement_iou']}): {message}")
             if self.tracker.reinitialize(msgs.pose_to_matrix(res.pose), msgs.covariance_from_msg(res.pose),
                                          msgs.header_stamp_ns(res.pose)):
                 # at the refined frame's stamp: the tracker re-predicts from there with the joint states

@@ -42,7 +42,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-__all__ = ["AnswerCheck", "DEFAULT_GLOBAL_HYPOTHESES", "DEFAULT_GLOBAL_ITERATIONS", "GlobalPoseConfig", "GlobalPoseResult", "GlobalPoseSearch",
+__all__ = ["AnswerCheck", "DEFAULT_GLOBAL_HYPOTHESES", "DEFAULT_GLOBAL_ITERATIONS", "DEFAULT_GLOBAL_LR_SCALE",
+           "DEFAULT_GLOBAL_PATIENCE", "global_refine_config", "GlobalPoseConfig", "GlobalPoseResult", "GlobalPoseSearch",
            "uniform_rotations", "cold_start", "global_estimate"]
 
 
@@ -364,8 +365,32 @@ def _spins(obj, n: int) -> list:
 
 # poses around the global estimate's best that the refinement's coarse search scores with its candidates
 DEFAULT_GLOBAL_HYPOTHESES = 4
-# Adam iterations of the refinement after a global estimate (its depth fit is close already)
-DEFAULT_GLOBAL_ITERATIONS = 12
+# Adam iterations of the refinement after a global estimate (at most: it stops early on convergence)
+DEFAULT_GLOBAL_ITERATIONS = 8
+# The refinement after a global estimate starts from its depth fit, within millimetres: Adam's steps
+# are scaled by DEFAULT_GLOBAL_LR_SCALE (with the refiner's full first steps, 5 mm / 3 deg in every
+# coordinate, no later iterate of 12 fitted better than the start: bench_init.py, 26 cold starts), and
+# it stops after DEFAULT_GLOBAL_PATIENCE iterations without a relative improvement of
+# DEFAULT_GLOBAL_REL_TOL (6 iterations on average there).
+DEFAULT_GLOBAL_LR_SCALE = 0.2
+DEFAULT_GLOBAL_PATIENCE = 2
+DEFAULT_GLOBAL_REL_TOL = 0.01
+
+
+def global_refine_config(config, lr_scale: float = DEFAULT_GLOBAL_LR_SCALE, patience: int = DEFAULT_GLOBAL_PATIENCE,
+                         rel_tol: float = DEFAULT_GLOBAL_REL_TOL):
+    """The :class:`hp_ros.core.refine.RefineConfig` of the refinement after a global estimate, from the
+    refiner's ``config``: Adam's steps scaled by ``lr_scale``; early stopping after ``patience``
+    iterations without a relative improvement of ``rel_tol`` (``patience`` 0: the refiner's); the
+    coarse search's best candidates only scored at the RoI's resolution, without Adam iterations each
+    (their starts are depth fits already)."""
+    from dataclasses import replace
+
+    out = replace(config, lr_translation=config.lr_translation * lr_scale, lr_rotation=config.lr_rotation * lr_scale,
+                  top_k_iterations=0)
+    if patience > 0:
+        out = replace(out, early_stop_patience=int(patience), early_stop_rel_tol=float(rel_tol))
+    return out
 
 
 @dataclass
@@ -398,7 +423,8 @@ class AnswerCheck:
 
 def cold_start(refiner, search: "GlobalPoseSearch", frame, camera,
                max_iterations: Optional[int] = DEFAULT_GLOBAL_ITERATIONS,
-               num_hypotheses: int = DEFAULT_GLOBAL_HYPOTHESES, terms=None, check: Optional[AnswerCheck] = None):
+               num_hypotheses: int = DEFAULT_GLOBAL_HYPOTHESES, terms=None, check: Optional[AnswerCheck] = None,
+               lr_scale: float = DEFAULT_GLOBAL_LR_SCALE, patience: int = DEFAULT_GLOBAL_PATIENCE):
     """Pose of one frame without an initial pose: :meth:`GlobalPoseSearch.estimate` (with the hand's
     surface points when the frame has joints and camera->hand and the refiner a hand model), then
     :meth:`hp_ros.core.refine.Refiner.refine` from its best candidate with all of its candidates in
@@ -414,6 +440,8 @@ def cold_start(refiner, search: "GlobalPoseSearch", frame, camera,
             the last, the refinement of all); camera: :class:`hp_ros.core.camera.Camera`.
         max_iterations: Adam iterations of the refinement (None: the refiner's ``config.max_iterations``);
         num_hypotheses: poses around the estimate's best scored with its candidates.
+        lr_scale, patience: the refinement's step scale and early-stopping patience
+            (:func:`global_refine_config`).
     Returns:
         ``(RefineResult, GlobalPoseResult)``; ``(None, None)`` when the mask has too few depth pixels.
     Raises:
@@ -422,6 +450,7 @@ def cold_start(refiner, search: "GlobalPoseSearch", frame, camera,
     frames = list(frame) if isinstance(frame, (list, tuple)) else [frame]
     check = check or AnswerCheck()
     best, excluded, attempts = None, [], []
+    config = global_refine_config(refiner.config, lr_scale, patience)
     for _ in range(max(1, int(check.attempts))):
         found = global_estimate(refiner, search, frames[-1], camera,
                                 exclude=np.concatenate(excluded) if excluded else None)
@@ -429,7 +458,7 @@ def cold_start(refiner, search: "GlobalPoseSearch", frame, camera,
             break  # too few depth pixels, or every candidate in a rejected basin
         res = refiner.refine(frames, camera, torch.as_tensor(found.T_cam_obj, dtype=torch.float32),
                              max_iterations=max_iterations, num_hypotheses=num_hypotheses, terms=terms,
-                             candidates=found.candidates)
+                             candidates=found.candidates, config=config)
         problem = check.problem(res)
         attempts.append(problem)
         if best is None or check.fit(res) > check.fit(best[0]):

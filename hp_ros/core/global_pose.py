@@ -43,8 +43,8 @@ import torch
 import torch.nn.functional as F
 
 __all__ = ["AnswerCheck", "DEFAULT_GLOBAL_HYPOTHESES", "DEFAULT_GLOBAL_ITERATIONS", "DEFAULT_GLOBAL_LR_SCALE",
-           "DEFAULT_GLOBAL_PATIENCE", "global_refine_config", "GlobalPoseConfig", "GlobalPoseResult", "GlobalPoseSearch",
-           "uniform_rotations", "cold_start", "global_estimate"]
+           "DEFAULT_GLOBAL_PATIENCE", "DEFAULT_GLOBAL_REL_TOL", "global_refine_config", "GlobalPoseConfig",
+           "GlobalPoseResult", "GlobalPoseSearch", "uniform_rotations", "cold_start", "global_estimate"]
 
 
 @dataclass

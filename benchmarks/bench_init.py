@@ -59,7 +59,9 @@ def _frame(seq, k: int):
                             T_cam_hand=seq.T_cam_hand_published, stamp_ns=int(seq.frame_stamps_ns[k]))
 
 
-ITERATIONS = {"cold": 12, "recovery": 30}  # overridden by --cold-iterations / --iterations
+from hp_ros.core.global_pose import DEFAULT_GLOBAL_HYPOTHESES, DEFAULT_GLOBAL_ITERATIONS  # noqa: E402 - the node's
+
+ITERATIONS = {"cold": DEFAULT_GLOBAL_ITERATIONS, "recovery": 30}  # overridden by --cold-iterations / --iterations
 PATIENCE = [10]
 
 
@@ -99,7 +101,8 @@ def one_object(spec: str, seed: int, hand, time_limit: float, kick_seed: int) ->
 
     k = 1
     t, c = time.perf_counter(), time.process_time()
-    res, found = cold_start(ref, search, _frame(seq, k), cam, num_hypotheses=4, max_iterations=ITERATIONS["cold"])
+    res, found = cold_start(ref, search, _frame(seq, k), cam, num_hypotheses=DEFAULT_GLOBAL_HYPOTHESES,
+                            max_iterations=ITERATIONS["cold"])
     wall, cpu = time.perf_counter() - t, time.process_time() - c
     err = adds_cm(res.T_cam_obj[0].double().numpy(), k) if res is not None else float("inf")
     out = {"object": Path(spec).parent.name if not spec.startswith("builtin:") else spec, "seed": seed,
@@ -116,7 +119,8 @@ def one_object(spec: str, seed: int, hand, time_limit: float, kick_seed: int) ->
     out["refine_walls"].append(r.elapsed_s)
     err = adds_cm(r.T_cam_obj[0].double().numpy(), k)
     if err >= 1.0:  # the tracker asks again: a global estimate
-        r, _ = cold_start(ref, search, _frame(seq, k), cam, num_hypotheses=4, max_iterations=ITERATIONS["cold"])
+        r, _ = cold_start(ref, search, _frame(seq, k), cam, num_hypotheses=DEFAULT_GLOBAL_HYPOTHESES,
+                          max_iterations=ITERATIONS["cold"])
         if r is not None:
             out["refine_walls"].append(r.elapsed_s)
             err = adds_cm(r.T_cam_obj[0].double().numpy(), k)

@@ -127,6 +127,32 @@ def test_roi_crop_area_averages_blocks():
     np.testing.assert_allclose(out[1:-1, 1:-1], blocks[1:-1, 1:-1], atol=1e-6)
 
 
+def test_roi_crop_area_pools_only_its_window_with_the_whole_images_values():
+    """The area crop box-averages only the camera pixels its samples need (not the whole image): the
+    same values as pooling the whole image, for RoIs inside, across the border of and outside the
+    image, zooming out by 2 to 20."""
+    import torch.nn.functional as F
+
+    cam = Camera.from_intrinsics(600.0, 600.0, 320.0, 240.0, 640, 480)
+    g = torch.Generator().manual_seed(0)
+    img = torch.rand(1, 2, 480, 640, generator=g)
+    for _ in range(60):
+        side = float(torch.rand(1, generator=g)) * 700 + 40
+        left = torch.rand(1, 2, generator=g, dtype=torch.float64) * torch.tensor([900.0, 700.0]) - 300
+        for S in (40, 96):
+            roi = RoI(cam, left, torch.tensor([side], dtype=torch.float64), S)
+            k = int(side // S)
+            if k < 2:
+                continue
+            whole = F.avg_pool2d(img, k, stride=1, padding=k // 2, count_include_pad=False)[..., :480, :640]
+            grid = roi._grid(torch.float32, "cpu").clone()
+            shift = (k - 1) / 2.0 - k // 2
+            grid[..., 0] -= 2.0 * shift / 640
+            grid[..., 1] -= 2.0 * shift / 480
+            expected = F.grid_sample(whole, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
+            torch.testing.assert_close(roi.crop(img, mode="area"), expected, atol=1e-4, rtol=0)  # float rounding
+
+
 def test_one_camera_info_rule_for_every_node_realsense_like():
     """A RealSense-like CameraInfo with 2x2 binning, an ROI and P != K: the tracking and segmentation
     nodes (io.msgs.camera_info_to_intrinsics) and the refinement node (Camera.from_camera_info)

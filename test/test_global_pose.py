@@ -10,7 +10,8 @@ import torch
 
 from hp_ros.core import metrics
 from hp_ros.core.camera import Camera
-from hp_ros.core.global_pose import AnswerCheck, GlobalPoseResult, GlobalPoseSearch, cold_start, uniform_rotations
+from hp_ros.core.global_pose import (AnswerCheck, DEFAULT_GLOBAL_PATIENCE, GlobalPoseResult, GlobalPoseSearch,
+                                     cold_start, global_refine_config, uniform_rotations)
 from hp_ros.core.hand import HandModel
 from hp_ros.core.objects import ObjectModel
 from hp_ros.core.refine import FrameObservation, RefineConfig, Refiner
@@ -156,3 +157,41 @@ def test_a_body_of_revolution_gets_its_spin_from_the_colours():
     obj = ObjectModel.builtin("soup_can")
     res, found = cold_start(Refiner(obj, HandModel.default(), RefineConfig()), GlobalPoseSearch(obj), f, cam)
     assert _angle_deg(res.T_cam_obj[0].double().numpy()[:3, :3], seq.T_cam_obj[1][:3, :3]) < 25.0
+
+
+def test_the_refinement_after_a_global_estimate_stops_on_convergence():
+    """From a start that already fits (the true pose, as a global estimate's depth fit nearly is), the
+    cold start's refinement settings stop Adam after the patience, far below the cap, and the pose
+    stays put; the refiner's own settings are unchanged by the call."""
+    seq, f, cam = _frame("cracker_box", 2)
+    obj = ObjectModel.builtin("cracker_box")
+    ref = Refiner(obj, HandModel.default(), RefineConfig())
+    T_true = seq.T_cam_obj[1]
+    cfg = global_refine_config(ref.config)
+    assert cfg.lr_translation < ref.config.lr_translation and cfg.top_k_iterations == 0
+    res = ref.refine([f], cam, torch.tensor(T_true, dtype=torch.float32), max_iterations=30, num_hypotheses=0,
+                     config=cfg)
+    assert res.iterations < 30 and res.iterations <= 3 * (DEFAULT_GLOBAL_PATIENCE + 1), res.iterations
+    T = res.T_cam_obj[0].double().numpy()
+    assert metrics.add_s(T_true[None], T[None], obj.vertices.numpy())[0] < 0.002
+    assert _angle_deg(T[:3, :3], T_true[:3, :3]) < 1.0
+    assert ref.config == RefineConfig()  # the override was for that call only
+    # with the refiner's settings (patience 10) the same start runs every iteration of a short cap
+    assert ref.refine([f], cam, torch.tensor(T_true, dtype=torch.float32), max_iterations=8,
+                      num_hypotheses=0).iterations == 8
+
+
+def test_without_top_k_iterations_the_coarse_search_best_are_scored_at_full_roi():
+    """``top_k_iterations=0``: the coarse search's best ``top_k`` are scored at the RoI's resolution
+    (no Adam each) and the best continues: between a quarter-turned start and the true pose given
+    as a candidate, the true one is chosen."""
+    seq, f, cam = _frame("cracker_box", 2)
+    obj = ObjectModel.builtin("cracker_box")
+    ref = Refiner(obj, HandModel.default(), RefineConfig(top_k_iterations=0, top_k=2, depth_fit=False))
+    T_true = seq.T_cam_obj[1]
+    wrong = _quarter_turn(T_true, 0)
+    res = ref.refine([f], cam, torch.tensor(wrong, dtype=torch.float32), max_iterations=0, num_hypotheses=1,
+                     candidates=np.stack([T_true]))
+    assert res.chosen_hypothesis == 1  # the candidate, after the start's one hypothesis
+    T = res.T_cam_obj[0].double().numpy()
+    assert metrics.add_s(T_true[None], T[None], obj.vertices.numpy())[0] < 0.002

@@ -179,7 +179,7 @@ def test_node_defaults_are_the_cores():
                  "optimize_joint_offsets"):
         assert p[name].default == getattr(core, name), name
     assert core.num_hypotheses == 8
-    assert p["global_iterations"].default == DEFAULT_GLOBAL_ITERATIONS == 12
+    assert p["global_iterations"].default == DEFAULT_GLOBAL_ITERATIONS == 8
     assert (p["global_hypotheses"].default, p["global_min_iou"].default, p["global_max_penetration_mm"].default,
             p["global_attempts"].default) == (DEFAULT_GLOBAL_HYPOTHESES, check.min_mask_iou,
                                               check.max_penetration_mm, check.attempts)

@@ -10,6 +10,7 @@ with :meth:`RoI.crop`. Cost therefore depends on ``S`` only, not on the camera r
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Any
 
@@ -224,13 +225,12 @@ class RoI:
                 xb = x[b:b + 1]
                 if k >= 2:
                     # box-average by k, then express the grid in the pooled image's coordinates
-                    xb = F.avg_pool2d(xb, k, stride=1, padding=k // 2, count_include_pad=False)
-                    xb = xb[..., :H, :W]
                     # the pooled pixel (i) averages camera pixels i - k//2 .. i - k//2 + k - 1
                     shift = (k - 1) / 2.0 - k // 2
                     g = grid[b:b + 1].clone()
                     g[..., 0] += 2.0 * shift / W * -1.0
                     g[..., 1] += 2.0 * shift / H * -1.0
+                    xb, g = _pool_window(xb, g, k)
                 else:
                     g = grid[b:b + 1]
                 out.append(F.grid_sample(xb, g, mode="bilinear", padding_mode="zeros",
@@ -243,3 +243,29 @@ class RoI:
         g = self._grid(torch.float64, "cpu")
         inside = (g.abs() <= 1.0).all(dim=-1)
         return inside[:, None]
+
+
+def _pool_window(x: torch.Tensor, g: torch.Tensor, k: int):
+    """The box average by ``k`` (stride 1, ``count_include_pad=False``) of image ``x`` ``(1, C, H, W)``,
+    computed only over the window that grid ``g`` ``(1, S, S, 2)`` (normalised, in the pooled image's
+    coordinates) samples bilinearly, and ``g`` expressed in that window: the same samples as pooling
+    the whole image (each pooled pixel's camera pixels are all in the window, or outside the image;
+    equal up to float rounding), at a cost that does not grow with the camera resolution."""
+    H, W = x.shape[-2:]
+    gd = g.double()
+    cx = ((gd[..., 0] + 1.0) * W - 1.0) / 2.0   # pooled pixel coordinates (centres at integers)
+    cy = ((gd[..., 1] + 1.0) * H - 1.0) / 2.0
+    lo_x = min(max(int(math.floor(float(cx.min()))), 0), W - 1)
+    hi_x = min(max(int(math.floor(float(cx.max()))) + 1, 0), W - 1)
+    lo_y = min(max(int(math.floor(float(cy.min()))), 0), H - 1)
+    hi_y = min(max(int(math.floor(float(cy.max()))) + 1, 0), H - 1)
+    x0, x1 = max(0, lo_x - k // 2), min(W, hi_x - k // 2 + k)
+    y0, y1 = max(0, lo_y - k // 2), min(H, hi_y - k // 2 + k)
+    Ws, Hs = x1 - x0, y1 - y0
+    # separable: a row box then a column box (the k x k box's count of pixels inside the image is the
+    # product of the two counts), 2k instead of k^2 operations per pixel
+    xs = F.avg_pool2d(x[..., y0:y1, x0:x1], (1, k), stride=1, padding=(0, k // 2), count_include_pad=False)
+    xs = F.avg_pool2d(xs, (k, 1), stride=1, padding=(k // 2, 0), count_include_pad=False)[..., :Hs, :Ws]
+    gx = (2.0 * (cx - x0) + 1.0) / Ws - 1.0
+    gy = (2.0 * (cy - y0) + 1.0) / Hs - 1.0
+    return xs, torch.stack([gx, gy], -1).to(g.dtype)

@@ -42,8 +42,9 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-__all__ = ["AnswerCheck", "DEFAULT_GLOBAL_HYPOTHESES", "DEFAULT_GLOBAL_ITERATIONS", "GlobalPoseConfig", "GlobalPoseResult", "GlobalPoseSearch",
-           "uniform_rotations", "cold_start", "global_estimate"]
+__all__ = ["AnswerCheck", "DEFAULT_GLOBAL_HYPOTHESES", "DEFAULT_GLOBAL_ITERATIONS", "DEFAULT_GLOBAL_LR_SCALE",
+           "DEFAULT_GLOBAL_PATIENCE", "DEFAULT_GLOBAL_REL_TOL", "global_refine_config", "GlobalPoseConfig",
+           "GlobalPoseResult", "GlobalPoseSearch", "uniform_rotations", "cold_start", "global_estimate"]
 
 
 @dataclass
@@ -99,6 +100,7 @@ class GlobalPoseSearch:
         self.normals = torch.as_tensor(np.asarray(obj.trimesh.face_normals)[fidx], dtype=torch.float64)
         n = self.cfg.rotations // (4 if obj.symmetric else 1)
         self.R = uniform_rotations(max(n, 1), self.cfg.seed)                                     # (N, 3, 3)
+        self._rotated = None  # the searched rotations' samples and normals, built on first use (per mesh)
         self._masker = None  # (camera key, ModelObjectMasker)
         self.flips = _half_turns(obj) if self.cfg.flips else [np.eye(4)]
         if obj.symmetric and self.cfg.spins > 1:  # the spin about the axis: only the colours show it
@@ -141,9 +143,10 @@ class GlobalPoseSearch:
         P = np.stack([(xs - K[0, 2]) / K[0, 0] * z, (ys - K[1, 2]) / K[1, 1] * z, z], 1)
         p_bar = torch.as_tensor(P.mean(0))
         grid = _Grid(mask, depth, hand_mask, K, cfg.size)
-        T = self._align(self._placed(p_bar), grid)                                               # (N, 4, 4)
+        rot = self._search_rotated()
+        T = self._align(self._placed(p_bar, rot), grid, rot)                                     # (N, 4, 4)
         masker = self._masker_for(K, W, H)  # also the signed distance of the penetration score
-        score = self._score(T, grid, hand_points)
+        score = self._score(T, grid, hand_points, rot)
         if exclude is not None and len(exclude):
             score = torch.where(self._excluded(T, exclude), torch.full_like(score, math.inf), score)
         best = [i for i in torch.argsort(score)[: cfg.top_k].tolist() if math.isfinite(float(score[i]))]
@@ -177,77 +180,103 @@ class GlobalPoseSearch:
         cos = (torch.einsum("nij,eij->ne", T[:, :3, :3].double(), E) - 1.0) / 2.0   # trace(R_e^T R_n)
         return (cos > math.cos(math.radians(self.cfg.exclude_deg))).any(1)
 
-    def _placed(self, p_bar: torch.Tensor) -> torch.Tensor:
-        """Poses ``(N, 4, 4)``: each rotation with its camera-facing samples' centroid on ``p_bar``."""
-        view = p_bar / p_bar.norm()
-        n_cam = torch.einsum("nij,mj->nmi", self.R, self.normals)                               # (N, M, 3)
-        s_cam = torch.einsum("nij,mj->nmi", self.R, self.samples)
-        facing = ((n_cam @ view) < 0).double()                                                   # (N, M)
-        c_vis = (s_cam * facing[..., None]).sum(1) / facing.sum(1, keepdim=True).clamp(min=1)   # (N, 3)
+    def _search_rotated(self):
+        """``(R s, R n, (R n) . (R s))`` float32 ``(N, M, 3)``, ``(N, M, 3)``, ``(N, M)``: the model
+        samples and normals turned by each searched rotation, computed once per mesh (every request
+        and every alignment step splats the same rotations; only the translations change)."""
+        if self._rotated is None:
+            Rf = self.R.float()
+            s_rot = torch.einsum("nij,mj->nmi", Rf, self.samples.float()).contiguous()
+            n_rot = torch.einsum("nij,mj->nmi", Rf, self.normals.float()).contiguous()
+            self._rotated = (s_rot, n_rot, (n_rot * s_rot).sum(-1))
+        return self._rotated
+
+    def _placed(self, p_bar: torch.Tensor, rot) -> torch.Tensor:
+        """Poses ``(N, 4, 4)``: each rotation with its camera-facing samples' centroid on ``p_bar``
+        (``rot``: :meth:`_search_rotated`)."""
+        view = (p_bar / p_bar.norm()).float()
+        s_cam, n_cam = rot[0], rot[1]                                                            # (N, M, 3)
+        facing = ((n_cam @ view) < 0).float()                                                    # (N, M)
+        c_vis = ((s_cam * facing[..., None]).sum(1) / facing.sum(1, keepdim=True).clamp(min=1)).double()  # (N, 3)
         T = torch.eye(4, dtype=torch.float64).repeat(self.R.shape[0], 1, 1)
         T[:, :3, :3] = self.R
         T[:, :3, 3] = p_bar - c_vis
         return T
 
-    def _align(self, T: torch.Tensor, grid: "_Grid", steps: int = 3) -> torch.Tensor:
+    def _align(self, T: torch.Tensor, grid: "_Grid", rot=None, steps: int = 3) -> torch.Tensor:
         """Poses ``(N, 4, 4)`` moved so that their splatted silhouettes' centroids meet the mask's and
         their depth meets the measured depth (``steps`` fixed-point steps, hand pixels left out):
-        the visible-centroid placement is off by centimetres when the hand hides part of the object."""
+        the visible-centroid placement is off by centimetres when the hand hides part of the object.
+        ``rot``: :meth:`_search_rotated` when ``T`` has the searched rotations."""
         T = T.clone()
         care = (~grid.hand)[None]
         obs = grid.mask[None] & care
         S = self.cfg.size
-        idx = torch.arange(S, dtype=torch.float64)
+        idx = torch.arange(S, dtype=torch.float32)
+        depth = grid.depth.float()[None]
         n_obs = obs.flatten(1).sum(1).clamp(min=1)
         u_obs = (obs * idx[None, None, :]).flatten(1).sum(1) / n_obs
         v_obs = (obs * idx[None, :, None]).flatten(1).sum(1) / n_obs
         for _ in range(steps):
-            zbuf = self._splat(T, grid, close=False)
+            zbuf = self._splat(T, grid, close=False, rot=rot)
             sil = torch.isfinite(zbuf) & care
             n = sil.flatten(1).sum(1).clamp(min=1)
-            du = u_obs - (sil * idx[None, None, :]).flatten(1).sum(1) / n
-            dv = v_obs - (sil * idx[None, :, None]).flatten(1).sum(1) / n
-            both = sil & grid.mask[None] & (grid.depth[None] > 0)
-            r = torch.where(both, (grid.depth[None] - zbuf).clamp(-0.05, 0.05), torch.zeros_like(zbuf))
-            dz = r.flatten(1).sum(1) / both.flatten(1).sum(1).clamp(min=1)
+            silf = sil.float()
+            du = (u_obs - (silf.sum(1) @ idx) / n).double()    # column sums x column index
+            dv = (v_obs - (silf.sum(2) @ idx) / n).double()
+            both = sil & grid.mask[None] & (depth > 0)
+            r = torch.where(both, (depth - zbuf).clamp(-0.05, 0.05), torch.zeros_like(zbuf))
+            dz = (r.flatten(1).sum(1) / both.flatten(1).sum(1).clamp(min=1)).double()
             z = T[:, 2, 3] + dz
             T[:, 0, 3] += du * z / grid.K[0, 0]
             T[:, 1, 3] += dv * z / grid.K[1, 1]
             T[:, 2, 3] = z
         return T
 
-    def _splat(self, T: torch.Tensor, grid: "_Grid", close: bool = True) -> torch.Tensor:
-        """Nearest depth ``(N, S, S)`` of the camera-facing samples at poses ``(N, 4, 4)`` (inf: none);
-        ``close``: gaps between samples closed by a 3x3 min-filter (the alignment steps do without)."""
+    def _splat(self, T: torch.Tensor, grid: "_Grid", close: bool = True, rot=None) -> torch.Tensor:
+        """Nearest depth ``(N, S, S)`` float32 of the camera-facing samples at poses ``(N, 4, 4)`` (inf:
+        none); ``close``: gaps between samples closed by a 3x3 min-filter (the alignment steps do
+        without). ``rot``: :meth:`_search_rotated` when ``T`` has the searched rotations."""
         S = self.cfg.size
-        R, t = T[:, :3, :3].float(), T[:, :3, 3].float()
-        pts = torch.einsum("nij,mj->nmi", R, self.samples.float()) + t[:, None]                  # (N, M, 3)
-        nrm = torch.einsum("nij,mj->nmi", R, self.normals.float())
-        facing = (nrm * pts).sum(-1) < 0
-        z = pts[..., 2].clamp(min=1e-3)
-        u = (grid.K[0, 0] * pts[..., 0] / z + grid.K[0, 2]).round().long()
-        v = (grid.K[1, 1] * pts[..., 1] / z + grid.K[1, 2]).round().long()
-        ok = facing & (u >= 0) & (u < S) & (v >= 0) & (v < S) & (pts[..., 2] > 1e-3)
+        t = T[:, :3, 3].float()
+        if rot is None:
+            R = T[:, :3, :3].float()
+            s_rot = torch.einsum("nij,mj->nmi", R, self.samples.float())
+            nrm = torch.einsum("nij,mj->nmi", R, self.normals.float())
+            ns = (nrm * s_rot).sum(-1)
+        else:
+            s_rot, nrm, ns = rot
+        pts = s_rot + t[:, None]                                                                 # (N, M, 3)
+        facing = ns + (nrm @ t[:, :, None])[..., 0] < 0                                          # n . (R s + t) < 0
+        depth = pts[..., 2]
+        z = depth.clamp(min=1e-3)
+        u = (float(grid.K[0, 0]) * pts[..., 0] / z + float(grid.K[0, 2])).round_()
+        v = (float(grid.K[1, 1]) * pts[..., 1] / z + float(grid.K[1, 2])).round_()
+        ok = facing & (u >= 0) & (u < S) & (v >= 0) & (v < S) & (depth > 1e-3)
         N = T.shape[0]
-        flat = torch.arange(N)[:, None] * S * S + v.clamp(0, S - 1) * S + u.clamp(0, S - 1)
+        # pixel index within a pose's grid (exact in float32: < S^2), then the pose's offset, for the kept only
+        pix = (v * S + u)[ok].long() + torch.arange(N).repeat_interleave(ok.sum(1)) * (S * S)
         zbuf = torch.full((N * S * S,), float("inf"))
-        zbuf.scatter_reduce_(0, flat[ok], pts[..., 2][ok], reduce="amin")
+        zbuf.scatter_reduce_(0, pix, depth[ok], reduce="amin")
         zbuf = zbuf.reshape(N, S, S)
-        return (-F.max_pool2d(-zbuf[:, None], 3, 1, 1)[:, 0] if close else zbuf).double()
+        return -F.max_pool2d(-zbuf[:, None], 3, 1, 1)[:, 0] if close else zbuf
 
-    def _score(self, T: torch.Tensor, grid: "_Grid", hand_points) -> torch.Tensor:
-        """Loss ``(N,)`` of poses ``(N, 4, 4)`` (lower is better), see the module doc."""
+    def _score(self, T: torch.Tensor, grid: "_Grid", hand_points, rot=None) -> torch.Tensor:
+        """Loss ``(N,)`` float64 of poses ``(N, 4, 4)`` (lower is better), see the module doc. ``rot``:
+        :meth:`_search_rotated` when ``T`` has the searched rotations."""
         cfg = self.cfg
         N = T.shape[0]
-        zbuf = self._splat(T, grid)
+        zbuf = self._splat(T, grid, rot=rot)
         sil = torch.isfinite(zbuf)
         care = ~grid.hand
+        depth = grid.depth.float()
         inter = (sil & grid.mask & care).flatten(1).sum(1).double()
         union = ((sil | grid.mask) & care).flatten(1).sum(1).double()
         iou = inter / union.clamp(min=1)
-        both = sil & grid.mask & (grid.depth > 0) & care
-        r = torch.where(both, zbuf - grid.depth, torch.zeros_like(zbuf))
-        rho = (r * r / (r * r + cfg.depth_scale ** 2)).flatten(1).sum(1) / both.flatten(1).sum(1).clamp(min=1)
+        both = sil & grid.mask & (depth > 0) & care
+        r = torch.where(both, zbuf - depth, torch.zeros_like(zbuf))
+        r2 = r * r
+        rho = ((r2 / (r2 + cfg.depth_scale ** 2)).flatten(1).sum(1) / both.flatten(1).sum(1).clamp(min=1)).double()
         loss = (1 - iou) + rho
         if hand_points is not None and len(hand_points) and cfg.penetration_weight > 0:
             masker = self._masker[1] if self._masker is not None else None
@@ -336,8 +365,34 @@ def _spins(obj, n: int) -> list:
 
 # poses around the global estimate's best that the refinement's coarse search scores with its candidates
 DEFAULT_GLOBAL_HYPOTHESES = 4
-# Adam iterations of the refinement after a global estimate (its depth fit is close already)
-DEFAULT_GLOBAL_ITERATIONS = 12
+# Adam iterations of the refinement after a global estimate (at most: it stops early on convergence)
+DEFAULT_GLOBAL_ITERATIONS = 8
+# The refinement after a global estimate starts from its depth fit, within millimetres: Adam's steps
+# are scaled by DEFAULT_GLOBAL_LR_SCALE (with the refiner's full first steps, 5 mm / 3 deg in every
+# coordinate, no later iterate of 12 fitted better than the start: bench_init.py, 26 cold starts), and
+# it stops after DEFAULT_GLOBAL_PATIENCE iterations without a relative improvement of
+# DEFAULT_GLOBAL_REL_TOL (7 iterations on average there). A stricter stop (2 iterations without 1 %)
+# ended the real HOPE frame's refinement after 3 iterations at mask IoU 0.938 (< global_min_iou 0.94:
+# a second search, twice the cost); this one runs its 8 (0.957).
+DEFAULT_GLOBAL_LR_SCALE = 0.2
+DEFAULT_GLOBAL_PATIENCE = 3
+DEFAULT_GLOBAL_REL_TOL = 1e-3
+
+
+def global_refine_config(config, lr_scale: float = DEFAULT_GLOBAL_LR_SCALE, patience: int = DEFAULT_GLOBAL_PATIENCE,
+                         rel_tol: float = DEFAULT_GLOBAL_REL_TOL):
+    """The :class:`hp_ros.core.refine.RefineConfig` of the refinement after a global estimate, from the
+    refiner's ``config``: Adam's steps scaled by ``lr_scale``; early stopping after ``patience``
+    iterations without a relative improvement of ``rel_tol`` (``patience`` 0: the refiner's); the
+    coarse search's best candidates only scored at the RoI's resolution, without Adam iterations each
+    (their starts are depth fits already)."""
+    from dataclasses import replace
+
+    out = replace(config, lr_translation=config.lr_translation * lr_scale, lr_rotation=config.lr_rotation * lr_scale,
+                  top_k_iterations=0)
+    if patience > 0:
+        out = replace(out, early_stop_patience=int(patience), early_stop_rel_tol=float(rel_tol))
+    return out
 
 
 @dataclass
@@ -370,7 +425,8 @@ class AnswerCheck:
 
 def cold_start(refiner, search: "GlobalPoseSearch", frame, camera,
                max_iterations: Optional[int] = DEFAULT_GLOBAL_ITERATIONS,
-               num_hypotheses: int = DEFAULT_GLOBAL_HYPOTHESES, terms=None, check: Optional[AnswerCheck] = None):
+               num_hypotheses: int = DEFAULT_GLOBAL_HYPOTHESES, terms=None, check: Optional[AnswerCheck] = None,
+               lr_scale: float = DEFAULT_GLOBAL_LR_SCALE, patience: int = DEFAULT_GLOBAL_PATIENCE):
     """Pose of one frame without an initial pose: :meth:`GlobalPoseSearch.estimate` (with the hand's
     surface points when the frame has joints and camera->hand and the refiner a hand model), then
     :meth:`hp_ros.core.refine.Refiner.refine` from its best candidate with all of its candidates in
@@ -386,6 +442,8 @@ def cold_start(refiner, search: "GlobalPoseSearch", frame, camera,
             the last, the refinement of all); camera: :class:`hp_ros.core.camera.Camera`.
         max_iterations: Adam iterations of the refinement (None: the refiner's ``config.max_iterations``);
         num_hypotheses: poses around the estimate's best scored with its candidates.
+        lr_scale, patience: the refinement's step scale and early-stopping patience
+            (:func:`global_refine_config`).
     Returns:
         ``(RefineResult, GlobalPoseResult)``; ``(None, None)`` when the mask has too few depth pixels.
     Raises:
@@ -394,6 +452,7 @@ def cold_start(refiner, search: "GlobalPoseSearch", frame, camera,
     frames = list(frame) if isinstance(frame, (list, tuple)) else [frame]
     check = check or AnswerCheck()
     best, excluded, attempts = None, [], []
+    config = global_refine_config(refiner.config, lr_scale, patience)
     for _ in range(max(1, int(check.attempts))):
         found = global_estimate(refiner, search, frames[-1], camera,
                                 exclude=np.concatenate(excluded) if excluded else None)
@@ -401,7 +460,7 @@ def cold_start(refiner, search: "GlobalPoseSearch", frame, camera,
             break  # too few depth pixels, or every candidate in a rejected basin
         res = refiner.refine(frames, camera, torch.as_tensor(found.T_cam_obj, dtype=torch.float32),
                              max_iterations=max_iterations, num_hypotheses=num_hypotheses, terms=terms,
-                             candidates=found.candidates)
+                             candidates=found.candidates, config=config)
         problem = check.problem(res)
         attempts.append(problem)
         if best is None or check.fit(res) > check.fit(best[0]):

@@ -95,7 +95,7 @@ class RefineConfig:
     hypothesis_translation: float = 0.03
     coarse_size: int = 40              # RoI side used to score hypotheses
     top_k: int = 2                     # hypotheses refined briefly before choosing one
-    top_k_iterations: int = 8
+    top_k_iterations: int = 8          # their Adam iterations (0: only scored at roi_size, the best continues)
     # plain gradient-descent steps on the penetration term at the end (Adam drifts tangentially)
     penetration_gd_steps: int = 5
     penetration_tolerance: float = 0.0015  # m: GD steps only while deeper than this
@@ -571,7 +571,7 @@ class Refiner:
     def refine(self, frames: Sequence[FrameObservation], camera: Camera, T_cam_obj_init,
                max_iterations: Optional[int] = None, terms: Optional[Sequence[str]] = None,
                weights: Optional[Weights] = None, num_hypotheses: Optional[int] = None,
-               candidates=None) -> RefineResult:
+               candidates=None, config: Optional[RefineConfig] = None) -> RefineResult:
         """Refine the object pose of one frame or jointly over a window.
 
         Args:
@@ -585,6 +585,9 @@ class Refiner:
             candidates: ``(E, 4, 4)`` more starting poses of the last frame (e.g. a global search's,
                 :mod:`hp_ros.core.global_pose`), scored with the hypotheses in the coarse search (the
                 window's other frames move with the last one).
+            config: settings of this call only (None: the refiner's ``config``; e.g. the smaller
+                steps of a start that is close already, :func:`hp_ros.core.global_pose.cold_start`).
+                Its ``face_budget`` is the refiner's (the rendered mesh is built once).
         Returns:
             :class:`RefineResult`, its tensors on the CPU (the work runs on ``device``: tensors made
             without a device inside are made on it).
@@ -592,9 +595,15 @@ class Refiner:
             ValueError on an empty window, NaN poses, unknown term names, mismatched images.
         """
         on_device = contextlib.nullcontext() if self.device.type == "cpu" else self.device
-        with on_device:
-            res = self._refine(frames, camera, T_cam_obj_init, max_iterations, terms, weights, num_hypotheses,
-                               candidates)
+        saved = self.config
+        if config is not None:  # one refinement at a time per Refiner (the node serves one request at a time)
+            self.config = config
+        try:
+            with on_device:
+                res = self._refine(frames, camera, T_cam_obj_init, max_iterations, terms, weights, num_hypotheses,
+                                   candidates)
+        finally:
+            self.config = saved
         for name in ("T_cam_obj", "T_cam_obj_init", "T_cam_hand", "joint_offsets"):
             value = getattr(res, name)
             if value is not None:
@@ -666,6 +675,11 @@ class Refiner:
                                                 cfg.top_k_iterations)
                 j = int(torch.argmin(lk))
                 T_best, chosen = Tk[j:j + 1], int(order[j])
+            elif k > 1:  # no iterations: the top k scored at the RoI's resolution, the best continues
+                with torch.no_grad():
+                    lk, _, _ = self._loss(T_best, crop, w.without("physics"), hand_mesh0, cfg.roi_size)
+                j = int(torch.argmin(lk))
+                T_best, chosen = T_best[j:j + 1], int(order[j])
             else:
                 chosen = int(order[0])
         T_fin, best_loss, (xi_hand, dq), it_done = self._adam(T_best, crop, w, hand_ctx, cfg.roi_size,

@@ -320,7 +320,7 @@ def run_pipeline(out_dir: Path, object_spec: str = "builtin:cracker_box", durati
         if collector is not None:
             collector.close()
     # the baselines hold / carry a start pose: the tracker's own, or (a cold start) 1 cm / 5 deg off the first frame
-    result = score(seq, collector, object_spec, t_replay, initial_offset or (0.01, 5.0))
+    result = score(seq, collector, object_spec, t_replay, initial_offset or (0.01, 5.0), rate=rate)
     if overlays:
         from hp_ros.core.objects import ObjectModel
         from hp_ros.tools.overlay import write_overlays
@@ -403,7 +403,8 @@ def offset_pose(T: np.ndarray, offset: tuple) -> np.ndarray:
     return se3.apply_delta(torch.as_tensor(T, dtype=torch.float64), torch.as_tensor(xi)).numpy()
 
 
-def score(seq, collector, object_spec: str, t_replay: float, initial_offset: tuple = (0.01, 5.0)) -> dict:
+def score(seq, collector, object_spec: str, t_replay: float, initial_offset: tuple = (0.01, 5.0),
+          rate: float = 1.0) -> dict:
     """Metrics of the collected estimates against the sequence's ground truth."""
     from hp_ros.core import metrics
     from hp_ros.core.objects import ObjectModel
@@ -420,9 +421,17 @@ def score(seq, collector, object_spec: str, t_replay: float, initial_offset: tup
     t_frames = sorted(collector.images.values())
     span = (t_frames[-1] - t_frames[0]) * len(t_frames) / max(1, len(t_frames) - 1) if len(t_frames) > 1 else t_replay
     result["output_rate_hz"] = len(collector.poses) / span if span > 0 else 0.0
-    # cold start: from the first camera frame's publish time to the first pose's
-    first = min((v[2] for v in collector.poses.values()), default=None)
-    result["time_to_first_pose_s"] = float(first - t_frames[0]) if first is not None and t_frames else float("nan")
+    # cold start: from the sequence's first frame to the first pose, on the stream's own clock - the
+    # first posed frame's stamp after the first frame's (bag time / rate), plus that pose's latency.
+    # (The listener's first camera_info is no start: its subscription can match a second or more after
+    # the replay began, which gave 0.14 s and negative times once the first pose came within ~1 s.)
+    if collector.poses and len(gt):
+        s_first = min(collector.poses)
+        wait = (s_first - min(gt)) * 1e-9 / max(rate, 1e-9)
+        own = collector.poses[s_first][2] - collector.images[s_first] if s_first in collector.images else 0.0
+        result["time_to_first_pose_s"] = float(wait + max(own, 0.0))
+    else:
+        result["time_to_first_pose_s"] = float("nan")
     result["latency_ms_p95"] = float(np.percentile(lat, 95)) if lat else float("nan")
     result["latency_ms_median"] = float(np.median(lat)) if lat else float("nan")
     result["latencies_ms"] = [round(x, 2) for _, x in sorted(zip(

@@ -188,3 +188,19 @@ def test_eval_tool_report(tmp_path, points):
                              str(tmp_path / "est.csv"), "--object", str(tmp_path / "pts.npy"), "--gt-topic", "/x"])
     with pytest.raises(ValueError, match="not in"):
         evaluate.run(bad)
+
+
+def test_time_to_first_pose_counts_on_the_streams_own_clock():
+    """From the sequence's first frame to the first pose: the first posed stamp's distance in bag
+    time (scaled by the replay rate) plus that pose's own latency - not from whichever image the
+    listener saw first (its subscription can match a second late, which gave negative times)."""
+    from hp_ros.tools.demo import time_to_first_pose
+
+    S = 1_000_000_000
+    first_frame = 100 * S
+    poses = {first_frame + S: 50.08, first_frame + 2 * S: 51.05}   # stamp -> publish time [s]
+    images = {first_frame + S: 50.0, first_frame + 2 * S: 51.0}   # the listener missed the first second
+    assert time_to_first_pose(poses, images, first_frame) == pytest.approx(1.08)
+    assert time_to_first_pose(poses, images, first_frame, rate=0.5) == pytest.approx(2.08)
+    assert time_to_first_pose(poses, {}, first_frame) == pytest.approx(1.0)  # latency unknown: bag time only
+    assert np.isnan(time_to_first_pose({}, images, first_frame))

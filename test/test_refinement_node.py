@@ -44,6 +44,20 @@ def _start_node(start_process, seq, *params: str):
     return start_process(python_module_cmd(*cmd))
 
 
+def _publishers(ros_node, *kinds: str, joints_depth: int = 100) -> dict:
+    """Reliable publishers of the refinement node's inputs by kind (info, image, object_mask, hand_mask,
+    depth, joints)."""
+    from rclpy.qos import QoSProfile, ReliabilityPolicy
+    from sensor_msgs.msg import CameraInfo, Image, JointState
+
+    topics = {"info": (CameraInfo, graph.CAMERA_TOPICS["color_info"]), "image": (Image, graph.CAMERA_TOPICS["color_image"]),
+              "object_mask": (Image, graph.TOPICS["object_mask"]), "hand_mask": (Image, graph.TOPICS["hand_mask"]),
+              "depth": (Image, graph.CAMERA_TOPICS["depth_image"]), "joints": (JointState, graph.JOINT_STATES)}
+    return {k: ros_node.create_publisher(topics[k][0], topics[k][1],
+                                         QoSProfile(depth=joints_depth if k == "joints" else 10,
+                                                    reliability=ReliabilityPolicy.RELIABLE)) for k in kinds}
+
+
 def _call(node, client, req, timeout=120.0):
     from rostest_utils import spin_until
 
@@ -70,13 +84,7 @@ def test_refine_service(ros_node, start_process, seq):
                        "image_linger:=-1.0")
 
     qos = QoSProfile(depth=10, reliability=ReliabilityPolicy.RELIABLE)
-    pubs = {
-        "info": ros_node.create_publisher(CameraInfo, graph.CAMERA_TOPICS["color_info"], qos),
-        "image": ros_node.create_publisher(Image, graph.CAMERA_TOPICS["color_image"], qos),
-        "object_mask": ros_node.create_publisher(Image, graph.TOPICS["object_mask"], qos),
-        "hand_mask": ros_node.create_publisher(Image, graph.TOPICS["hand_mask"], qos),
-        "joints": ros_node.create_publisher(JointState, graph.JOINT_STATES, QoSProfile(depth=500, reliability=ReliabilityPolicy.RELIABLE)),
-    }
+    pubs = _publishers(ros_node, "info", "image", "object_mask", "hand_mask", "joints", joints_depth=500)
     refined, diags = [], []
     ros_node.create_subscription(PoseWithCovarianceStamped, graph.TOPICS["refined_pose"], refined.append, qos)
     ros_node.create_subscription(DiagnosticArray, "/diagnostics", diags.append, qos)
@@ -237,11 +245,7 @@ def test_idle_node_receives_no_images_and_subscribes_for_a_request(ros_node, sta
     proc = _start_node(start_process, seq, "image_linger:=0.5", "use_depth:=false", "open_wait:=10.0",
                        "request_wait:=5.0")
     qos = QoSProfile(depth=10, reliability=ReliabilityPolicy.RELIABLE)
-    pubs = {"info": ros_node.create_publisher(CameraInfo, graph.CAMERA_TOPICS["color_info"], qos),
-            "image": ros_node.create_publisher(Image, graph.CAMERA_TOPICS["color_image"], qos),
-            "object_mask": ros_node.create_publisher(Image, graph.TOPICS["object_mask"], qos),
-            "joints": ros_node.create_publisher(JointState, graph.JOINT_STATES,
-                                                QoSProfile(depth=100, reliability=ReliabilityPolicy.RELIABLE))}
+    pubs = _publishers(ros_node, "info", "image", "object_mask", "joints")
     diags = []
     ros_node.create_subscription(DiagnosticArray, "/diagnostics", diags.append, qos)
 
@@ -323,11 +327,7 @@ def test_an_early_global_request_waits_for_the_first_frame_and_a_rejected_answer
     proc = _start_node(start_process, seq, "image_linger:=-1.0", "first_frame_wait:=300.0", "global_min_iou:=1.01",
                        "global_attempts:=1")
     qos = QoSProfile(depth=10, reliability=ReliabilityPolicy.RELIABLE)
-    pubs = {"info": ros_node.create_publisher(CameraInfo, graph.CAMERA_TOPICS["color_info"], qos),
-            "image": ros_node.create_publisher(Image, graph.CAMERA_TOPICS["color_image"], qos),
-            "object_mask": ros_node.create_publisher(Image, graph.TOPICS["object_mask"], qos),
-            "hand_mask": ros_node.create_publisher(Image, graph.TOPICS["hand_mask"], qos),
-            "depth": ros_node.create_publisher(Image, graph.CAMERA_TOPICS["depth_image"], qos)}
+    pubs = _publishers(ros_node, "info", "image", "object_mask", "hand_mask", "depth")
     refined, diags = [], []
     ros_node.create_subscription(PoseWithCovarianceStamped, graph.TOPICS["refined_pose"], refined.append, qos)
     ros_node.create_subscription(DiagnosticArray, "/diagnostics", diags.append, qos)

@@ -115,11 +115,11 @@ class RefinementClient:
         rejected = res is not None and not res.success and message.startswith(graph.REFINE_REJECTED)
         if res is None or (not res.success and not rejected):
             self._failed("refine_failed", f"refine_pose failed: {message or 'no answer'}", now)
-        elif rejected and not res.mask_iou >= self.p["min_refinement_iou"]:
-            self._failed("refine_rejected", f"refine_pose answer rejected: {message}", now)
-        elif not res.mask_iou >= self.p["min_refinement_iou"]:
-            self._failed("refine_iou", f"refinement result not used: mask IoU {res.mask_iou:.2f} < "
-                                       f"min_refinement_iou {self.p['min_refinement_iou']}", now)
+        elif not res.mask_iou >= self.p["min_refinement_iou"]:  # rejected or not, too poor to start from
+            key, text = ("refine_rejected", f"refine_pose answer rejected: {message}") if rejected else \
+                ("refine_iou", f"refinement result not used: mask IoU {res.mask_iou:.2f} < min_refinement_iou "
+                               f"{self.p['min_refinement_iou']}")
+            self._failed(key, text, now)
         else:
             if rejected:
                 self.errors.warn("refine_rejected", f"using the refinement node's best answer although its check "

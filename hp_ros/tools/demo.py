@@ -403,6 +403,18 @@ def offset_pose(T: np.ndarray, offset: tuple) -> np.ndarray:
     return se3.apply_delta(torch.as_tensor(T, dtype=torch.float64), torch.as_tensor(xi)).numpy()
 
 
+def time_to_first_pose(pose_times: dict, image_times: dict, first_frame_ns, rate: float = 1.0) -> float:
+    """Seconds from the sequence's first frame (stamp ``first_frame_ns``) to the first pose, on the
+    stream's own clock: the first posed stamp's distance from it (bag time / ``rate``) plus that
+    pose's latency (``pose_times`` / ``image_times``: stamp -> publish time [s]; 0 when the image's
+    time is unknown). NaN without a pose."""
+    if not pose_times or first_frame_ns is None:
+        return float("nan")
+    first = min(pose_times)
+    own = pose_times[first] - image_times[first] if first in image_times else 0.0
+    return float((first - first_frame_ns) * 1e-9 / max(rate, 1e-9) + max(own, 0.0))
+
+
 def score(seq, collector, object_spec: str, t_replay: float, initial_offset: tuple = (0.01, 5.0),
           rate: float = 1.0) -> dict:
     """Metrics of the collected estimates against the sequence's ground truth."""
@@ -425,13 +437,8 @@ def score(seq, collector, object_spec: str, t_replay: float, initial_offset: tup
     # first posed frame's stamp after the first frame's (bag time / rate), plus that pose's latency.
     # (The listener's first camera_info is no start: its subscription can match a second or more after
     # the replay began, which gave 0.14 s and negative times once the first pose came within ~1 s.)
-    if collector.poses and len(gt):
-        s_first = min(collector.poses)
-        wait = (s_first - min(gt)) * 1e-9 / max(rate, 1e-9)
-        own = collector.poses[s_first][2] - collector.images[s_first] if s_first in collector.images else 0.0
-        result["time_to_first_pose_s"] = float(wait + max(own, 0.0))
-    else:
-        result["time_to_first_pose_s"] = float("nan")
+    result["time_to_first_pose_s"] = time_to_first_pose(
+        {st: v[2] for st, v in collector.poses.items()}, collector.images, min(gt, default=None), rate)
     result["latency_ms_p95"] = float(np.percentile(lat, 95)) if lat else float("nan")
     result["latency_ms_median"] = float(np.median(lat)) if lat else float("nan")
     result["latencies_ms"] = [round(x, 2) for _, x in sorted(zip(

@@ -146,6 +146,27 @@ def test_evaluate_sequence(points):
     assert r2["n_matched"] == 0 and np.isnan(r2["add_mean_cm"]) and r2["add_auc"] == 0.0
 
 
+def test_symmetric_rotation_error_ignores_the_spin(points):
+    """A can's spin about its axis is not an error; a tilt of the axis is, by its own angle (the
+    geodesic angle counts both and stays beside it)."""
+    axis = np.array([0.0, 0.0, 2.0])  # not unit: normalised inside
+    T_gt = _pose([0.3, -0.2, 0.1], [0, 0, 0.5])
+    spin = T_gt @ _pose([0, 0, np.radians(40)], [0, 0, 0])            # 40 deg about the object's z
+    tilt = T_gt @ _pose([np.radians(7), 0, 0], [0, 0, 0])             # 7 deg about the object's x
+    both = spin @ _pose([0, np.radians(-5), 0], [0, 0, 0])            # spin, then 5 deg tilt
+    est = np.stack([spin, tilt, both])
+    np.testing.assert_allclose(mt.axis_error_deg(np.stack([T_gt] * 3), est, axis), [0.0, 7.0, 5.0], atol=1e-6)
+    # the axis flipped end for end is the same axis (a can upside down looks the same)
+    flip = T_gt @ _pose([np.pi, 0, 0], [0, 0, 0])
+    assert mt.axis_error_deg(T_gt, flip, axis)[0] == pytest.approx(0.0, abs=1e-6)
+    gt = {1_000 * (k + 1): T_gt for k in range(3)}
+    r = mt.evaluate_sequence(gt, {s: T for s, T in zip(gt, est)}, points, symmetric=True, symmetry_axis=axis)
+    assert r["rot_err_mean_deg"] == pytest.approx(4.0, abs=1e-6)
+    assert r["rot_err_geodesic_mean_deg"] == pytest.approx(np.mean(mt.rotation_error_deg(np.stack([T_gt] * 3), est)))
+    assert r["rot_err_geodesic_mean_deg"] > 15.0
+    assert [f["rot_err_deg"] for f in r["per_frame"]] == pytest.approx([0.0, 7.0, 5.0], abs=1e-6)
+
+
 def test_eval_tool_report(tmp_path, points):
     """`hp-ros eval` end to end: GT bag + CSV estimates -> metrics.json, CSV, plots."""
     import argparse

@@ -134,12 +134,7 @@ def frame_errors(T_gt: np.ndarray, T: np.ndarray, points: np.ndarray, axis_obj: 
     is unobservable from shape and would count the same for every tracker and baseline."""
     from hp_ros.core import metrics
 
-    if axis_obj is None:
-        rot = metrics.rotation_error_deg(T_gt, T)
-    else:
-        a = np.asarray(axis_obj, float) / np.linalg.norm(axis_obj)
-        cos = np.einsum("ni,ni->n", np.asarray(T_gt)[:, :3, :3] @ a, np.asarray(T)[:, :3, :3] @ a)
-        rot = np.degrees(np.arccos(np.clip(np.abs(cos), 0.0, 1.0)))
+    rot = metrics.rotation_error_deg(T_gt, T) if axis_obj is None else metrics.axis_error_deg(T_gt, T, axis_obj)
     return {"adds": metrics.add_s(T_gt, T, points), "add": metrics.add(T_gt, T, points), "rot": rot}
 
 

@@ -23,7 +23,7 @@ import numpy as np
 from scipy.spatial import cKDTree
 
 __all__ = [
-    "add", "add_s", "accuracy_curve", "auc", "rotation_error_deg", "translation_error",
+    "add", "add_s", "accuracy_curve", "auc", "rotation_error_deg", "axis_error_deg", "translation_error",
     "mask_iou", "projection_error_2d", "chamfer_distance", "match_stamps", "evaluate_sequence",
 ]
 
@@ -122,6 +122,21 @@ def rotation_error_deg(T_gt: Any, T_est: Any) -> np.ndarray:
     return np.degrees(ang)
 
 
+def axis_error_deg(T_gt: Any, T_est: Any, axis_obj: Any) -> np.ndarray:
+    """Rotation error ``(B,)`` in degrees of a rotationally symmetric object: the angle between the
+    true and the estimated symmetry axis (``axis_obj`` ``(3,)``, object frame; its sign does not
+    matter). The spin about the axis is unobservable from the shape, so it is not counted."""
+    a, b = _np(T_gt), _np(T_est)
+    a, b = a[..., :3, :3].reshape(-1, 3, 3), b[..., :3, :3].reshape(-1, 3, 3)
+    if a.shape != b.shape:
+        raise ValueError(f"rotation batches differ: {a.shape} vs {b.shape}")
+    u = np.asarray(axis_obj, dtype=np.float64).reshape(3)
+    u = u / np.linalg.norm(u)
+    ga, gb = a @ u, b @ u                                              # (B, 3) axes in the camera frame
+    # atan2(|a x b|, |a . b|): exact near 0 where arccos is not
+    return np.degrees(np.arctan2(np.linalg.norm(np.cross(ga, gb), axis=-1), np.abs(np.einsum("bi,bi->b", ga, gb))))
+
+
 def translation_error(T_gt: Any, T_est: Any) -> np.ndarray:
     """Euclidean distance ``(B,)`` between the translations of the poses."""
     a, b = _pair(T_gt, T_est)
@@ -191,7 +206,7 @@ def match_stamps(gt_stamps: Any, est_stamps: Any, tolerance_ns: int) -> np.ndarr
 
 def evaluate_sequence(
     gt: Mapping[int, Any], est: Mapping[int, Any], model_points: Any, symmetric: bool = False, *,
-    tolerance_ns: int = 5_000_000, auc_max_m: float = 0.1,
+    tolerance_ns: int = 5_000_000, auc_max_m: float = 0.1, symmetry_axis: Any = None,
 ) -> dict:
     """Score a sequence of estimated object poses against ground truth.
 
@@ -202,13 +217,17 @@ def evaluate_sequence(
         model_points: ``(N, 3)`` object model points in metres (object frame).
         symmetric: the object is symmetric; ``primary_*`` keys then use ADD-S, else ADD.
         auc_max_m: upper AUC threshold (0.1 m = YCB-Video).
+        symmetry_axis: ``(3,)`` axis (object frame) of a rotationally symmetric object, or None:
+            then ``rot_err_*`` is :func:`axis_error_deg` (the unobservable spin not counted) and
+            ``rot_err_geodesic_*`` keeps the full angle; without it both are the geodesic angle.
 
     Returns:
         dict with scalar keys ``n_frames`` (= ``frames``, GT frames), ``n_matched``,
         ``add_mean_cm``, ``adds_mean_cm``, ``adds_max_cm``, ``add_auc``, ``adds_auc``,
-        ``rot_err_mean_deg``, ``trans_err_mean_cm``, ``primary`` ('ADD' or 'ADD-S'),
+        ``rot_err_mean_deg``, ``rot_err_geodesic_mean_deg``, ``trans_err_mean_cm``, ``primary`` ('ADD' or 'ADD-S'),
         ``primary_mean_cm``, ``primary_auc``; and ``per_frame``: list of dicts with
-        ``stamp_ns``, ``matched``, ``add_cm``, ``adds_cm``, ``rot_err_deg``, ``trans_err_cm``
+        ``stamp_ns``, ``matched``, ``add_cm``, ``adds_cm``, ``rot_err_deg``, ``rot_err_geodesic_deg``,
+        ``trans_err_cm``
         (None where unmatched). Means are over matched frames (NaN when none); AUCs are over
         all GT frames with unmatched ones counted as failures.
     """
@@ -218,13 +237,15 @@ def evaluate_sequence(
     idx = match_stamps(gt_stamps, est_stamps, tolerance_ns)
     matched = idx >= 0
     n = len(gt_stamps)
-    per = {k: np.full(n, np.inf) for k in ("add", "adds", "rot", "trans")}
+    per = {k: np.full(n, np.inf) for k in ("add", "adds", "rot", "geo", "trans")}
     if matched.any():
         T_gt = np.stack([_np(gt[int(s)]) for s in gt_stamps[matched]])
         T_est = np.stack([_np(est[int(est_stamps[i])]) for i in idx[matched]])
         per["add"][matched] = add(T_gt, T_est, points)
         per["adds"][matched] = add_s(T_gt, T_est, points)
-        per["rot"][matched] = rotation_error_deg(T_gt, T_est)
+        per["geo"][matched] = rotation_error_deg(T_gt, T_est)
+        per["rot"][matched] = per["geo"][matched] if symmetry_axis is None else \
+            axis_error_deg(T_gt, T_est, symmetry_axis)
         per["trans"][matched] = translation_error(T_gt, T_est)
 
     def mean(x: np.ndarray) -> float:
@@ -235,7 +256,8 @@ def evaluate_sequence(
         "add_mean_cm": 100 * mean(per["add"]), "adds_mean_cm": 100 * mean(per["adds"]),
         "adds_max_cm": 100 * float(per["adds"][matched].max()) if matched.any() else float("nan"),
         "add_auc": auc(per["add"], auc_max_m), "adds_auc": auc(per["adds"], auc_max_m),
-        "rot_err_mean_deg": mean(per["rot"]), "trans_err_mean_cm": 100 * mean(per["trans"]),
+        "rot_err_mean_deg": mean(per["rot"]), "rot_err_geodesic_mean_deg": mean(per["geo"]),
+        "trans_err_mean_cm": 100 * mean(per["trans"]),
         "auc_max_cm": 100 * auc_max_m,
     }
     out["primary"] = "ADD-S" if symmetric else "ADD"
@@ -246,6 +268,7 @@ def evaluate_sequence(
          "add_cm": 100 * float(per["add"][k]) if m else None,
          "adds_cm": 100 * float(per["adds"][k]) if m else None,
          "rot_err_deg": float(per["rot"][k]) if m else None,
+         "rot_err_geodesic_deg": float(per["geo"][k]) if m else None,
          "trans_err_cm": 100 * float(per["trans"][k]) if m else None}
         for k, (s, m) in enumerate(zip(gt_stamps, matched))
     ]

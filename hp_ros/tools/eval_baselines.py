@@ -63,7 +63,7 @@ def bag_baselines(bag: str | Path, gt: dict, est: dict, points: np.ndarray, symm
         poses = baselines.baseline_poses(T0, len(stamps))
     else:
         poses = baselines.baseline_poses(T0, len(stamps), hand, inputs[0], inputs[1], points)
-    axis = _axis(points) if symmetric else None
+    axis = symmetry_axis_of_points(points) if symmetric else None
     tr = baselines.frame_errors(T_gt, T_est, points, axis)
     bl = {n: baselines.frame_errors(T_gt, P, points, axis) for n, P in poses.items()}
     rep = baselines.pooled_report([tr], {n: [e] for n, e in bl.items()})
@@ -72,7 +72,7 @@ def bag_baselines(bag: str | Path, gt: dict, est: dict, points: np.ndarray, symm
             "rot_ratio_to_baseline": rep["rot_ratio_to_baseline"]}
 
 
-def _axis(points: np.ndarray) -> np.ndarray:
+def symmetry_axis_of_points(points: np.ndarray) -> np.ndarray:
     """The symmetry axis of a symmetric object's points ``(N, 3)``: the principal direction whose
     perpendicular spread is the most even (a can's axis)."""
     p = points - points.mean(0)

@@ -151,7 +151,7 @@ def write_report(result: dict, out_dir: str | Path, auc_max_cm: float = 10.0) ->
     scalars = {k: (None if isinstance(v, float) and math.isnan(v) else v) for k, v in scalars.items()}
     (out / "metrics.json").write_text(json.dumps(scalars, indent=2) + "\n")
     frames = result["per_frame"]
-    cols = ["stamp_ns", "matched", "add_cm", "adds_cm", "rot_err_deg", "trans_err_cm"]
+    cols = ["stamp_ns", "matched", "add_cm", "adds_cm", "rot_err_deg", "rot_err_geodesic_deg", "trans_err_cm"]
     with open(out / "per_frame.csv", "w", newline="") as f:
         w = csv.DictWriter(f, fieldnames=cols, extrasaction="ignore")
         w.writeheader()
@@ -265,9 +265,11 @@ def evaluate_bag(bag: str, est, out: Path, args, log=print) -> dict:
         points = offline.model_points
     else:
         raise ValueError("--object MESH_OR_POINTS is required to compute ADD / ADD-S")
+    from hp_ros.tools.eval_baselines import bag_baselines, symmetry_axis_of_points
+
     result = evaluate_sequence(gt, est, points, symmetric=args.symmetric,
-                               tolerance_ns=int(args.tolerance_ms * 1e6), auc_max_m=args.auc_max_cm / 100)
-    from hp_ros.tools.eval_baselines import bag_baselines
+                               tolerance_ns=int(args.tolerance_ms * 1e6), auc_max_m=args.auc_max_cm / 100,
+                               symmetry_axis=symmetry_axis_of_points(points) if args.symmetric else None)
 
     result.update(bag_baselines(bag, gt, est, points, args.symmetric))
     if offline is not None:

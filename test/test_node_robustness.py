@@ -336,6 +336,40 @@ def test_guard_keeps_callbacks_of_every_kind_from_raising(seg):
         (seg.destroy_subscription if e is sub else seg.destroy_service if e is srv else seg.destroy_timer)(e)
 
 
+def test_publishers_add_no_waitables_subscriptions_keep_their_qos_events(seg):
+    """Every executor wake rebuilds its wait set from the node's waitables: our publishers bring none
+    (rclpy's default incompatible-QoS / -type handlers would be two each), while a subscription keeps
+    the handlers that report a driver's mismatching QoS."""
+    from rclpy.executors import SingleThreadedExecutor
+    from std_msgs.msg import String
+
+    def waitables():
+        return len(list(seg.waitables))
+
+    n = waitables()
+    pub = seg.create_publisher(String, "/hp_ros_test_events_pub", 10)
+    assert waitables() == n
+    sub = seg.create_subscription(String, "/hp_ros_test_events_sub", lambda m: None, 10)
+    assert waitables() > n
+    # and the publisher still works: a message reaches a subscription through the executor
+    got = []
+    sub2 = seg.create_subscription(String, "/hp_ros_test_events_pub", got.append, 10)
+    ex = SingleThreadedExecutor(context=seg.context)
+    ex.add_node(seg)
+    try:
+        deadline = time.monotonic() + 30.0
+        while not got and time.monotonic() < deadline:
+            pub.publish(String(data="x"))
+            ex.spin_once(timeout_sec=0.05)
+    finally:
+        ex.remove_node(seg)
+        ex.shutdown()
+    assert got and got[0].data == "x"
+    seg.destroy_publisher(pub)
+    seg.destroy_subscription(sub)
+    seg.destroy_subscription(sub2)
+
+
 # --- supervised worker ------------------------------------------------------------------------
 
 def test_segmentation_worker_is_restarted_and_frames_flow_again(seg):

@@ -129,6 +129,19 @@ class GuardedNode(Node):
         return super().create_subscription(msg_type, topic, self._wrap(callback, f"sub.{_site(topic)}", True),
                                            qos_profile, **kwargs)
 
+    def create_publisher(self, msg_type, topic, qos_profile, **kwargs):
+        """As rclpy's, without its default QoS event handlers (incompatible QoS / type), unless
+        ``event_callbacks`` is given. Each handler is a waitable that the executor puts into its wait
+        set on every wake: with two per publisher, a wake of a node with 12 publishers cost 0.44 ms
+        of CPU, without them 0.23 ms (rclpy 7.1), and the tracker wakes a few times per frame. A
+        subscriber whose QoS does not match still logs it on its side (requested incompatible QoS);
+        our own subscriptions keep their handlers, so a driver's mismatch is reported here."""
+        if "event_callbacks" not in kwargs:
+            from rclpy.event_handler import PublisherEventCallbacks
+
+            kwargs["event_callbacks"] = PublisherEventCallbacks(use_default_callbacks=False)
+        return super().create_publisher(msg_type, topic, qos_profile, **kwargs)
+
     def create_service(self, srv_type, srv_name, callback, **kwargs):
         guard = self.__dict__.get("guard")
         if guard is not None:

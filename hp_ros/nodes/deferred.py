@@ -65,6 +65,8 @@ class DeferredReader:
                          else DurabilityPolicy.VOLATILE)
         self._queue = None
         self._sub = None
+        self._wait_set = None  # made by the first wait()
+        self._context = node.context
         if bus is None:
             self._sub = node.create_subscription(msg_type, topic, _unused, qos, callback_group=_NeverExecuted(),
                                                  raw=raw)
@@ -77,9 +79,36 @@ class DeferredReader:
         with self._lock:
             self._queue.append((msg, info))
 
+    def wait(self, timeout_s: float) -> bool:
+        """Block until a message is there to take (True) or ``timeout_s`` passed (False), on this
+        reader alone: no executor wakes for it (a node that needs one input before it can go on
+        waits for it inside its callback instead of arming a timer - each arming and each timer
+        call is a wake of the executor, 0.2-0.4 ms of CPU). Nothing is taken. With a bus: whether
+        a message is there, without waiting."""
+        timeout_s = max(float(timeout_s), 0.0)
+        if self._queue is not None:
+            # with a bus the messages may be delivered by this very thread's executor (the node that
+            # subscribed first over DDS): waiting here could only time out, so it does not wait
+            with self._lock:
+                return len(self._queue) > 0
+        sub = self._sub
+        if sub is None:  # closed
+            return False
+        from rclpy.impl.implementation_singleton import rclpy_implementation as _rclpy
+
+        with self._context.handle, sub.handle:
+            if self._wait_set is None:
+                self._wait_set = _rclpy.WaitSet(1, 0, 0, 0, 0, 0, self._context.handle)
+            ws = self._wait_set
+            ws.clear_entities()
+            ws.add_subscription(sub.handle)
+            ws.wait(int(timeout_s * 1e9))
+            return sub.handle.pointer in ws.get_ready_entities("subscription")
+
     def close(self, node) -> None:
         """Stop receiving: the DDS reader is deleted with what it still holds (with a bus: it
         keeps its place on the bus, which cannot unsubscribe; in one process that costs nothing)."""
+        self._wait_set = None
         if self._sub is not None:
             node.destroy_subscription(self._sub)
             self._sub = None

@@ -55,6 +55,7 @@ from hp_ros.nodes.tracking_params import OWN_PARAMS
 
 JOINTS_IDLE = 0.5  # [s] joint states are taken at least this often
 JOINT_READER_DEPTH = 200  # joint states the DDS reader keeps between two takes (2 s at 100 Hz)
+JOINT_WAIT = 0.02  # [s] a frame's camera_info callback waits this long for its joint states, then the timer
 OBS_READER_DEPTH = 60  # observations of each kind kept between two takes (2 s at 30 Hz)
 FROM_MSG = {"object": object_observation_from_msg, "fingertips": fingertips_from_msg}
 
@@ -126,6 +127,7 @@ class TrackingNode(GuardedNode):
             self.errors.reject(e, "camera_info", "camera_info ignored: ")
             return
         if not self.checks.stamp_ok("camera_info", intrinsics.stamp_ns):
+            self.run_tracker()  # the joint states' stamps checked now: a jump both confirm resets at once
             return
         self.tracker.set_camera(intrinsics.K)
         if intrinsics.distorted:
@@ -137,7 +139,19 @@ class TrackingNode(GuardedNode):
             stages = {"sent": info["source_timestamp"], "received": info["received_timestamp"],
                       "callback": time.time_ns()}
             self.tracker.add_frame(msgs.header_stamp_ns(msg), time.monotonic(), stages)
-            self.run_tracker()
+            self.run_tracker(arm=False)
+            self._await_joints()  # then the timer, for what still waits
+            self._arm_timer()
+
+    def _await_joints(self) -> None:
+        """Pose the waiting frames as flowing joint states reach them, waiting on the joint reader
+        alone (at most JOINT_WAIT): one executor wake per frame, where an armed timer took three."""
+        deadline = time.monotonic() + JOINT_WAIT
+        while self.tracker.frames and time.monotonic() - self.tracker.last_joint_time < JOINTS_IDLE:
+            newest, left = self.tracker.joints.latest(), deadline - time.monotonic()
+            if newest is None or newest[0] >= min(self.tracker.frames) or left <= 0 or not self.joint_reader.wait(left):
+                return
+            self.run_tracker(arm=False)
 
     def on_observation(self, kind: str, msg) -> None:
         self.add_observation(kind, msg)
@@ -202,9 +216,9 @@ class TrackingNode(GuardedNode):
             self.timer.reset() if waiting else self.timer.cancel()
 
     # ------------------------------------------------------------------ processing
-    def run_tracker(self) -> None:
+    def run_tracker(self, arm: bool = True) -> None:
         """Hand the joint states that arrived since the last run to the tracker as one batch, run it,
-        publish what it processed."""
+        publish what it processed; then arm (or cancel) the 10 ms timer for what still waits."""
         now = self.last_run = time.monotonic()
         batch = self.joint_reader.take()
         joint_ok = self.checks.joint_ok
@@ -220,7 +234,8 @@ class TrackingNode(GuardedNode):
         publish = self.outputs.publish  # pose, TF, status, lab outputs, refinement requests
         for result in self.tracker.process(now):
             publish(result)
-        self._arm_timer()
+        if arm:
+            self._arm_timer()
 
 
 def main(args=None):

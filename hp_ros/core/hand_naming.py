@@ -225,4 +225,3 @@ class JointStateMapper:
             missing = [n for n, s in zip(self.joint_names, self._seen) if not s]
             raise ValueError(f"no position received yet for joints {missing}")
         return self._q.copy()
-

@@ -105,8 +105,6 @@ class RenderOutput:
     face: torch.Tensor
 
 
-
-
 class _HardPass(NamedTuple):
     """What the no-grad pass decides: fragments, labels (mesh index, ``M`` = background) as numpy
     ``(B H W,)`` and torch ``(B, H, W)``, the silhouette band, and the covered pixels: flat index

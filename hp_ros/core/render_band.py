@@ -54,7 +54,6 @@ class _Band:
     seg1: torch.Tensor  # (R, 4) piece at t0 / t1 (to recompute t0 / t1 with autograd)
 
 
-
 class _Crossings(NamedTuple):
     """4-neighbour pixel pairs with different labels, ``(P,)`` each: batch ``b``, flat indices
     ``flat_p, flat_q`` of the pair's pixels, the front (nearer) pixel ``f`` and the other ``k``, and
@@ -374,5 +373,3 @@ def _piece_end(seg, t_nograd, ax, ay, bx, by, offset: float) -> torch.Tensor:
     t = (u + offset / torch.sqrt(sx * sx + sy * sy).clamp_min(1e-9)).clamp(0.0, 1.0)
     clamped = (t_nograd <= 0.0) | (t_nograd >= 1.0)
     return torch.where(clamped, t_nograd, t)
-
-

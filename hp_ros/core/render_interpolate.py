@@ -94,4 +94,3 @@ class _Interpolate(torch.autograd.Function):
         g_us, g_vs, g_zv = per_vert[:, 0], per_vert[:, 1], per_vert[:, 2]
         g_values = per_vert[:, 3:].t() if C else None
         return g_us, g_vs, g_zv, g_values, None, None, None, None, None
-

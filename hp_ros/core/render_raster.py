@@ -79,7 +79,6 @@ def _expand_ranges(counts: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return owner, pos
 
 
-
 def _rasterize_corners(corners: torch.Tensor, B: int, Fn: int, size, near: float,
                        face_mask: Optional[torch.Tensor]) -> Fragments:
     """:func:`rasterize` on gathered face corners ``(3 [u, v, z], 3 [vertex], B * F)``

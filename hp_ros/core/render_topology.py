@@ -134,4 +134,3 @@ def _scene(topos: Sequence[MeshTopology], nverts: Sequence[int]) -> _Scene:
             _SCENE_CACHE.clear()
         sc = _SCENE_CACHE[key] = _Scene(topos, nverts)
     return sc
-

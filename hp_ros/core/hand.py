@@ -20,235 +20,22 @@ Frames and conventions
 
 Everything is differentiable with respect to ``q`` and ``base`` (plain torch ops; the URDF's
 static transforms are precomputed, each kinematic depth level costs one batched matmul).
+
+Modules: this one (:class:`HandModel`); :mod:`.hand_naming` (naming schemes, JointState mapping;
+its names are importable from here too).
 """
 from __future__ import annotations
 
-import re
 from pathlib import Path
-from typing import Iterable, Optional, Sequence
+from typing import Iterable, Optional
 
 import numpy as np
 import torch
 
 from .description import Geometry, RobotDescription, load_description
+from .hand_naming import FINGERS, JointNaming, JointStateMapper, _as_naming
 
 __all__ = ["FINGERS", "JointNaming", "JointStateMapper", "HandModel", "default_urdf_path"]
-
-FINGERS = ("thumb", "index", "middle", "ring")
-_SIMLAB_BLOCK = {0: 3, 1: 0, 2: 1, 3: 2}          # finger -> SimLab block of 4 joints
-_SIMLAB_FINGER = {b: f for f, b in _SIMLAB_BLOCK.items()}
-
-
-class JointNaming:
-    """A joint/link naming scheme of the Allegro hand.
-
-    * ``"wonik"`` (Wonik ROS 2 driver): joints ``{prefix}joint{f}{k}`` with finger ``f`` (0 thumb,
-      1 index, 2 middle, 3 ring) and joint ``k`` 0-3; links ``{prefix}link_{f}{k}`` (k = 4 is the
-      fingertip), palm ``{prefix}palm_link``. Default prefix ``ah_``.
-    * ``"simlab"`` (ROS 1 SimLab driver, dex-urdf, most simulators): joints ``joint_{n}.0`` with
-      n = 0-3 index, 4-7 middle, 8-11 ring, 12-15 thumb; links ``link_{n}.0``, tips
-      ``link_{3,7,11,15}.0_tip``, palm ``base_link``.
-
-    Fingers are always numbered 0 thumb, 1 index, 2 middle, 3 ring here.
-    """
-
-    SCHEMES = ("wonik", "simlab")
-
-    def __init__(self, scheme: str = "wonik", prefix: str = "ah_"):
-        if scheme not in self.SCHEMES:
-            raise ValueError(f"unknown joint naming {scheme!r}; choose one of {self.SCHEMES}")
-        self.scheme = scheme
-        self.prefix = prefix if scheme == "wonik" else ""
-
-    def __repr__(self) -> str:
-        return f"JointNaming({self.scheme!r}, prefix={self.prefix!r})"
-
-    def __eq__(self, other) -> bool:
-        return isinstance(other, JointNaming) and (self.scheme, self.prefix) == (other.scheme, other.prefix)
-
-    # names -------------------------------------------------------------------------------
-    def joint_name(self, finger: int, k: int) -> str:
-        if self.scheme == "wonik":
-            return f"{self.prefix}joint{finger}{k}"
-        return f"joint_{4 * _SIMLAB_BLOCK[finger] + k}.0"
-
-    def link_name(self, finger: int, k: int) -> str:
-        """Link ``k`` (0-3, 4 = fingertip) of ``finger``."""
-        if self.scheme == "wonik":
-            return f"{self.prefix}link_{finger}{k}"
-        if k == 4:
-            return f"link_{4 * _SIMLAB_BLOCK[finger] + 3}.0_tip"
-        return f"link_{4 * _SIMLAB_BLOCK[finger] + k}.0"
-
-    @property
-    def palm_link(self) -> str:
-        return f"{self.prefix}palm_link" if self.scheme == "wonik" else "base_link"
-
-    @property
-    def joint_names(self) -> list:
-        """The 16 joint names, finger-major in this scheme's own numeric order."""
-        if self.scheme == "wonik":
-            return [self.joint_name(f, k) for f in range(4) for k in range(4)]
-        return [f"joint_{n}.0" for n in range(16)]
-
-    @property
-    def fingertip_links(self) -> list:
-        """Fingertip link names, ordered thumb, index, middle, ring."""
-        return [self.link_name(f, 4) for f in range(4)]
-
-    # parsing -----------------------------------------------------------------------------
-    def parse_joint(self, name: str):
-        """``name`` -> (finger, k), or None when it is not a joint name of this scheme."""
-        if self.scheme == "wonik":
-            m = re.fullmatch(re.escape(self.prefix) + r"joint([0-3])([0-3])", name)
-            return (int(m.group(1)), int(m.group(2))) if m else None
-        m = re.fullmatch(r"joint_(\d+)\.0", name)
-        if not m or int(m.group(1)) > 15:
-            return None
-        n = int(m.group(1))
-        return _SIMLAB_FINGER[n // 4], n % 4
-
-    def parse_link(self, name: str):
-        """``name`` -> (finger, k) with k = 4 for the tip, ``"palm"``, or None."""
-        if name == self.palm_link:
-            return "palm"
-        if self.scheme == "wonik":
-            m = re.fullmatch(re.escape(self.prefix) + r"link_([0-3])([0-4])", name)
-            return (int(m.group(1)), int(m.group(2))) if m else None
-        m = re.fullmatch(r"link_(\d+)\.0(_tip)?", name)
-        if not m or int(m.group(1)) > 15:
-            return None
-        n = int(m.group(1))
-        if m.group(2):
-            return (_SIMLAB_FINGER[n // 4], 4) if n % 4 == 3 else None
-        return _SIMLAB_FINGER[n // 4], n % 4
-
-    def translate_joint(self, name: str, target: "JointNaming") -> Optional[str]:
-        fk = self.parse_joint(name)
-        return None if fk is None else target.joint_name(*fk)
-
-    def translate_link(self, name: str, target: "JointNaming") -> Optional[str]:
-        p = self.parse_link(name)
-        if p is None:
-            return None
-        return target.palm_link if p == "palm" else target.link_name(*p)
-
-    @classmethod
-    def detect(cls, joint_names: Sequence[str]) -> Optional["JointNaming"]:
-        """The scheme (with Wonik prefix) whose 16 joint names equal ``joint_names`` as a set."""
-        names = set(joint_names)
-        for n in names:
-            m = re.fullmatch(r"(.*)joint[0-3][0-3]", n)
-            if m:
-                cand = cls("wonik", m.group(1))
-                if set(cand.joint_names) == names:
-                    return cand
-                break
-        simlab = cls("simlab")
-        if set(simlab.joint_names) == names:
-            return simlab
-        return None
-
-
-def _as_naming(naming) -> Optional[JointNaming]:
-    if naming is None or isinstance(naming, JointNaming):
-        return naming
-    return JointNaming(str(naming))
-
-
-class JointStateMapper:
-    """Turn JointState (names, positions) into the model's joint vector, keeping last values.
-
-    ``joint_names``: the model's joint names in canonical order. ``model_naming``: their scheme
-    (or None). Incoming names may be the model's own names or joint names of any scheme in
-    ``accept`` (default: Wonik with any prefix and SimLab), translated finger by finger.
-    Names that match nothing raise one ValueError listing all of them; joints never received
-    raise a ValueError from :meth:`positions` (and :meth:`update`) listing them.
-    """
-
-    def __init__(self, joint_names: Sequence[str], model_naming=None,
-                 accept: Iterable[str] = JointNaming.SCHEMES, initial: Optional[Sequence[float]] = None):
-        self.joint_names = list(joint_names)
-        self._index = {n: i for i, n in enumerate(self.joint_names)}
-        self.model_naming = _as_naming(model_naming)
-        self.accept = [s for s in accept]
-        for s in self.accept:
-            if s not in JointNaming.SCHEMES:
-                raise ValueError(f"unknown joint naming {s!r}; choose from {JointNaming.SCHEMES}")
-        self._q = np.zeros(len(self.joint_names))
-        self._seen = np.zeros(len(self.joint_names), dtype=bool)
-        if initial is not None:
-            init = np.asarray(initial, dtype=float)
-            if init.shape != self._q.shape:
-                raise ValueError(f"initial must have {len(self._q)} values, got shape {init.shape}")
-            self._q[:] = init
-            self._seen[:] = True
-        self._cache: dict = {}
-        self._checked_names = None   # (names tuple, index array) of the last message: drivers repeat them
-
-    def index_of(self, name: str) -> Optional[int]:
-        """Canonical index of an incoming joint name, or None when it maps to no model joint."""
-        if name in self._cache:
-            return self._cache[name]
-        idx = self._index.get(name)
-        if idx is None and self.model_naming is not None:
-            for scheme in self.accept:
-                if scheme == "wonik":
-                    m = re.fullmatch(r"(.*)joint[0-3][0-3]", name)
-                    src = JointNaming("wonik", m.group(1)) if m else None
-                else:
-                    src = JointNaming(scheme)
-                if src is None:
-                    continue
-                target = src.translate_joint(name, self.model_naming)
-                if target is not None and target in self._index:
-                    idx = self._index[target]
-                    break
-        self._cache[name] = idx
-        return idx
-
-    def update(self, names: Sequence[str], positions: Sequence[float], require_complete: bool = True,
-               dry_run: bool = False) -> Optional[np.ndarray]:
-        """Store ``positions`` for ``names`` (any order, any subset); return the full ``(J,)`` vector.
-        ``dry_run``: only validate (ValueError as a real update would raise), store nothing, None."""
-        names = list(names)
-        positions = np.asarray(positions, dtype=float).reshape(-1)
-        if len(names) != len(positions):
-            raise ValueError(f"JointState has {len(names)} names but {len(positions)} positions")
-        key = tuple(names)
-        if self._checked_names is not None and self._checked_names[0] == key:
-            idx = self._checked_names[1]   # the names of the last message again: already checked
-        else:
-            idx = [self.index_of(n) for n in names]
-            unknown = [n for n, i in zip(names, idx) if i is None]
-            if unknown:
-                for n in unknown:  # unknown names are not cached: endless bad names must not grow memory
-                    self._cache.pop(n, None)
-                raise ValueError(f"unknown joint names {unknown[:8]}; the hand model has {self.joint_names}"
-                                 f" (also accepted: {self.accept} names of the same joints)")
-            if len(set(names)) != len(names):
-                dup = {n for n in names if names.count(n) > 1}
-                raise ValueError(f"duplicate joint names in JointState: {sorted(dup)}")
-            idx = np.asarray(idx, dtype=np.int64)
-            self._checked_names = (key, idx)
-        if not np.all(np.isfinite(positions)):
-            raise ValueError(f"non-finite joint positions for {[n for n, p in zip(names, positions) if not np.isfinite(p)]}")
-        if dry_run:
-            return None
-        self._q[idx] = positions
-        self._seen[idx] = True
-        return self.positions() if require_complete else self._q.copy()
-
-    @property
-    def is_complete(self) -> bool:
-        return bool(self._seen.all())
-
-    def positions(self) -> np.ndarray:
-        """The full joint vector ``(J,)`` (canonical order); ValueError if a joint was never received."""
-        if not self._seen.all():
-            missing = [n for n, s in zip(self.joint_names, self._seen) if not s]
-            raise ValueError(f"no position received yet for joints {missing}")
-        return self._q.copy()
 
 
 def default_urdf_path() -> Path:
@@ -317,6 +104,28 @@ class HandModel:
         self.seed = seed
         self.n_surface_points = int(n_surface_points)
 
+        rl = self._adopt_names(description, naming)
+        base_urdf = self._base_link_urdf(description, base_link, rl)
+        self.base_link = rl(base_urdf)
+        self._build_kinematics(description, self._base_from_root(description, base_urdf))
+
+        lower = np.array([j.lower for j in description.actuated_joints])
+        upper = np.array([j.upper for j in description.actuated_joints])
+        self._np.update(lower=lower, upper=upper)
+
+        # ---- names of interest ------------------------------------------------------------
+        self.fingertip_links = (self.naming.fingertip_links if self.naming is not None else [])
+        for t in self.fingertip_links:
+            if t not in self.link_names:
+                raise ValueError(f"fingertip link {t!r} not in the model {self.link_names}")
+
+        # ---- geometry: per-link meshes, surface samples, contact candidates --------------
+        self._build_geometry(palm_normal)
+        self._to_torch()
+
+    def _adopt_names(self, description: RobotDescription, naming):
+        """Set ``naming``, ``joint_names`` and ``link_names`` (the URDF's, or translated to ``naming``'s
+        scheme) and the URDF's own; returns the URDF link name -> model link name function."""
         urdf_joints = [j.name for j in description.actuated_joints]
         urdf_naming = JointNaming.detect(urdf_joints)
         naming = _as_naming(naming)
@@ -335,32 +144,30 @@ class HandModel:
         self._urdf_naming = urdf_naming
         rl = lambda n: rename_link.get(n, n)  # noqa: E731
 
-        # ---- kinematic tree ------------------------------------------------------------
         self.link_names = [rl(n) for n in description.links]
         self._urdf_link_names = list(description.links)
-        link_idx = {n: i for i, n in enumerate(self._urdf_link_names)}
         self.joint_names = [rename_joint.get(n, n) for n in urdf_joints]
-        jidx = {n: i for i, n in enumerate(urdf_joints)}
-        J, L = len(self.joint_names), len(self.link_names)
-        parent_joint = {j.child: j for j in description.joints}
-        root = link_idx[description.root]
+        return rl
 
+    def _base_link_urdf(self, description: RobotDescription, base_link: Optional[str], rl) -> str:
+        """The URDF name of the hand base: ``base_link`` (a model link name); by default the palm link
+        of the URDF's naming scheme, else the link carrying most actuated chains."""
         if base_link is None:
-            if self._urdf_naming is not None and self._urdf_naming.palm_link in link_idx:
-                base_urdf = self._urdf_naming.palm_link
-            else:  # the link carrying most actuated chains
-                counts = {}
-                for j in description.actuated_joints:
-                    counts[j.parent] = counts.get(j.parent, 0) + 1
-                base_urdf = max(counts, key=counts.get) if counts else description.root
-        else:
-            inv = {rl(n): n for n in description.links}
-            if base_link not in inv:
-                raise ValueError(f"base_link {base_link!r} is not a link of the model: {self.link_names}")
-            base_urdf = inv[base_link]
-        self.base_link = rl(base_urdf)
+            if self._urdf_naming is not None and self._urdf_naming.palm_link in self._urdf_link_names:
+                return self._urdf_naming.palm_link
+            # the link carrying most actuated chains
+            counts = {}
+            for j in description.actuated_joints:
+                counts[j.parent] = counts.get(j.parent, 0) + 1
+            return max(counts, key=counts.get) if counts else description.root
+        inv = {rl(n): n for n in description.links}
+        if base_link not in inv:
+            raise ValueError(f"base_link {base_link!r} is not a link of the model: {self.link_names}")
+        return inv[base_link]
 
-        # T_root_base through fixed joints only (the base must not move with q)
+    def _base_from_root(self, description: RobotDescription, base_urdf: str) -> np.ndarray:
+        """``T_base_root`` ``(4, 4)`` through fixed joints only (the base must not move with q)."""
+        parent_joint = {j.child: j for j in description.joints}
         T_root_base = np.eye(4)
         name = base_urdf
         while name != description.root:
@@ -370,8 +177,17 @@ class HandModel:
                                  "rigidly attached to the URDF root")
             T_root_base = j.origin @ T_root_base
             name = j.parent
-        T_base_root = np.linalg.inv(T_root_base)
+        return np.linalg.inv(T_root_base)
 
+    def _build_kinematics(self, description: RobotDescription, T_base_root: np.ndarray):
+        """The kinematic tree as arrays: per-link local transform factors (``_np``: O, OA, OB, OC),
+        the joint driving each link (``_q_index``) and each joint's child (``_joint_child``), the
+        links grouped by depth (``_levels``) and the permutation back to link order."""
+        link_idx = {n: i for i, n in enumerate(self._urdf_link_names)}
+        jidx = {j.name: i for i, j in enumerate(description.actuated_joints)}
+        J, L = len(self.joint_names), len(self.link_names)
+        parent_joint = {j.child: j for j in description.joints}
+        root = link_idx[description.root]
         depth = np.zeros(L, dtype=int)
         parent = np.full(L, -1)
         for i, n in enumerate(self._urdf_link_names):
@@ -418,20 +234,6 @@ class HandModel:
         order = [i for members, _ in self._levels for i in members]
         self._inv_order = np.argsort(order)
         self._root = root
-
-        lower = np.array([j.lower for j in description.actuated_joints])
-        upper = np.array([j.upper for j in description.actuated_joints])
-        self._np.update(lower=lower, upper=upper)
-
-        # ---- names of interest ------------------------------------------------------------
-        self.fingertip_links = (self.naming.fingertip_links if self.naming is not None else [])
-        for t in self.fingertip_links:
-            if t not in self.link_names:
-                raise ValueError(f"fingertip link {t!r} not in the model {self.link_names}")
-
-        # ---- geometry: per-link meshes, surface samples, contact candidates --------------
-        self._build_geometry(palm_normal)
-        self._to_torch()
 
     # ----------------------------------------------------------------------------- construction
     @classmethod

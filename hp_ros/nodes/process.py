@@ -85,94 +85,129 @@ def run_nodes(nodes: list, name: str, args=None, shutdown_timeout: float = 1.0) 
     every node keeps the threading it has as a process of its own."""
     _one_compute_thread()
     import rclpy
-    from rclpy.executors import ExternalShutdownException, SingleThreadedExecutor
+    from rclpy.executors import ExternalShutdownException
     from rclpy.signals import SignalHandlerOptions
 
-    stop = threading.Event()
-    starting = True
-    failures = []
-
-    def on_signal(signum, frame):
-        _ignore_stop_signals()
-        if stop.is_set():
-            return
-        stop.set()
-        if starting:
-            raise KeyboardInterrupt  # abort start-up (node construction, warm-up); caught below
-
-    def spin(executor):
-        # the Python handler runs between bytecodes of the main thread: the timeout lets it run
-        # (and this loop see ``stop``) within SPIN_TIMEOUT also when no callback is due
-        while not stop.is_set() and rclpy.ok():
-            executor.spin_once(timeout_sec=SPIN_TIMEOUT)
-
-    def spin_thread(executor):
-        try:
-            spin(executor)
-        except ExternalShutdownException:
-            pass
-        except BaseException as e:  # noqa: BLE001 - reported, and the whole process stops
-            import traceback
-            failures.append(e)
-            traceback.print_exc()
-        stop.set()
-
+    run = _NodeRun()
     if threading.current_thread() is threading.main_thread():
         for sig in _STOP_SIGNALS:
-            signal.signal(sig, on_signal)
+            signal.signal(sig, run.on_signal)
     built, executors, threads = [], [], []
     code = 0
     try:
         rclpy.init(args=args, signal_handler_options=SignalHandlerOptions.NO)
-        for make_node, make_executor in nodes:
-            built.append(make_node())
-        for node, (_, make_executor) in zip(built, nodes):
-            executor = make_executor() if make_executor is not None else SingleThreadedExecutor()
-            executor.add_node(node)
-            executors.append(executor)
+        _build_nodes(nodes, built, executors)
         freeze_startup_objects()
-        starting = False
+        run.starting = False
         if len(executors) == 1:
-            spin(executors[0])
+            run.spin(executors[0])
         else:
-            threads = [threading.Thread(target=spin_thread, args=(e,), name=f"spin-{n.get_name()}", daemon=True)
-                       for n, e in zip(built, executors)]
-            for t in threads:
-                t.start()
-            while not stop.is_set() and rclpy.ok():
-                stop.wait(0.1)
-            for executor in executors:  # out of their waits at once
-                executor.wake()
-            code = 1 if failures else 0
+            code = _spin_on_threads(run, built, executors, threads)
     except (KeyboardInterrupt, ExternalShutdownException):
-        starting = False
+        run.starting = False
     except (FileNotFoundError, ValueError, RuntimeError) as e:  # ParameterError is a ValueError
-        starting = False
+        run.starting = False
         _ignore_stop_signals()
         print(f"{name}: {e}", flush=True)
         code = 2
     finally:
-        starting = False
-        stop.set()
+        run.starting = False
+        run.stop.set()
         _ignore_stop_signals()
-        abandoned = []
-        if executors:
-            deadline = time.monotonic() + shutdown_timeout
-            for t in threads:
-                t.join(max(0.0, deadline - time.monotonic()))
-            for executor in executors:
-                executor.shutdown(timeout_sec=shutdown_timeout)
-                abandoned += _join_callback_threads(executor, deadline)
-            abandoned = list(dict.fromkeys(abandoned + [t for t in threads if t.is_alive()]))
-            if abandoned and built:
-                built[0].get_logger().info(f"stopping with {len(abandoned)} callback(s) still running after "
-                                           f"{shutdown_timeout:.1f} s: abandoned")
+        abandoned = _stop_executors(built, executors, threads, shutdown_timeout)
         for node in built:
             node.destroy_node()
         rclpy.try_shutdown()
         if abandoned:  # the interpreter's exit would wait for them (concurrent.futures joins its threads)
             _exit_now(code if sys.exc_info()[0] is None else 1)  # 1: an exception is propagating
     return code
+
+
+class _NodeRun:
+    """What a node process's signal handler and spin loops share: ``stop`` (set by the first
+    SIGINT/SIGTERM, a failed spin thread, or the end of :func:`run_nodes`), ``starting`` (a signal
+    then aborts the start-up) and the spin threads' ``failures``."""
+
+    def __init__(self):
+        self.stop = threading.Event()
+        self.starting = True
+        self.failures = []
+
+    def on_signal(self, signum, frame):
+        _ignore_stop_signals()
+        if self.stop.is_set():
+            return
+        self.stop.set()
+        if self.starting:
+            raise KeyboardInterrupt  # abort start-up (node construction, warm-up); caught in run_nodes
+
+    def spin(self, executor):
+        import rclpy
+
+        # the Python handler runs between bytecodes of the main thread: the timeout lets it run
+        # (and this loop see ``stop``) within SPIN_TIMEOUT also when no callback is due
+        while not self.stop.is_set() and rclpy.ok():
+            executor.spin_once(timeout_sec=SPIN_TIMEOUT)
+
+    def spin_thread(self, executor):
+        from rclpy.executors import ExternalShutdownException
+
+        try:
+            self.spin(executor)
+        except ExternalShutdownException:
+            pass
+        except BaseException as e:  # noqa: BLE001 - reported, and the whole process stops
+            import traceback
+            self.failures.append(e)
+            traceback.print_exc()
+        self.stop.set()
+
+
+def _build_nodes(nodes: list, built: list, executors: list) -> None:
+    """Build the nodes into ``built`` and an executor for each into ``executors`` (in place: what
+    was built before a failure is cleaned up)."""
+    from rclpy.executors import SingleThreadedExecutor
+
+    for make_node, make_executor in nodes:
+        built.append(make_node())
+    for node, (_, make_executor) in zip(built, nodes):
+        executor = make_executor() if make_executor is not None else SingleThreadedExecutor()
+        executor.add_node(node)
+        executors.append(executor)
+
+
+def _spin_on_threads(run: _NodeRun, built: list, executors: list, threads: list) -> int:
+    """Spin each executor on a thread of its own (added to ``threads``) while the main thread waits
+    for ``run.stop`` or rclpy's shutdown; the exit code: 1 when a spin thread failed."""
+    import rclpy
+
+    threads.extend(threading.Thread(target=run.spin_thread, args=(e,), name=f"spin-{n.get_name()}", daemon=True)
+                   for n, e in zip(built, executors))
+    for t in threads:
+        t.start()
+    while not run.stop.is_set() and rclpy.ok():
+        run.stop.wait(0.1)
+    for executor in executors:  # out of their waits at once
+        executor.wake()
+    return 1 if run.failures else 0
+
+
+def _stop_executors(built: list, executors: list, threads: list, shutdown_timeout: float) -> list:
+    """Shut the executors down, their spin threads and in-flight callbacks given ``shutdown_timeout``
+    seconds in all; the threads still running then (logged through the first node)."""
+    abandoned = []
+    if executors:
+        deadline = time.monotonic() + shutdown_timeout
+        for t in threads:
+            t.join(max(0.0, deadline - time.monotonic()))
+        for executor in executors:
+            executor.shutdown(timeout_sec=shutdown_timeout)
+            abandoned += _join_callback_threads(executor, deadline)
+        abandoned = list(dict.fromkeys(abandoned + [t for t in threads if t.is_alive()]))
+        if abandoned and built:
+            built[0].get_logger().info(f"stopping with {len(abandoned)} callback(s) still running after "
+                                       f"{shutdown_timeout:.1f} s: abandoned")
+    return abandoned
 
 
 def freeze_startup_objects() -> None:

@@ -171,6 +171,8 @@ def main() -> int:
     ap.add_argument("--initial-offset", nargs=2, type=float, default=None, metavar=("M", "DEG"),
                     help="start the tracker from the first frame's ground truth moved by M metres and DEG degrees "
                          "(default: no initial pose, the graph cold-starts as in a lab)")
+    ap.add_argument("--keep", default=None, metavar="DIR",
+                    help="keep each run's folder (node logs, the synthetic bag) in DIR instead of a temporary one")
     args = ap.parse_args()
     from hp_ros.tools import machine
 
@@ -182,6 +184,9 @@ def main() -> int:
     hogs = [subprocess.Popen([sys.executable, "-c", "while True: pass"]) for _ in range(args.cpu_hog)]
     try:
         with tempfile.TemporaryDirectory(prefix="hp_ros_bench_graph_") as tmp:
+            if args.keep:
+                tmp = str(Path(args.keep).resolve())
+                Path(tmp).mkdir(parents=True, exist_ok=True)
             for v in args.variants:
                 results[v] = run_variant(v, args.objects, args.seeds, args.duration, Path(tmp), args.motion,
                                          tuple(args.initial_offset) if args.initial_offset else None)
@@ -193,7 +198,7 @@ def main() -> int:
     summary = {k: default[k] for k in ("posed_fraction", "posed_fraction_after_first_pose",
                                         "time_to_first_pose_s_median", "runs_never_posed", "output_hz", "latency_ms_p50", "latency_ms_p95",
                                         "final_tracking_fraction", "adds_mean_cm", "rot_err_mean_deg",
-                                        "max_penetration_mm", "segmentation_rate_hz", "cpu_ms_per_frame",
+                                        "rot_err_geodesic_mean_deg", "max_penetration_mm", "segmentation_rate_hz", "cpu_ms_per_frame",
                                         "cpu_ms_per_frame_total", "cpu_ms_per_frame_tracking",
                                         "cpu_ms_per_frame_tracking_total", "final_rot_err_deg",
                                         "refine_wall_s_median", "refine_cpu_s_median")}

@@ -12,28 +12,6 @@ rclpy = pytest.importorskip("rclpy")
 from std_msgs.msg import String  # noqa: E402
 
 
-@pytest.fixture(scope="module")
-def node():
-    import os
-
-    from hp_ros.ros_process import loopback_env, pick_domain_id
-
-    env = loopback_env(domain_id=pick_domain_id())
-    saved = {k: os.environ.get(k) for k in env}
-    os.environ.update(env)
-    ctx = rclpy.Context()
-    rclpy.init(context=ctx)
-    n = rclpy.create_node("hp_ros_test_deferred", context=ctx)
-    yield n
-    n.destroy_node()
-    rclpy.shutdown(context=ctx)
-    for k, v in saved.items():
-        if v is None:
-            os.environ.pop(k, None)
-        else:
-            os.environ[k] = v
-
-
 def _matched(pub, timeout=30.0):
     deadline = time.monotonic() + timeout
     while pub.get_subscription_count() == 0 and time.monotonic() < deadline:
@@ -41,9 +19,10 @@ def _matched(pub, timeout=30.0):
     assert pub.get_subscription_count() > 0
 
 
-def test_wait_blocks_until_a_message_and_takes_nothing(node):
+def test_wait_blocks_until_a_message_and_takes_nothing(ros_node):
     from hp_ros.nodes.deferred import DeferredReader
 
+    node = ros_node
     reader = DeferredReader(node, None, String, "/hp_ros_test_deferred_a", depth=3)
     pub = node.create_publisher(String, "/hp_ros_test_deferred_a", 10)
     _matched(pub)
@@ -75,11 +54,12 @@ def test_wait_blocks_until_a_message_and_takes_nothing(node):
     node.destroy_publisher(pub)
 
 
-def test_wait_with_a_bus_does_not_block(node):
+def test_wait_with_a_bus_does_not_block(ros_node):
     """In one process the bus may deliver on the waiting thread's own executor: no blocking there."""
     from hp_ros.nodes.deferred import DeferredReader
     from hp_ros.nodes.local_bus import LocalBus
 
+    node = ros_node
     bus = LocalBus(produced=["/hp_ros_test_deferred_b"])
     reader = DeferredReader(node, bus, String, "/hp_ros_test_deferred_b", depth=2)
     t = time.monotonic()

@@ -4,7 +4,8 @@ Thin wrapper around :class:`hp_ros.core.segmentation.segmenter.Segmenter`: messa
 ``Segmenter.segment`` -> messages. Masks (mono8 0/255) and the overlay carry the colour image's
 header; they are built and published only while something subscribes to them (the refinement
 node does around its requests, RViz when shown). Depth (optional) is paired with colour by header stamp (nearest within
-``depth_max_dt``, small queue); joint states are interpolated to the image stamp.
+``depth_max_dt``, small queue); joint states are interpolated to the image stamp. The input
+intake is in :mod:`.segmentation_inputs`, the publishing and /diagnostics in :mod:`.segmentation_outputs`.
 """
 from __future__ import annotations
 
@@ -23,22 +24,20 @@ from rclpy.qos import QoSProfile
 from sensor_msgs.msg import CameraInfo, Image, JointState
 
 from hp_ros.core.device import resolve_device
-from hp_ros.core.observation import FingertipObservation
 from hp_ros.graph import CAMERA_TOPICS, JOINT_STATES, TOPICS
 from hp_ros.io import msgs
 from hp_ros.io.validate import InvalidMessage, check_frame, check_image_size
-from hp_ros.io.observations import fingertips_to_msg, object_observation_to_msg
 from hp_ros.nodes.buffers import JointStateBuffer
 from hp_ros.nodes.calibration import CameraToHand
-from hp_ros.nodes.diagnostics import diagnostics_message, stage_medians_ms
 from hp_ros.nodes.loaders import camera_to_hand_from_param, load_hand, load_object, warm_up_segmenter
 from hp_ros.nodes.deferred import DeferredReader
 from hp_ros.nodes.guard import GuardedNode, SupervisedWorker
-from hp_ros.nodes.local_bus import publisher, subscribe
+from hp_ros.nodes.local_bus import subscribe
 from hp_ros.nodes.params import COMMON_PARAMS, declare_parameters, ParameterError, stamp_detector
 from hp_ros.nodes.process import run_node
-from hp_ros.nodes.qos import IMAGE_QOS, OUTPUT_QOS
+from hp_ros.nodes.qos import IMAGE_QOS
 from hp_ros.nodes.segmentation_inputs import SegmentationInputs
+from hp_ros.nodes.segmentation_outputs import STAGES, SegmentationOutputs  # STAGES: also importable from here
 from hp_ros.nodes.segmentation_params import SEG_PARAMS, segmenter_config  # also importable from here
 
 try:  # cv_bridge when importable (a ROS workspace), numpy conversion otherwise
@@ -47,22 +46,28 @@ except ImportError:  # pragma: no cover - depends on the installation
     CvBridge = None
 
 
-# stages of a frame in this node (wall-clock): DDS transport (writer's send to reader's receive),
-# executor queue, waiting for the worker (still segmenting an earlier frame), then for the frame's
-# own inputs (depth / joint states) once the worker is free, segmentation, publishing the outputs;
-# segment_cpu: the worker thread's CPU time for the segmentation (against the wall-clock segment
-# stage: the rest is waiting for the GIL or a core)
-STAGES = (("transport", "sent", "received"), ("executor", "received", "callback"),
-          ("wait_worker", "callback", "worker_free"), ("wait_inputs", "worker_free", "start"),
-          ("segment", "start", "segmented"),
-          ("segment_cpu", "cpu_start", "cpu_end"), ("publish", "segmented", "published"))
-
-
-class SegmentationNode(SegmentationInputs, GuardedNode):
+class SegmentationNode(SegmentationInputs, SegmentationOutputs, GuardedNode):
     def __init__(self, bus=None):
         super().__init__("segmentation_node")
         self.bus = bus  # LocalBus when the graph runs in one process (hp_ros.nodes.graph_process)
         self.p = p = declare_parameters(self, {**COMMON_PARAMS, **SEG_PARAMS})
+        self._set_up_segmentation(p)
+        self._set_up_input_state(p)
+        # before subscribing: the first frames must not pay for imports/first calls
+        warm_up_segmenter(self.hand, self.cfg, self.object_model, self.uses_prior, self.get_logger())
+        self._subscribe_inputs(p, bus)
+        self._create_outputs(p, bus)
+        # restarted when it dies (an exception the per-frame handling could not catch): /diagnostics
+        # says ERROR for a while, and frames flow again
+        self._worker = SupervisedWorker(self._work, "segmentation", self.problems, lambda: self._running)
+        self._worker.start()
+        self.get_logger().info(f"segmentation: object backend {p['object_backend']!r}, "
+                               f"{'cv_bridge' if self.bridge else 'numpy'} image conversion")
+
+    # ------------------------------------------------------------------ set-up
+    def _set_up_segmentation(self, p: dict):
+        """The accepted encodings, the observation messages, the Segmenter's settings (checked now,
+        not at the first image), the object model, detectron2 and the hand model."""
         from hp_ros.core.segmentation.detectron2 import Detectron2Backend
         from hp_ros.core.segmentation.image import COLOR_ENCODINGS, DEPTH_ENCODINGS
         self._color_encodings, self._depth_encodings = COLOR_ENCODINGS, DEPTH_ENCODINGS  # checked per message
@@ -93,6 +98,9 @@ class SegmentationNode(SegmentationInputs, GuardedNode):
             except (ImportError, ValueError) as e:
                 raise ParameterError(str(e)) from e
         self.hand = load_hand(p)
+
+    def _set_up_input_state(self, p: dict):
+        """Joint-state and camera->hand buffers, the input queues, counters and the worker's lock."""
         self.mapper = self.hand.joint_state_mapper()
         self.stamps = stamp_detector(p)  # each stream's stamps against its own recent ones
         self.joints = JointStateBuffer(self.mapper, stamps=self.stamps)
@@ -119,8 +127,9 @@ class SegmentationNode(SegmentationInputs, GuardedNode):
         # its last input arrives (no polling period).
         self._cv = threading.Condition()
         self._running = True
-        # before subscribing: the first frames must not pay for imports/first calls
-        warm_up_segmenter(self.hand, self.cfg, self.object_model, self.uses_prior, self.get_logger())
+
+    def _subscribe_inputs(self, p: dict, bus):
+        """The colour image's subscription and the deferred readers of the other inputs."""
         from rclpy.event_handler import SubscriptionEventCallbacks
         lost = SubscriptionEventCallbacks(message_lost=self._on_images_lost)
         frames_qos = QoSProfile(depth=int(p["image_queue_depth"]), reliability=IMAGE_QOS.reliability,
@@ -145,24 +154,6 @@ class SegmentationNode(SegmentationInputs, GuardedNode):
             self.prior_reader = DeferredReader(self, bus, PoseWithCovarianceStamped, TOPICS["object_pose"],
                                                depth=self.priors.maxlen)
         self.new_info = None
-        self.pub_hand = publisher(self, bus, Image, TOPICS["hand_mask"], OUTPUT_QOS)
-        self.pub_obj = publisher(self, bus, Image, TOPICS["object_mask"], OUTPUT_QOS)
-        self.pub_obs = publisher(self, bus, ObjectObservation, TOPICS["object_observation"], OUTPUT_QOS)
-        self.pub_tips = publisher(self, bus, FingertipObservations, TOPICS["fingertips"], OUTPUT_QOS)
-        self.pub_overlay = publisher(self, bus, Image, TOPICS["overlay"], OUTPUT_QOS) if p["publish_overlay"] else None
-        # frames segmented and every input problem counted (guard.ProblemLog: each kind logged once, then throttled)
-        from diagnostic_msgs.msg import DiagnosticArray
-        self.lost_images = 0
-        self.stage_times = collections.deque(maxlen=300)  # per-frame stage stamps, see on_image
-        self.diag_pub = self.create_publisher(DiagnosticArray, "/diagnostics", OUTPUT_QOS)
-        self.create_timer(1.0, self.publish_diagnostics)
-        self._worker_free_ns = 0  # when the worker last finished a frame (stage wait_worker)
-        # restarted when it dies (an exception the per-frame handling could not catch): /diagnostics
-        # says ERROR for a while, and frames flow again
-        self._worker = SupervisedWorker(self._work, "segmentation", self.problems, lambda: self._running)
-        self._worker.start()
-        self.get_logger().info(f"segmentation: object backend {p['object_backend']!r}, "
-                               f"{'cv_bridge' if self.bridge else 'numpy'} image conversion")
 
     # ------------------------------------------------------------------ inputs
     def on_external_mask(self, msg):
@@ -306,16 +297,35 @@ class SegmentationNode(SegmentationInputs, GuardedNode):
         return super().destroy_node()
 
     def _process(self, msg, dmsg, stages=None):
-        from hp_ros.core.segmentation.image import COLOR_ENCODINGS, DEPTH_ENCODINGS, depth_to_metres, overlay, to_rgb
+        """One frame: its inputs as arrays -> ``Segmenter.segment`` -> the outputs published (the
+        stage stamps kept for /diagnostics)."""
         stages = dict(stages or {}, start=time.time_ns(), cpu_start=time.thread_time_ns())
-        if not self._image_ok(msg, COLOR_ENCODINGS, "colour"):
+        images = self._frame_arrays(msg, dmsg)
+        if images is None:
             return
+        stamp, rgb, depth, ext = images
+        q, T = self._hand_state(stamp)
+        res = self._segment(stamp, rgb, depth, q, T, ext)
+        stages["segmented"], stages["cpu_end"] = time.time_ns(), time.thread_time_ns()
+        self._publish_results(msg, stamp, rgb, res)
+        self.frames += 1
+        stages["published"] = time.time_ns()
+        if "sent" in stages:
+            self.stage_times.append(stages)
+
+    def _frame_arrays(self, msg, dmsg):
+        """``(stamp_ns, rgb (H, W, 3) uint8, depth (H, W) float32 m or None, external mask (H, W) or
+        None)`` of a colour image, its depth image (``dmsg``, may be None) and the paired external
+        mask; None when the colour image is refused."""
+        from hp_ros.core.segmentation.image import COLOR_ENCODINGS, DEPTH_ENCODINGS, depth_to_metres, to_rgb
+        if not self._image_ok(msg, COLOR_ENCODINGS, "colour"):
+            return None
         stamp = msgs.header_stamp_ns(msg)
         try:
             rgb = to_rgb(self._to_array(msg), msg.encoding)
         except ValueError as e:
             self.bad.warn("colour_data", f"colour image skipped: {e}")
-            return
+            return None
         depth = None
         if dmsg is None and self.p["use_depth"]:
             self.bad.warn("no_depth", f"no depth image with the stamp of colour image {stamp} ns: segmenting "
@@ -331,6 +341,11 @@ class SegmentationNode(SegmentationInputs, GuardedNode):
                 mm = self._paired(self.mask_queue, stamp)
             if mm is not None and mm.encoding in ("mono8", "8UC1") and (mm.width, mm.height) == (msg.width, msg.height):
                 ext = msgs.image_to_numpy(mm)
+        return stamp, rgb, depth, ext
+
+    def _hand_state(self, stamp: int):
+        """``(q (J,) or None, T_cam_hand (4, 4) or None)`` at the image's stamp; a reset of the joint
+        states (time went backwards) first forgets the alignment, last render and priors."""
         with self._cv:
             self._take_joints()
             reset = self.joints.reset_pending
@@ -352,6 +367,11 @@ class SegmentationNode(SegmentationInputs, GuardedNode):
             self.bad.warn("no_joints", "no joint states near this image's stamp "
                           f"({'none received' if latest is None else f'newest {(stamp - latest[0]) / 1e9:+.3f} s before'}): "
                           "publishing without a hand mask")
+        return q, T
+
+    def _segment(self, stamp: int, rgb, depth, q, T, ext):
+        """``Segmenter.segment`` with the tracker's pose as prior (model backend); a switch between
+        object_backend and its fallback logged once, frames counted per backend."""
         prior = self._prior_for(stamp) if self.uses_prior else None
         if self.uses_prior and prior is None and not self.p["fallback_backend"]:
             self.bad.warn("no_prior", f"no object pose from the tracker within prior_max_age of this image: the "
@@ -365,47 +385,8 @@ class SegmentationNode(SegmentationInputs, GuardedNode):
                                                           " (no tracker pose within prior_max_age)"))
             self.active_backend = self.segmenter.active_backend
         self.frames_by_backend[self.active_backend] = self.frames_by_backend.get(self.active_backend, 0) + 1
-        stages["segmented"], stages["cpu_end"] = time.time_ns(), time.thread_time_ns()
-        h, frame = msg.header, msg.header.frame_id
-        for pub, m in ((self.pub_hand, res.hand_mask), (self.pub_obj, res.object_mask)):
-            if pub.get_subscription_count() == 0:
-                continue  # nobody listens (the refinement node subscribes only around its requests): 0.3 MB saved
-            out = msgs.numpy_to_image(m.astype(np.uint8) * 255, "mono8", stamp, frame, Image)
-            out.header = h
-            pub.publish(out)
-        self.pub_obs.publish(object_observation_to_msg(res.observation, stamp, frame, self.ObjectObservation))
-        if res.fingertips is not None:
-            tips = FingertipObservation(tuple(self.hand.fingertip_links), res.fingertips.uv, res.fingertips.confidence,
-                                        res.fingertips.fk_uv)
-            self.pub_tips.publish(fingertips_to_msg(tips, stamp, frame, self.FingertipObservations))
-        if self.pub_overlay is not None and self.pub_overlay.get_subscription_count() > 0:
-            out = msgs.numpy_to_image(overlay(rgb, res.hand_mask, res.object_mask, res.fingertips), "rgb8",
-                                      stamp, frame, Image)
-            out.header = h
-            self.pub_overlay.publish(out)
-        self.frames += 1
-        stages["published"] = time.time_ns()
-        if "sent" in stages:
-            self.stage_times.append(stages)
+        return res
 
-    # ------------------------------------------------------------------ outputs
-    def publish_diagnostics(self):
-        from diagnostic_msgs.msg import DiagnosticStatus
-        self._worker.check()  # restarts the worker thread if it is gone
-        problems = self.bad.total()
-        level = DiagnosticStatus.OK if self.frames and not problems else DiagnosticStatus.WARN
-        message = f"{self.frames} frames segmented" if self.frames else "no frame segmented yet"
-        if self._worker.error_active():
-            level = DiagnosticStatus.ERROR
-            message = (f"segmentation worker died ({self._worker.last_error}) and was restarted "
-                       f"({self._worker.restarts} restart(s)); {message}")
-        values = {"frames": self.frames, "pending": len(self.pending), "images_lost": self.lost_images,
-                  "skipped_behind": self.skipped_behind, "object_backend": self.active_backend,
-                  **{f"frames_by_backend.{k}": v for k, v in self.frames_by_backend.items()},
-                  "worker_restarts": self._worker.restarts, "stamp_resets": self.stamps.resets,
-                  **stage_medians_ms(list(self.stage_times), STAGES),
-                  **self.problem_values()}
-        self.diag_pub.publish(diagnostics_message(self, "hp_ros: segmentation_node", level, message, values))
 
 
 def main(args=None):

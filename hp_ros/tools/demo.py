@@ -11,17 +11,18 @@
    print a table and write a report folder with plots.
 
 The last line printed is the report folder's path. DDS stays on loopback (see README).
+The listener is in :mod:`.demo_listener`, the scoring (step 4) in :mod:`.demo_score`.
 """
 from __future__ import annotations
 
 import argparse
 import json
-import math
-import threading
 import time
 from pathlib import Path
 
-import numpy as np
+# offset_pose and time_to_first_pose: also importable from here (offline.py, the tests)
+from hp_ros.tools.demo_listener import Collector
+from hp_ros.tools.demo_score import initial_pose, offset_pose, score, time_to_first_pose
 
 
 def add_arguments(parser):
@@ -49,115 +50,6 @@ def add_arguments(parser):
     parser.add_argument("--overlays", type=int, default=6,
                         help="frames drawn into the report (overlays.png, overlays/): the object mesh at the "
                              "estimate and at the ground truth over the camera image (0 = none; default 6)")
-
-
-# --- listener ---------------------------------------------------------------------------------
-
-class Collector:
-    """Records object poses, TF, status and colour-frame arrival times (monotonic clock)."""
-
-    def __init__(self, object_frame: str, camera_frame: str):
-        import rclpy
-        from geometry_msgs.msg import PoseWithCovarianceStamped
-        from sensor_msgs.msg import CameraInfo
-        from diagnostic_msgs.msg import DiagnosticArray
-        from tf2_msgs.msg import TFMessage
-
-        from hp_ros import graph
-        from hp_ros.nodes.qos import OUTPUT_QOS, STATE_QOS
-
-        from hp_ros_msgs.msg import ObjectObservation, TrackingStatus
-
-        self.ctx = rclpy.Context()
-        rclpy.init(context=self.ctx)
-        self.node = rclpy.create_node("hp_ros_demo_listener", context=self.ctx)
-        self.object_frame, self.camera_frame = object_frame, camera_frame
-        self.poses: dict = {}       # stamp_ns -> (T (4,4), cov (6,6), wall receive time)
-        self.invalid_poses = 0      # malformed messages on the pose topic (not the tracker's)
-        self.tf: dict = {}          # stamp_ns -> T
-        self.images: dict = {}      # stamp_ns -> wall receive time of the colour camera_info
-        self.status: list = []      # (wall, state_name)
-        self.observations = 0       # object observations from the segmentation node
-        self.refined: list = []     # wall receive times of /hp_ros/refined_pose
-        self.diagnostics: dict = {}  # status name -> {key: value} of its latest /diagnostics
-        self._lock = threading.Lock()
-        n = self.node
-        # deep queues: every pose counts, also while this listener is busy (a burst in the fuzz test)
-        n.create_subscription(PoseWithCovarianceStamped, graph.TOPICS["object_pose"], self._on_pose, STATE_QOS)
-        n.create_subscription(TFMessage, "/tf", self._on_tf, STATE_QOS)
-        n.create_subscription(PoseWithCovarianceStamped, graph.TOPICS["refined_pose"],
-                              lambda msg: self.refined.append(time.monotonic()), STATE_QOS)
-        n.create_subscription(TrackingStatus, graph.TOPICS["tracking_status"], self._on_status, STATE_QOS)
-        n.create_subscription(DiagnosticArray, "/diagnostics", self._on_diagnostics, OUTPUT_QOS)
-        n.create_subscription(ObjectObservation, graph.TOPICS["object_observation"], self._on_observation, STATE_QOS)
-        # camera_info goes out next to each colour image with the same stamp: its arrival time
-        # stands for the image's, without copying every 640x480 image into this process.
-        n.create_subscription(CameraInfo, graph.CAMERA_TOPICS["color_info"], self._on_image, STATE_QOS)
-        self._executor = rclpy.executors.SingleThreadedExecutor(context=self.ctx)
-        self._executor.add_node(n)
-        self._thread = threading.Thread(target=self._spin, daemon=True)
-        self._running = True
-        self._thread.start()
-
-    def _spin(self):
-        while self._running:
-            self._executor.spin_once(timeout_sec=0.05)
-
-    # Latency = when the tracker published a pose minus when the replay published the frame's
-    # camera_info: both are the writers' ``source_timestamp`` (system clock), so delays in this
-    # listener's own delivery or executor do not count.
-    def _on_pose(self, msg, info):
-        from hp_ros.io import msgs
-
-        from hp_ros.io import validate
-
-        t = info["source_timestamp"] * 1e-9
-        try:  # the tracker's poses are valid; anything else on the topic is not scored
-            cov = validate.check_covariance(msg.pose.covariance)
-            T = msgs.pose_to_matrix(msg)
-        except ValueError:
-            self.invalid_poses += 1
-            return
-        with self._lock:
-            self.poses[msgs.header_stamp_ns(msg)] = (T, cov, t)
-
-    def _on_tf(self, msg):
-        from hp_ros.io import msgs
-
-        for T, parent, child, stamp in msgs.tf_message_to_list(msg):
-            if child == self.object_frame and parent == self.camera_frame:
-                with self._lock:
-                    self.tf[stamp] = T
-
-    def _on_status(self, msg):
-        with self._lock:
-            self.status.append((time.monotonic(), msg.state_name))
-
-    def _on_image(self, msg, info):
-        from hp_ros.io import msgs
-
-        with self._lock:
-            self.images[msgs.header_stamp_ns(msg)] = info["source_timestamp"] * 1e-9
-
-    def _on_diagnostics(self, msg):
-        with self._lock:
-            for st in msg.status:
-                self.diagnostics[st.name] = {kv.key: kv.value for kv in st.values}
-
-    def _on_observation(self, msg):
-        with self._lock:
-            self.observations += 1
-
-    def count(self, topic: str, kind: str = "subscribers") -> int:
-        return (self.node.count_subscribers if kind == "subscribers" else self.node.count_publishers)(topic)
-
-    def close(self):
-        import rclpy
-
-        self._running = False
-        self._thread.join(timeout=2.0)
-        self.node.destroy_node()
-        rclpy.shutdown(context=self.ctx)
 
 
 # --- pipeline -----------------------------------------------------------------------------------
@@ -199,128 +91,33 @@ def run_pipeline(out_dir: Path, object_spec: str = "builtin:cracker_box", durati
     wait for a slow answer without the sequence running out. Every process gets loopback-only DDS and one domain id for the run;
     the node logs stay in ``out_dir/logs`` (the result's ``logs`` entry).
     """
-    import os
-    import sys
-
     from hp_ros import graph
-    from hp_ros.core import synth
-    from hp_ros.ros_process import NodeProcess, loopback_env, pick_domain_id
 
     out_dir.mkdir(parents=True, exist_ok=True)
-    t0 = time.monotonic()
-    cfg = synth.SynthConfig(object=object_spec, duration_s=duration, seed=seed, motion=motion)
-    seq = synth.generate_sequence(cfg)
-    bag = out_dir / "synthetic_bag"
-    synth.write_sequence_bag(seq, bag)
-    log(f"[demo] synthetic sequence: {len(seq.frame_stamps_ns)} frames, {len(seq.joint_stamps_ns)} joint states "
-        f"({time.monotonic() - t0:.1f} s) -> {bag}")
-
-    env = loopback_env(domain_id=int(os.environ.get("ROS_DOMAIN_ID", pick_domain_id())),
-                       base={**os.environ, "HP_ROS_DDS_TRANSPORT": transport})
+    seq, bag = _synthetic_bag(out_dir, object_spec, duration, seed, motion, log)
     place = place or (lambda name, argv, e: (argv, e))
-    listener_env = place("listener", [], env)[1]
-    for k in ("ROS_DOMAIN_ID", "ROS_AUTOMATIC_DISCOVERY_RANGE", "ROS_LOCALHOST_ONLY", "RMW_IMPLEMENTATION",
-              "FASTDDS_DEFAULT_PROFILES_FILE", "FASTRTPS_DEFAULT_PROFILES_FILE", "HP_ROS_DDS_TRANSPORT",
-              "ROS_STATIC_PEERS"):
-        if k in listener_env:  # this process's listener joins the graph with the same transports
-            os.environ[k] = listener_env[k]
-        else:
-            os.environ.pop(k, None)
-    launch_args = {"object_mesh": object_spec, "single_process": str(single_process).lower()}
+    env = _graph_env(transport, place)
     procs = []
     collector = None
     logs = out_dir / "logs"
     try:
-        for name, cmd in graph.process_commands(launch_args, python=sys.executable):
-            for spec in graph.NODES if name == "graph_process" else [s for s in graph.NODES if s.name == name]:
-                cmd += demo_parameters(spec.name, seq, initial_offset)  # distinct names: one process takes all
-            for k, v in (node_params or {}).items():
-                cmd += ["-p", f"{k}:={v}"]
-            if name in ("segmentation_node", "graph_process") and object_backend:
-                cmd += ["-p", f"object_backend:={object_backend}"]
-            cmd, node_env = place(name, cmd, env)
-            procs.append(NodeProcess(cmd, log_dir=logs, env=node_env, name=name))
+        _start_nodes(procs, logs, env, place, seq, object_spec, single_process, initial_offset, node_params,
+                     object_backend)
         collector = Collector(object_frame="object", camera_frame=graph.CAMERA_FRAME)
         _wait(lambda: collector.count(graph.TOPICS["object_pose"], "publishers") >= 1
               and collector.count(graph.CAMERA_TOPICS["color_image"]) >= 1
               and collector.count(graph.JOINT_STATES) >= (1 if single_process else 2),
               startup_timeout, "the hp_ros nodes to come up", procs)
         log(f"[demo] node graph up ({', '.join(p.name for p in procs)}); replaying at {rate}x")
-        # only what a robot would publish: the ground truth stays in the bag for scoring
-        # (/tf: the arm's world -> hand base, motion 'lab'; the collector reads /tf as well)
-        moving = seq.T_world_hand_tf is not None
-        inputs = [*graph.CAMERA_TOPICS.values(), graph.JOINT_STATES, "/tf_static", *(["/tf"] if moving else [])]
-        # play only once the replay's writers have matched every reader of the graph (discovery
-        # takes 0.3-2.7 s): a late match lost the first second of frames, /tf_static with it
-        readers = sum(1 for spec in graph.NODES for t in spec.subscribes if t in inputs
-                      and not (spec.name == "refinement_node" and t == graph.CAMERA_TOPICS["depth_image"]))
-        own = ("/tf_static", "/tf")  # each node's CameraToHand subscribes these itself
-        if single_process:  # one DDS reader per input topic for all nodes (LocalBus), /tf_static and /tf one each
-            readers = len({t for spec in graph.NODES for t in spec.subscribes if t in inputs and t not in own}) \
-                + sum(1 for spec in graph.NODES for t in own if t in inputs and t in spec.subscribes)
-        readers += 1 + int(moving)  # this listener's colour camera_info (and /tf)
-        pause_file = out_dir / "replay.pause"
-        pause_file.unlink(missing_ok=True)
-        cmd, replay_env = place("replay", [sys.executable, "-m", "hp_ros.tools.replay", str(bag), "--rate", str(rate),
-                                           "--topics", *inputs, "--wait-subscribers", str(readers), "--quiet",
-                                           "--pause-file", str(pause_file)], env)
-        paused_s = 0.0
-        replay = NodeProcess(cmd, log_dir=logs, env=replay_env, name="replay")
-        t_start = time.monotonic()
-        rss = []  # (seconds into the replay, {process: resident MB}) every 0.2 s
-        cpu0 = {p.name: _cpu_seconds(p.proc.pid) for p in [*procs, replay]}
-        cpu_last = dict(cpu0)
-        streaming = False  # CPU is counted from the first frame on (not the replay's start-up)
-        steady = None      # (CPU seconds, frames seen) one second after the first pose: tracking only
-        t_first_pose = None
-        while replay.alive():
-            if during_replay is not None:
-                during_replay(time.monotonic() - t_start, collector)
-            if pause_while is not None:
-                hold = paused_s < 120.0 and bool(pause_while(collector))
-                pause_file.touch() if hold else pause_file.unlink(missing_ok=True)
-                paused_s += 0.2 if hold else 0.0
-            if not streaming and collector.images:
-                streaming, t_stream = True, time.monotonic()
-                cpu0 = {p.name: _cpu_seconds(p.proc.pid) for p in [*procs, replay]}
-            if t_first_pose is None and collector.poses:
-                t_first_pose = time.monotonic()
-            if steady is None and t_first_pose is not None and time.monotonic() - t_first_pose >= 1.0:
-                steady = ({p.name: _cpu_seconds(p.proc.pid) for p in [*procs, replay]}, len(collector.images))
-            cpu_last.update({p.name: _cpu_seconds(p.proc.pid) for p in [*procs, replay]})
-            rss.append((time.monotonic() - t_start, {p.name: _rss_mb(p.proc.pid) for p in procs}))
-            for p in procs:
-                if not p.alive():
-                    raise RuntimeError(f"{p.name} died during replay:\n{p.log_text()[-3000:]}")
-            time.sleep(0.2)
-        if replay.proc.returncode != 0:
-            raise RuntimeError(f"replay failed:\n{replay.log_text()[-2000:]}")
-        t_replay = time.monotonic() - t_start
-        t_cpu = time.monotonic() - (t_stream if streaming else t_start)
-        cpu_last.update({p.name: _cpu_seconds(p.proc.pid) for p in procs})
-        cpu_percent = {k: round(100.0 * (cpu_last[k] - cpu0[k]) / t_cpu, 1)
-                       for k in cpu0 if cpu0[k] is not None and cpu_last.get(k) is not None}
-        # CPU time per camera frame of the stream (the frames this listener saw published)
-        n_stream = max(1, len(collector.images))
-        cpu_ms_per_frame = {k: round(1000.0 * (cpu_last[k] - cpu0[k]) / n_stream, 2)
-                            for k in cpu0 if cpu0[k] is not None and cpu_last.get(k) is not None}
-        # the same from one second after the first pose on (a cold start's global search and the
-        # fallback segmentation before it left out): what tracking costs
-        n_steady = len(collector.images) - steady[1] if steady is not None else 0
-        cpu_ms_steady = {k: round(1000.0 * (cpu_last[k] - steady[0][k]) / n_steady, 2)
-                         for k in steady[0] if steady[0][k] is not None and cpu_last.get(k) is not None} \
-            if n_steady >= 10 else {}
-        time.sleep(1.5)  # trailing outputs
-        rss.append((time.monotonic() - t_start, {p.name: _rss_mb(p.proc.pid) for p in procs}))
-        alive = {p.name: p.alive() for p in procs}
-        rss_parts = {p.name: _rss_mb(p.proc.pid, ("RssAnon:", "RssFile:", "RssShmem:")) for p in procs}
+        usage = _replay_watching(out_dir, bag, seq, rate, single_process, place, env, logs, procs, collector,
+                                 during_replay, pause_while)
     finally:
         for p in procs:
             p.stop()
         if collector is not None:
             collector.close()
     # the baselines hold / carry a start pose: the tracker's own, or (a cold start) 1 cm / 5 deg off the first frame
-    result = score(seq, collector, object_spec, t_replay, initial_offset or (0.01, 5.0), rate=rate)
+    result = score(seq, collector, object_spec, usage["t_replay"], initial_offset or (0.01, 5.0), rate=rate)
     if overlays:
         from hp_ros.core.objects import ObjectModel
         from hp_ros.tools.overlay import write_overlays
@@ -330,16 +127,161 @@ def run_pipeline(out_dir: Path, object_spec: str = "builtin:cracker_box", durati
                                overlays)
         result["overlays"] = [str(f) for f in files]
     result["logs"] = str(logs)
-    result["cpu_percent"] = cpu_percent  # per process during the replay (100 = one core)
+    cpu_ms_per_frame, cpu_ms_steady = usage["cpu_ms_per_frame"], usage["cpu_ms_steady"]
+    result["cpu_percent"] = usage["cpu_percent"]  # per process during the replay (100 = one core)
     result["cpu_ms_per_frame"] = cpu_ms_per_frame  # per process, CPU ms per streamed camera frame
     result["cpu_ms_per_frame_total"] = round(sum(v for k, v in cpu_ms_per_frame.items() if k != "replay"), 2)
     result["cpu_ms_per_frame_tracking"] = cpu_ms_steady  # from 1 s after the first pose (empty: too few frames)
     result["cpu_ms_per_frame_tracking_total"] = round(sum(v for k, v in cpu_ms_steady.items() if k != "replay"), 2) \
         if cpu_ms_steady else None
-    result["rss_mb"] = rss                # resident memory of the node processes over the replay
-    result["alive_at_end"] = alive        # every node process still running after the replay
-    result["rss_parts_mb"] = rss_parts    # at the end: anonymous, file-backed, shared memory (DDS segments)
+    result["rss_mb"] = usage["rss"]                # resident memory of the node processes over the replay
+    result["alive_at_end"] = usage["alive"]        # every node process still running after the replay
+    result["rss_parts_mb"] = usage["rss_parts"]    # at the end: anonymous, file-backed, shared memory (DDS segments)
     return result
+
+
+def _synthetic_bag(out_dir: Path, object_spec: str, duration: float, seed: int, motion: str, log) -> tuple:
+    """Step 1: the synthetic sequence and its rosbag2 ``out_dir/synthetic_bag``; returns ``(seq, bag path)``."""
+    from hp_ros.core import synth
+
+    t0 = time.monotonic()
+    cfg = synth.SynthConfig(object=object_spec, duration_s=duration, seed=seed, motion=motion)
+    seq = synth.generate_sequence(cfg)
+    bag = out_dir / "synthetic_bag"
+    synth.write_sequence_bag(seq, bag)
+    log(f"[demo] synthetic sequence: {len(seq.frame_stamps_ns)} frames, {len(seq.joint_stamps_ns)} joint states "
+        f"({time.monotonic() - t0:.1f} s) -> {bag}")
+    return seq, bag
+
+
+def _graph_env(transport: str, place) -> dict:
+    """The processes' environment (loopback-only DDS, one domain id, ``transport``); this
+    process's listener joins the graph with the same DDS settings (set in ``os.environ``)."""
+    import os
+
+    from hp_ros.ros_process import loopback_env, pick_domain_id
+
+    env = loopback_env(domain_id=int(os.environ.get("ROS_DOMAIN_ID", pick_domain_id())),
+                       base={**os.environ, "HP_ROS_DDS_TRANSPORT": transport})
+    listener_env = place("listener", [], env)[1]
+    for k in ("ROS_DOMAIN_ID", "ROS_AUTOMATIC_DISCOVERY_RANGE", "ROS_LOCALHOST_ONLY", "RMW_IMPLEMENTATION",
+              "FASTDDS_DEFAULT_PROFILES_FILE", "FASTRTPS_DEFAULT_PROFILES_FILE", "HP_ROS_DDS_TRANSPORT",
+              "ROS_STATIC_PEERS"):
+        if k in listener_env:  # this process's listener joins the graph with the same transports
+            os.environ[k] = listener_env[k]
+        else:
+            os.environ.pop(k, None)
+    return env
+
+
+def _start_nodes(procs: list, logs: Path, env: dict, place, seq, object_spec: str, single_process: bool,
+                 initial_offset, node_params, object_backend) -> None:
+    """Step 2: the node graph's processes with the demo's parameters, appended to ``procs`` as
+    they start (the caller stops them, also when a later one fails)."""
+    import sys
+
+    from hp_ros import graph
+    from hp_ros.ros_process import NodeProcess
+
+    launch_args = {"object_mesh": object_spec, "single_process": str(single_process).lower()}
+    for name, cmd in graph.process_commands(launch_args, python=sys.executable):
+        for spec in graph.NODES if name == "graph_process" else [s for s in graph.NODES if s.name == name]:
+            cmd += demo_parameters(spec.name, seq, initial_offset)  # distinct names: one process takes all
+        for k, v in (node_params or {}).items():
+            cmd += ["-p", f"{k}:={v}"]
+        if name in ("segmentation_node", "graph_process") and object_backend:
+            cmd += ["-p", f"object_backend:={object_backend}"]
+        cmd, node_env = place(name, cmd, env)
+        procs.append(NodeProcess(cmd, log_dir=logs, env=node_env, name=name))
+
+
+def _replay_inputs(seq, single_process: bool) -> tuple[list, int]:
+    """The bag's topics the replay plays - only what a robot would publish: the ground truth stays
+    in the bag for scoring (/tf: the arm's world -> hand base, motion 'lab') - and the number of
+    DDS readers of them it waits for (the graph's and this listener's)."""
+    from hp_ros import graph
+
+    moving = seq.T_world_hand_tf is not None
+    inputs = [*graph.CAMERA_TOPICS.values(), graph.JOINT_STATES, "/tf_static", *(["/tf"] if moving else [])]
+    # play only once the replay's writers have matched every reader of the graph (discovery
+    # takes 0.3-2.7 s): a late match lost the first second of frames, /tf_static with it
+    readers = sum(1 for spec in graph.NODES for t in spec.subscribes if t in inputs
+                  and not (spec.name == "refinement_node" and t == graph.CAMERA_TOPICS["depth_image"]))
+    own = ("/tf_static", "/tf")  # each node's CameraToHand subscribes these itself
+    if single_process:  # one DDS reader per input topic for all nodes (LocalBus), /tf_static and /tf one each
+        readers = len({t for spec in graph.NODES for t in spec.subscribes if t in inputs and t not in own}) \
+            + sum(1 for spec in graph.NODES for t in own if t in inputs and t in spec.subscribes)
+    readers += 1 + int(moving)  # this listener's colour camera_info (and /tf)
+    return inputs, readers
+
+
+def _replay_watching(out_dir: Path, bag: Path, seq, rate: float, single_process: bool, place, env: dict, logs: Path,
+                     procs: list, collector: Collector, during_replay=None, pause_while=None) -> dict:
+    """Step 3: the bag replayed into the graph while the node processes are watched (every 0.2 s:
+    alive, CPU seconds, resident memory). Returns ``t_replay`` (s) and the processes' usage:
+    ``cpu_percent``, ``cpu_ms_per_frame``, ``cpu_ms_steady``, ``rss``, ``alive``, ``rss_parts``."""
+    import sys
+
+    from hp_ros.ros_process import NodeProcess
+
+    inputs, readers = _replay_inputs(seq, single_process)
+    pause_file = out_dir / "replay.pause"
+    pause_file.unlink(missing_ok=True)
+    cmd, replay_env = place("replay", [sys.executable, "-m", "hp_ros.tools.replay", str(bag), "--rate", str(rate),
+                                       "--topics", *inputs, "--wait-subscribers", str(readers), "--quiet",
+                                       "--pause-file", str(pause_file)], env)
+    paused_s = 0.0
+    replay = NodeProcess(cmd, log_dir=logs, env=replay_env, name="replay")
+    t_start = time.monotonic()
+    rss = []  # (seconds into the replay, {process: resident MB}) every 0.2 s
+    cpu0 = {p.name: _cpu_seconds(p.proc.pid) for p in [*procs, replay]}
+    cpu_last = dict(cpu0)
+    streaming = False  # CPU is counted from the first frame on (not the replay's start-up)
+    steady = None      # (CPU seconds, frames seen) one second after the first pose: tracking only
+    t_first_pose = None
+    while replay.alive():
+        if during_replay is not None:
+            during_replay(time.monotonic() - t_start, collector)
+        if pause_while is not None:
+            hold = paused_s < 120.0 and bool(pause_while(collector))
+            pause_file.touch() if hold else pause_file.unlink(missing_ok=True)
+            paused_s += 0.2 if hold else 0.0
+        if not streaming and collector.images:
+            streaming, t_stream = True, time.monotonic()
+            cpu0 = {p.name: _cpu_seconds(p.proc.pid) for p in [*procs, replay]}
+        if t_first_pose is None and collector.poses:
+            t_first_pose = time.monotonic()
+        if steady is None and t_first_pose is not None and time.monotonic() - t_first_pose >= 1.0:
+            steady = ({p.name: _cpu_seconds(p.proc.pid) for p in [*procs, replay]}, len(collector.images))
+        cpu_last.update({p.name: _cpu_seconds(p.proc.pid) for p in [*procs, replay]})
+        rss.append((time.monotonic() - t_start, {p.name: _rss_mb(p.proc.pid) for p in procs}))
+        for p in procs:
+            if not p.alive():
+                raise RuntimeError(f"{p.name} died during replay:\n{p.log_text()[-3000:]}")
+        time.sleep(0.2)
+    if replay.proc.returncode != 0:
+        raise RuntimeError(f"replay failed:\n{replay.log_text()[-2000:]}")
+    t_replay = time.monotonic() - t_start
+    t_cpu = time.monotonic() - (t_stream if streaming else t_start)
+    cpu_last.update({p.name: _cpu_seconds(p.proc.pid) for p in procs})
+    cpu_percent = {k: round(100.0 * (cpu_last[k] - cpu0[k]) / t_cpu, 1)
+                   for k in cpu0 if cpu0[k] is not None and cpu_last.get(k) is not None}
+    # CPU time per camera frame of the stream (the frames this listener saw published)
+    n_stream = max(1, len(collector.images))
+    cpu_ms_per_frame = {k: round(1000.0 * (cpu_last[k] - cpu0[k]) / n_stream, 2)
+                        for k in cpu0 if cpu0[k] is not None and cpu_last.get(k) is not None}
+    # the same from one second after the first pose on (a cold start's global search and the
+    # fallback segmentation before it left out): what tracking costs
+    n_steady = len(collector.images) - steady[1] if steady is not None else 0
+    cpu_ms_steady = {k: round(1000.0 * (cpu_last[k] - steady[0][k]) / n_steady, 2)
+                     for k in steady[0] if steady[0][k] is not None and cpu_last.get(k) is not None} \
+        if n_steady >= 10 else {}
+    time.sleep(1.5)  # trailing outputs
+    rss.append((time.monotonic() - t_start, {p.name: _rss_mb(p.proc.pid) for p in procs}))
+    alive = {p.name: p.alive() for p in procs}
+    rss_parts = {p.name: _rss_mb(p.proc.pid, ("RssAnon:", "RssFile:", "RssShmem:")) for p in procs}
+    return dict(t_replay=t_replay, cpu_percent=cpu_percent, cpu_ms_per_frame=cpu_ms_per_frame,
+                cpu_ms_steady=cpu_ms_steady, rss=rss, alive=alive, rss_parts=rss_parts)
 
 
 def _rss_mb(pid: int, fields=("VmRSS:",)):
@@ -382,116 +324,6 @@ def demo_parameters(node_name: str, seq, initial_offset: tuple | None = None) ->
 
     p, q = se3.pose_to_xyz_quat(torch.as_tensor(initial_pose(seq, initial_offset)))
     return ["-p", "initial_pose:=" + str([float(v) for v in [*p, *q]])]
-
-
-def initial_pose(seq, initial_offset: tuple = (0.01, 5.0)) -> np.ndarray:
-    """``(4, 4)``: a user starts the tracker from a rough pose (default: ground truth of the first frame
-    off by 1 cm and 5 degrees); the tracker refines from there. The baselines start there too."""
-    return offset_pose(seq.T_cam_obj[0], initial_offset)
-
-
-def offset_pose(T: np.ndarray, offset: tuple) -> np.ndarray:
-    """``T`` ``(4, 4)`` moved by ``offset`` = (metres, degrees) in a fixed pseudo-random direction (the
-    demo's and the offline evaluation's start pose)."""
-    from hp_ros.core import se3
-    import torch
-
-    rng = np.random.default_rng(1)
-    xi = np.concatenate([rng.normal(size=3), rng.normal(size=3)])
-    xi[:3] *= float(offset[0]) / np.linalg.norm(xi[:3])
-    xi[3:] *= math.radians(float(offset[1])) / np.linalg.norm(xi[3:])
-    return se3.apply_delta(torch.as_tensor(T, dtype=torch.float64), torch.as_tensor(xi)).numpy()
-
-
-def time_to_first_pose(pose_times: dict, image_times: dict, first_frame_ns, rate: float = 1.0) -> float:
-    """Seconds from the sequence's first frame (stamp ``first_frame_ns``) to the first pose, on the
-    stream's own clock: the first posed stamp's distance from it (bag time / ``rate``) plus that
-    pose's latency (``pose_times`` / ``image_times``: stamp -> publish time [s]; 0 when the image's
-    time is unknown). NaN without a pose."""
-    if not pose_times or first_frame_ns is None:
-        return float("nan")
-    first = min(pose_times)
-    own = pose_times[first] - image_times[first] if first in image_times else 0.0
-    return float((first - first_frame_ns) * 1e-9 / max(rate, 1e-9) + max(own, 0.0))
-
-
-def score(seq, collector, object_spec: str, t_replay: float, initial_offset: tuple = (0.01, 5.0),
-          rate: float = 1.0) -> dict:
-    """Metrics of the collected estimates against the sequence's ground truth."""
-    from hp_ros.core import metrics
-    from hp_ros.core.objects import ObjectModel
-
-    obj = ObjectModel.from_spec(object_spec)
-    pts = obj.surface_points(2000, seed=0).detach().cpu().numpy().astype(np.float64)
-    gt = {int(s): T for s, T in zip(seq.frame_stamps_ns, seq.T_cam_obj)}
-    est = {s: v[0] for s, v in collector.poses.items()}
-    from hp_ros.core.ekf import symmetry_axis
-
-    # a can's spin about its axis is unobservable: rot_err_* is the axis' error there (the full
-    # angle stays under rot_err_geodesic_*), as in the baselines' report
-    result = metrics.evaluate_sequence(gt, est, pts, symmetric=obj.symmetric, symmetry_axis=symmetry_axis(obj))
-    # rate and latency: pose receive time minus the receive time of the image with that stamp
-    lat = [1000.0 * (v[2] - collector.images[s]) for s, v in collector.poses.items() if s in collector.images]
-    # poses per second while the stream runs: over the span of the frames' own publish times (the
-    # replay's start-up - imports, discovery - is not part of the stream)
-    t_frames = sorted(collector.images.values())
-    span = (t_frames[-1] - t_frames[0]) * len(t_frames) / max(1, len(t_frames) - 1) if len(t_frames) > 1 else t_replay
-    result["output_rate_hz"] = len(collector.poses) / span if span > 0 else 0.0
-    # cold start: from the sequence's first frame to the first pose, on the stream's own clock - the
-    # first posed frame's stamp after the first frame's (bag time / rate), plus that pose's latency.
-    # (The listener's first camera_info is no start: its subscription can match a second or more after
-    # the replay began, which gave 0.14 s and negative times once the first pose came within ~1 s.)
-    result["time_to_first_pose_s"] = time_to_first_pose(
-        {st: v[2] for st, v in collector.poses.items()}, collector.images, min(gt, default=None), rate)
-    result["latency_ms_p95"] = float(np.percentile(lat, 95)) if lat else float("nan")
-    result["latency_ms_median"] = float(np.median(lat)) if lat else float("nan")
-    result["latencies_ms"] = [round(x, 2) for _, x in sorted(zip(
-        [s for s in collector.poses if s in collector.images], lat))]  # in stamp order
-    result["tf_messages"] = len(collector.tf)
-    result["segmentation_rate_hz"] = collector.observations / span if span > 0 else 0.0
-    result["max_penetration_mm"] = _max_penetration_mm(seq, obj, est)
-    result.update(_baselines(seq, obj, est, pts, initial_offset))
-    result["motion"] = seq.config.motion
-    result["estimates"] = est  # {stamp_ns: (4, 4)} as published (not written to metrics.json)
-    result["final_state"] = collector.status[-1][1] if collector.status else "none"
-    result["diagnostics"] = dict(collector.diagnostics)
-    # the tracker's state changes in order, e.g. ["INITIALIZING", "TRACKING", "LOST", "TRACKING"]
-    result["states"] = [name for k, (_, name) in enumerate(collector.status)
-                        if k == 0 or collector.status[k - 1][1] != name]
-    return result
-
-
-def _baselines(seq, obj, est: dict, pts: np.ndarray, initial_offset: tuple) -> dict:
-    """``frozen`` / ``hand_only`` from the tracker's initial pose on the frames it posed, and its ratios
-    to the better one (:func:`hp_ros.core.baselines.sequence_report`)."""
-    from hp_ros.core import baselines
-    from hp_ros.core.ekf import symmetry_axis
-    from hp_ros.core.hand import HandModel
-
-    return baselines.sequence_report(seq, est, initial_pose(seq, initial_offset), HandModel.default(), pts,
-                                     symmetry_axis(obj))
-
-
-def _max_penetration_mm(seq, obj, est: dict) -> float:
-    """Deepest hand point inside the object over the estimated poses (true joints and hand)."""
-    import torch
-
-    from hp_ros.core.hand import HandModel
-    from hp_ros.core.sdf import MeshSDF, signed_distance_world
-
-    hand = HandModel.default()
-    sdf = MeshSDF(obj.vertices, obj.faces)
-    idx = {int(s): i for i, s in enumerate(seq.frame_stamps_ns)}
-    frames = [(idx[s], T) for s, T in est.items() if s in idx]
-    if not frames:
-        return float("nan")
-    q = torch.as_tensor(np.stack([seq.q_frames_true[i] for i, _ in frames]), dtype=torch.float32)
-    base = torch.as_tensor(seq.cam_hand_frames()[[i for i, _ in frames]], dtype=torch.float32)
-    pts = hand.surface_points(q, base)
-    T = torch.as_tensor(np.stack([T for _, T in frames]), dtype=torch.float32)
-    with torch.no_grad():
-        d, _ = signed_distance_world(sdf, pts, T)
-    return float(max(0.0, -d.min().item()) * 1000.0)
 
 
 def run(args) -> int:

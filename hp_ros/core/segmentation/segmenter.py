@@ -256,6 +256,30 @@ class Segmenter:
         ``pose_covariance`` its ``(6, 6)`` ICP covariance (:attr:`ModelFit.covariance`, None
         without one).
         """
+        T_cam_obj_prior = self._check_inputs(rgb, depth_m, external_mask, T_cam_obj_prior, prior_pos_sigma)
+        render, hand_mask, hand_conf, T_cam_hand = self._hand(depth_m, q, T_cam_hand)
+        frame = Frame(rgb, depth_m, T_cam_hand, hand_mask, None if render is None else render.roi, external_mask,
+                      T_cam_obj_prior, prior_pos_sigma)
+        active = self._backends_for(frame)
+        self.active_backend = active.spec
+        answers, raw = self._backend_masks(frame, active)
+        obj_c, conf, n_present = self._combined_object_mask(frame, active, answers, raw, render)
+        sl = frame.sl
+        # the object in front of the fingers is not hand
+        if "color" in raw and obj_c.any():
+            hand_mask[sl] &= ~(obj_c & raw["color"])
+        for backend, a in zip(active.backends, answers):
+            backend.feedback(frame, a, obj_c, conf, n_present >= 2)
+        object_mask = np.zeros((self.height, self.width), bool)
+        object_mask[sl] = obj_c
+        obs = self._observation(frame, active.spec, answers, obj_c, conf)
+        return SegmentationResult(hand_mask, object_mask, hand_conf if render is not None else 0.0, conf,
+                                  obs, self._fingertips(rgb, render), raw, T_cam_hand)
+
+    # ------------------------------------------------------------------ stages of segment()
+    def _check_inputs(self, rgb, depth_m, external_mask, T_cam_obj_prior, prior_pos_sigma) -> Optional[np.ndarray]:
+        """ValueError for inputs of :meth:`segment` that do not fit this camera; returns the prior
+        as a ``(4, 4)`` float64 array (None without one)."""
         H, W = self.height, self.width
         if rgb.shape != (H, W, 3) or rgb.dtype != np.uint8:
             raise ValueError(f"rgb must be ({H}, {W}, 3) uint8, got {rgb.shape} {rgb.dtype}")
@@ -269,10 +293,15 @@ class Segmenter:
                 raise ValueError(f"T_cam_obj_prior must be a finite (4, 4) pose, got {T_cam_obj_prior.shape}")
         if prior_pos_sigma is not None and not (np.isfinite(prior_pos_sigma) and prior_pos_sigma >= 0):
             raise ValueError(f"prior_pos_sigma must be a finite value >= 0 m, got {prior_pos_sigma}")
+        return T_cam_obj_prior
+
+    def _hand(self, depth_m, q, T_cam_hand) -> tuple:
+        """Stage 1: align the camera->hand transform to depth, render the hand, keep what depth
+        confirms. Returns ``(render or None, hand mask (H, W) bool, its confidence, T_cam_hand
+        (4, 4) after the alignment)``; no render without a hand model, joints or transform."""
         cfg = self.cfg
-        # 1. hand: align the camera->hand transform to depth, render, keep what depth confirms
         render = None
-        hand_mask, hand_conf = np.zeros((H, W), bool), 0.0
+        hand_mask, hand_conf = np.zeros((self.height, self.width), bool), 0.0
         if self.hand_masker is not None and q is not None and T_cam_hand is not None:
             if depth_m is not None and self.aligner is not None:
                 # self-occlusion from the previous frame's render (the hand moves little per frame)
@@ -281,16 +310,15 @@ class Segmenter:
             render = self._last_render = self.hand_masker.render(q, T_cam_hand)
             hand_mask, hand_conf = visible_hand_mask(render, cfg.hand_dilate_px, depth_m, cfg.hand_depth_tolerance,
                                                      occluder_tolerance=cfg.hand_occluder_tolerance)
-        # 2. object masks inside the working rectangle
-        frame = Frame(rgb, depth_m, T_cam_hand, hand_mask, None if render is None else render.roi, external_mask,
-                      T_cam_obj_prior, prior_pos_sigma)
-        active = self._backends_for(frame)
-        self.active_backend = active.spec
+        return render, hand_mask, hand_conf, T_cam_hand
+
+    def _backend_masks(self, frame: Frame, active: "_BackendSet") -> tuple[list[BackendMask], dict]:
+        """Stage 2a: the LOCATED backends' rectangles join the working rectangle (set as
+        ``frame.rect``), then every backend's answer inside it. Returns ``(answers, raw)``: raw
+        holds ``"rect"``, each answering backend's mask crop ``(h, w)`` bool by name and their extras."""
         located = [r for r in (b.locate(frame) for b in active.backends) if r is not None]
-        x0, y0, x1, y1 = rect = frame.rect = self._object_rect(T_cam_hand, located, active.backends)
-        sl = frame.sl
-        empty = frame.empty
-        raw = {"rect": rect}
+        frame.rect = self._object_rect(frame.T_cam_hand, located, active.backends)
+        raw = {"rect": frame.rect}
         answers: list[BackendMask] = []
         for name, backend in zip(active.names, active.backends):
             a = backend.object_mask(frame)
@@ -301,8 +329,19 @@ class Segmenter:
         if active.op == "|" and "color" in raw and "depth" in raw:
             # union: a colour pixel whose valid depth lies outside the workspace is background of
             # the object's colour, not object (colour fills depth holes)
-            raw["color"] = raw["color"] & (raw["depth"] | ~(depth_m[sl] > 0))
-        hand_c = hand_mask[sl]
+            raw["color"] = raw["color"] & (raw["depth"] | ~(frame.depth_m[frame.sl] > 0))
+        return answers, raw
+
+    def _combined_object_mask(self, frame: Frame, active: "_BackendSet", answers: list, raw: dict,
+                              render) -> tuple[np.ndarray, float, int]:
+        """Stage 2b: the backends' masks minus the visible hand (grown by ``hand_margin_px``),
+        combined and cleaned. Returns ``(object mask crop (h, w) bool, confidence, number of
+        backends that gave a mask)``; the confidence is the cleaning's times the backends'
+        agreement, a missing input's halving and each backend's own factor."""
+        cfg = self.cfg
+        x0, y0 = frame.rect[:2]
+        sl = frame.sl
+        hand_c = frame.hand_mask[sl]
         hand_cut = hand_c
         if cfg.hand_margin_px > 0 and hand_c.any():
             hand_cut = cv2.dilate(hand_c.view(np.uint8), _disk(cfg.hand_margin_px)).astype(bool)
@@ -312,8 +351,8 @@ class Segmenter:
         if render is not None:
             prior = np.nanmean(render.fingertips_uv, axis=0) - (x0, y0)
         points = None
-        if self.object_size > 0 and depth_m is not None and not empty:
-            d = depth_m[sl]
+        if self.object_size > 0 and frame.depth_m is not None and not frame.empty:
+            d = frame.depth_m[sl]
             points = np.stack([self.box._rx[sl] * d, self.box._ry[sl] * d, d], -1)
         clean = clean_mask(obj, cfg.min_area, cfg.open_px, cfg.close_px, cfg.fill_holes, cfg.keep, prior,
                            points=points, expected_size=self.object_size or None,
@@ -326,26 +365,26 @@ class Segmenter:
         for i in active.factor_order:  # a detector's score, a fit's depth agreement
             if answers[i].confidence is not None:
                 conf *= answers[i].confidence
-        obj_c = clean.mask
-        # the object in front of the fingers is not hand
-        if "color" in raw and obj_c.any():
-            hand_mask[sl] &= ~(obj_c & raw["color"])
-        for backend, a in zip(active.backends, answers):
-            backend.feedback(frame, a, obj_c, conf, len(present) >= 2)
-        object_mask = np.zeros((H, W), bool)
-        object_mask[sl] = obj_c
-        obs = object_observation(obj_c, self.K, None if depth_m is None else depth_m[sl], conf,
-                                 active.spec, offset=(x0, y0))
+        return clean.mask, conf, len(present)
+
+    def _observation(self, frame: Frame, spec: str, answers: list, obj_c: np.ndarray, conf: float) -> ObjectObservation:
+        """Stage 3: the observation of the object mask crop ``obj_c`` (confidence 0 when empty),
+        with a depth fit's pose, covariance and confidence when a backend gave one."""
+        x0, y0 = frame.rect[:2]
+        obs = object_observation(obj_c, self.K, None if frame.depth_m is None else frame.depth_m[frame.sl], conf,
+                                 spec, offset=(x0, y0))
         if not obj_c.any():
             obs.confidence = 0.0
         fit = next((a for a in answers if a.pose is not None), None)
         if fit is not None:  # a depth fit (the model backend): the tracker's rotation-bearing observation
             obs.pose, obs.pose_covariance, obs.pose_confidence = fit.pose, fit.pose_covariance, fit.pose_confidence
-        tips = None
-        if render is not None:
-            if self.markers is not None:
-                tips = self.markers.detect(rgb, render.fingertips_uv, render.fingertips_z, float(self.K[0, 0]))
-            else:
-                tips = FingertipResult(np.full((4, 2), np.nan), np.zeros(4), render.fingertips_uv.copy())
-        return SegmentationResult(hand_mask, object_mask, hand_conf if render is not None else 0.0, conf,
-                                  obs, tips, raw, T_cam_hand)
+        return obs
+
+    def _fingertips(self, rgb: np.ndarray, render) -> Optional[FingertipResult]:
+        """Stage 3: fingertip markers around the rendered fingertips (their forward-kinematics
+        pixels alone without marker colours); None without a hand render."""
+        if render is None:
+            return None
+        if self.markers is not None:
+            return self.markers.detect(rgb, render.fingertips_uv, render.fingertips_z, float(self.K[0, 0]))
+        return FingertipResult(np.full((4, 2), np.nan), np.zeros(4), render.fingertips_uv.copy())

@@ -394,7 +394,12 @@ class EKFTracker:
             S, nis = kf.innovation(self.P, r, H, R)
         except np.linalg.LinAlgError:
             return refused(kind, "singular innovation covariance", len(r))
-        gate = self._gate(self.cfg.gate_probability, len(r))
+        gate, note = self._gate(self.cfg.gate_probability, len(r)), ""
+        if nis > gate:  # a slip of the object in the hand explains it? (track_policy.slip_prior)
+            P_slip = track_policy.slip_prior(self.cfg, kind, self.rejections, self.P)
+            S_slip, nis_slip = kf.innovation(P_slip, r, H, R) if P_slip is not None else (S, nis)
+            if nis_slip <= gate:
+                self.P, S, nis, note = P_slip, S_slip, nis_slip, "slip"
         self.last_nis, self.last_gate = nis, gate
         if nis > gate:
             self.rejections = track_policy.rejections_after(kind, False, self.rejections)
@@ -406,7 +411,7 @@ class EKFTracker:
         self._set_x(self.x.boxplus(dx))
         self.rejections = track_policy.rejections_after(kind, True, self.rejections)
         self._check_lost()
-        return UpdateResult(kind, True, nis, gate, len(r))
+        return UpdateResult(kind, True, nis, gate, len(r), note)
 
     def _apply(self, model: ObservationModel) -> UpdateResult:
         """Linearise ``model`` at the estimate and run the gated update with its residual."""

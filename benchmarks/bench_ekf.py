@@ -50,7 +50,10 @@ pose, centre when no fit, projection; the fit itself is the segmentation's), ``f
 (3.3 predicts at 100 Hz + that update); and ``rot_err_mean_deg_both``, ``add_mean_cm_both``,
 ``max_penetration_mm_both`` for comparison. The depth fit's noise against ground truth (bias,
 white and slow parts, autocorrelation, NEES under the ICP covariance and the tracker's model) is
-printed above. ``--variants`` runs a subset (the 'both' keys need 'both').
+printed above. ``tracking_fraction`` (frames TRACKING, both objects) and ``runs_lost`` (runs with a
+LOST frame; offline nothing re-initialises a lost track) are of the '+depth' variant (else the last
+one run); the per-run first LOST frame, its rule and the fits taken as a slip are printed above.
+``--variants`` runs a subset (the 'both' keys need 'both').
 
 Usage: ``.venv/bin/python benchmarks/bench_ekf.py [--seconds 10] [--seeds 0 1 2 3 4 5] [--variants ...]
 [--set FIELD=VALUE ...]``

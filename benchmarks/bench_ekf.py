@@ -50,7 +50,10 @@ pose, centre when no fit, projection; the fit itself is the segmentation's), ``f
 (3.3 predicts at 100 Hz + that update); and ``rot_err_mean_deg_both``, ``add_mean_cm_both``,
 ``max_penetration_mm_both`` for comparison. The depth fit's noise against ground truth (bias,
 white and slow parts, autocorrelation, NEES under the ICP covariance and the tracker's model) is
-printed above. ``--variants`` runs a subset (the 'both' keys need 'both').
+printed above. ``tracking_fraction`` (frames TRACKING, both objects) and ``runs_lost`` (runs with a
+LOST frame; offline nothing re-initialises a lost track) are of the '+depth' variant (else the last
+one run); the per-run first LOST frame, its rule and the fits taken as a slip are printed above.
+``--variants`` runs a subset (the 'both' keys need 'both').
 
 Usage: ``.venv/bin/python benchmarks/bench_ekf.py [--seconds 10] [--seeds 0 1 2 3 4 5] [--variants ...]
 [--set FIELD=VALUE ...]``
@@ -271,6 +274,7 @@ def run_filter(seq, obs: Observations, variant: str, hand, obj, sdf=None, config
     err_filter, cov_filter = [errs[0]], [covs[0]]
     scores, states, predicted = [float("nan")], [int(ekf.state)], [False]  # frame 0: the initialisation
     qs = [tracker.joints.at(tf[0], tracker._gap_ns())]
+    lost_reason, slips = None, 0   # the first LOST's reason; fits accepted as a slip (track_policy.slip_prior)
     for i in range(1, len(tf)):
         fit = None
         if depth:  # segmentation's work, not timed with the filter; its prior: the last published pose
@@ -305,13 +309,16 @@ def run_filter(seq, obs: Observations, variant: str, hand, obj, sdf=None, config
         scores.append(res.score)
         qs.append(res.q)
         states.append(int(res.state))
+        if res.state == 2 and lost_reason is None:
+            lost_reason = res.message
+        slips += sum(u.reason == "slip" for u in res.updates.values())
         predicted.append(bool(res.predicted))
     if record is not None:
         record["error"], record["covariance"], record["T_cam_hand"] = np.stack(errs), np.stack(covs), np.stack(T_chs)
         # score (Nf,) of the published pose (NaN: frame 0, the initialisation), its TrackState (Nf,) and
         # whether no observation of the frame was applied (Nf,) bool
         record.update(score=np.asarray(scores), state=np.asarray(states), predicted=np.asarray(predicted),
-                      q=np.stack(qs))  # q (Nf, J): the joint vector of each frame's pose (contact map)
+                      q=np.stack(qs), lost_reason=lost_reason, slips=slips)  # q (Nf, J): each frame's joints
         if depth:
             record.update(fit_error=fit_err, fit_cov=fit_cov, fit_conf=fit_conf, fit_accepted=fit_acc, projection=proj,
                           error_filter=np.stack(err_filter), covariance_filter=np.stack(cov_filter))
@@ -537,6 +544,24 @@ def _baseline_report(rows: dict, base_rows: dict, variant: str) -> dict:
     return out
 
 
+def _track_report(rows: dict, variant: str) -> dict:
+    """Print how long ``variant`` stayed TRACKING per object (offline the track is never re-initialised:
+    a LOST track stays LOST) and why the first LOST came; JSON keys ``tracking_fraction`` (frames
+    TRACKING, both objects) and ``runs_lost`` (runs with a LOST frame)."""
+    n_frames, n_tracking, lost = 0, 0, 0
+    for name in OBJECTS:
+        lst = rows[(name, variant)]
+        states = [np.asarray(r["state"]) for r in lst]
+        firsts = [int(np.argmax(s == 2)) if np.any(s == 2) else None for s in states]
+        print(f"  {name:12s} '{variant}': TRACKING in {100 * np.mean(np.concatenate(states) == 1):.1f} % of frames; "
+              f"first LOST frame per run: {firsts}; observations accepted as a slip per run: "
+              f"{[r['slips'] for r in lst]}; " + "; ".join(sorted({r['reason'] for r in lst if r['reason']})))
+        n_frames += sum(len(s) for s in states)
+        n_tracking += sum(int(np.sum(s == 1)) for s in states)
+        lost += sum(f is not None for f in firsts)
+    return {"tracking_fraction": round(n_tracking / max(n_frames, 1), 4), "runs_lost": lost}
+
+
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--seconds", type=float, default=10.0)
@@ -584,7 +609,8 @@ def main(argv=None):
                 n_obs, dof = observable_nees(T, rec, axis)
                 row = {"adds": metrics.add_s(seq.T_cam_obj, T, pts), "add": metrics.add(seq.T_cam_obj, T, pts),
                        "rot": metrics.rotation_error_deg(seq.T_cam_obj, T), "nees": nees, "nees_obs": n_obs,
-                       "dof": dof, "cmp": baselines.frame_errors(seq.T_cam_obj, T, pts, axis)}
+                       "dof": dof, "cmp": baselines.frame_errors(seq.T_cam_obj, T, pts, axis),
+                       "state": rec["state"], "reason": rec.get("lost_reason"), "slips": rec.get("slips", 0)}
                 if v in ("both", "+depth"):
                     row["pen"] = penetration_mm(seq, hand, sdf, T)
                 if v == "+depth":
@@ -606,6 +632,8 @@ def main(argv=None):
               f"{cat(name, v, 'rot').mean():12.2f} {pen} {cat(name, v, 'nees').mean():10.2f} "
               f"{cat(name, v, 'nees_obs').mean():9.2f} {lst[0]['dof']:3d}")
     out = _baseline_report(rows, base_rows, "+depth" if "+depth" in args.variants else args.variants[-1])
+    print("Track state (LOST: track_policy; offline nothing re-initialises a lost track)")
+    out.update(_track_report(rows, "+depth" if "+depth" in args.variants else args.variants[-1]))
     p = 1e3 * np.asarray(timings["predict"])       # (n, 2) wall, CPU [ms]
     if "both" in args.variants:
         pooled, per_object, frac_all, _ = _consistency(rows, "both", "both")

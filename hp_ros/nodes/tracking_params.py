@@ -41,11 +41,28 @@ OWN_PARAMS = {
                                   "bias (occlusion, mask edges; estimated as a state)", non_negative),
     "center_bias_depth_sigma": Param(_D.center_bias_depth_sigma, "least std. dev. [m] of the median depth's slowly "
                                      "varying bias", non_negative),
+    "pos_motion_random_walk": Param(_D.pos_motion_random_walk, "in-contact process noise [m per sqrt(m)] of the object's "
+                                    "translation: a random walk in the distance its contacts travel", non_negative),
+    "rot_motion_random_walk": Param(_D.rot_motion_random_walk, "in-contact process noise [rad per sqrt(rad)] of the object's "
+                                    "rotation: a random walk in the angle its contacts turn", non_negative),
+    "base_pos_random_walk": Param(_D.base_pos_random_walk, "process noise [m per sqrt(m)] of a moving hand base (/tf): "
+                                  "a random walk in the distance it moved", non_negative),
+    "base_rot_random_walk": Param(_D.base_rot_random_walk, "process noise [rad per sqrt(rad)] of a moving hand base: a "
+                                  "random walk in the angle it turned", non_negative),
     "gate_probability": Param(_D.gate_probability, "chi-square probability of the NIS gate",
                               lambda v: None if 0 < v < 1 else f"must be in (0, 1), got {v}"),
     "lost_after_rejections": Param(_D.lost_after_rejections, "consecutive rejected object observations -> LOST "
                                                               "(fingertip updates do not count)", positive),
     "max_covariance_trace": Param(_D.max_covariance_trace, "pose covariance trace [m^2+rad^2] above which -> LOST", positive),
+    "slip_pos_sigma": Param(_D.slip_pos_sigma, "size [m per axis] of a slip of the object in the hand: a depth fit "
+                            "rejected after slip_after_rejections consecutive object rejections is tried against "
+                            "the covariance with such a slip added (0 with slip_rot_sigma 0: never)", non_negative),
+    "slip_rot_sigma": Param(_D.slip_rot_sigma, "size [rad per axis] of a slip's rotation", non_negative),
+    "slip_after_rejections": Param(_D.slip_after_rejections, "consecutive rejected object observations before a "
+                                                              "slip is considered", positive),
+    "motion_smoothing": Param(_D.motion_smoothing, "time constant [s] of the low-pass filter on the contact motion "
+                              "whose distance / angle drives the in-contact noise (0: each joint-state step's own, "
+                              "encoder jitter included)", non_negative),
     "min_confidence": Param(_F.min_confidence, "ignore observations with a lower confidence", non_negative),
     "pairing_timeout": Param(_F.pairing_timeout, "latency budget [s]: a frame is processed (and its pose published) at the "
                                    "latest this long after the tracker first heard of it (its camera_info or an "

@@ -87,13 +87,12 @@ def object_motion(p_prev: np.ndarray, p_now: np.ndarray, dt: float, velocity: np
             M = np.eye(4)
             M[:3, :3] = so3_exp(velocity[3:] * dt)
             M[:3, 3] = velocity[:3] * dt
+        elif c.motion_smoothing > 0 and dt > 0:  # held: the smoothed twist fades
+            velocity = velocity * math.exp(-dt / c.motion_smoothing)
         sp2 = c.free_pos_random_walk ** 2 * dt
         sr2 = c.free_rot_random_walk ** 2 * dt
     else:
-        if dt > 0:
-            velocity = np.concatenate([M[:3, 3], so3_log(M[:3, :3])]) / dt
-        trans = float(np.linalg.norm(M[:3, 3]))
-        ang = float(np.linalg.norm(so3_log(M[:3, :3])))
+        velocity, trans, ang = _travel(M, dt, velocity, c.motion_smoothing)
         res = c.fit_residual_weight * motion.residual_rms
         # variance proportional to the motion (random walk in distance / angle travelled): the
         # Kabsch-of-contacts error is systematic and accumulates over a motion; a per-step
@@ -105,6 +104,26 @@ def object_motion(p_prev: np.ndarray, p_now: np.ndarray, dt: float, velocity: np
         else:  # rotation unobserved by the contacts: it may roll about them (angle ~ travel / spread)
             sr2 += c.rot_motion_random_walk ** 2 * trans / max(motion.spread, 0.01) + c.free_rot_random_walk ** 2 * dt
     return ObjectMotion(motion, M, velocity, sp2, sr2)
+
+
+def _travel(M: np.ndarray, dt: float, velocity: np.ndarray, smoothing: float) -> tuple:
+    """The hand-frame twist per second ``(6,)`` after a step ``M`` ``(4, 4)`` of ``dt`` seconds, and the
+    distance [m] and angle [rad] the step counts as travelled for the motion noise.
+
+    ``smoothing`` 0: the step's own twist and its own distance / angle. ``smoothing`` tau > 0: the
+    twist is low-pass filtered (first order, time constant tau) and the travel is that smoothed
+    twist times ``dt``. White encoder noise makes each step's contact motion jitter back and forth;
+    summed per step it is counted as travel (on the lab motion ~0.4-0.55 rad/s of "turning" with
+    the object still, measured with noisy against exact joints), but it telescopes: over any
+    window the net motion carries one step's jitter, not the sum. The filter keeps ~sigma / tau of
+    it (sigma: one step's jitter) and passes motion slower than tau unchanged."""
+    if dt <= 0:
+        return velocity, float(np.linalg.norm(M[:3, 3])), float(np.linalg.norm(so3_log(M[:3, :3])))
+    twist = np.concatenate([M[:3, 3], so3_log(M[:3, :3])]) / dt
+    if smoothing <= 0:
+        return twist, float(np.linalg.norm(M[:3, 3])), float(np.linalg.norm(twist[3:])) * dt
+    velocity = velocity + (-math.expm1(-dt / smoothing)) * (twist - velocity)
+    return velocity, float(np.linalg.norm(velocity[:3])) * dt, float(np.linalg.norm(velocity[3:])) * dt
 
 
 def gauss_markov_decay(dt: float, tau: float) -> float:

@@ -3,7 +3,9 @@
 A track is LOST after ``lost_after_rejections`` consecutive *object* observations rejected by the
 NIS gate, or when the trace of the pose covariance exceeds ``max_covariance_trace``. Fingertip
 observations do not count either way: they see the hand, not the object, so their acceptance says
-nothing about whether the object is where the filter thinks. Recovery is re-initialisation
+nothing about whether the object is where the filter thinks. A precise observation of the object rejected after others were (``slip_after_rejections``) is tried
+once more against the covariance with a slip of the object in the hand added (:func:`slip_prior`):
+accepted there, the slip is taken as having happened. Recovery from LOST is re-initialisation
 (:meth:`EKFTracker.initialize`, e.g. from :meth:`EKFTracker.recentred_pose` or a refinement
 result; the tracking node decides when).
 """
@@ -11,7 +13,9 @@ from __future__ import annotations
 
 from typing import Callable, Optional
 
-__all__ = ["TrackState", "OBJECT_KINDS", "rejections_after", "lost_reason"]
+import numpy as np
+
+__all__ = ["TrackState", "OBJECT_KINDS", "SLIP_KINDS", "rejections_after", "lost_reason", "slip_prior"]
 
 
 class TrackState:
@@ -25,6 +29,8 @@ class TrackState:
 
 # observations of the object itself: only their rejections count towards LOST
 OBJECT_KINDS = ("center", "center_3d", "pose", "depth_pose")
+# observations precise enough to tell a slip (full pose): only these may re-open a rejected track
+SLIP_KINDS = ("pose", "depth_pose")
 
 
 def rejections_after(kind: str, accepted: bool, rejections: int) -> int:
@@ -43,3 +49,23 @@ def lost_reason(cfg, rejections: int, covariance_trace: Callable[[], float]) -> 
     if trace > cfg.max_covariance_trace:
         return f"covariance trace {trace:.3g} too large"
     return None
+
+
+def slip_prior(cfg, kind: str, rejections: int, P: np.ndarray) -> Optional[np.ndarray]:
+    """``P`` ``(n, n)`` with a slip of the object in the hand added, or None when no slip is considered.
+
+    The contact model says the object moves with the fingers; a slip (or a regrasp the contacts
+    misread) breaks that at once, by millimetres or degrees, and every later observation of the
+    object is then rejected against a covariance that never heard of it - the filter locks out
+    and goes LOST. A slip is a jump of the object's hand-frame pose with sigma ``slip_pos_sigma`` [m] /
+    ``slip_rot_sigma`` [rad] per axis (isotropic, so the same in any frame): a full-pose observation
+    (``SLIP_KINDS``) gated out after ``slip_after_rejections`` consecutive object rejections is
+    tested once more against ``P`` with that jump added; the caller keeps the inflated ``P`` only
+    when the observation passes the same gate there (the two hypotheses, no slip and slip, each
+    tested at the gate; a lone outlier after one rejection is not enough)."""
+    if kind not in SLIP_KINDS or rejections < cfg.slip_after_rejections or not (cfg.slip_pos_sigma > 0
+                                                                             or cfg.slip_rot_sigma > 0):
+        return None
+    Ps = P.copy()
+    Ps[:6, :6] += np.diag([cfg.slip_pos_sigma ** 2] * 3 + [cfg.slip_rot_sigma ** 2] * 3)
+    return Ps

@@ -15,7 +15,7 @@ from hp_ros.core.ekf import motion as dyn
 from hp_ros.core.ekf import penetration, track_policy
 from hp_ros.core.ekf.config import EKFConfig
 from hp_ros.core.ekf.filter import UpdateResult, refused
-from hp_ros.core.ekf.geometry import apply_delta_np, camera_error_map, pose_error
+from hp_ros.core.ekf.geometry import camera_error_map, pose_error
 from hp_ros.core.ekf.kinematics import HandKinematics
 from hp_ros.core.ekf.observations import (Center3D, CenterObservation, Fingertips2D, Fingertips3D, ObservationModel,
                                           PoseObservation, hand_points_in_camera, object_point_in_camera)
@@ -394,7 +394,12 @@ class EKFTracker:
             S, nis = kf.innovation(self.P, r, H, R)
         except np.linalg.LinAlgError:
             return refused(kind, "singular innovation covariance", len(r))
-        gate = self._gate(self.cfg.gate_probability, len(r))
+        gate, note = self._gate(self.cfg.gate_probability, len(r)), ""
+        if nis > gate:  # a slip of the object in the hand explains it? (track_policy.slip_prior)
+            P_slip = track_policy.slip_prior(self.cfg, kind, self.rejections, self.P)
+            S_slip, nis_slip = kf.innovation(P_slip, r, H, R) if P_slip is not None else (S, nis)
+            if nis_slip <= gate:
+                self.P, S, nis, note = P_slip, S_slip, nis_slip, "slip"
         self.last_nis, self.last_gate = nis, gate
         if nis > gate:
             self.rejections = track_policy.rejections_after(kind, False, self.rejections)
@@ -406,7 +411,7 @@ class EKFTracker:
         self._set_x(self.x.boxplus(dx))
         self.rejections = track_policy.rejections_after(kind, True, self.rejections)
         self._check_lost()
-        return UpdateResult(kind, True, nis, gate, len(r))
+        return UpdateResult(kind, True, nis, gate, len(r), note)
 
     def _apply(self, model: ObservationModel) -> UpdateResult:
         """Linearise ``model`` at the estimate and run the gated update with its residual."""
@@ -542,61 +547,10 @@ class EKFTracker:
 
     def project_out_of_penetration(self, iterations: Optional[int] = None) -> ProjectionResult:
         """The pose to publish: the estimate moved out of penetration, so that no hand surface point
-        is deeper than ``penetration_tolerance`` inside the object (physics prior as a constraint).
-        Call after the frame's updates; the result's ``T_cam_obj`` is also
-        :attr:`T_cam_obj_published` until the state changes.
-
-        Estimate projection (:mod:`hp_ros.core.ekf.penetration`) of the object pose in the hand
-        frame in the metric of its covariance ``P_oo`` (the hand-object relative pose: calibration
-        uncertainty included), re-linearised up to ``iterations`` times (default
-        ``projection_iterations``), one SDF query each. Skipped (the estimate is published as it
-        is) while the orientation is uncertain, second-largest rotation sigma above
-        ``projection_max_rot_sigma`` (a body of revolution's spin stays free): then the penetration
-        is mostly the rotation error itself and the smallest move out of the modelled fingers is
-        not the truth - in the demo without the depth fit (sigma ~3 deg) projecting raised the true
-        hand's penetration from 6 to 25 mm.
-
-        By default the filter state is *not* changed (``projection_feedback = False``): the
-        projected pose is an output, and ``P`` stays the covariance of the unconstrained estimate
-        (projection never increases the error in that metric, so it is conservative for the
-        published pose). Measured with feedback (``bench_ekf.py``, ``+depth``): where the modelled
-        hand and a precise depth fit disagree by a few mm (encoder noise, calibration, or the
-        generator's own 2-3 mm penetration of the box), the projected state sits tens of sigma
-        from the next fits, which the NIS gate then rejects frame after frame, and the estimate
-        drifts (0.2 rad after 2 s); letting the projection move the calibration instead walked it
-        to 8 mm. With feedback the projected estimate becomes the state (object only, or with
-        ``projection_corrects_calibration`` the full ``P^-1`` metric, calibration included)."""
-        c = self.cfg
-        n_it = c.projection_iterations if iterations is None else int(iterations)
-        self._published = None
-        if not self.initialized or self._T_links is None:
-            return ProjectionResult(False, 0.0, 0.0, 0, T_cam_obj=self.T_cam_obj)
-        lam = np.linalg.eigvalsh(self.covariance[3:, 3:])
-        if math.sqrt(max(float(lam[1]), 0.0)) > c.projection_max_rot_sigma:
-            # orientation too uncertain: penetrating points are mostly the rotation error, and the
-            # smallest move out of them is not the truth
-            self._published = (self.T_ho.copy(), self.T_ch.copy(), self.T_cam_obj)
-            return ProjectionResult(False, 0.0, 0.0, 0, T_cam_obj=self.T_cam_obj)
-        p = penetration.points_near_object(self.hand_surface_points(), self.T_ho, self._box_lo, self._box_hi,
-                                           c.penetration_tolerance)
-        if p is None:
-            # nothing deeper than the tolerance inside the bounding box: published as it is
-            self._published = (self.T_ho.copy(), self.T_ch.copy(), self.T_cam_obj)
-            return ProjectionResult(False, 0.0, 0.0, 0, T_cam_obj=self.T_cam_obj)
-        if not len(p):
-            return ProjectionResult(False, 0.0, 0.0, 0, T_cam_obj=self.T_cam_obj)
-        full = c.projection_feedback and c.projection_corrects_calibration
-        proj = penetration.project_pose(self.sdf, p, self.T_ho.copy(), self.P, n_it, c.penetration_tolerance, full)
-        T_ho, it = proj.T_ho, proj.iterations
-        shift = float(np.linalg.norm(T_ho[:3, 3] - self.T_ho[:3, 3]))
-        T_ch = self.T_ch
-        if it and c.projection_feedback:
-            self.T_ho = T_ho
-            if full and self.calib:
-                self.T_ch = T_ch = apply_delta_np(self.T_ch, proj.dx[6:12])
-        T_out = T_ch @ T_ho
-        self._published = (self.T_ho.copy(), self.T_ch.copy(), T_out)
-        return ProjectionResult(it > 0, proj.depth_before, proj.depth_after, it, proj.active, shift, T_out)
+        is deeper than ``penetration_tolerance`` inside the object (physics prior as a constraint);
+        call after the frame's updates. The result's ``T_cam_obj`` is also :attr:`T_cam_obj_published`
+        until the state changes. How and when: :func:`hp_ros.core.ekf.penetration.project_estimate`."""
+        return penetration.project_estimate(self, iterations)
 
     @property
     def covariance_published(self) -> np.ndarray:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import importlib.util
 import math
+import time
 from pathlib import Path
 
 import numpy as np
@@ -228,7 +229,7 @@ def test_the_frame_timer_runs_only_while_something_waits(ros_env):
     from sensor_msgs.msg import CameraInfo
 
     from hp_ros.core.synth import SynthConfig, generate_sequence
-    from hp_ros.nodes.tracking_node import TrackingNode
+    from hp_ros.nodes.tracking_node import JOINT_WAIT, TrackingNode
 
     seq = generate_sequence(SynthConfig(duration_s=0.2, seed=2, render=False))
     Tc = seq.T_cam_hand_published
@@ -241,8 +242,13 @@ def test_the_frame_timer_runs_only_while_something_waits(ros_env):
         node = TrackingNode()
         assert node.timer.is_canceled() and not node.tracker.pending
         info = {"source_timestamp": 0, "received_timestamp": 0}
-        node.on_camera_info(M.make_camera_info(seq.K, seq.width, seq.height, CameraInfo,
-                                               stamp_ns=int(seq.frame_stamps_ns[0])), info)
+        # joint states flow, but none has reached the frame's stamp yet (and none comes): the
+        # callback waits on the joint reader for JOINT_WAIT, then leaves the frame to the timer
+        stamp = int(seq.frame_stamps_ns[0])
+        node.tracker.add_joint_states(np.array([stamp - 20_000_000]), seq.joint_positions[:1], time.monotonic())
+        t0 = time.monotonic()
+        node.on_camera_info(M.make_camera_info(seq.K, seq.width, seq.height, CameraInfo, stamp_ns=stamp), info)
+        assert time.monotonic() - t0 >= JOINT_WAIT  # it did wait for them
         assert node.tracker.pending and not node.timer.is_canceled()  # the frame waits for joint states
         node.tracker.reset("test")
         node.on_timer()

@@ -14,10 +14,11 @@ runs it when a camera_info arrives and on a 10 ms timer (steady clock) while any
 and publishes each processed frame's result (:mod:`hp_ros.nodes.tracking_outputs`).
 Joint states and observations have no callback: they wait in DDS readers
 (:class:`~hp_ros.nodes.deferred.DeferredReader`) and each run of the tracker takes all that arrived
-as one batch (without pending frames at least every 0.5 s). A frame waiting only for the joint
-state after its stamp is therefore processed at the next camera_info or timer tick; a frame's
-observations (they come after its pose went out, predicted) are applied at the next run, before
-the next frame is posed. (With ``pose_every_frame`` false an observation makes a frame: then
+as one batch (without pending frames at least every 0.5 s). A new frame's camera_info callback
+waits on those readers alone (at most 20 ms) for the joint states to reach its stamp and for its
+pairing_timeout, and poses it there; what waits longer goes to the timer. A frame's observations
+usually come after its pose went out (predicted) and are applied at the next run, before the
+next frame is posed. (With ``pose_every_frame`` false an observation makes a frame: then
 observations are subscriptions that run the tracker.)
 """
 from __future__ import annotations
@@ -37,6 +38,7 @@ from std_srvs.srv import Trigger
 
 from hp_ros import graph
 from hp_ros.core.ekf import EKFConfig, FrameTracker, FrameTrackerConfig
+from hp_ros.core.sdf import MeshSDF
 from hp_ros.io import msgs, validate
 from hp_ros.io.observations import fingertips_from_msg, object_observation_from_msg
 from hp_ros.nodes.buffers import joint_state_arrays
@@ -55,7 +57,7 @@ from hp_ros.nodes.tracking_params import OWN_PARAMS
 
 JOINTS_IDLE = 0.5  # [s] joint states are taken at least this often
 JOINT_READER_DEPTH = 200  # joint states the DDS reader keeps between two takes (2 s at 100 Hz)
-JOINT_WAIT = 0.02  # [s] a frame's camera_info callback waits this long for its joint states, then the timer
+JOINT_WAIT = 0.02  # [s] a frame's camera_info callback waits at most this long for its inputs (_await_frame)
 OBS_READER_DEPTH = 60  # observations of each kind kept between two takes (2 s at 30 Hz)
 FROM_MSG = {"object": object_observation_from_msg, "fingertips": fingertips_from_msg}
 
@@ -67,8 +69,6 @@ class TrackingNode(GuardedNode):
         p = self.p = declare_parameters(self, {**COMMON_PARAMS, **OWN_PARAMS})
         self.cfg = EKFConfig.from_dict({k: p[k] for k in OWN_PARAMS if k in EKFConfig.__dataclass_fields__})
         self.hand, self.obj = load_hand(p), load_object(p)
-        from hp_ros.core.sdf import MeshSDF
-
         self.sdf = MeshSDF(self.obj.vertices, self.obj.faces)
         warm_up(self.sdf, self.hand)  # before subscribing: the first query compiles for seconds
         self.errors = self.problems  # refused input, counted in /diagnostics (guard.ProblemLog)
@@ -83,8 +83,7 @@ class TrackingNode(GuardedNode):
         self.tracker.set_hand_base(self.calib.track)  # a moving hand base through /tf (a static one: set_calibration)
         self.mapper = self.hand.joint_state_mapper()
         self.checks = InputChecks(self.tracker, self.mapper, self.errors, self.get_logger(), p)  # issue 28
-        # joint states (100 Hz) wait in their DDS reader until the tracker runs (hp_ros.nodes.deferred):
-        # no executor callback per message; all that arrived are handed over as one batch
+        # joint states (100 Hz) wait in their DDS reader (no callback each), taken as one batch per run
         self.joint_reader = DeferredReader(self, bus, JointState, graph.JOINT_STATES, depth=JOINT_READER_DEPTH)
         self.last_run = 0.0  # monotonic time of the last run_tracker
         self.refinement = RefinementClient(self, self.tracker, p, self.errors)
@@ -93,10 +92,9 @@ class TrackingNode(GuardedNode):
         # every camera_info is a frame to pose: a deep reader queue (small messages), so that a burst
         # (bad messages, a busy executor) does not push frames out before they are taken (issue 28)
         subscribe(self, bus, CameraInfo, graph.CAMERA_TOPICS["color_info"], self.on_camera_info, STATE_QOS)
-        # observations: with a frame per camera_info they wait in DDS readers and each run of the
-        # tracker (a camera_info, the timer) takes them - an executor callback each cost ~0.3 ms of
-        # CPU, and a frame's object observation and fingertips come together; without
-        # (pose_every_frame false) an observation is what makes a frame, and wakes the tracker
+        # observations: with a frame per camera_info they wait in DDS readers for the next run of the
+        # tracker (a callback each cost ~0.3 ms of CPU); without (pose_every_frame false) an
+        # observation is what makes a frame, and wakes the tracker
         self.obs_readers = {}
         for kind, msg_type, topic in (("object", ObjectObservation, "object_observation"),
                                       ("fingertips", FingertipObservations, "fingertips")):
@@ -109,8 +107,7 @@ class TrackingNode(GuardedNode):
         subscribe(self, bus, PoseStamped, graph.TOPICS["initial_pose"], self.on_initial_pose, OUTPUT_QOS)
         subscribe(self, bus, PoseWithCovarianceStamped, graph.TOPICS["refined_pose"], self.on_refined_pose, OUTPUT_QOS)
         self.create_service(Trigger, graph.SERVICES["reset_tracking"], self.on_reset)
-        # steady clock: pairing budgets are wall time, and a sim clock (use_sim_time) stops with the bag
-        steady = Clock(clock_type=ClockType.STEADY_TIME)
+        steady = Clock(clock_type=ClockType.STEADY_TIME)  # pairing budgets are wall time (a sim clock stops)
         # the 10 ms timer runs only while a frame, a late observation or a refinement waits (_arm_timer)
         self.timer = self.create_timer(0.01, self.on_timer, clock=steady)
         self.timer.cancel()
@@ -140,17 +137,28 @@ class TrackingNode(GuardedNode):
                       "callback": time.time_ns()}
             self.tracker.add_frame(msgs.header_stamp_ns(msg), time.monotonic(), stages)
             self.run_tracker(arm=False)
-            self._await_joints()  # then the timer, for what still waits
+            self._await_frame()  # then the timer, for what still waits
             self._arm_timer()
 
-    def _await_joints(self) -> None:
-        """Pose the waiting frames as flowing joint states reach them, waiting on the joint reader
-        alone (at most JOINT_WAIT): one executor wake per frame, where an armed timer took three."""
-        deadline = time.monotonic() + JOINT_WAIT
-        while self.tracker.frames and time.monotonic() - self.tracker.last_joint_time < JOINTS_IDLE:
-            newest, left = self.tracker.joints.latest(), deadline - time.monotonic()
-            if newest is None or newest[0] >= min(self.tracker.frames) or left <= 0 or not self.joint_reader.wait(left):
-                return
+    def _await_frame(self) -> None:
+        """Pose the new frame in this callback (one executor wake, where the timer took three): wait on the joint
+        reader for flowing joint states to reach it, then on the observation reader out its pairing_timeout."""
+        trk, deadline, retried = self.tracker, time.monotonic() + JOINT_WAIT, False
+        while trk.frames:  # each turn waits, runs the tracker once more, or returns
+            now, stamp, newest = time.monotonic(), min(trk.frames), trk.joints.latest()
+            pair_until = trk.frames[stamp]["t_first"] + trk.cfg.pairing_timeout
+            if newest is not None and newest[0] < stamp and now - trk.last_joint_time < JOINTS_IDLE:
+                reader, until = self.joint_reader, deadline
+            elif now < pair_until and "object" in self.obs_readers:
+                reader, until = self.obs_readers["object"], min(pair_until, deadline)
+            elif not retried:  # its pairing_timeout passed since the last run
+                reader, until, retried = None, now, True
+            else:
+                return  # it waits for something else (/tf, calibration, joint states that stopped): the timer
+            if reader is not None:
+                if until <= now:
+                    return
+                reader.wait(until - now)
             self.run_tracker(arm=False)
 
     def on_observation(self, kind: str, msg) -> None:
@@ -178,9 +186,8 @@ class TrackingNode(GuardedNode):
             self.errors.reject(e, "initial_pose", "initial pose ignored: ")
 
     def on_refined_pose(self, msg) -> None:
-        """A refinement result (ours, or one a user asked for): re-initialises a tracker that is not
-        TRACKING, at the refined frame's stamp (the answer to our own request arrives here too, and
-        usually before the service response: both carry the same pose and stamp)."""
+        """A refinement result (ours - usually before the service response, same pose and stamp - or a
+        user's): re-initialises a tracker that is not TRACKING, at the refined frame's stamp."""
         try:
             validate.check_covariance(msg.pose.covariance, "refined_pose")
             T, cov, stamp = msgs.pose_to_matrix(msg), msgs.covariance_from_msg(msg), msgs.header_stamp_ns(msg)
@@ -193,8 +200,7 @@ class TrackingNode(GuardedNode):
 
     def on_reset(self, request, response):
         self.tracker.reset("reset service")
-        response.success = True
-        rearmed = self.tracker.pending_init is not None
+        response.success, rearmed = True, self.tracker.pending_init is not None
         response.message = "tracker reset" + (" (initial pose re-armed from the parameter)" if rearmed else "")
         return response
 
@@ -220,9 +226,7 @@ class TrackingNode(GuardedNode):
         """Hand the joint states that arrived since the last run to the tracker as one batch, run it,
         publish what it processed; then arm (or cancel) the 10 ms timer for what still waits."""
         now = self.last_run = time.monotonic()
-        batch = self.joint_reader.take()
-        joint_ok = self.checks.joint_ok
-        batch = [(m, i) for m, i in batch if joint_ok(m)]  # issue 28: stamps checked first
+        batch = [(m, i) for m, i in self.joint_reader.take() if self.checks.joint_ok(m)]  # issue 28: stamps first
         if batch:
             stamps, q = joint_state_arrays([m for m, _ in batch], self.mapper,
                                            lambda text: self.errors.warn("joint_state", text))

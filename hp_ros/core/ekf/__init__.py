@@ -174,10 +174,14 @@ Layout of the package
 * :mod:`~hp_ros.core.ekf.track_policy`: tracking states and the LOST rules.
 * :mod:`~hp_ros.core.ekf.consistency`: NEES (with a symmetry axis taken out).
 * :mod:`~hp_ros.core.ekf.tracker`: :class:`EKFTracker`, which composes them.
+* :mod:`~hp_ros.core.ekf.tracker_updates`: the measurement models at the estimate and the gated
+  updates, mixed into :class:`EKFTracker`.
 * :mod:`~hp_ros.core.ekf.joint_history`: the joint states (batches in, interpolated at any stamp).
 * :mod:`~hp_ros.core.ekf.frame_tracker`: :class:`FrameTracker`, the per-frame logic around the
   filter (pairing by stamp, late observations, the update order, LOST and re-initialisation) that
   the tracking node, the benchmark and offline evaluation share.
+* :mod:`~hp_ros.core.ekf.late_observations`: the late-observation pass, mixed into
+  :class:`FrameTracker`.
 """
 from hp_ros.core.ekf.config import EKFConfig
 from hp_ros.core.ekf.consistency import normalized_error_squared, symmetry_axis

@@ -17,10 +17,11 @@ evaluation drive; it owns everything between typed inputs and one pose per frame
 * **Late observations.** An observation of an already processed frame (within
   ``reprocess_window``) waits for the next :meth:`process`, which returns the filter to the oldest
   such frame, adds them, and re-predicts and re-updates the frames after it in one pass (the
-  prediction steps recorded for them are made again: :meth:`EKFTracker.rerun`). Published
-  poses stay as they were. An observation older than the window, or of a kind its frame already
-  has, is counted ``late``. Joint states or observations jumping back by more than 1 s against
-  the newest of their kind (a looping bag, a restarted driver) reset the tracker.
+  prediction steps recorded for them are made again: :meth:`EKFTracker.rerun`;
+  :mod:`hp_ros.core.ekf.late_observations`). Published poses stay as they were. An observation
+  older than the window, or of a kind its frame already has, is counted ``late``. Joint states or
+  observations jumping back by more than 1 s against the newest of their kind (a looping bag, a
+  restarted driver) reset the tracker.
 * **LOST and re-initialisation.** The filter declares LOST (:mod:`hp_ros.core.ekf.track_policy`);
   a frame's result says so, and :meth:`refinement_start_pose` gives the pose to refine from. A pose
   from outside (:meth:`set_initial_pose`, :meth:`reinitialize` for a refinement result, possibly
@@ -42,6 +43,7 @@ import numpy as np
 from hp_ros.core.ekf.confidence import TrackConfidence
 from hp_ros.core.ekf.config import EKFConfig
 from hp_ros.core.ekf.joint_history import JointHistory
+from hp_ros.core.ekf.late_observations import LateObservations
 from hp_ros.core.ekf.track_policy import TrackState
 from hp_ros.core.ekf.tracker import EKFTracker
 from hp_ros.core.observation import FingertipObservation, ObjectObservation
@@ -109,7 +111,7 @@ def _sigmas(cov: np.ndarray) -> tuple:
     return float(d[:3].mean()), float(d[3:].mean())
 
 
-class FrameTracker:
+class FrameTracker(LateObservations):
     """Frames, pairing, late observations, update order and LOST handling around an :class:`EKFTracker`
     (built at the first frame once the calibration is known). ``warn(key, text)``: an input problem
     (one key per kind of problem); ``info(text)``: state changes and resets."""
@@ -425,43 +427,6 @@ class FrameTracker:
             for r in updates.values():
                 self.counts["updates_accepted" if r.accepted else "updates_rejected"] += 1
         return updates, projection
-
-    def _late_ready(self, now: float) -> bool:
-        """Late observations go in once every frame they belong to has each kind seen in the last
-        second (the segmentation publishes a frame's fingertips and object observation one after
-        the other: one reprocess pass for both, not one each), or after ``late_wait``."""
-        expected = {k for k, t in self.kinds_seen.items() if now - t < 1.0}
-        return now - self.late_since >= self.cfg.late_wait or all(expected <= o.keys() for o in self.late_obs.values())
-
-    def _reprocess_late(self) -> None:
-        """Apply ``late_obs``: return to the oldest frame they belong to and re-run from there."""
-        late, self.late_obs, self.late_since = self.late_obs, {}, None
-        idx = None
-        for stamp, obs in sorted(late.items()):
-            i = next((i for i, r in enumerate(self.history) if r["stamp"] == stamp), None)
-            for kind, o in obs.items():
-                if i is None or self.ekf is None or kind in self.history[i]["obs"]:
-                    self.counts["late"] += 1
-                    continue
-                self.history[i]["obs"][kind] = o
-                idx = i if idx is None else min(idx, i)
-        if idx is None:
-            return
-        state_before = self.ekf.state
-        last_stamp, last_q = self.last_stamp, self.last_q
-        for k, rec in enumerate(self.history[idx:]):
-            if k > 0:  # the frame's prediction steps made again on the updated estimate
-                self.ekf.rerun(rec["steps"])
-                self.last_stamp, self.last_q = rec["stamp"], rec["q"]
-                rec["snap"] = self.ekf.snapshot()
-            else:
-                self.ekf.restore(rec["snap"])
-                self.last_stamp, self.last_q = rec["stamp"], rec["q"]
-            # no projection: the frames re-run here were published already (the next one projects)
-            self._apply_observations(rec["stamp"], rec["obs"], count=rec["stamp"] in late, project=False)
-        self.last_stamp, self.last_q = last_stamp, last_q
-        self.counts["reprocessed"] += 1
-        self._transition(state_before, self.history[idx]["stamp"], self.ekf.message)
 
     def _transition(self, before: int, stamp: int, reason: str) -> None:
         after = self.state

@@ -85,7 +85,11 @@ def test_bad_initial_pose_is_recovered_through_refinement(tmp_path, ros_env, sin
     """LOST -> refinement -> re-initialised, with the real nodes: the tracker starts 6 cm / 10 deg off
     (outside its 1 cm prior), rejects the object observations until it declares the track LOST
     (publishing no pose meanwhile), asks /hp_ros/refine_pose with its estimate re-centred on the
-    latest object observation, and tracks again from the refinement node's answer."""
+    latest object observation, and tracks again from the refinement node's answer.
+
+    The slip prior (issue 29) is off here (``slip_pos_sigma`` 0): with it, the depth fits pull the
+    track back from this start without a LOST (measured: 300 of 300 frames posed, ADD-S 0.16 cm),
+    and this test is about the path that must work when they cannot."""
     from pathlib import Path
 
     import numpy as np
@@ -104,7 +108,7 @@ def test_bad_initial_pose_is_recovered_through_refinement(tmp_path, ros_env, sin
 
     r = run_pipeline(tmp_path / "run", object_spec="builtin:cracker_box", duration=10.0, seed=2,
                      log=lambda *a: None, initial_offset=(0.06, 10.0), single_process=single_process,
-                     pause_while=waiting_for_the_answer)
+                     pause_while=waiting_for_the_answer, node_params={"slip_pos_sigma": 0.0})
     print({k: v for k, v in r.items() if k not in ("per_frame", "frames")})
     logs = {p.stem: p.read_text() for p in Path(r["logs"]).glob("*.log")}
     log = logs["graph_process"] if single_process else logs["tracking_node"]

@@ -22,6 +22,7 @@ import collections
 import threading
 
 from rclpy.callback_groups import CallbackGroup
+from rclpy.impl.implementation_singleton import rclpy_implementation as _rclpy
 from rclpy.qos import DurabilityPolicy, HistoryPolicy, QoSProfile, ReliabilityPolicy
 
 
@@ -94,8 +95,6 @@ class DeferredReader:
         sub = self._sub
         if sub is None:  # closed
             return False
-        from rclpy.impl.implementation_singleton import rclpy_implementation as _rclpy
-
         with self._context.handle, sub.handle:
             if self._wait_set is None:
                 self._wait_set = _rclpy.WaitSet(1, 0, 0, 0, 0, 0, self._context.handle)

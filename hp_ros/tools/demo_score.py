@@ -54,7 +54,8 @@ def score(seq, collector, object_spec: str, t_replay: float, initial_offset: tup
 
     # a can's spin about its axis is unobservable: rot_err_* is the axis' error there (the full
     # angle stays under rot_err_geodesic_*), as in the baselines' report
-    result = metrics.evaluate_sequence(gt, est, pts, symmetric=obj.symmetric, symmetry_axis=symmetry_axis(obj))
+    axis = symmetry_axis(obj)
+    result = metrics.evaluate_sequence(gt, est, pts, symmetric=obj.symmetric, symmetry_axis=axis)
     # rate and latency: pose receive time minus the receive time of the image with that stamp
     lat = [1000.0 * (v[2] - collector.images[s]) for s, v in collector.poses.items() if s in collector.images]
     # poses per second while the stream runs: over the span of the frames' own publish times (the
@@ -75,7 +76,7 @@ def score(seq, collector, object_spec: str, t_replay: float, initial_offset: tup
     result["tf_messages"] = len(collector.tf)
     result["segmentation_rate_hz"] = collector.observations / span if span > 0 else 0.0
     result["max_penetration_mm"] = _max_penetration_mm(seq, obj, est)
-    result.update(_baselines(seq, obj, est, pts, initial_offset))
+    result.update(_baselines(seq, axis, est, pts, initial_offset))
     result["motion"] = seq.config.motion
     result["estimates"] = est  # {stamp_ns: (4, 4)} as published (not written to metrics.json)
     result["final_state"] = collector.status[-1][1] if collector.status else "none"
@@ -86,15 +87,14 @@ def score(seq, collector, object_spec: str, t_replay: float, initial_offset: tup
     return result
 
 
-def _baselines(seq, obj, est: dict, pts: np.ndarray, initial_offset: tuple) -> dict:
+def _baselines(seq, axis, est: dict, pts: np.ndarray, initial_offset: tuple) -> dict:
     """``frozen`` / ``hand_only`` from the tracker's initial pose on the frames it posed, and its ratios
-    to the better one (:func:`hp_ros.core.baselines.sequence_report`)."""
+    to the better one (:func:`hp_ros.core.baselines.sequence_report`; ``axis``: the object's symmetry
+    axis ``(3,)`` or None)."""
     from hp_ros.core import baselines
-    from hp_ros.core.ekf import symmetry_axis
     from hp_ros.core.hand import HandModel
 
-    return baselines.sequence_report(seq, est, initial_pose(seq, initial_offset), HandModel.default(), pts,
-                                     symmetry_axis(obj))
+    return baselines.sequence_report(seq, est, initial_pose(seq, initial_offset), HandModel.default(), pts, axis)
 
 
 def _max_penetration_mm(seq, obj, est: dict) -> float:

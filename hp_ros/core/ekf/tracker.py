@@ -133,6 +133,7 @@ class EKFTracker(TrackerUpdates):
         self._mask = None             # cached contact set and its age [s]
         self._mask_age = math.inf
         self.rejections = 0
+        self.pose_rejections = 0      # consecutive full-pose rejections (track_policy.pose_rejections_after)
         self.contact_count = 0
         self.last_motion: Optional[ContactMotion] = None
         self.last_step = None         # the last predict() as a dyn.PredictStep (see rerun)
@@ -142,7 +143,7 @@ class EKFTracker(TrackerUpdates):
 
     # what predict/update/initialize change: a snapshot of these is the whole filter state
     _DYNAMIC = ("state", "message", "T_cam_hand_pub", "T_ch", "T_ho", "P", "_q_prev", "_T_links", "_velocity", "center_consider_cov",
-                "center_bias", "depth_bias", "center_spread", "_offset_jac", "_mask", "_mask_age", "rejections", "contact_count",
+                "center_bias", "depth_bias", "center_spread", "_offset_jac", "_mask", "_mask_age", "rejections", "pose_rejections", "contact_count",
                 "last_motion", "last_nis", "last_gate", "_published")
 
     def snapshot(self) -> dict:
@@ -198,7 +199,7 @@ class EKFTracker(TrackerUpdates):
         self.center_bias = np.zeros(3)
         self.depth_bias = np.zeros(6)
         self._mask = None
-        self.rejections = 0
+        self.rejections = self.pose_rejections = 0
         self.state = TrackState.TRACKING
         self.message = "initialised"
         if q is not None:

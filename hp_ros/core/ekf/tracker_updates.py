@@ -21,7 +21,7 @@ __all__ = ["TrackerUpdates"]
 class TrackerUpdates:
     """Mixin of :class:`~hp_ros.core.ekf.tracker.EKFTracker` (uses its ``cfg``, ``K``, ``P``, ``x`` /
     ``_set_x``, ``calib``, ``_rotation_idx``, ``center_obj``, ``visible_surface``, ``kin``, ``_T_links``,
-    ``_gate``, ``rejections``, ``initialized``, ``_check_pose``, ``_check_lost``): the measurement
+    ``_gate``, ``rejections``, ``pose_rejections``, ``initialized``, ``_check_pose``, ``_check_lost``): the measurement
     models at the estimate and one ``update_<kind>`` per observation model. Sets ``last_nis`` /
     ``last_gate``, ``rejections`` and the centre model's ``center_spread``, ``center_consider_cov``,
     ``_offset_jac``."""
@@ -96,13 +96,14 @@ class TrackerUpdates:
             return refused(kind, "singular innovation covariance", len(r))
         gate, note = self._gate(self.cfg.gate_probability, len(r)), ""
         if nis > gate:  # a slip of the object in the hand explains it? (track_policy.slip_prior)
-            P_slip = track_policy.slip_prior(self.cfg, kind, self.rejections, self.P)
+            P_slip = track_policy.slip_prior(self.cfg, kind, self.pose_rejections, self.P)
             S_slip, nis_slip = kf.innovation(P_slip, r, H, R) if P_slip is not None else (S, nis)
             if nis_slip <= gate:
                 self.P, S, nis, note = P_slip, S_slip, nis_slip, "slip"
         self.last_nis, self.last_gate = nis, gate
         if nis > gate:
             self.rejections = track_policy.rejections_after(kind, False, self.rejections)
+            self.pose_rejections = track_policy.pose_rejections_after(kind, False, self.pose_rejections)
             self._check_lost()
             return UpdateResult(kind, False, nis, gate, len(r), "gated")
         Kg = kf.kalman_gain(self.P, H, S, frozen)
@@ -110,6 +111,7 @@ class TrackerUpdates:
         self.P = kf.joseph_update(self.P, Kg, H, R)
         self._set_x(self.x.boxplus(dx))
         self.rejections = track_policy.rejections_after(kind, True, self.rejections)
+        self.pose_rejections = track_policy.pose_rejections_after(kind, True, self.pose_rejections)
         self._check_lost()
         return UpdateResult(kind, True, nis, gate, len(r), note)
 

@@ -55,10 +55,11 @@ OWN_PARAMS = {
                                                               "(fingertip updates do not count)", positive),
     "max_covariance_trace": Param(_D.max_covariance_trace, "pose covariance trace [m^2+rad^2] above which -> LOST", positive),
     "slip_pos_sigma": Param(_D.slip_pos_sigma, "size [m per axis] of a slip of the object in the hand: a depth fit "
-                            "rejected after slip_after_rejections consecutive object rejections is tried against "
+                            "rejected after slip_after_rejections consecutive rejected depth fits is tried against "
                             "the covariance with such a slip added (0 with slip_rot_sigma 0: never)", non_negative),
     "slip_rot_sigma": Param(_D.slip_rot_sigma, "size [rad per axis] of a slip's rotation", non_negative),
-    "slip_after_rejections": Param(_D.slip_after_rejections, "consecutive rejected object observations before a "
+    "slip_after_rejections": Param(_D.slip_after_rejections, "consecutive rejected depth fits (full poses; an "
+                                                              "accepted centre in between does not count) before a "
                                                               "slip is considered", positive),
     "motion_smoothing": Param(_D.motion_smoothing, "time constant [s] of the low-pass filter on the contact motion "
                               "whose distance / angle drives the in-contact noise (0: each joint-state step's own, "

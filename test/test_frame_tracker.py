@@ -115,6 +115,28 @@ def test_update_order_depth_fit_then_centre_then_fingertips(world):
     assert r.projection is not None  # the published pose went through the penetration projection
 
 
+@pytest.mark.parametrize("on_moving_base", [False, True])
+def test_no_penetration_projection_on_a_moving_base_unless_asked(world, on_moving_base):
+    """Camera->hand from /tf (an arm): the modelled fingers are known only to the /tf's accuracy, so
+    the published pose is not projected out of them (project_on_moving_base: it is)."""
+    from hp_ros.core.ekf.hand_base import HandBaseTrack
+    from hp_ros.core.tf_buffer import TransformBuffer
+
+    s, seq = world["stamps"], world["seq"]
+    tr = _tracker(world, project_on_moving_base=on_moving_base)
+    buf = TransformBuffer()
+    for t in seq.joint_stamps_ns:   # a /tf edge (not static) that happens to stand still
+        buf.set_transform(seq.T_cam_hand_published, "camera", "hand", int(t), static=False)
+    tr.set_hand_base(HandBaseTrack(buf, "camera", "hand"))
+    _joints(world, tr)
+    tr.add_frame(s[0])
+    tr.flush()
+    o = _centre(world, 1)
+    o.pose, o.pose_covariance, o.pose_confidence = seq.T_cam_obj[1], np.diag([1e-6] * 3 + [1e-4] * 3), 0.9
+    tr.add_observation(s[1], "object", o)
+    (r,) = tr.flush()
+    assert r.updates["depth_pose"].accepted and (r.projection is not None) == on_moving_base
+
 def test_late_observations_are_applied_in_one_reprocess_pass(world):
     """Observations of frames already posed (the segmentation fell behind) wait for the next
     process() and are applied there in one pass: return to the oldest such frame, re-predict and

@@ -25,6 +25,9 @@ OWN_PARAMS = {
     "project_penetration": Param(_F.project_penetration, "publish the estimate moved out of penetration after each frame's updates "
                                  "(no hand point deeper than penetration_tolerance inside the object; the covariance "
                                  "grows by the move; the filter state is not changed)"),
+    "project_on_moving_base": Param(_F.project_on_moving_base, "project also while the hand base moves (camera->hand "
+                                    "from /tf, an arm): off by default, the modelled fingers are then known only to "
+                                    "the /tf's accuracy (mm) and the projection moved poses away from the truth"),
     "penetration_tolerance": Param(_D.penetration_tolerance, "hand points deeper than this [m] inside the object "
                                    "are pushed out", positive),
     "contact_threshold": Param(_D.contact_threshold, "hand point within this distance [m] of the object = contact", positive),

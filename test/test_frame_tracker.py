@@ -99,17 +99,23 @@ def test_a_frame_waits_for_joint_states_and_its_observation_kinds(world):
     assert tr.counts["frames"] == 6
 
 
-def test_update_order_depth_fit_then_centre_then_fingertips(world):
+def _second_frame_with_depth_fit(world, tr, tips: bool = False):
+    """Pose frame 0, then give frame 1 an exact depth fit (and its fingertips): frame 1's result."""
     s, seq = world["stamps"], world["seq"]
-    tr = _tracker(world)
     _joints(world, tr)
     tr.add_frame(s[0])
     tr.flush()
     o = _centre(world, 1)
     o.pose, o.pose_covariance, o.pose_confidence = seq.T_cam_obj[1], np.diag([1e-6] * 3 + [1e-4] * 3), 0.9
     tr.add_observation(s[1], "object", o)
-    tr.add_observation(s[1], "fingertips", _tips(world, 1))
+    if tips:
+        tr.add_observation(s[1], "fingertips", _tips(world, 1))
     (r,) = tr.flush()
+    return r
+
+
+def test_update_order_depth_fit_then_centre_then_fingertips(world):
+    r = _second_frame_with_depth_fit(world, _tracker(world), tips=True)
     # an accepted depth fit makes the centre (same depth pixels) no new information
     assert list(r.updates) == ["depth_pose", "fingertips"] and r.updates["depth_pose"].accepted
     assert r.projection is not None  # the published pose went through the penetration projection
@@ -122,20 +128,14 @@ def test_no_penetration_projection_on_a_moving_base_unless_asked(world, on_movin
     from hp_ros.core.ekf.hand_base import HandBaseTrack
     from hp_ros.core.tf_buffer import TransformBuffer
 
-    s, seq = world["stamps"], world["seq"]
+    seq = world["seq"]
     tr = _tracker(world, project_on_moving_base=on_moving_base)
     buf = TransformBuffer()
     for t in seq.joint_stamps_ns:   # a /tf edge (not static) that happens to stand still
         buf.set_transform(seq.T_cam_hand_published, "camera", "hand", int(t), static=False)
     tr.set_hand_base(HandBaseTrack(buf, "camera", "hand"))
-    _joints(world, tr)
-    tr.add_frame(s[0])
-    tr.flush()
-    o = _centre(world, 1)
-    o.pose, o.pose_covariance, o.pose_confidence = seq.T_cam_obj[1], np.diag([1e-6] * 3 + [1e-4] * 3), 0.9
-    tr.add_observation(s[1], "object", o)
-    (r,) = tr.flush()
-    assert r.updates["depth_pose"].accepted and (r.projection is not None) == on_moving_base
+    r = _second_frame_with_depth_fit(world, tr)
+    assert tr._moving() and r.updates["depth_pose"].accepted and (r.projection is not None) == on_moving_base
 
 def test_late_observations_are_applied_in_one_reprocess_pass(world):
     """Observations of frames already posed (the segmentation fell behind) wait for the next

@@ -426,10 +426,8 @@ class FrameTracker(LateObservations):
         # kinematics and timing) the modelled fingers were mm off the true ones and the projection
         # moved the estimate away from the truth (offline, lab motion, 6 seeds: ADD-S 0.20 -> 0.29 cm,
         # rotation 1.3 -> 2.1 deg; the true hand's deepest point lower on 4 seeds, 9.3 -> 16.4 mm on one)
-        if cfg.project_penetration and project and (cfg.project_on_moving_base or not self._moving()):
-            projection = ekf.project_out_of_penetration()
-        else:
-            projection = None
+        project = project and cfg.project_penetration and (cfg.project_on_moving_base or not self._moving())
+        projection = ekf.project_out_of_penetration() if project else None
         if count:
             self.confidence.observe(stamp, updates)
             for r in updates.values():

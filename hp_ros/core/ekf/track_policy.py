@@ -17,8 +17,7 @@ from typing import Callable, Optional
 
 import numpy as np
 
-__all__ = ["TrackState", "OBJECT_KINDS", "SLIP_KINDS", "rejections_after", "pose_rejections_after", "lost_reason",
-           "slip_prior"]
+__all__ = ["TrackState", "OBJECT_KINDS", "SLIP_KINDS", "rejections_after", "lost_reason", "slip_prior"]
 
 
 class TrackState:
@@ -36,21 +35,15 @@ OBJECT_KINDS = ("center", "center_3d", "pose", "depth_pose")
 SLIP_KINDS = ("pose", "depth_pose")
 
 
-def rejections_after(kind: str, accepted: bool, rejections: int) -> int:
-    """Consecutive object-observation rejections after a gated update of ``kind``."""
-    if kind not in OBJECT_KINDS:
-        return rejections
-    return 0 if accepted else rejections + 1
-
-
-def pose_rejections_after(kind: str, accepted: bool, rejections: int) -> int:
-    """Consecutive full-pose (``SLIP_KINDS``) rejections after a gated update of ``kind``: the count
-    :func:`slip_prior` looks at. Other kinds leave it as it is - when the depth fit is gated the
-    frame's centre goes in instead, and a centroid that moved by millimetres still passes: reset
-    by it, the count never reached two while a slipped object's fits were refused frame after
-    frame (offline, `lab` motion: the estimate 3-6 mm / 3-6 deg off for ~0.5 s at a time, NIS of
-    exact fits 35-95 against a gate of 22.5)."""
-    if kind not in SLIP_KINDS:
+def rejections_after(kind: str, accepted: bool, rejections: int, kinds: tuple = OBJECT_KINDS) -> int:
+    """Consecutive rejections of observations of ``kinds`` after a gated update of ``kind`` (other
+    kinds leave the count as it is): ``OBJECT_KINDS`` for the LOST rule, ``SLIP_KINDS`` for the
+    count :func:`slip_prior` looks at. The two are counted apart because when the depth fit is gated
+    the frame's centre goes in instead, and a centroid that moved by millimetres still passes:
+    reset by it, a single count never reached two while a slipped object's fits were refused frame
+    after frame (offline, `lab` motion: the estimate 3-6 mm / 3-6 deg off for ~0.5 s at a time, NIS
+    of exact fits 35-95 against a gate of 22.5)."""
+    if kind not in kinds:
         return rejections
     return 0 if accepted else rejections + 1
 
@@ -75,7 +68,7 @@ def slip_prior(cfg, kind: str, pose_rejections: int, P: np.ndarray) -> Optional[
     and goes LOST. A slip is a jump of the object's hand-frame pose with sigma ``slip_pos_sigma`` [m] /
     ``slip_rot_sigma`` [rad] per axis (isotropic, so the same in any frame): a full-pose observation
     (``SLIP_KINDS``) gated out after ``slip_after_rejections`` consecutive full-pose rejections
-    before it (``pose_rejections``, :func:`pose_rejections_after`) is
+    before it (``pose_rejections``: :func:`rejections_after` over ``SLIP_KINDS``) is
     tested once more against ``P`` with that jump added; the caller keeps the inflated ``P`` only
     when the observation passes the same gate there (the two hypotheses, no slip and slip, each
     tested at the gate; a lone outlier after one rejection is not enough)."""

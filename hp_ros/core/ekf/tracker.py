@@ -133,7 +133,7 @@ class EKFTracker(TrackerUpdates):
         self._mask = None             # cached contact set and its age [s]
         self._mask_age = math.inf
         self.rejections = 0
-        self.pose_rejections = 0      # consecutive full-pose rejections (track_policy.pose_rejections_after)
+        self.pose_rejections = 0      # consecutive full-pose rejections (track_policy.rejections_after, SLIP_KINDS)
         self.contact_count = 0
         self.last_motion: Optional[ContactMotion] = None
         self.last_step = None         # the last predict() as a dyn.PredictStep (see rerun)

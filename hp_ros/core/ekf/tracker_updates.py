@@ -102,18 +102,22 @@ class TrackerUpdates:
                 self.P, S, nis, note = P_slip, S_slip, nis_slip, "slip"
         self.last_nis, self.last_gate = nis, gate
         if nis > gate:
-            self.rejections = track_policy.rejections_after(kind, False, self.rejections)
-            self.pose_rejections = track_policy.pose_rejections_after(kind, False, self.pose_rejections)
-            self._check_lost()
+            self._count(kind, False)
             return UpdateResult(kind, False, nis, gate, len(r), "gated")
         Kg = kf.kalman_gain(self.P, H, S, frozen)
         dx = Kg @ r
         self.P = kf.joseph_update(self.P, Kg, H, R)
         self._set_x(self.x.boxplus(dx))
-        self.rejections = track_policy.rejections_after(kind, True, self.rejections)
-        self.pose_rejections = track_policy.pose_rejections_after(kind, True, self.pose_rejections)
-        self._check_lost()
+        self._count(kind, True)
         return UpdateResult(kind, True, nis, gate, len(r), note)
+
+    def _count(self, kind: str, accepted: bool) -> None:
+        """The consecutive-rejection counts after a gated update (LOST: object kinds; the slip test:
+        full poses, see :func:`~hp_ros.core.ekf.track_policy.rejections_after`), then the LOST rules."""
+        self.rejections = track_policy.rejections_after(kind, accepted, self.rejections)
+        self.pose_rejections = track_policy.rejections_after(kind, accepted, self.pose_rejections,
+                                                             track_policy.SLIP_KINDS)
+        self._check_lost()
 
     def _apply(self, model: ObservationModel) -> UpdateResult:
         """Linearise ``model`` at the estimate and run the gated update with its residual."""

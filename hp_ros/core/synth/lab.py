@@ -304,6 +304,49 @@ def push_out_of_hand(sdf, T_cam_obj: np.ndarray, pts_f: np.ndarray, tolerance: f
     return T
 
 
+def fingers_stop_at_surface(hand, sdf, q_frames: np.ndarray, base, T_cam_obj: np.ndarray,
+                            tolerance: float = 0.0005, iterations: int = 15, max_step: float = 0.1) -> np.ndarray:
+    """Joint corrections ``(Nf, J)`` that take the fingers out of the object where a translation
+    could not (:func:`push_out_of_hand` leaves a squeeze from opposite sides balanced): a finger
+    under position control with a compliant tip stops at the surface instead of passing into it.
+
+    ``q_frames`` ``(Nf, J)`` joint angles at the frames, ``base`` ``(Nf or 1, 4, 4)`` camera -> hand
+    base (tensor), ``T_cam_obj`` ``(Nf, 4, 4)``. Per frame a few Gauss-Newton steps on the
+    penetration depths (deeper than ``tolerance``) of the samples a joint can move, each joint's step
+    at most ``max_step`` rad, inside the joint limits. Frames without penetration get zeros.
+    """
+    import torch
+
+    q0 = torch.as_tensor(q_frames, dtype=torch.float64)
+    base = torch.as_tensor(base, dtype=torch.float64)
+    # samples on links no joint moves (the palm) are left to push_out_of_hand
+    probe = hand.surface_points(q0[:1], base=base[:1])
+    moved = hand.surface_points(hand.clamp(q0[:1] + 0.05), base=base[:1])
+    movable = ((moved - probe).norm(dim=-1)[0] > 1e-6).to(torch.float64)              # (N,)
+    T_oc = torch.as_tensor(np.linalg.inv(T_cam_obj), dtype=torch.float64)
+    q = q0.clone()
+    base = base.expand(len(q0), 4, 4)
+    active = torch.ones(len(q0), dtype=torch.bool)                                     # frames still inside
+    for _ in range(iterations):
+        idx = active.nonzero()[:, 0]
+        qv = q[idx].clone().requires_grad_(True)
+        pts = hand.surface_points(qv, base=base[idx])                                   # (n, N, 3)
+        T_i = T_oc[idx]
+        p_obj = pts @ T_i[:, :3, :3].transpose(1, 2) + T_i[:, None, :3, 3]
+        d, _ = sdf.query(p_obj.float())
+        pen = torch.relu(-d.double() - tolerance) * movable                             # (n, N)
+        loss = 0.5 * (pen ** 2).sum(1)                                                  # (n,)
+        active[idx] = loss > 1e-12
+        if not bool(active.any()):
+            break
+        (g,) = torch.autograd.grad(loss.sum(), qv)                                      # (n, J), per frame
+        with torch.no_grad():
+            # a Gauss-Newton step for the summed squares (exact for one sample in a linear model)
+            step = -(2.0 * loss / (g * g).sum(1).clamp_min(1e-12))[:, None] * g
+            q[idx] = hand.clamp(q[idx] + step.clamp(-max_step, max_step))
+    return (q - q0).numpy()
+
+
 def _grip_centre(grip) -> np.ndarray:
     T_g, hl = grip.T_links_grasp, grip.handle_links
     return (np.einsum("fij,fj->fi", T_g[hl, :3, :3], grip.handle_local[:, 0]) + T_g[hl, :3, 3]).mean(0)

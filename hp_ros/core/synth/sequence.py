@@ -7,7 +7,7 @@ import torch
 
 from .assets import _hand_model, _object_model, _object_sdf, _single_thread_torch
 from .data import SynthConfig, SynthSequence
-from .lab import lab_motion, push_out_of_hand
+from .lab import fingers_stop_at_surface, lab_motion, push_out_of_hand
 from .motion import _joint_trajectory, _motion_params, _object_trajectory, _penetration_and_contacts, _time_base
 from .render import _auto_marker_radius, _scene_params, iter_rendered_frames
 from .scenario import _grasp_contacts, _plan_scenario
@@ -55,6 +55,12 @@ def _generate(cfg: SynthConfig) -> SynthSequence:
     else:
         T_cam_obj, in_contact, slip = lab["T_cam_obj"], lab["in_contact"], lab["slip"]
         T_cam_obj = push_out_of_hand(sdf, T_cam_obj, pts_f)   # the fingers push the object, not through it
+        # ... and where they squeeze it from both sides they stop at its surface (joint angles at the
+        # frames corrected, interpolated between them for the joint states)
+        dq = fingers_stop_at_surface(hand, sdf, q_frames, base, T_cam_obj)
+        q_all = q_all + np.stack([np.interp(tb.t_all, tb.tf, dq[:, j]) for j in range(dq.shape[1])], -1)
+        q_joint_true, q_frames = q_all[tb.inv[:Nj]], q_all[tb.inv[Nj:]]
+        pts_f = hand.surface_points(torch.as_tensor(q_frames), base=base).numpy()
     penetration_mm, n_contacts = _penetration_and_contacts(sdf, T_cam_obj, pts_f, cfg.contact_threshold)
 
     # ---- published joint states ----------------------------------------------------------

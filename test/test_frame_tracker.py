@@ -121,21 +121,28 @@ def test_update_order_depth_fit_then_centre_then_fingertips(world):
     assert r.projection is not None  # the published pose went through the penetration projection
 
 
-@pytest.mark.parametrize("on_moving_base", [False, True])
-def test_no_penetration_projection_on_a_moving_base_unless_asked(world, on_moving_base):
-    """Camera->hand from /tf (an arm): the modelled fingers are known only to the /tf's accuracy, so
-    the published pose is not projected out of them (project_on_moving_base: it is)."""
+@pytest.mark.parametrize("project,calibrate", [(True, False), (False, False), (True, True)])
+def test_moving_base_takes_the_tf_as_it_is_and_projects(world, project, calibrate):
+    """Camera->hand from /tf (an arm): by default the filter estimates no camera->hand correction
+    (it walked 2 -> 24 mm on the lab motion: calibrate_on_moving_base estimates one) and the
+    published pose is projected out of the modelled fingers (project_on_moving_base: off, it is not).
+    On a static base (the fixture's other tests) the correction is estimated."""
     from hp_ros.core.ekf.hand_base import HandBaseTrack
     from hp_ros.core.tf_buffer import TransformBuffer
 
     seq = world["seq"]
-    tr = _tracker(world, project_on_moving_base=on_moving_base)
+    tr = _tracker(world, project_on_moving_base=project, calibrate_on_moving_base=calibrate)
     buf = TransformBuffer()
     for t in seq.joint_stamps_ns:   # a /tf edge (not static) that happens to stand still
         buf.set_transform(seq.T_cam_hand_published, "camera", "hand", int(t), static=False)
     tr.set_hand_base(HandBaseTrack(buf, "camera", "hand"))
     r = _second_frame_with_depth_fit(world, tr)
-    assert tr._moving() and r.updates["depth_pose"].accepted and (r.projection is not None) == on_moving_base
+    assert tr._moving() and r.updates["depth_pose"].accepted and (r.projection is not None) == project
+    assert tr.ekf.calib == calibrate and tr.ekf.n_pose == (12 if calibrate else 6)
+    static = _tracker(world)
+    _second_frame_with_depth_fit(world, static)
+    assert not static._moving() and static.ekf.calib
+
 
 def test_late_observations_are_applied_in_one_reprocess_pass(world):
     """Observations of frames already posed (the segmentation fell behind) wait for the next

@@ -26,8 +26,10 @@ OWN_PARAMS = {
                                  "(no hand point deeper than penetration_tolerance inside the object; the covariance "
                                  "grows by the move; the filter state is not changed)"),
     "project_on_moving_base": Param(_F.project_on_moving_base, "project also while the hand base moves (camera->hand "
-                                    "from /tf, an arm): off by default, the modelled fingers are then known only to "
-                                    "the /tf's accuracy (mm) and the projection moved poses away from the truth"),
+                                    "from /tf, an arm); the modelled fingers are then known to the /tf's accuracy"),
+    "calibrate_on_moving_base": Param(_F.calibrate_on_moving_base, "estimate_calibration also on a moving hand base "
+                                      "(/tf): off by default, the correction was not observable enough there and "
+                                      "walked 2 -> 24 mm (lab motion), taking the modelled hand with it"),
     "penetration_tolerance": Param(_D.penetration_tolerance, "hand points deeper than this [m] inside the object "
                                    "are pushed out", positive),
     "contact_threshold": Param(_D.contact_threshold, "hand point within this distance [m] of the object = contact", positive),

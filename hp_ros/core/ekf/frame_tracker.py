@@ -35,7 +35,7 @@ from __future__ import annotations
 
 import math
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Callable, Optional
 
 import numpy as np
@@ -62,7 +62,8 @@ class FrameTrackerConfig:
     use_object_center: bool = True      # update with the object centre (centroid + median depth)
     use_object_pose: bool = True        # update with a depth-fit pose
     project_penetration: bool = True    # publish the estimate moved out of penetration
-    project_on_moving_base: bool = False  # ... also while the hand base moves (/tf): see _apply_observations
+    project_on_moving_base: bool = True   # ... also while the hand base moves (/tf): see _apply_observations
+    calibrate_on_moving_base: bool = False  # estimate_calibration also on a moving base: see _ensure_filter
     min_confidence: float = 0.3         # observations (centre, each fingertip) below are ignored
     pairing_timeout: float = 0.001      # [s] latency budget of a frame (see the module doc)
     reprocess_window: float = 1.0       # [s] late observations up to this old are applied (0: dropped)
@@ -310,7 +311,16 @@ class FrameTracker(LateObservations):
             self.warn("no_calibration", "no camera->hand transform yet (parameter camera_to_hand or /tf_static)")
             return False
         if self.ekf is None:
-            self.ekf = EKFTracker(self.hand, self.obj, self.K, T_ch, self.ekf_config, object_sdf=self.sdf)
+            cfg = self.ekf_config
+            if self._moving() and cfg.estimate_calibration and not self.cfg.calibrate_on_moving_base:
+                # on an arm the correction was not observable enough: fingertips and depth fits walked
+                # it 2 -> 24 mm with a sigma of ~2 mm, and the modelled hand went with it (offline, lab
+                # motion, 6 seeds: the true hand's deepest point in the published pose 13.1 -> 5.9 mm
+                # without it, ADD-S 0.206 -> 0.197 cm). The /tf is then taken as it is.
+                cfg = replace(cfg, estimate_calibration=False)
+                self.info("moving hand base (/tf): camera->hand taken from /tf, no correction estimated "
+                          "(calibrate_on_moving_base to estimate one)")
+            self.ekf = EKFTracker(self.hand, self.obj, self.K, T_ch, cfg, object_sdf=self.sdf)
         elif self._moving():
             self.ekf.set_hand_base(T_ch)
         elif not np.allclose(T_ch, self.ekf.T_cam_hand_pub):
@@ -422,10 +432,11 @@ class FrameTracker(LateObservations):
                 self.warn("tip_name", f"unknown fingertip name {name!r} ignored")
             if np.any(np.all(np.isfinite(uv), axis=1)):
                 updates["fingertips"] = ekf.update_fingertips_2d(uv)
-        # the projection trusts the modelled hand more than the pose: on a moving base (/tf: the arm's
-        # kinematics and timing) the modelled fingers were mm off the true ones and the projection
-        # moved the estimate away from the truth (offline, lab motion, 6 seeds: ADD-S 0.20 -> 0.29 cm,
-        # rotation 1.3 -> 2.1 deg; the true hand's deepest point lower on 4 seeds, 9.3 -> 16.4 mm on one)
+        # the projection trusts the modelled hand more than the pose: on a moving base with the
+        # correction estimated (calibrate_on_moving_base) the modelled fingers were mm off the true
+        # ones and the projection moved the estimate away from the truth (offline, lab motion, 6 seeds:
+        # ADD-S 0.21 -> 0.29 cm, the true hand's deepest point 13.1 -> 17.1 mm); with /tf as it is,
+        # it helps (5.9 mm with it, 8.9 without; ADD-S 0.197 both)
         project = project and cfg.project_penetration and (cfg.project_on_moving_base or not self._moving())
         projection = ekf.project_out_of_penetration() if project else None
         if count:

@@ -565,7 +565,7 @@ def _track_report(rows: dict, variant: str) -> dict:
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--seconds", type=float, default=10.0)
-    ap.add_argument("--motion", default="classic", choices=("classic", "lab"),
+    ap.add_argument("--motion", default="lab", choices=("classic", "lab"),
                     help="synthetic motion (hp_ros.core.synth: 'lab' = arm-carried hand, gaiting, /tf)")
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2, 3, 4, 5], help="sequence seeds per object")
     ap.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=VARIANTS,

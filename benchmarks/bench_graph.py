@@ -54,7 +54,7 @@ VARIANTS = {"processes": {"transport": "loopback", "single_process": False},
 
 
 def run_variant(variant: str, objects, seeds, duration: float, work: Path, motion: str = "classic",
-                initial_offset=None) -> dict:
+                initial_offset=None, keep: bool = False) -> dict:
     from graph_baselines import baseline_summary
 
     from hp_ros.tools.demo import run_pipeline
@@ -66,6 +66,11 @@ def run_variant(variant: str, objects, seeds, duration: float, work: Path, motio
                              initial_offset=initial_offset,
                              seed=seed, log=lambda *a: None, motion=motion, **VARIANTS[variant])
             runs.append(r)
+            if keep:   # the published poses, for a look at single frames (stamp_ns, (N, 4, 4))
+                est = r.get("estimates") or {}
+                np.savez(work / f"{variant}-{obj.split(':')[-1]}-{seed}" / "estimates.npz",
+                         stamps_ns=np.array(sorted(est), dtype=np.int64),
+                         T_cam_obj=np.array([est[s] for s in sorted(est)]).reshape(-1, 4, 4))
             stages = {name.split(": ")[-1].split("/")[-1]: {k.split(".", 1)[1]: v for k, v in vals.items()
                                                           if k.startswith("stage_ms.")}
                       for name, vals in r.get("diagnostics", {}).items()}
@@ -165,14 +170,16 @@ def main() -> int:
                     help="graph variants (see the module docstring); the first is the default reported in the "
                          "JSON line")
     ap.add_argument("--duration", type=float, default=8.0)
-    ap.add_argument("--motion", default="classic", choices=("classic", "lab"), help="synthetic motion (hp_ros.core.synth)")
+    ap.add_argument("--motion", default="lab", choices=("classic", "lab"),
+                    help="synthetic motion (hp_ros.core.synth): lab (the default: an arm carries the hand, gaiting, /tf) or classic (hand base fixed)")
     ap.add_argument("--cpu-hog", type=int, default=0, metavar="N",
                     help="run N busy-loop processes beside the graph (a stand-in for a robot controller)")
     ap.add_argument("--initial-offset", nargs=2, type=float, default=None, metavar=("M", "DEG"),
                     help="start the tracker from the first frame's ground truth moved by M metres and DEG degrees "
                          "(default: no initial pose, the graph cold-starts as in a lab)")
     ap.add_argument("--keep", default=None, metavar="DIR",
-                    help="keep each run's folder (node logs, the synthetic bag) in DIR instead of a temporary one")
+                    help="keep each run's folder (node logs, the synthetic bag, the published poses in "
+                         "estimates.npz) in DIR instead of a temporary one")
     args = ap.parse_args()
     from hp_ros.tools import machine
 
@@ -189,7 +196,8 @@ def main() -> int:
                 Path(tmp).mkdir(parents=True, exist_ok=True)
             for v in args.variants:
                 results[v] = run_variant(v, args.objects, args.seeds, args.duration, Path(tmp), args.motion,
-                                         tuple(args.initial_offset) if args.initial_offset else None)
+                                         tuple(args.initial_offset) if args.initial_offset else None,
+                                         keep=bool(args.keep))
     finally:
         for h in hogs:
             h.kill()

@@ -30,7 +30,7 @@ def add_arguments(parser):
     parser.add_argument("--object", default="builtin:cracker_box", help="object: builtin:cracker_box|soup_can or a mesh")
     parser.add_argument("--duration", type=float, default=8.0, help="sequence length in seconds (default 8)")
     parser.add_argument("--seed", type=int, default=0, help="random seed of the synthetic sequence")
-    parser.add_argument("--motion", default="classic", choices=("classic", "lab"),
+    parser.add_argument("--motion", default="lab", choices=("classic", "lab"),
                         help="synthetic motion: classic (hand base fixed) or lab (arm-carried hand, gaiting, /tf)")
     parser.add_argument("--rate", type=float, default=1.0, help="replay rate factor (default 1.0)")
     parser.add_argument("--startup-timeout", type=float, default=90.0, help="seconds to wait for the nodes")

@@ -299,7 +299,11 @@ def test_dynamics_follow_the_contacts_with_exact_inputs(hand, sequence):
     the fingers (the generator's GT motion is the Kabsch motion of its own 1 mm contact set)."""
     name, seq, obs = sequence
     obj = ObjectModel.builtin(name)
-    T, _ = bench.run_filter(seq, obs, "dynamics", hand, obj, exact_inputs=True)
+    # the contact set refreshed every 50 ms, as the generator's classic motion was modelled on; at the
+    # default (every joint step, which the lab motion's lifting fingers need) the box's error is 3.1 mm
+    # of 6.8 mm travel here - a contact at the threshold flickers in and out step to step - while the
+    # filter with observations is as good or better (hp_ros.core.ekf.config: contact_refresh)
+    T, _ = bench.run_filter(seq, obs, "dynamics", hand, obj, exact_inputs=True, config=EKFConfig(contact_refresh=0.05))
     travel = np.linalg.norm(seq.T_cam_obj[:, :3, 3] - seq.T_cam_obj[0, :3, 3], axis=1)
     assert travel.max() > 0.004  # the object really moved
     err = np.linalg.norm(T[:, :3, 3] - seq.T_cam_obj[:, :3, 3], axis=1)
@@ -466,7 +470,9 @@ def test_snapshot_restore_replays_a_late_observation_exactly(hand, sequence):
     runs = []
     for mode in ("in_order", "late", "dropped"):
         out_of_order = mode != "in_order"
-        ekf = EKFTracker(hand, obj, seq.K, seq.T_cam_hand_published, EKFConfig())
+        # contact set held 50 ms: the three runs then share it, so the dropped observation shows as a
+        # larger covariance (refreshed every step the contacts follow each run's own estimate)
+        ekf = EKFTracker(hand, obj, seq.K, seq.T_cam_hand_published, EKFConfig(contact_refresh=0.05))
         ekf.initialize(seq.T_cam_obj[frames[0] - 1], q=q_at(tf[frames[0] - 1]))
         t_prev, snaps = tf[frames[0] - 1], {}
         for i in frames:

@@ -24,13 +24,23 @@ from hp_ros.core.quasistatic import ContactMotion, contact_mask, rigid_motion_fr
 __all__ = ["ObjectMotion", "PredictStep", "contact_set", "carrying_contacts", "object_motion", "gauss_markov_decay", "transition"]
 
 
-def contact_set(sdf, p_cand_hand: np.ndarray, T_ho: np.ndarray, cfg) -> torch.Tensor:
+def contact_set(sdf, p_cand_hand: np.ndarray, T_ho: np.ndarray, cfg, box=None) -> torch.Tensor:
     """Bool ``(K,)``: which contact candidates (hand frame ``(K, 3)``) touch the object at ``T_ho``
-    (signed distance of the :class:`~hp_ros.core.sdf.MeshSDF` ``sdf`` within the thresholds)."""
+    (signed distance of the :class:`~hp_ros.core.sdf.MeshSDF` ``sdf`` within the thresholds).
+    ``box``: the object's bounding box ``(lo (3,), hi (3,))`` (object frame): only candidates within
+    ``contact_threshold`` of it go to the SDF (the others cannot touch it; the query runs every
+    joint step, and most of the hand is away from the object)."""
     T_oh = np.linalg.inv(T_ho)
     p_obj = p_cand_hand @ T_oh[:3, :3].T + T_oh[:3, 3]
-    d, _ = sdf.query(torch.as_tensor(p_obj, dtype=torch.float32)[None])
-    return contact_mask(d[0], cfg.contact_threshold, cfg.max_penetration)
+    near = np.ones(len(p_obj), dtype=bool)
+    if box is not None:
+        m = cfg.contact_threshold
+        near = np.all((p_obj >= box[0] - m) & (p_obj <= box[1] + m), axis=1)
+    mask = torch.zeros(len(p_obj), dtype=torch.bool)
+    if near.any():
+        d, _ = sdf.query(torch.as_tensor(p_obj[near], dtype=torch.float32)[None])
+        mask[torch.as_tensor(near)] = contact_mask(d[0], cfg.contact_threshold, cfg.max_penetration)
+    return mask
 
 
 def carrying_contacts(mask: torch.Tensor, body: np.ndarray, min_bodies: int) -> np.ndarray:

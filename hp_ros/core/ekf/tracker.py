@@ -259,7 +259,7 @@ class EKFTracker(TrackerUpdates):
 
     def contacts(self) -> torch.Tensor:
         """Bool ``(K,)``: which contact candidates touch the object at the current estimate."""
-        return dyn.contact_set(self.sdf, self._candidate_points(), self.T_ho, self.cfg)
+        return dyn.contact_set(self.sdf, self._candidate_points(), self.T_ho, self.cfg, (self._box_lo, self._box_hi))
 
     def predict(self, q, dt: float) -> ContactMotion:
         """Propagate with the joint vector ``q`` ``(J,)`` measured ``dt`` seconds after the previous one."""
@@ -272,7 +272,7 @@ class EKFTracker(TrackerUpdates):
             self.last_step = dyn.PredictStep(self._q_prev, dt, False, None, None, None, None, None, self._step_aux())
             return ContactMotion(np.eye(4), 0, False, 0.0, 0.0)
         c = self.cfg
-        # the contact set changes slowly: query the SDF every contact_refresh seconds only
+        # the contact set: queried on the SDF every contact_refresh seconds (0: every step)
         refreshed = self._mask is None or self._mask_age >= c.contact_refresh
         if refreshed:
             self._mask, self._mask_age = self.contacts(), 0.0

@@ -497,3 +497,29 @@ def test_snapshot_restore_replays_a_late_observation_exactly(hand, sequence):
     assert s_a == s_b == TrackState.TRACKING
     # the late observation mattered: dropping it leaves another estimate and a larger covariance
     assert np.abs(T_c - T_a).max() > 1e-6 and np.trace(P_c) > np.trace(P_a)
+
+
+def test_contact_set_bounding_box_prefilter_changes_nothing(hand, box):
+    """The contact query sends only candidates near the object's bounding box to the SDF (it runs
+    every joint step): the contact set is the same as with every candidate queried, on a grasp and
+    on poses that put candidates on, in and beside every face."""
+    from hp_ros.core.ekf import motion as dyn
+
+    ekf = _tracker(hand, box, np.random.default_rng(3))
+    pts = ekf._candidate_points()
+    lo, hi = ekf._box_lo, ekf._box_hi
+    rng = np.random.default_rng(4)
+    n_contacts = 0
+    for _ in range(20):
+        T = np.eye(4)
+        T[:3, :3] = se3.so3_exp(torch.tensor(rng.normal(size=3) * 0.3)).numpy()
+        # candidates hit the surface: put a random candidate on a random point of the box's boundary
+        target = rng.uniform(lo, hi)
+        axis = rng.integers(3)
+        target[axis] = (lo if rng.random() < 0.5 else hi)[axis] + rng.normal() * 0.002
+        T[:3, 3] = pts[rng.integers(len(pts))] - T[:3, :3] @ target
+        full = dyn.contact_set(ekf.sdf, pts, T, ekf.cfg)
+        boxed = dyn.contact_set(ekf.sdf, pts, T, ekf.cfg, (lo, hi))
+        assert torch.equal(full, boxed)
+        n_contacts += int(full.sum())
+    assert n_contacts > 20   # the poses did put candidates in contact

@@ -119,6 +119,7 @@ class SegmentationNode(SegmentationInputs, SegmentationOutputs, GuardedNode):
         self._depth_seen = False  # a depth image has arrived (start-up: wait for the stream, see _inputs_ready)
         self.frames = 0
         self.frames_by_backend = {}  # object backend (object_backend or fallback_backend) -> frames segmented
+        self.marker_frames = 0  # frames whose fingertip markers were looked for (see _fingertips_wanted)
         self.active_backend = p["object_backend"]
         self.skipped_behind = 0  # waiting images dropped for a newer one (latest_only)
         # Callbacks only store what arrives (cheap, under self._cv) and wake the worker thread, which
@@ -373,12 +374,15 @@ class SegmentationNode(SegmentationInputs, SegmentationOutputs, GuardedNode):
         """``Segmenter.segment`` with the tracker's pose as prior (model backend); a switch between
         object_backend and its fallback logged once, frames counted per backend."""
         prior = self._prior_for(stamp) if self.uses_prior else None
+        markers = self._fingertips_wanted()
+        self.marker_frames += int(markers)
         if self.uses_prior and prior is None and not self.p["fallback_backend"]:
             self.bad.warn("no_prior", f"no object pose from the tracker within prior_max_age of this image: the "
                           f"model backend waits for {TOPICS['object_pose']}")
         res = self.segmenter.segment(rgb, depth, q if T is not None else None, T, ext,
                                      T_cam_obj_prior=None if prior is None else prior[0],
-                                     prior_pos_sigma=None if prior is None else prior[1])
+                                     prior_pos_sigma=None if prior is None else prior[1],
+                                     markers=markers)
         if self.segmenter.active_backend != self.active_backend:  # model <-> fallback: one line per switch
             self.get_logger().info(f"object backend {self.active_backend!r} -> {self.segmenter.active_backend!r} "
                                    f"at stamp {stamp}" + ("" if prior is not None else

@@ -57,7 +57,7 @@ class SegmentationOutputs:
             out.header = h
             pub.publish(out)
         self.pub_obs.publish(object_observation_to_msg(res.observation, stamp, frame, self.ObjectObservation))
-        if res.fingertips is not None:
+        if res.fingertips is not None and self.pub_tips.get_subscription_count() > 0:
             tips = FingertipObservation(tuple(self.hand.fingertip_links), res.fingertips.uv, res.fingertips.confidence,
                                         res.fingertips.fk_uv)
             self.pub_tips.publish(fingertips_to_msg(tips, stamp, frame, self.FingertipObservations))
@@ -66,6 +66,13 @@ class SegmentationOutputs:
                                       stamp, frame, Image)
             out.header = h
             self.pub_overlay.publish(out)
+
+    def _fingertips_wanted(self) -> bool:
+        """Fingertip markers are looked for only while /hp_ros/fingertips or the overlay has a
+        subscriber (the tracker reads them only while its filter estimates the camera->hand
+        correction: not on a moving base by default)."""
+        overlay = self.pub_overlay is not None and self.pub_overlay.get_subscription_count() > 0
+        return overlay or self.pub_tips.get_subscription_count() > 0
 
     def publish_diagnostics(self):
         from diagnostic_msgs.msg import DiagnosticStatus
@@ -80,6 +87,7 @@ class SegmentationOutputs:
         values = {"frames": self.frames, "pending": len(self.pending), "images_lost": self.lost_images,
                   "skipped_behind": self.skipped_behind, "object_backend": self.active_backend,
                   **{f"frames_by_backend.{k}": v for k, v in self.frames_by_backend.items()},
+                  "marker_frames": self.marker_frames,
                   "worker_restarts": self._worker.restarts, "stamp_resets": self.stamps.resets,
                   **stage_medians_ms(list(self.stage_times), STAGES),
                   **self.problem_values()}

@@ -238,8 +238,29 @@ class TrackingNode(GuardedNode):
         publish = self.outputs.publish  # pose, TF, status, lab outputs, refinement requests
         for result in self.tracker.process(now):
             publish(result)
+        self._follow_fingertip_use()
         if arm:
             self._arm_timer()
+
+    def _follow_fingertip_use(self) -> None:
+        """Read /hp_ros/fingertips only while the filter can use them (they observe the camera->hand
+        correction, which a moving base does not estimate by default): without a reader the
+        segmentation node detects no markers (it makes them only while someone subscribes). With a
+        bus (one process) the reader stays: a bus cannot unsubscribe."""
+        if self.bus is not None or not self.p["pose_every_frame"]:
+            return
+        wanted, reader = self.tracker.uses_fingertips, self.obs_readers.get("fingertips")
+        if wanted == (reader is not None):
+            return
+        if wanted:
+            self.obs_readers["fingertips"] = DeferredReader(self, None, FingertipObservations,
+                                                            graph.TOPICS["fingertips"], depth=OBS_READER_DEPTH)
+        else:
+            for msg, _info in self.obs_readers.pop("fingertips").take():  # what came is still applied
+                self.add_observation("fingertips", msg)
+            reader.close(self)
+        self.get_logger().info(f"{'reading' if wanted else 'not reading'} {graph.TOPICS['fingertips']}: the filter "
+                               f"{'estimates' if wanted else 'has no'} camera->hand correction")
 
 
 def main(args=None):

@@ -206,12 +206,15 @@ class _Pipeline:
         q = self.joints.at(stamp, max_gap_ns=int(self.seg_p["joint_max_gap"] * 1e9))
         if "model" in self.seg_p["object_backend"] and prior is None and not self.seg_p["fallback_backend"]:
             return
+        # as in the graph: the tracker reads fingertips only while its filter can use them, and the
+        # segmentation looks for markers only while someone reads them
+        tips_used = self.tracker.uses_fingertips
         seg = self.segmenter.segment(rgb, depth, q if T_ch is not None else None, T_ch, None,
                                      T_cam_obj_prior=None if prior is None else prior[0],
-                                     prior_pos_sigma=None if prior is None else prior[1])
+                                     prior_pos_sigma=None if prior is None else prior[1], markers=tips_used)
         r.segmented += 1
         self.tracker.add_observation(stamp, "object", seg.observation, 0.0)
-        if seg.fingertips is not None:
+        if seg.fingertips is not None and tips_used:
             tips = FingertipObservation(tuple(self.hand.fingertip_links), seg.fingertips.uv,
                                         seg.fingertips.confidence, seg.fingertips.fk_uv)
             self.tracker.add_observation(stamp, "fingertips", tips, 0.0)

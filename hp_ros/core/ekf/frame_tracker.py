@@ -186,6 +186,22 @@ class FrameTracker(LateObservations):
     def _moving(self) -> bool:
         return self.base is not None and self.base.moving
 
+    def _estimates_calibration(self) -> bool:
+        """Whether a filter built now has camera->hand correction states: not on a moving base
+        unless ``calibrate_on_moving_base`` (see :meth:`_ensure_filter`)."""
+        return self.ekf_config.estimate_calibration and (self.cfg.calibrate_on_moving_base or not self._moving())
+
+    @property
+    def uses_fingertips(self) -> bool:
+        """Whether fingertip observations can change the estimate: they observe the camera->hand
+        correction, so not without its states (a moving base by default). A node can stop
+        receiving them then, and their producer stop making them."""
+        if not self.cfg.use_fingertips:
+            return False
+        if self.ekf is not None:
+            return self.ekf.layout.calibration
+        return self._estimates_calibration()
+
     def add_joint_states(self, stamps_ns, q, now: float = 0.0) -> int:
         """Store a batch of joint states, ``stamps_ns`` ``(N,)`` int ns and ``q`` ``(N, J)``; the number
         stored. Time jumping back by more than 1 s resets the tracker."""
@@ -312,7 +328,7 @@ class FrameTracker(LateObservations):
             return False
         if self.ekf is None:
             cfg = self.ekf_config
-            if self._moving() and cfg.estimate_calibration and not self.cfg.calibrate_on_moving_base:
+            if cfg.estimate_calibration and not self._estimates_calibration():
                 # on an arm the correction was not observable enough: fingertips and depth fits walked
                 # it 2 -> 24 mm with a sigma of ~2 mm, and the modelled hand went with it (offline, lab
                 # motion, 6 seeds: the true hand's deepest point in the published pose 13.1 -> 5.9 mm

@@ -212,6 +212,7 @@ class MeshSDF:
     # point counts whose launch is kept (the tracker queries the same few sizes every frame:
     # its contact candidates, its penetration samples)
     _RECORDED_SIZES = 8
+    _BUCKET, _BUCKET_MAX = 16, 256  # query sizes up to _BUCKET_MAX round up to a multiple of _BUCKET
 
     def _launch_for(self, m: int):
         """``(points (m, 3), sdf (m,), normals (m, 3), wp.Launch)``: buffers and a recorded launch
@@ -239,11 +240,16 @@ class MeshSDF:
         if m == 0:
             empty = torch.empty(0, dtype=points.dtype, device=self.device)
             return empty, empty.reshape(0, 3)
+        # launches are recorded per size rounded up to a bucket: the tracker's contact queries vary
+        # in size (only candidates near the object go), and a new size costs a full launch (~0.15 ms)
+        size = m if m > self._BUCKET_MAX else -(-m // self._BUCKET) * self._BUCKET
         with self._recorded_lock:  # the buffers are shared by the callers of one size
-            p, sdf, normals, launch = self._launch_for(m)
-            p.copy_(points.detach())
+            p, sdf, normals, launch = self._launch_for(size)
+            p[:m].copy_(points.detach())
+            if size > m:
+                p[m:] = p[0]  # padding: a valid point, its answer unused
             launch.launch()
-            sdf, normals = sdf.to(points.dtype, copy=True), normals.to(points.dtype, copy=True)
+            sdf, normals = sdf[:m].to(points.dtype, copy=True), normals[:m].to(points.dtype, copy=True)
         return sdf, normals
 
     def query(self, points: torch.Tensor):

@@ -26,6 +26,7 @@ TOPICS = {
     "object_mask": f"/{NAMESPACE}/object_mask",              # sensor_msgs/Image mono8
     "object_observation": f"/{NAMESPACE}/object_observation",  # hp_ros_msgs/ObjectObservation
     "fingertips": f"/{NAMESPACE}/fingertips",                # hp_ros_msgs/FingertipObservations
+    "hand_alignment": f"/{NAMESPACE}/hand_alignment",        # geometry_msgs/TransformStamped camera->hand (depth ICP)
     "overlay": f"/{NAMESPACE}/segmentation_overlay",         # sensor_msgs/Image rgb8
     "object_pose": f"/{NAMESPACE}/object_pose",              # geometry_msgs/PoseWithCovarianceStamped
     "tracking_status": f"/{NAMESPACE}/tracking_status",      # hp_ros_msgs/TrackingStatus
@@ -67,10 +68,11 @@ NODES = [
                          CAMERA_TOPICS["depth_image"], JOINT_STATES, "/tf_static", "/tf",
                          TOPICS["object_pose"]],  # object_pose: prior of the model backend only
              publishes=[TOPICS["hand_mask"], TOPICS["object_mask"], TOPICS["object_observation"],
-                        TOPICS["fingertips"], TOPICS["overlay"], "/diagnostics"]),
+                        TOPICS["fingertips"], TOPICS["hand_alignment"], TOPICS["overlay"], "/diagnostics"]),
     NodeSpec("tracking_node", "tracking_node", "hp_ros.nodes.tracking_node",
              subscribes=[JOINT_STATES, CAMERA_TOPICS["color_info"], TOPICS["object_observation"],
-                         TOPICS["fingertips"], "/tf_static", "/tf", TOPICS["initial_pose"], TOPICS["refined_pose"]],
+                         TOPICS["fingertips"], TOPICS["hand_alignment"], "/tf_static", "/tf", TOPICS["initial_pose"],
+                         TOPICS["refined_pose"]],
              publishes=[TOPICS["object_pose"], "/tf", TOPICS["tracking_status"], TOPICS["detections"],
                         TOPICS["vision_info"], TOPICS["contacts"], TOPICS["markers"], "/diagnostics"],
              services=[SERVICES["reset_tracking"]], clients=[SERVICES["refine_pose"]]),

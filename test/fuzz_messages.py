@@ -145,6 +145,15 @@ def bad_tf_static(pick, now_ns: int):
     return TFMessage(transforms=[t])
 
 
+def bad_hand_alignment(pick, now_ns: int):
+    """A TransformStamped on /hp_ros/hand_alignment: a bad quaternion / translation, an unrelated
+    frame, or a bad stamp."""
+    t = bad_tf_static(pick, now_ns).transforms[0]
+    if pick(4) == 0:
+        _stamp(t, bad_stamp(pick, now_ns))
+    return t
+
+
 def bad_object_observation(pick, now_ns: int):
     from hp_ros_msgs.msg import ObjectObservation
 
@@ -247,6 +256,7 @@ INPUTS = {
     "/tf_static": bad_tf_static,
     graph.TOPICS["object_observation"]: bad_object_observation,
     graph.TOPICS["fingertips"]: bad_fingertips,
+    graph.TOPICS["hand_alignment"]: bad_hand_alignment,
     graph.TOPICS["object_mask"]: mask,
     graph.TOPICS["hand_mask"]: mask,
     graph.TOPICS["object_pose"]: lambda p, t: bad_pose(p, t),

@@ -80,6 +80,21 @@ def test_full_graph_tracks_a_hand_carried_by_an_arm(tmp_path, ros_env):
     seg = next(v for k, v in r["diagnostics"].items() if k.endswith("segmentation_node"))
     # only frames before the tracker knew its base moves (its first /tf) may have looked for markers
     assert int(seg["marker_frames"]) <= 0.2 * int(seg["frames"]), seg
+    # /tf corrected by the segmentation's hand alignment to depth: the correction found is the size
+    # of the generator's mount error (hand frame, constant)
+    import numpy as np
+
+    from hp_ros.core import synth
+    from hp_ros.core.ekf.geometry import pose_error
+
+    seq = synth.generate_sequence(synth.SynthConfig(object="builtin:cracker_box", duration_s=5.0, seed=1,
+                                                    motion="lab", render=False))
+    k = seq.num_frames // 2
+    mount = pose_error(np.linalg.inv(seq.cam_hand_frames(published=True)[k]) @ seq.cam_hand_frames()[k], np.eye(4))
+    trk = next(v for k, v in r["diagnostics"].items() if k.endswith("tracking_node: tracking"))
+    assert "reading /hp_ros/hand_alignment" in logs["tracking_node"]
+    assert int(trk["hand_alignments"]) >= 0.5 * r["n_frames"], trk
+    assert abs(float(trk["hand_correction_mm"]) - 1e3 * np.linalg.norm(mount[:3])) < 1.0, (trk, mount)
 
 
 def test_full_graph_finds_the_object_without_an_initial_pose(tmp_path, ros_env):

@@ -144,6 +144,49 @@ def test_moving_base_takes_the_tf_as_it_is_and_projects(world, project, calibrat
     assert not static._moving() and static.ekf.calib
 
 
+def test_moving_base_takes_the_hand_alignment_in_the_hand_frame(world):
+    """On a moving base (no filtered camera->hand correction) /tf is corrected by the segmentation's
+    hand alignment to depth: the difference taken in the hand frame, where a mount error is
+    constant, low-passed. The base turns 60 deg, so a correction kept in the camera frame would be
+    millimetres off; noisy alignments (0.5 mm, 3 mrad) still give /tf x the true mount within 0.3
+    mm. Fingertips are not read there; on a static base they are and alignments are refused."""
+    from hp_ros.core.ekf.geometry import apply_delta_np, pose_error
+    from hp_ros.core.ekf.hand_base import HandBaseTrack
+    from hp_ros.core.tf_buffer import TransformBuffer
+
+    seq = world["seq"]
+    tr = _tracker(world, hand_alignment_time_constant=0.5)
+    assert tr.uses_fingertips and not tr.uses_hand_alignment  # no /tf yet
+    buf = TransformBuffer()
+    stamps = np.arange(1, 91) * 33_333_333 + 1_000_000_000  # 3 s of frames
+    mount = apply_delta_np(np.eye(4), np.array([0.003, -0.002, 0.001, 0.02, -0.01, 0.015]))  # true = /tf @ mount
+    T_tf = {}
+    for k, t in enumerate(stamps):
+        turn = apply_delta_np(np.eye(4), np.array([0.1 * k / 90, 0, 0, 0, np.radians(60) * k / 90, 0]))
+        T_tf[int(t)] = turn @ seq.T_cam_hand_published
+        buf.set_transform(T_tf[int(t)], "camera", "hand", int(t), static=False)
+    tr.set_hand_base(HandBaseTrack(buf, "camera", "hand"))
+    assert tr.uses_hand_alignment and not tr.uses_fingertips
+    rng = np.random.default_rng(0)
+    for t in stamps:
+        noise = np.concatenate([rng.normal(size=3) * 0.0005, rng.normal(size=3) * 0.003])
+        assert tr.add_hand_alignment(int(t), apply_delta_np(T_tf[int(t)] @ mount, noise))
+    late = [int(t) for t in stamps[-30:]]
+    err = [np.linalg.norm(pose_error(tr._cam_hand(t), T_tf[t] @ mount)[:3]) for t in late]
+    assert max(err) < 3e-4, err
+    # the same mount in camera-frame terms moved by millimetres while the base turned
+    C = [T_tf[t] @ mount @ np.linalg.inv(T_tf[t]) for t in (int(stamps[0]), late[-1])]
+    assert np.linalg.norm(C[0][:3, 3] - C[1][:3, 3]) > 2e-3
+    # a correction that is no mount error (5 cm) is refused, the estimate kept
+    before = tr._cam_hand(late[-1]).copy()
+    assert not tr.add_hand_alignment(late[-1], apply_delta_np(T_tf[late[-1]], np.array([0.05, 0, 0, 0, 0, 0])))
+    np.testing.assert_allclose(tr._cam_hand(late[-1]), before)
+    # a static base: the filter estimates the correction itself (fingertips), alignments are not taken
+    static = _tracker(world)
+    assert static.uses_fingertips and not static.uses_hand_alignment
+    assert not static.add_hand_alignment(late[0], T_tf[late[0]])
+
+
 def test_late_observations_are_applied_in_one_reprocess_pass(world):
     """Observations of frames already posed (the segmentation fell behind) wait for the next
     process() and are applied there in one pass: return to the oldest such frame, re-predict and

@@ -62,6 +62,7 @@ TRACKER_INPUTS = {
     graph.CAMERA_TOPICS["color_info"]: lambda n, m: n.on_camera_info(m, INFO),
     graph.TOPICS["object_observation"]: lambda n, m: n.on_observation("object", m),
     graph.TOPICS["fingertips"]: lambda n, m: n.on_observation("fingertips", m),
+    graph.TOPICS["hand_alignment"]: lambda n, m: n.on_hand_alignment(m),
     "/tf_static": lambda n, m: n.calib._on_tf_static(m),
     graph.TOPICS["initial_pose"]: lambda n, m: n.on_initial_pose(m),
     graph.TOPICS["refined_pose"]: lambda n, m: n.on_refined_pose(m),

@@ -6,6 +6,7 @@ from __future__ import annotations
 import collections
 
 import numpy as np
+from geometry_msgs.msg import TransformStamped
 from sensor_msgs.msg import Image
 
 from hp_ros.core.observation import FingertipObservation
@@ -36,6 +37,7 @@ class SegmentationOutputs:
         self.pub_obj = publisher(self, bus, Image, TOPICS["object_mask"], OUTPUT_QOS)
         self.pub_obs = publisher(self, bus, self.ObjectObservation, TOPICS["object_observation"], OUTPUT_QOS)
         self.pub_tips = publisher(self, bus, self.FingertipObservations, TOPICS["fingertips"], OUTPUT_QOS)
+        self.pub_align = publisher(self, bus, TransformStamped, TOPICS["hand_alignment"], OUTPUT_QOS)
         self.pub_overlay = publisher(self, bus, Image, TOPICS["overlay"], OUTPUT_QOS) if p["publish_overlay"] else None
         # frames segmented and every input problem counted (guard.ProblemLog: each kind logged once, then throttled)
         from diagnostic_msgs.msg import DiagnosticArray
@@ -61,6 +63,10 @@ class SegmentationOutputs:
             tips = FingertipObservation(tuple(self.hand.fingertip_links), res.fingertips.uv, res.fingertips.confidence,
                                         res.fingertips.fk_uv)
             self.pub_tips.publish(fingertips_to_msg(tips, stamp, frame, self.FingertipObservations))
+        if res.hand_aligned and self.pub_align.get_subscription_count() > 0:  # the tracker's, on a moving base
+            self.pub_align.publish(msgs.make_transform_stamped(res.T_cam_hand, stamp, self.p["camera_frame"],
+                                                               self.p["hand_base_frame"],
+                                                               TransformStamped))
         if self.pub_overlay is not None and self.pub_overlay.get_subscription_count() > 0:
             out = msgs.numpy_to_image(overlay(rgb, res.hand_mask, res.object_mask, res.fingertips), "rgb8",
                                       stamp, frame, Image)

@@ -30,7 +30,7 @@ exit_quietly_while_loading(__name__)  # before the imports below: they take seco
 import functools
 import time
 
-from geometry_msgs.msg import PoseStamped, PoseWithCovarianceStamped
+from geometry_msgs.msg import PoseStamped, PoseWithCovarianceStamped, TransformStamped
 from hp_ros_msgs.msg import FingertipObservations, ObjectObservation
 from rclpy.clock import Clock, ClockType
 from sensor_msgs.msg import CameraInfo, JointState
@@ -104,6 +104,7 @@ class TrackingNode(GuardedNode):
             else:  # a one-argument callback (a lambda with a default would be handed the message info too)
                 subscribe(self, bus, msg_type, graph.TOPICS[topic], functools.partial(self.on_observation, kind),
                           STATE_QOS)
+        self.align_reader = None  # /hp_ros/hand_alignment while the filter uses it (_follow_inputs_in_use)
         subscribe(self, bus, PoseStamped, graph.TOPICS["initial_pose"], self.on_initial_pose, OUTPUT_QOS)
         subscribe(self, bus, PoseWithCovarianceStamped, graph.TOPICS["refined_pose"], self.on_refined_pose, OUTPUT_QOS)
         self.create_service(Trigger, graph.SERVICES["reset_tracking"], self.on_reset)
@@ -234,33 +235,62 @@ class TrackingNode(GuardedNode):
         for kind, reader in self.obs_readers.items():
             for msg, _info in reader.take():
                 self.add_observation(kind, msg)
+        self._take_hand_alignment()
         self.tracker.set_calibration(self.calib.T_cam_hand)
         publish = self.outputs.publish  # pose, TF, status, lab outputs, refinement requests
         for result in self.tracker.process(now):
             publish(result)
-        self._follow_fingertip_use()
+        self._follow_inputs_in_use()
         if arm:
             self._arm_timer()
 
-    def _follow_fingertip_use(self) -> None:
+    def _follow_inputs_in_use(self) -> None:
         """Read /hp_ros/fingertips only while the filter can use them (they observe the camera->hand
-        correction, which a moving base does not estimate by default): without a reader the
-        segmentation node detects no markers (it makes them only while someone subscribes). With a
-        bus (one process) the reader stays: a bus cannot unsubscribe."""
+        correction, which a moving base does not estimate by default), /hp_ros/hand_alignment only
+        while it cannot (a moving base: /tf corrected by the segmentation's hand alignment). The
+        segmentation node makes each only while someone subscribes. With a bus (one process) the
+        readers stay: a bus cannot unsubscribe."""
         if self.bus is not None or not self.p["pose_every_frame"]:
             return
-        wanted, reader = self.tracker.uses_fingertips, self.obs_readers.get("fingertips")
-        if wanted == (reader is not None):
+        for kind, wanted, msg_type, why in (
+                ("fingertips", self.tracker.uses_fingertips, FingertipObservations,
+                 "fingertips observe the filter's camera->hand correction"),
+                ("hand_alignment", self.tracker.uses_hand_alignment, TransformStamped,
+                 "a moving base without a filtered correction takes /tf corrected by it")):
+            reader = self.obs_readers.get(kind) if kind != "hand_alignment" else self.align_reader
+            if wanted == (reader is not None):
+                continue
+            if kind == "hand_alignment":
+                if wanted:
+                    self.align_reader = DeferredReader(self, None, msg_type, graph.TOPICS[kind], depth=OBS_READER_DEPTH)
+                else:
+                    self._take_hand_alignment()
+                    self.align_reader.close(self)
+                    self.align_reader = None
+            elif wanted:
+                self.obs_readers[kind] = DeferredReader(self, None, msg_type, graph.TOPICS[kind], depth=OBS_READER_DEPTH)
+            else:
+                for msg, _info in self.obs_readers.pop(kind).take():  # what came is still applied
+                    self.add_observation(kind, msg)
+                reader.close(self)
+            self.get_logger().info(f"{'reading' if wanted else 'not reading'} {graph.TOPICS[kind]} ({why})")
+
+    def _take_hand_alignment(self) -> None:
+        """The segmentation's camera->hand alignments to depth that arrived (checked like /tf)."""
+        if self.align_reader is not None:
+            for msg, _info in self.align_reader.take():
+                self.on_hand_alignment(msg)
+
+    def on_hand_alignment(self, msg) -> None:
+        try:
+            T, parent, child, stamp = msgs.transform_stamped_to_matrix(msg)
+            validate.check_frame(parent, self.p["camera_frame"], "hand_alignment")
+            validate.check_frame(child, self.p["hand_base_frame"], "hand_alignment child")
+        except (ValueError, TypeError) as e:
+            self.errors.reject(e, "hand_alignment", "hand alignment ignored: ")
             return
-        if wanted:
-            self.obs_readers["fingertips"] = DeferredReader(self, None, FingertipObservations,
-                                                            graph.TOPICS["fingertips"], depth=OBS_READER_DEPTH)
-        else:
-            for msg, _info in self.obs_readers.pop("fingertips").take():  # what came is still applied
-                self.add_observation("fingertips", msg)
-            reader.close(self)
-        self.get_logger().info(f"{'reading' if wanted else 'not reading'} {graph.TOPICS['fingertips']}: the filter "
-                               f"{'estimates' if wanted else 'has no'} camera->hand correction")
+        if self.checks.stamp_ok("hand_alignment", stamp):
+            self.tracker.add_hand_alignment(stamp, T)
 
 
 def main(args=None):

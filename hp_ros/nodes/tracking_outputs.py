@@ -12,6 +12,7 @@ from __future__ import annotations
 import collections
 import time
 
+import numpy as np
 from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus
 from geometry_msgs.msg import PoseWithCovarianceStamped, TransformStamped
 from hp_ros_msgs.msg import TrackingStatus
@@ -96,6 +97,10 @@ class FrameOutputs:
         vals.update(stage_medians_ms(list(self.stage_times), TRACKER_STAGES))
         vals.update(self.node.problem_values())
         vals["stamp_resets"] = self.checks.stamps.resets
+        corr = self.tracker.hand_correction
+        if corr is not None:  # /tf corrected by the hand alignment (moving base): its size, hand frame
+            vals.update(hand_correction_mm=round(1e3 * float(np.linalg.norm(corr[1][:3])), 2),
+                        hand_correction_deg=round(float(np.degrees(np.linalg.norm(corr[1][3:]))), 2))
         if st is not None:
             vals.update(nis=st.nis, covariance_trace=st.covariance_trace, contacts=st.contact_count,
                         latency_ms=round(st.latency_ms, 2))

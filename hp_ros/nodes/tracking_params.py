@@ -27,6 +27,10 @@ OWN_PARAMS = {
                                  "grows by the move; the filter state is not changed)"),
     "project_on_moving_base": Param(_F.project_on_moving_base, "project also while the hand base moves (camera->hand "
                                     "from /tf, an arm); the modelled fingers are then known to the /tf's accuracy"),
+    "hand_alignment_time_constant": Param(_F.hand_alignment_time_constant, "moving hand base (/tf) without a "
+                                          "correction estimated: /tf corrected by the segmentation's hand alignment "
+                                          "to depth (/hp_ros/hand_alignment), low-passed over this many seconds "
+                                          "in the hand frame; 0 = /tf as it is", non_negative),
     "calibrate_on_moving_base": Param(_F.calibrate_on_moving_base, "estimate_calibration also on a moving hand base "
                                       "(/tf): off by default, the correction was not observable enough there and "
                                       "walked 2 -> 24 mm (lab motion), taking the modelled hand with it"),

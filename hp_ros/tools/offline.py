@@ -213,6 +213,8 @@ class _Pipeline:
                                      T_cam_obj_prior=None if prior is None else prior[0],
                                      prior_pos_sigma=None if prior is None else prior[1], markers=tips_used)
         r.segmented += 1
+        if seg.hand_aligned:  # as the segmentation node publishes it (/hp_ros/hand_alignment)
+            self.tracker.add_hand_alignment(stamp, seg.T_cam_hand)
         self.tracker.add_observation(stamp, "object", seg.observation, 0.0)
         if seg.fingertips is not None and tips_used:
             tips = FingertipObservation(tuple(self.hand.fingertip_links), seg.fingertips.uv,

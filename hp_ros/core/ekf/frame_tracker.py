@@ -42,6 +42,7 @@ import numpy as np
 
 from hp_ros.core.ekf.confidence import TrackConfidence
 from hp_ros.core.ekf.config import EKFConfig
+from hp_ros.core.ekf.geometry import apply_delta_np, pose_error
 from hp_ros.core.ekf.joint_history import JointHistory
 from hp_ros.core.ekf.late_observations import LateObservations
 from hp_ros.core.ekf.track_policy import TrackState
@@ -64,6 +65,10 @@ class FrameTrackerConfig:
     project_penetration: bool = True    # publish the estimate moved out of penetration
     project_on_moving_base: bool = True   # ... also while the hand base moves (/tf): see _apply_observations
     calibrate_on_moving_base: bool = False  # estimate_calibration also on a moving base: see _ensure_filter
+    # a moving base without correction states takes /tf corrected by the segmentation's hand alignment
+    # to depth (add_hand_alignment), low-passed in the hand frame with this time constant [s] (0: /tf as is)
+    hand_alignment_time_constant: float = 0.5
+    hand_alignment_max: tuple = (0.02, 0.1)  # [m, rad] larger corrections are refused (not the mount)
     min_confidence: float = 0.3         # observations (centre, each fingertip) below are ignored
     pairing_timeout: float = 0.001      # [s] latency budget of a frame (see the module doc)
     reprocess_window: float = 1.0       # [s] late observations up to this old are applied (0: dropped)
@@ -126,6 +131,8 @@ class FrameTracker(LateObservations):
         self.cfg = config or FrameTrackerConfig()
         self.K, self.T_cam_hand = K, T_cam_hand
         self.base = None             # HandBaseTrack: camera->hand per stamp on a moving base (/tf)
+        self.hand_correction = None  # (stamp, (6,) hand-frame correction of /tf) see add_hand_alignment
+        self._hand_correction_T = np.eye(4)
         self.initial_pose = initial_pose  # (4, 4) re-armed by every reset, or None
         self.warn = warn or (lambda key, text: None)
         self.info = info or (lambda text: None)
@@ -143,7 +150,7 @@ class FrameTracker(LateObservations):
         self.late_obs: dict = {}     # stamp -> {kind: observation} of processed frames, not applied yet
         self.late_since: Optional[float] = None  # arrival of the oldest of them
         self.counts = {"frames": 0, "predicted": 0, "late": 0, "reprocessed": 0, "resets": 0,
-                       "updates_accepted": 0, "updates_rejected": 0}
+                       "updates_accepted": 0, "updates_rejected": 0, "hand_alignments": 0}
         self.confidence = TrackConfidence.for_object(obj)  # the published score (issue 24)
 
     # ------------------------------------------------------------------ inputs
@@ -173,9 +180,48 @@ class FrameTracker(LateObservations):
         self.base = track
 
     def _cam_hand(self, stamp: int):
-        """The published camera->hand ``(4, 4)`` at ``stamp`` (None: not known yet)."""
+        """The published camera->hand ``(4, 4)`` at ``stamp`` (None: not known yet); on a moving base
+        times the hand alignment's correction (:meth:`add_hand_alignment`)."""
         T = self.base.at(stamp) if self.base is not None else None
+        if T is not None and self.hand_correction is not None:
+            return T @ self._hand_correction_T
         return T if T is not None else self.T_cam_hand
+
+    @property
+    def uses_hand_alignment(self) -> bool:
+        """Whether :meth:`add_hand_alignment` can take a hand alignment now (a moving base whose
+        filter estimates no camera->hand correction, ``hand_alignment_time_constant`` > 0)."""
+        return self.cfg.hand_alignment_time_constant > 0 and self._moving() and not self._estimates_calibration()
+
+    def add_hand_alignment(self, stamp: int, T_cam_hand_aligned) -> bool:
+        """The camera->hand ``(4, 4)`` of the frame at ``stamp`` aligned to its depth image (the
+        segmentation's hand ICP). On a moving base whose filter estimates no camera->hand correction
+        (the default: see :meth:`_ensure_filter`), ``/tf`` is then used corrected by the difference,
+        taken in the hand frame (where a mount error is constant) and low-passed over
+        ``hand_alignment_time_constant``. True when it was taken; a correction beyond
+        ``hand_alignment_max`` is refused (warned once)."""
+        if not self.uses_hand_alignment:
+            return False
+        tau = self.cfg.hand_alignment_time_constant
+        T_tf = self.base.at(stamp)
+        T_al = np.asarray(T_cam_hand_aligned, dtype=np.float64)
+        if T_tf is None or T_al.shape != (4, 4) or not np.isfinite(T_al).all():
+            return False
+        xi = pose_error(np.linalg.inv(T_tf) @ T_al, np.eye(4))
+        max_t, max_r = self.cfg.hand_alignment_max
+        if np.linalg.norm(xi[:3]) > max_t or np.linalg.norm(xi[3:]) > max_r:
+            self.warn("hand_alignment", f"hand alignment {1e3 * np.linalg.norm(xi[:3]):.1f} mm / "
+                                        f"{np.degrees(np.linalg.norm(xi[3:])):.1f} deg from /tf refused")
+            return False
+        if self.hand_correction is not None:
+            last_stamp, last = self.hand_correction
+            a = 1.0 - math.exp(-max(stamp - last_stamp, 0) * 1e-9 / tau)
+            xi = last + a * (xi - last)
+            stamp = max(stamp, last_stamp)
+        self.hand_correction = (stamp, xi)
+        self._hand_correction_T = apply_delta_np(np.eye(4), xi)
+        self.counts["hand_alignments"] += 1
+        return True
 
     def _move_base(self, stamp: int) -> np.ndarray:
         """Move the filter's hand base to its /tf value at ``stamp``; the ``(4, 4)`` used (a re-run step)."""
@@ -266,6 +312,7 @@ class FrameTracker(LateObservations):
         self.late_obs.clear()
         self.late_since = None
         self.newest_obs.clear()
+        self.hand_correction, self._hand_correction_T = None, np.eye(4)
         self.last_stamp = None
         self.last_q = None
         self.confidence.reset()

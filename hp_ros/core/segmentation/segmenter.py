@@ -95,6 +95,7 @@ class SegmentationResult:
     fingertips: Optional[FingertipResult]
     raw: dict = field(default_factory=dict)  # per-backend masks before combination (debugging only)
     T_cam_hand: Optional[np.ndarray] = None  # camera->hand used (after depth alignment)
+    hand_aligned: bool = False  # T_cam_hand is the given one aligned to this frame's depth (HandAligner)
 
 
 def combine_masks(present: list, op: str, shape: tuple) -> tuple:
@@ -259,7 +260,7 @@ class Segmenter:
         without one).
         """
         T_cam_obj_prior = self._check_inputs(rgb, depth_m, external_mask, T_cam_obj_prior, prior_pos_sigma)
-        render, hand_mask, hand_conf, T_cam_hand = self._hand(depth_m, q, T_cam_hand)
+        render, hand_mask, hand_conf, T_cam_hand, aligned = self._hand(depth_m, q, T_cam_hand)
         frame = Frame(rgb, depth_m, T_cam_hand, hand_mask, None if render is None else render.roi, external_mask,
                       T_cam_obj_prior, prior_pos_sigma)
         active = self._backends_for(frame)
@@ -276,7 +277,7 @@ class Segmenter:
         object_mask[sl] = obj_c
         obs = self._observation(frame, active.spec, answers, obj_c, conf)
         return SegmentationResult(hand_mask, object_mask, hand_conf if render is not None else 0.0, conf,
-                                  obs, self._fingertips(rgb, render, markers), raw, T_cam_hand)
+                                  obs, self._fingertips(rgb, render, markers), raw, T_cam_hand, aligned)
 
     # ------------------------------------------------------------------ stages of segment()
     def _check_inputs(self, rgb, depth_m, external_mask, T_cam_obj_prior, prior_pos_sigma) -> Optional[np.ndarray]:
@@ -300,19 +301,20 @@ class Segmenter:
     def _hand(self, depth_m, q, T_cam_hand) -> tuple:
         """Stage 1: align the camera->hand transform to depth, render the hand, keep what depth
         confirms. Returns ``(render or None, hand mask (H, W) bool, its confidence, T_cam_hand
-        (4, 4) after the alignment)``; no render without a hand model, joints or transform."""
+        (4, 4) after the alignment, whether it was aligned)``; no render without a hand model,
+        joints or transform."""
         cfg = self.cfg
-        render = None
+        render, aligned = None, False
         hand_mask, hand_conf = np.zeros((self.height, self.width), bool), 0.0
         if self.hand_masker is not None and q is not None and T_cam_hand is not None:
             if depth_m is not None and self.aligner is not None:
                 # self-occlusion from the previous frame's render (the hand moves little per frame)
                 vis = self._last_render or self.hand_masker.render(q, self.aligner.correction @ T_cam_hand)
-                T_cam_hand = self.aligner.update(q, T_cam_hand, depth_m, vis)
+                T_cam_hand, aligned = self.aligner.update(q, T_cam_hand, depth_m, vis), True
             render = self._last_render = self.hand_masker.render(q, T_cam_hand)
             hand_mask, hand_conf = visible_hand_mask(render, cfg.hand_dilate_px, depth_m, cfg.hand_depth_tolerance,
                                                      occluder_tolerance=cfg.hand_occluder_tolerance)
-        return render, hand_mask, hand_conf, T_cam_hand
+        return render, hand_mask, hand_conf, T_cam_hand, aligned
 
     def _backend_masks(self, frame: Frame, active: "_BackendSet") -> tuple[list[BackendMask], dict]:
         """Stage 2a: the LOCATED backends' rectangles join the working rectangle (set as

@@ -67,7 +67,7 @@ class FrameTrackerConfig:
     calibrate_on_moving_base: bool = False  # estimate_calibration also on a moving base: see _ensure_filter
     # a moving base without correction states takes /tf corrected by the segmentation's hand alignment
     # to depth (add_hand_alignment), low-passed in the hand frame with this time constant [s] (0: /tf as is)
-    hand_alignment_time_constant: float = 0.5
+    hand_alignment_time_constant: float = 2.0
     hand_alignment_max: tuple = (0.02, 0.1)  # [m, rad] larger corrections are refused (not the mount)
     min_confidence: float = 0.3         # observations (centre, each fingertip) below are ignored
     pairing_timeout: float = 0.001      # [s] latency budget of a frame (see the module doc)

@@ -183,6 +183,9 @@ def main() -> int:
     args = ap.parse_args()
     from hp_ros.tools import machine
 
+    if args.keep and Path(args.keep).exists() and any(Path(args.keep).iterdir()):
+        ap.error(f"--keep {args.keep}: the folder is not empty (each run writes its own bag there); "
+                 "give a new or empty one")
     here = machine.describe()  # before the hogs start: the machine's own speed
     print(f"machine: {here['cpu_model']}, {here['cores']} cores, CPU reference {here['cpu_ref_ms']} ms "
           f"(hp_ros.tools.machine), load average {here['load_avg_1min']} at start; cpu hogs {args.cpu_hog}",

@@ -61,10 +61,10 @@ _BASE_PARAMS = {
                              "and the global estimate of a request without an initial pose"),
     "global_hypotheses": Param(DEFAULT_GLOBAL_HYPOTHESES, "poses around a global estimate's best scored with its "
                                                           "candidates", non_negative),
-    "global_iterations": Param(DEFAULT_GLOBAL_ITERATIONS, "Adam iterations at most after a global estimate (its "
-                                                          "depth fit is close already: smaller steps, stopped on "
-                                                          "convergence; a request's max_iterations overrides)",
-                               positive),
+    "global_iterations": Param(DEFAULT_GLOBAL_ITERATIONS, "Adam iterations at most after a global estimate (0: "
+                                                          "none, its depth fit and the colours' coarse search are "
+                                                          "the answer; a request's max_iterations overrides)",
+                               non_negative),
     "global_min_iou": Param(_CHECK.min_mask_iou, "a global estimate's refined answer with a lower mask IoU (camera "
                                                  "resolution) is rejected: its basin is excluded and the search run "
                                                  "again", non_negative),

@@ -105,6 +105,9 @@ class TrackingNode(GuardedNode):
                 subscribe(self, bus, msg_type, graph.TOPICS[topic], functools.partial(self.on_observation, kind),
                           STATE_QOS)
         self.align_reader = None  # /hp_ros/hand_alignment while the filter uses it (_follow_inputs_in_use)
+        if bus is not None and p["pose_every_frame"]:  # one process: a bus cannot unsubscribe, so read it throughout
+            self.align_reader = DeferredReader(self, bus, TransformStamped, graph.TOPICS["hand_alignment"],
+                                               depth=OBS_READER_DEPTH)
         subscribe(self, bus, PoseStamped, graph.TOPICS["initial_pose"], self.on_initial_pose, OUTPUT_QOS)
         subscribe(self, bus, PoseWithCovarianceStamped, graph.TOPICS["refined_pose"], self.on_refined_pose, OUTPUT_QOS)
         self.create_service(Trigger, graph.SERVICES["reset_tracking"], self.on_reset)

@@ -232,3 +232,29 @@ def test_icp_covariance_matches_the_scatter_of_fits(box):
     # in the EKF's convention (rotation about the object origin), not the ICP's camera-origin one:
     # there the translation sigma would carry the rotation's 0.5 m lever arm (~0.15 mm)
     assert np.sqrt(C[0, 0]) < 5e-5
+
+
+def test_process_noise_and_projection_bound_follow_arriving_depth_fits(hand, box, grasp):
+    """While depth fits arrive (one within depth_fit_window), the in-contact noise and the
+    projection's orientation bound are the depth_* values: an
+    orientation known to 2.3 deg (between the two bounds) is projected; a depth_fit_window of
+    predictions without a fit (colour only) returns to the plain values. (The process model takes
+    its noise from motion_config.)"""
+    q, T_clear, u = grasp
+    c = EKFConfig()
+    assert c.depth_projection_max_rot_sigma > 0.04 > c.projection_max_rot_sigma
+    assert c.depth_rot_motion_random_walk > c.rot_motion_random_walk
+    ekf = _tracker(hand, box, q, rot_sigma=0.04)
+    ekf.T_ho = _place(ekf, hand, ekf.sdf, q, T_clear, u, -0.003)
+    assert ekf.motion_config() is ekf.cfg and not ekf.project_out_of_penetration().moved  # no fit yet
+    fit = ekf.update_depth_pose(ekf.T_cam_obj, np.diag([1e-4] * 3 + [1e-2] * 3), 0.9)  # a loose fit
+    assert fit.accepted and ekf.motion_config().rot_motion_random_walk == c.depth_rot_motion_random_walk
+    assert ekf.project_out_of_penetration().moved
+    snap = ekf.snapshot()
+    # fits stop: after depth_fit_window of predictions the plain values again (and a snapshot
+    # returns to the time of the fit: a late observation's re-run predicts as the first run did)
+    for _ in range(int(c.depth_fit_window / 0.01) + 2):
+        ekf.predict(q, 0.01)
+    assert ekf.motion_config() is ekf.cfg
+    ekf.restore(snap)
+    assert ekf.motion_config().projection_max_rot_sigma == c.depth_projection_max_rot_sigma

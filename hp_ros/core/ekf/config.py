@@ -42,6 +42,16 @@ class EKFConfig:
     # default: encoder jitter inflates the distance / angle each 100 Hz step "travels" several times,
     # so at 0.015 / 0.1 the rotation variance without depth fits crosses max_covariance_trace within
     # ~2 s (the tracking node's test, live graph: LOST)
+    # while full-pose depth fits arrive (one within depth_fit_window s), the in-contact noise and the
+    # projection's orientation bound are these instead (lab motion, offline, 8 runs with the model
+    # backend: ADD-S 0.176 -> 0.164 cm, rotation 1.03 -> 0.90 deg, worst true-hand penetration 4.77 ->
+    # 1.33 mm; the noise alone raised penetration, the larger rotation sigma switching the projection
+    # off). Without fits (colour only, before the first) the values above: with these the rotation
+    # variance crossed max_covariance_trace within ~2 s there (LOST). depth_fit_window 0: never.
+    depth_pos_motion_random_walk: float = 0.015
+    depth_rot_motion_random_walk: float = 0.1
+    depth_projection_max_rot_sigma: float = 0.05
+    depth_fit_window: float = 0.5
     motion_smoothing: float = 0.0          # s: the travel above is that of the contact twist low-pass filtered
                                            # with this time constant (0: each step's own; encoder jitter then
                                            # counts as travel, see motion._travel)

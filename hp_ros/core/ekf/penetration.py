@@ -147,7 +147,7 @@ def project_estimate(ekf, iterations: Optional[int] = None) -> ProjectionResult:
     drifts (0.2 rad after 2 s); letting the projection move the calibration instead walked it
     to 8 mm. With feedback the projected estimate becomes the state (object only, or with
     ``projection_corrects_calibration`` the full ``P^-1`` metric, calibration included)."""
-    c = ekf.cfg
+    c = ekf.motion_config()  # the orientation bound follows whether depth fits arrive
     n_it = c.projection_iterations if iterations is None else int(iterations)
     ekf._published = None
     if not ekf.initialized or ekf._T_links is None:

@@ -6,6 +6,7 @@ updates are the mixin :class:`~hp_ros.core.ekf.tracker_updates.TrackerUpdates`.
 from __future__ import annotations
 
 import math
+from dataclasses import replace
 from typing import Optional
 
 import numpy as np
@@ -49,6 +50,7 @@ class EKFTracker(TrackerUpdates):
 
         self.hand, self.obj = hand, obj
         self.cfg = config or EKFConfig()
+        self._cfg_with_fits = None  # cfg with the depth_* values (motion_config)
         self.K = None if K is None else self._check_K(K)
         self.T_cam_hand_pub = self._check_pose(T_cam_hand, "T_cam_hand")
         self.sdf = object_sdf if object_sdf is not None else MeshSDF(obj.vertices, obj.faces)
@@ -144,11 +146,12 @@ class EKFTracker(TrackerUpdates):
         self.last_nis = float("nan")
         self.last_gate = float("nan")
         self._published = None        # (T_ho, T_ch, T_cam_obj) of the last projection, see T_cam_obj_published
+        self._since_fit = math.inf    # s predicted since the last depth fit arrived (see motion_config)
 
     # what predict/update/initialize change: a snapshot of these is the whole filter state
     _DYNAMIC = ("state", "message", "T_cam_hand_pub", "T_ch", "T_ho", "P", "_q_prev", "_T_links", "_velocity", "center_consider_cov",
                 "center_bias", "depth_bias", "center_spread", "_offset_jac", "_mask", "_mask_age", "rejections", "pose_rejections", "contact_count",
-                "last_motion", "last_nis", "last_gate", "_published")
+                "last_motion", "last_nis", "last_gate", "_published", "_since_fit")
 
     def snapshot(self) -> dict:
         """The filter's state (estimate, covariance, joint vector, contact set, LOST counters) as
@@ -271,7 +274,8 @@ class EKFTracker(TrackerUpdates):
             self._set_q(q)
             self.last_step = dyn.PredictStep(self._q_prev, dt, False, None, None, None, None, None, self._step_aux())
             return ContactMotion(np.eye(4), 0, False, 0.0, 0.0)
-        c = self.cfg
+        self._since_fit += dt
+        c = self.motion_config()
         # the contact set: queried on the SDF every contact_refresh seconds (0: every step)
         refreshed = self._mask is None or self._mask_age >= c.contact_refresh
         if refreshed:
@@ -288,6 +292,19 @@ class EKFTracker(TrackerUpdates):
         self._apply_motion(step.M, F, Q, a_cb, a_db)
         self.last_step = dyn.PredictStep(self._q_prev, dt, refreshed, step.M, F, Q, a_cb, a_db, self._step_aux())
         return step.contacts
+
+    def motion_config(self) -> EKFConfig:
+        """The config of the process model and the projection: while depth fits arrive (one within
+        ``depth_fit_window`` seconds of prediction) with the ``depth_*`` in-contact noise and
+        projection bound, else :attr:`cfg` itself."""
+        c = self.cfg
+        if self._since_fit > c.depth_fit_window:
+            return c
+        if self._cfg_with_fits is None:
+            self._cfg_with_fits = replace(c, pos_motion_random_walk=c.depth_pos_motion_random_walk,
+                                          rot_motion_random_walk=c.depth_rot_motion_random_walk,
+                                          projection_max_rot_sigma=c.depth_projection_max_rot_sigma)
+        return self._cfg_with_fits
 
     def _apply_motion(self, M: np.ndarray, F: np.ndarray, Q: np.ndarray, a_cb, a_db) -> None:
         """One step of the process model: the object by ``M`` ``(4, 4)`` (hand frame), the bias means

@@ -223,4 +223,5 @@ class TrackerUpdates:
         has no covariance (no ICP step ran)."""
         if icp_covariance is None or not (confidence > 0) or confidence < self.cfg.depth_min_confidence:
             return refused("depth_pose", "no fit" if icp_covariance is None else "low confidence", 6)
+        self._since_fit = 0.0  # fits arrive: the process model's depth_* noise (motion_config)
         return self.update_pose(T_cam_obj_fit, self.depth_pose_covariance(icp_covariance), confidence, "depth_pose")

@@ -50,7 +50,7 @@ class EKFTracker(TrackerUpdates):
 
         self.hand, self.obj = hand, obj
         self.cfg = config or EKFConfig()
-        self._cfg_with_fits = None  # cfg with the depth_* values (motion_config)
+        self._cfg_with_fits = None  # (cfg, cfg with the depth_* values), see motion_config
         self.K = None if K is None else self._check_K(K)
         self.T_cam_hand_pub = self._check_pose(T_cam_hand, "T_cam_hand")
         self.sdf = object_sdf if object_sdf is not None else MeshSDF(obj.vertices, obj.faces)
@@ -300,11 +300,11 @@ class EKFTracker(TrackerUpdates):
         c = self.cfg
         if self._since_fit > c.depth_fit_window:
             return c
-        if self._cfg_with_fits is None:
-            self._cfg_with_fits = replace(c, pos_motion_random_walk=c.depth_pos_motion_random_walk,
-                                          rot_motion_random_walk=c.depth_rot_motion_random_walk,
-                                          projection_max_rot_sigma=c.depth_projection_max_rot_sigma)
-        return self._cfg_with_fits
+        if self._cfg_with_fits is None or self._cfg_with_fits[0] is not c:  # (made once per cfg object)
+            self._cfg_with_fits = (c, replace(c, pos_motion_random_walk=c.depth_pos_motion_random_walk,
+                                              rot_motion_random_walk=c.depth_rot_motion_random_walk,
+                                              projection_max_rot_sigma=c.depth_projection_max_rot_sigma))
+        return self._cfg_with_fits[1]
 
     def _apply_motion(self, M: np.ndarray, F: np.ndarray, Q: np.ndarray, a_cb, a_db) -> None:
         """One step of the process model: the object by ``M`` ``(4, 4)`` (hand frame), the bias means

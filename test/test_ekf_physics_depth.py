@@ -234,7 +234,7 @@ def test_icp_covariance_matches_the_scatter_of_fits(box):
     assert np.sqrt(C[0, 0]) < 5e-5
 
 
-def test_process_noise_and_projection_bound_follow_arriving_depth_fits(hand, box, grasp):
+def test_process_noise_and_projection_bound_follow_arriving_depth_fits(hand, box, grasp, monkeypatch):
     """While depth fits arrive (one within depth_fit_window), the in-contact noise and the
     projection's orientation bound are the depth_* values: an
     orientation known to 2.3 deg (between the two bounds) is projected; a depth_fit_window of
@@ -250,7 +250,19 @@ def test_process_noise_and_projection_bound_follow_arriving_depth_fits(hand, box
     fit = ekf.update_depth_pose(ekf.T_cam_obj, np.diag([1e-4] * 3 + [1e-2] * 3), 0.9)  # a loose fit
     assert fit.accepted and ekf.motion_config().rot_motion_random_walk == c.depth_rot_motion_random_walk
     assert ekf.project_out_of_penetration().moved
+    # the process model is handed that config (its contact motion and transition noise)
+    from hp_ros.core.ekf import tracker as tracker_module
+
+    used, object_motion = [], tracker_module.dyn.object_motion
+    monkeypatch.setattr(tracker_module.dyn, "object_motion",
+                        lambda *a: used.append(a[-1].rot_motion_random_walk) or object_motion(*a))
     snap = ekf.snapshot()
+    ekf.predict(q, 0.01)
+    ekf.restore(snap)
+    ekf._since_fit = np.inf
+    ekf.predict(q, 0.01)
+    assert used == [c.depth_rot_motion_random_walk, c.rot_motion_random_walk], used
+    ekf.restore(snap)
     # fits stop: after depth_fit_window of predictions the plain values again (and a snapshot
     # returns to the time of the fit: a late observation's re-run predicts as the first run did)
     for _ in range(int(c.depth_fit_window / 0.01) + 2):

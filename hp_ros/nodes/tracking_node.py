@@ -60,6 +60,8 @@ JOINT_READER_DEPTH = 200  # joint states the DDS reader keeps between two takes 
 JOINT_WAIT = 0.02  # [s] a frame's camera_info callback waits at most this long for its inputs (_await_frame)
 OBS_READER_DEPTH = 60  # observations of each kind kept between two takes (2 s at 30 Hz)
 FROM_MSG = {"object": object_observation_from_msg, "fingertips": fingertips_from_msg}
+# inputs read only while the filter uses them (_follow_inputs_in_use): kind -> message type
+OPTIONAL_INPUTS = {"fingertips": FingertipObservations, "hand_alignment": TransformStamped}
 
 
 class TrackingNode(GuardedNode):
@@ -104,10 +106,9 @@ class TrackingNode(GuardedNode):
             else:  # a one-argument callback (a lambda with a default would be handed the message info too)
                 subscribe(self, bus, msg_type, graph.TOPICS[topic], functools.partial(self.on_observation, kind),
                           STATE_QOS)
-        self.align_reader = None  # /hp_ros/hand_alignment while the filter uses it (_follow_inputs_in_use)
         if bus is not None and p["pose_every_frame"]:  # one process: a bus cannot unsubscribe, so read it throughout
-            self.align_reader = DeferredReader(self, bus, TransformStamped, graph.TOPICS["hand_alignment"],
-                                               depth=OBS_READER_DEPTH)
+            self.obs_readers["hand_alignment"] = DeferredReader(self, bus, TransformStamped,
+                                                                graph.TOPICS["hand_alignment"], depth=OBS_READER_DEPTH)
         subscribe(self, bus, PoseStamped, graph.TOPICS["initial_pose"], self.on_initial_pose, OUTPUT_QOS)
         subscribe(self, bus, PoseWithCovarianceStamped, graph.TOPICS["refined_pose"], self.on_refined_pose, OUTPUT_QOS)
         self.create_service(Trigger, graph.SERVICES["reset_tracking"], self.on_reset)
@@ -236,9 +237,7 @@ class TrackingNode(GuardedNode):
                                            lambda text: self.errors.warn("joint_state", text))
             self.tracker.add_joint_states(stamps, q, now)
         for kind, reader in self.obs_readers.items():
-            for msg, _info in reader.take():
-                self.add_observation(kind, msg)
-        self._take_hand_alignment()
+            self._take(kind, reader)
         self.tracker.set_calibration(self.calib.T_cam_hand)
         publish = self.outputs.publish  # pose, TF, status, lab outputs, refinement requests
         for result in self.tracker.process(now):
@@ -246,6 +245,11 @@ class TrackingNode(GuardedNode):
         self._follow_inputs_in_use()
         if arm:
             self._arm_timer()
+
+    def _take(self, kind: str, reader) -> None:
+        """Every message waiting in ``reader`` as an input of ``kind``."""
+        for msg, _info in reader.take():
+            self.on_hand_alignment(msg) if kind == "hand_alignment" else self.add_observation(kind, msg)
 
     def _follow_inputs_in_use(self) -> None:
         """Read /hp_ros/fingertips only while the filter can use them (they observe the camera->hand
@@ -255,34 +259,18 @@ class TrackingNode(GuardedNode):
         readers stay: a bus cannot unsubscribe."""
         if self.bus is not None or not self.p["pose_every_frame"]:
             return
-        for kind, wanted, msg_type, why in (
-                ("fingertips", self.tracker.uses_fingertips, FingertipObservations,
-                 "fingertips observe the filter's camera->hand correction"),
-                ("hand_alignment", self.tracker.uses_hand_alignment, TransformStamped,
-                 "a moving base without a filtered correction takes /tf corrected by it")):
-            reader = self.obs_readers.get(kind) if kind != "hand_alignment" else self.align_reader
+        for kind, wanted in (("fingertips", self.tracker.uses_fingertips),
+                             ("hand_alignment", self.tracker.uses_hand_alignment)):
+            reader = self.obs_readers.get(kind)
             if wanted == (reader is not None):
                 continue
-            if kind == "hand_alignment":
-                if wanted:
-                    self.align_reader = DeferredReader(self, None, msg_type, graph.TOPICS[kind], depth=OBS_READER_DEPTH)
-                else:
-                    self._take_hand_alignment()
-                    self.align_reader.close(self)
-                    self.align_reader = None
-            elif wanted:
-                self.obs_readers[kind] = DeferredReader(self, None, msg_type, graph.TOPICS[kind], depth=OBS_READER_DEPTH)
+            if wanted:
+                self.obs_readers[kind] = DeferredReader(self, None, OPTIONAL_INPUTS[kind], graph.TOPICS[kind],
+                                                        depth=OBS_READER_DEPTH)
             else:
-                for msg, _info in self.obs_readers.pop(kind).take():  # what came is still applied
-                    self.add_observation(kind, msg)
+                self._take(kind, self.obs_readers.pop(kind))  # what came is still applied
                 reader.close(self)
-            self.get_logger().info(f"{'reading' if wanted else 'not reading'} {graph.TOPICS[kind]} ({why})")
-
-    def _take_hand_alignment(self) -> None:
-        """The segmentation's camera->hand alignments to depth that arrived (checked like /tf)."""
-        if self.align_reader is not None:
-            for msg, _info in self.align_reader.take():
-                self.on_hand_alignment(msg)
+            self.get_logger().info(f"{'reading' if wanted else 'not reading'} {graph.TOPICS[kind]}")
 
     def on_hand_alignment(self, msg) -> None:
         try:

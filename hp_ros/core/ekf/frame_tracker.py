@@ -131,8 +131,7 @@ class FrameTracker(LateObservations):
         self.cfg = config or FrameTrackerConfig()
         self.K, self.T_cam_hand = K, T_cam_hand
         self.base = None             # HandBaseTrack: camera->hand per stamp on a moving base (/tf)
-        self.hand_correction = None  # (stamp, (6,) hand-frame correction of /tf) see add_hand_alignment
-        self._hand_correction_T = np.eye(4)
+        self.hand_correction = None  # (stamp, (6,) hand-frame correction of /tf, its (4, 4)): add_hand_alignment
         self.initial_pose = initial_pose  # (4, 4) re-armed by every reset, or None
         self.warn = warn or (lambda key, text: None)
         self.info = info or (lambda text: None)
@@ -184,7 +183,7 @@ class FrameTracker(LateObservations):
         times the hand alignment's correction (:meth:`add_hand_alignment`)."""
         T = self.base.at(stamp) if self.base is not None else None
         if T is not None and self.hand_correction is not None:
-            return T @ self._hand_correction_T
+            return T @ self.hand_correction[2]
         return T if T is not None else self.T_cam_hand
 
     @property
@@ -214,12 +213,11 @@ class FrameTracker(LateObservations):
                                         f"{np.degrees(np.linalg.norm(xi[3:])):.1f} deg from /tf refused")
             return False
         if self.hand_correction is not None:
-            last_stamp, last = self.hand_correction
+            last_stamp, last, _ = self.hand_correction
             a = 1.0 - math.exp(-max(stamp - last_stamp, 0) * 1e-9 / tau)
             xi = last + a * (xi - last)
             stamp = max(stamp, last_stamp)
-        self.hand_correction = (stamp, xi)
-        self._hand_correction_T = apply_delta_np(np.eye(4), xi)
+        self.hand_correction = (stamp, xi, apply_delta_np(np.eye(4), xi))
         self.counts["hand_alignments"] += 1
         return True
 
@@ -312,7 +310,7 @@ class FrameTracker(LateObservations):
         self.late_obs.clear()
         self.late_since = None
         self.newest_obs.clear()
-        self.hand_correction, self._hand_correction_T = None, np.eye(4)
+        self.hand_correction = None
         self.last_stamp = None
         self.last_q = None
         self.confidence.reset()

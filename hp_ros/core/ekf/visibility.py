@@ -22,9 +22,10 @@ class VisibleSurface:
         size = float(np.linalg.norm(v.max(0) - v.min(0))) / pieces
         v, f = trimesh.remesh.subdivide_to_size(v, f, max_edge=size, max_iter=20)
         m = trimesh.Trimesh(v, f, process=False)
-        self.pts, self.nrm, self.area = (np.asarray(m.triangles_center), np.asarray(m.face_normals),
-                                         np.asarray(m.area_faces))
-        self._pts_rows, self._nrm_rows = np.ascontiguousarray(self.pts.T), np.ascontiguousarray(self.nrm.T)
+        # element centroids and unit normals as coordinate rows (3, n), areas (n,)
+        self._pts_rows = np.ascontiguousarray(np.asarray(m.triangles_center).T)
+        self._nrm_rows = np.ascontiguousarray(np.asarray(m.face_normals).T)
+        self.area = np.asarray(m.area_faces)
 
     def stats(self, T: np.ndarray, K: np.ndarray, center_obj: np.ndarray):
         """Offset ``(3,)`` and spread ``(3,)`` of the visible surface at ``T_cam_obj`` ``(4, 4)`` seen

@@ -51,7 +51,7 @@ def test_box_sdf_exact(box):
 
 
 def test_repeated_queries_of_many_sizes_stay_exact_and_independent():
-    """Queries reuse a recorded launch and its buffers per point count (a handful of sizes kept;
+    """Queries (torch and numpy) reuse a recorded launch and its buffers per point count (a handful of sizes kept;
     small counts share one rounded up, padded): every answer is the exact box SDF of its own
     points, also after other sizes pushed its launch out, and a result handed out earlier is not
     overwritten by a later query of the same size."""
@@ -59,18 +59,22 @@ def test_repeated_queries_of_many_sizes_stay_exact_and_independent():
     g = torch.Generator().manual_seed(1)
     big = MeshSDF._BUCKET_MAX + 1
     sizes = [1, 7, 150] + list(range(big, big + MeshSDF._RECORDED_SIZES + 2)) + [7, 150, 1, 9, 16]
-    kept = []
+    kept, kept_np = [], []
     for m in sizes:
         p = (torch.rand(m, 3, generator=g) - 0.5) * 0.15
         d, n = sdf.query(p)
         ref = np.minimum(box_sdf(p.double().numpy()), sdf.max_dist)
         assert d.shape == (m,) and n.shape == (m, 3) and np.abs(d.numpy() - ref).max() < 1e-6, m
+        dn = sdf.distance_numpy(p.double().numpy())  # the tracker's numpy path: same kernel, same buffers
+        assert dn.dtype == np.float64 and dn.shape == (m,) and np.array_equal(dn, d.double().numpy()), m
         kept.append((p, d.clone(), d, n.clone(), n))
+        kept_np.append((dn.copy(), dn))
     assert len(sdf._recorded) == MeshSDF._RECORDED_SIZES
     assert MeshSDF._BUCKET in sdf._recorded and not {1, 7, 9, 150} & set(sdf._recorded)  # 1-16 share one
     for p, d_copy, d, n_copy, n in kept:  # untouched by the queries after them
         assert torch.equal(d, d_copy) and torch.equal(n, n_copy)
-    assert sdf.query(torch.zeros(0, 3))[0].shape == (0,)
+    assert all(np.array_equal(a, b) for a, b in kept_np)
+    assert sdf.query(torch.zeros(0, 3))[0].shape == (0,) and sdf.distance_numpy(np.zeros((0, 3))).shape == (0,)
 
 
 def test_box_normals_on_face_regions(box):

@@ -10,7 +10,6 @@ from dataclasses import replace
 from typing import Optional
 
 import numpy as np
-import torch
 
 from hp_ros.core.ekf import filter as kf
 from hp_ros.core.ekf import motion as dyn
@@ -260,7 +259,7 @@ class EKFTracker(TrackerUpdates):
         """Contact-candidate points ``(K or len(ids), 3)`` in the hand frame at the last joint vector."""
         return self.kin.candidate_points(self._T_links, ids)
 
-    def contacts(self) -> torch.Tensor:
+    def contacts(self) -> np.ndarray:
         """Bool ``(K,)``: which contact candidates touch the object at the current estimate."""
         return dyn.contact_set(self.sdf, self._candidate_points(), self.T_ho, self.cfg, (self._box_lo, self._box_hi))
 
@@ -342,7 +341,7 @@ class EKFTracker(TrackerUpdates):
             if isinstance(step, np.ndarray):   # a hand-base move (/tf) recorded between joint steps
                 self.set_hand_base(step)
                 continue
-            if step.refreshed or step.M is None or self._mask is None or not torch.equal(self._mask, step.aux["_mask"]):
+            if step.refreshed or step.M is None or self._mask is None or not np.array_equal(self._mask, step.aux["_mask"]):
                 self.predict(step.q, step.dt)
                 continue
             Q = step.Q

@@ -66,3 +66,35 @@ def test_wait_with_a_bus_does_not_block(ros_node):
     assert reader.wait(5.0) is False and time.monotonic() - t < 1.0
     bus.deliver(node.resolve_topic_name("/hp_ros_test_deferred_b"), String(data="x"), None)
     assert reader.wait(5.0) is True and [m.data for m, _ in reader.take()] == ["x"]
+
+
+def test_counting_lost_samples_leaves_the_executor_asleep(ros_node):
+    """A reader that counts lost samples (the segmentation node's colour images) reads the count
+    on demand, so with a sample waiting in the reader the node's executor still has nothing to do
+    (the event as an executor waitable measured 18.8 ms of main-thread CPU per frame in the live
+    graph); lost() counts from zero, and is 0 once closed."""
+    from rclpy.executors import SingleThreadedExecutor
+
+    from hp_ros.nodes.deferred import DeferredReader
+
+    node = ros_node
+    reader = DeferredReader(node, None, String, "/hp_ros_test_deferred_lost", depth=2, count_lost=True)
+    pub = node.create_publisher(String, "/hp_ros_test_deferred_lost", 10)
+    _matched(pub)
+    pub.publish(String(data="waits"))
+    assert reader.wait(30.0) is True
+    ran = []
+    node.create_timer(3600.0, lambda: ran.append(1))  # something for the executor to wait on
+    ex = SingleThreadedExecutor(context=node.context)
+    ex.add_node(node)
+    try:
+        t0 = time.monotonic()
+        for _ in range(3):
+            ex.spin_once(timeout_sec=0.2)
+        assert time.monotonic() - t0 >= 0.55   # every spin slept its timeout: nothing became ready
+    finally:
+        ex.remove_node(node)
+    assert reader.lost() == 0 and [m.data for m, _ in reader.take()] == ["waits"]
+    reader.close(node)
+    assert reader.lost() == 0
+    node.destroy_publisher(pub)

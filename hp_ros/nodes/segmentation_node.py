@@ -20,7 +20,7 @@ import time
 import numpy as np
 import rclpy
 from rclpy.node import Node
-from rclpy.qos import QoSProfile
+from rclpy.qos import QoSProfile, ReliabilityPolicy
 from sensor_msgs.msg import CameraInfo, Image, JointState
 
 from hp_ros.core.device import resolve_device
@@ -122,10 +122,10 @@ class SegmentationNode(SegmentationInputs, SegmentationOutputs, GuardedNode):
         self.marker_frames = 0  # frames whose fingertip markers were looked for (see _fingertips_wanted)
         self.active_backend = p["object_backend"]
         self.skipped_behind = 0  # waiting images dropped for a newer one (latest_only)
-        # Callbacks only store what arrives (cheap, under self._cv) and wake the worker thread, which
-        # segments the frames whose inputs are complete: the executor never waits behind a 10-15 ms
-        # segmentation, joint states and depth stay current, and a frame is processed the moment
-        # its last input arrives (no polling period).
+        # The worker thread takes the colour images from their DDS reader (with a bus: a callback
+        # stores them under self._cv and wakes it) and segments the frames whose inputs are
+        # complete: the executor never waits behind a 10-15 ms segmentation, and a frame is
+        # processed the moment its last input arrives (no polling period).
         self._cv = threading.Condition()
         self._running = True
 
@@ -135,8 +135,17 @@ class SegmentationNode(SegmentationInputs, SegmentationOutputs, GuardedNode):
         lost = SubscriptionEventCallbacks(message_lost=self._on_images_lost)
         frames_qos = QoSProfile(depth=int(p["image_queue_depth"]), reliability=IMAGE_QOS.reliability,
                                 history=IMAGE_QOS.history)
-        subscribe(self, bus, Image, CAMERA_TOPICS["color_image"], self.on_image, frames_qos,
-                                 event_callbacks=lost)
+        # over DDS the worker thread takes the colour images from their reader itself (an executor
+        # wake per frame cost ~1 ms of CPU); with a bus (one process) they come by callback
+        self.color_reader = None
+        if bus is None:
+            self.color_reader = DeferredReader(self, None, Image, CAMERA_TOPICS["color_image"],
+                                               depth=int(p["image_queue_depth"]),
+                                               reliable=frames_qos.reliability == ReliabilityPolicy.RELIABLE,
+                                               count_lost=True)  # polled by publish_diagnostics
+        else:
+            subscribe(self, bus, Image, CAMERA_TOPICS["color_image"], self.on_image, frames_qos,
+                      event_callbacks=lost)
         # camera_info, depth, joint states and the tracker's poses wait in their DDS readers until a
         # colour image or the worker needs them (hp_ros.nodes.deferred): the executor runs one
         # callback per frame (the colour image, which wakes the worker) instead of ~7
@@ -243,9 +252,11 @@ class SegmentationNode(SegmentationInputs, SegmentationOutputs, GuardedNode):
         return True
 
     def _on_images_lost(self, info):
-        self.lost_images += int(info.total_count_change)
-        self.bad.warn("images_lost", f"{info.total_count_change} colour image(s) lost before reaching the node "
-                      "(it falls behind the stream)")
+        """Colour images lost before they reached the node: the subscription's event (with a bus),
+        or the count polled from the reader once a second (an int)."""
+        n = int(info if isinstance(info, int) else info.total_count_change)
+        self.lost_images += n
+        self.bad.warn("images_lost", f"{n} colour image(s) lost before reaching the node (it falls behind the stream)")
 
     def on_image(self, msg, info):
         # the driver publishes colour, camera_info and depth of one frame in any order: a colour
@@ -271,14 +282,23 @@ class SegmentationNode(SegmentationInputs, SegmentationOutputs, GuardedNode):
 
     def _work(self):
         """Worker thread: segment each colour image once its inputs are there (see _next_ready)."""
+        reader = self.color_reader
         while self._running:
+            if reader is not None:
+                for msg, info in reader.take():
+                    self.on_image(msg, info)
             with self._cv:
                 job = self._next_ready()
                 if job is None:
                     # input_wait deadlines pass without a message; an image waiting for its joint
                     # states (taken from their reader, no callback wakes us) looks again soon
-                    self._cv.wait(timeout=0.004 if self.pending else 0.05)
-                    continue
+                    timeout = 0.004 if self.pending else 0.05
+                    if reader is None:
+                        self._cv.wait(timeout=timeout)
+                        continue
+            if job is None:
+                reader.wait(timeout)  # a colour image (outside self._cv: the callbacks need it)
+                continue
             try:
                 self._process(*job)
             except ValueError as e:  # bad data the checks before could not see

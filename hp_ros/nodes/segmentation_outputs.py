@@ -83,6 +83,9 @@ class SegmentationOutputs:
     def publish_diagnostics(self):
         from diagnostic_msgs.msg import DiagnosticStatus
         self._worker.check()  # restarts the worker thread if it is gone
+        lost = self.color_reader.lost() if self.color_reader is not None else 0
+        if lost:
+            self._on_images_lost(lost)
         problems = self.bad.total()
         level = DiagnosticStatus.OK if self.frames and not problems else DiagnosticStatus.WARN
         message = f"{self.frames} frames segmented" if self.frames else "no frame segmented yet"

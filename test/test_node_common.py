@@ -155,3 +155,50 @@ def test_node_processes_compute_on_one_thread():
             "print(before, (cv2.getNumThreads(), torch.get_num_threads()))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=True)
     assert out.stdout.strip().endswith("(1, 1)"), out.stdout + out.stderr
+
+
+def test_node_log_lines_name_their_caller_on_rosout(ros_env):
+    """GuardedNode's logger (FastLogger: the caller from the frame, not rclpy's inspect lookup)
+    puts the calling function, file and line on /rosout as rclpy's own does; filtered calls
+    (throttle) still go through rclpy."""
+    import inspect
+    import time
+
+    from rcl_interfaces.msg import Log
+    from rclpy.executors import SingleThreadedExecutor
+    from rclpy.qos import QoSProfile, ReliabilityPolicy
+
+    from hp_ros.nodes.guard import GuardedNode
+
+    ctx = rclpy.Context()
+    rclpy.init(context=ctx)
+    node = GuardedNode("hp_ros_test_logger", context=ctx)
+    probe = rclpy.create_node("hp_ros_test_rosout", context=ctx)
+    got = []
+    probe.create_subscription(Log, "/rosout", got.append, QoSProfile(depth=50, reliability=ReliabilityPolicy.RELIABLE))
+    ex = SingleThreadedExecutor(context=ctx)
+    ex.add_node(probe)
+    try:
+        deadline = time.monotonic() + 30.0
+        while probe.count_publishers("/rosout") == 0 and time.monotonic() < deadline:
+            time.sleep(0.01)
+        line = inspect.currentframe().f_lineno + 1
+        node.get_logger().info("plain line")
+        for _ in range(2):  # the second within 5 s of the first: dropped
+            node.get_logger().warning("throttled line", throttle_duration_sec=5.0)
+        deadline = time.monotonic() + 30.0
+        while len([m for m in got if m.name == node.get_logger().name]) < 2 and time.monotonic() < deadline:
+            ex.spin_once(timeout_sec=0.1)
+        ex.spin_once(timeout_sec=0.3)
+        mine = {m.msg: m for m in got if m.name == node.get_logger().name}
+        assert set(mine) == {"plain line", "throttled line"}
+        plain = mine["plain line"]
+        assert plain.level == Log.INFO and plain.line == line and plain.function == inspect.currentframe().f_code.co_name
+        assert plain.file.endswith("test_node_common.py")
+        assert mine["throttled line"].level == Log.WARN and mine["throttled line"].line == line + 2
+        assert sum(m.msg == "throttled line" for m in got) == 1
+    finally:
+        ex.shutdown()
+        probe.destroy_node()
+        node.destroy_node()
+        rclpy.shutdown(context=ctx)

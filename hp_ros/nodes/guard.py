@@ -20,7 +20,7 @@ from typing import Callable, Optional
 
 from rclpy.node import Node
 
-from hp_ros.nodes.logs import ProblemLog
+from hp_ros.nodes.logs import FastLogger, ProblemLog
 
 def _takes_two(callback: Callable) -> bool:
     """True when ``callback`` cannot be called with one argument but can with two (an rclpy
@@ -117,6 +117,7 @@ class GuardedNode(Node):
 
     def __init__(self, node_name: str, **kwargs):
         super().__init__(node_name, **kwargs)
+        self._logger = FastLogger(self._logger.name)  # same logger, without rclpy's inspect-based caller lookup
         self.problems = ProblemLog(self)
         self.guard = CallbackGuard(self.problems)
 

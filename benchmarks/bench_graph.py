@@ -181,8 +181,15 @@ def main() -> int:
                     help="keep each run's folder (node logs, the synthetic bag, the published poses in "
                          "estimates.npz) in DIR instead of a temporary one")
     args = ap.parse_args()
+    from hp_ros.core.objects import BUILTIN_OBJECTS
     from hp_ros.tools import machine
 
+    for spec in args.objects:  # a readable error before any graph starts (was a traceback from the generator)
+        name = spec[len("builtin:"):] if spec.startswith("builtin:") else None
+        if (name is not None and name not in BUILTIN_OBJECTS) or (name is None and not Path(spec).is_file()):
+            hint = f" (write builtin:{spec})" if spec in BUILTIN_OBJECTS else ""
+            ap.error(f"--objects {spec}: not a built-in object ({', '.join('builtin:' + b for b in BUILTIN_OBJECTS)}) "
+                     f"nor a mesh file{hint}")
     if args.keep and Path(args.keep).exists() and any(Path(args.keep).iterdir()):
         ap.error(f"--keep {args.keep}: the folder is not empty (each run writes its own bag there); "
                  "give a new or empty one")

@@ -59,6 +59,15 @@ def test_cli_unknown_command_is_a_clean_error():
     assert "unknown command 'frobnicate'" in res.stderr and "Traceback" not in res.stderr
 
 
+def test_bench_graph_unknown_object_is_a_clean_error():
+    """A bare object name (the demo's spelling is builtin:<name>) stops bench_graph.py before any
+    graph starts, with the spelling to use, not a traceback from the sequence generator."""
+    bench = Path(__file__).resolve().parents[1] / "benchmarks" / "bench_graph.py"
+    res = subprocess.run([sys.executable, str(bench), "--objects", "cracker_box"], capture_output=True, text=True)
+    assert res.returncode == 2
+    assert "write builtin:cracker_box" in res.stderr and "Traceback" not in res.stderr
+
+
 def test_console_scripts_registered():
     eps = {e.name: e.value for e in md.entry_points(group="console_scripts")
            if e.value.startswith("hp_ros.")}

@@ -195,3 +195,43 @@ def test_without_top_k_iterations_the_coarse_search_best_are_scored_at_full_roi(
     assert res.chosen_hypothesis == 1  # the candidate, after the start's one hypothesis
     T = res.T_cam_obj[0].double().numpy()
     assert metrics.add_s(T_true[None], T[None], obj.vertices.numpy())[0] < 0.002
+
+
+def test_distinct_keeps_the_first_of_each_cluster_like_a_pairwise_check():
+    """_distinct (vectorised against all kept poses: a symmetric object's cold start scores
+    hundreds of candidates) keeps, in the given order, each pose not within 2 deg and 3 mm of an
+    earlier kept one - as the pairwise definition with scipy's rotation angle says."""
+    from scipy.spatial.transform import Rotation
+
+    from hp_ros.core.global_pose import _distinct
+
+    rng = np.random.default_rng(3)
+    base = [np.eye(4) for _ in range(25)]
+    for T in base:
+        T[:3, :3] = Rotation.random(random_state=rng).as_matrix()
+        T[:3, 3] = rng.uniform(-0.1, 0.1, 3)
+    poses = []
+    for T in base:  # each with copies inside and just outside the thresholds (angle, distance or both)
+        for ang, dist in ((0.0, 0.0), (1.0, 0.001), (1.9, 0.0029), (2.5, 0.0), (0.0, 0.004), (3.0, 0.01)):
+            D = np.eye(4)
+            D[:3, :3] = Rotation.from_rotvec(np.radians(ang) * Rotation.random(random_state=rng).apply([1, 0, 0])).as_matrix()
+            P = T.copy()
+            P[:3, :3] = T[:3, :3] @ D[:3, :3]
+            u = rng.normal(size=3)
+            P[:3, 3] = T[:3, 3] + dist * u / np.linalg.norm(u)
+            poses.append(P)
+    poses = np.stack(poses)
+    order = rng.permutation(len(poses)).tolist()
+
+    def pairwise(T, order, deg=2.0, metres=0.003):
+        kept = []
+        for i in order:
+            if not any(np.linalg.norm(T[i, :3, 3] - T[k, :3, 3]) < metres
+                       and np.degrees(Rotation.from_matrix(T[k, :3, :3].T @ T[i, :3, :3]).magnitude()) < deg
+                       for k in kept):
+                kept.append(i)
+        return kept
+
+    got = _distinct(poses, order)
+    assert got == pairwise(poses, order)
+    assert 25 * 2 < len(got) < len(poses)  # clusters merged, the far copies kept

@@ -341,12 +341,17 @@ def _half_turns(obj) -> list:
 def _distinct(T: np.ndarray, order: list, deg: float = 2.0, metres: float = 0.003) -> list:
     """``order`` (indices into poses ``T`` ``(N, 4, 4)``) without the poses within ``deg`` and ``metres``
     of an earlier one (the depth fits of several rotations often end in the same pose)."""
-    kept = []
+    T = np.asarray(T, np.float64)
     c = math.cos(math.radians(deg))
-    for i in order:
-        if not any(np.linalg.norm(T[i, :3, 3] - T[k, :3, 3]) < metres
-                   and (np.trace(T[k, :3, :3].T @ T[i, :3, :3]) - 1) / 2 > c for k in kept):
-            kept.append(i)
+    R, t = T[:, :3, :3], T[:, :3, 3]
+    kept = []
+    for i in order:  # against all kept at once: a symmetric object has hundreds of candidates (spins x flips)
+        if kept:
+            near = np.linalg.norm(t[kept] - t[i], axis=1) < metres
+            same_turn = (np.einsum("kab,ab->k", R[kept], R[i]) - 1) / 2 > c   # trace(R_k^T R_i) = sum(R_k * R_i)
+            if np.any(near & same_turn):
+                continue
+        kept.append(i)
     return kept
 
 

@@ -330,3 +330,30 @@ def test_first_frames_wait_for_the_depth_stream(ros_env):
         if node is not None:
             node.destroy_node()
         rclpy.shutdown()
+
+
+@pytest.mark.ros
+def test_colour_images_lost_before_the_node_are_counted_once_a_second(ros_env):
+    """Over DDS the worker reads the colour images from a DeferredReader, whose count of samples
+    the middleware lost is read by the 1 Hz diagnostics: each count adds to ``images_lost`` and is
+    reported (one log line per kind). Stand-in: the reader's count is replaced - samples are not
+    lost on demand on loopback shared memory."""
+    import rclpy
+
+    from hp_ros.nodes.segmentation_node import SegmentationNode
+
+    rclpy.init(args=["--ros-args", "-p", "use_depth:=false", "-p", "object_backend:=color",
+                     "-p", "camera_to_hand:=[0.0,0.0,0.5,0.0,0.0,0.0,1.0]"])
+    node = None
+    try:
+        node = SegmentationNode()
+        assert node.color_reader is not None and node.color_reader.lost() == 0   # the real count, nothing lost
+        counts = iter([3, 0, 2])
+        node.color_reader.lost = lambda: next(counts)
+        for _ in range(3):
+            node.publish_diagnostics()
+        assert node.lost_images == 5 and node.bad.counts.get("images_lost") == 2
+    finally:
+        if node is not None:
+            node.destroy_node()
+        rclpy.shutdown()

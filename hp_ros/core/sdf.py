@@ -253,24 +253,11 @@ class MeshSDF:
         return sdf, normals
 
     def distance_numpy(self, points: np.ndarray) -> np.ndarray:
-        """Signed distance ``(M,)`` float64 of points ``(M, 3)`` (numpy, mesh frame), no normals and no
-        autograd: the tracker's contact test at every joint state, where the torch round trip
-        (tensor wrapping, autograd function, dtype copies) cost more than the kernel."""
-        points = np.asarray(points, dtype=np.float64)
-        m = len(points)
-        if self.device.type != "cpu":
-            return self._query_flat(torch.as_tensor(points, device=self.device))[0].cpu().numpy()
-        if m == 0:
-            return np.zeros(0)
-        size = m if m > self._BUCKET_MAX else -(-m // self._BUCKET) * self._BUCKET
-        with self._recorded_lock:
-            p, sdf, _normals, launch = self._launch_for(size)
-            p_np = p.numpy()  # the launch's own buffer (CPU tensors share memory with numpy)
-            p_np[:m] = points
-            if size > m:
-                p_np[m:] = p_np[0]
-            launch.launch()
-            return sdf.numpy()[:m].astype(np.float64)
+        """Signed distance ``(M,)`` float64 of points ``(M, 3)`` (numpy, mesh frame), without normals
+        and outside autograd: the tracker's contact test at every joint state (the autograd function
+        and torch's per-op cost there were most of the test's time)."""
+        pts = torch.as_tensor(np.asarray(points, dtype=np.float64), device=self.device)
+        return self._query_flat(pts.reshape(-1, 3))[0].cpu().numpy()
 
     def query(self, points: torch.Tensor):
         """Signed distance and outward unit normal (SDF gradient) of points in the mesh frame.

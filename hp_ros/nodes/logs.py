@@ -1,13 +1,12 @@
 """Error reporting for nodes: one clear line per kind of problem, not one per message; counts for
-/diagnostics under a bounded set of keys."""
+/diagnostics under a bounded set of keys (:class:`ProblemLog`); the nodes' logger (:class:`FastLogger`)."""
 from __future__ import annotations
-
-import threading
-import time
-from typing import Any
 
 import os
 import sys
+import threading
+import time
+from typing import Any
 
 from rclpy.impl.implementation_singleton import rclpy_implementation as _rclpy
 from rclpy.impl.rcutils_logger import RcutilsLogger

@@ -132,7 +132,7 @@ class SegmentationNode(SegmentationInputs, SegmentationOutputs, GuardedNode):
     def _subscribe_inputs(self, p: dict, bus):
         """The colour image's subscription and the deferred readers of the other inputs."""
         from rclpy.event_handler import SubscriptionEventCallbacks
-        lost = SubscriptionEventCallbacks(message_lost=self._on_images_lost)
+        lost = SubscriptionEventCallbacks(message_lost=lambda event: self._count_lost_images(event.total_count_change))
         frames_qos = QoSProfile(depth=int(p["image_queue_depth"]), reliability=IMAGE_QOS.reliability,
                                 history=IMAGE_QOS.history)
         # over DDS the worker thread takes the colour images from their reader itself (an executor
@@ -251,10 +251,10 @@ class SegmentationNode(SegmentationInputs, SegmentationOutputs, GuardedNode):
             return False
         return True
 
-    def _on_images_lost(self, info):
-        """Colour images lost before they reached the node: the subscription's event (with a bus),
-        or the count polled from the reader once a second (an int)."""
-        n = int(info if isinstance(info, int) else info.total_count_change)
+    def _count_lost_images(self, n: int) -> None:
+        """``n`` colour images lost before they reached the node (the subscription's event with a bus;
+        over DDS polled from the reader by the diagnostics timer)."""
+        n = int(n)
         self.lost_images += n
         self.bad.warn("images_lost", f"{n} colour image(s) lost before reaching the node (it falls behind the stream)")
 
@@ -289,13 +289,12 @@ class SegmentationNode(SegmentationInputs, SegmentationOutputs, GuardedNode):
                     self.on_image(msg, info)
             with self._cv:
                 job = self._next_ready()
-                if job is None:
-                    # input_wait deadlines pass without a message; an image waiting for its joint
-                    # states (taken from their reader, no callback wakes us) looks again soon
-                    timeout = 0.004 if self.pending else 0.05
-                    if reader is None:
-                        self._cv.wait(timeout=timeout)
-                        continue
+                # input_wait deadlines pass without a message; an image waiting for its joint states
+                # (taken from their reader, no callback wakes us) looks again soon
+                timeout = 0.004 if self.pending else 0.05
+                if job is None and reader is None:
+                    self._cv.wait(timeout=timeout)
+                    continue
             if job is None:
                 reader.wait(timeout)  # a colour image (outside self._cv: the callbacks need it)
                 continue

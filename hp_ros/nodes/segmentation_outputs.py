@@ -85,7 +85,7 @@ class SegmentationOutputs:
         self._worker.check()  # restarts the worker thread if it is gone
         lost = self.color_reader.lost() if self.color_reader is not None else 0
         if lost:
-            self._on_images_lost(lost)
+            self._count_lost_images(lost)
         problems = self.bad.total()
         level = DiagnosticStatus.OK if self.frames and not problems else DiagnosticStatus.WARN
         message = f"{self.frames} frames segmented" if self.frames else "no frame segmented yet"

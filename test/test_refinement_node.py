@@ -309,6 +309,26 @@ def test_idle_node_receives_no_images_and_subscribes_for_a_request(ros_node, sta
         (status(), readers())
 
 
+def test_the_image_subscriptions_close_when_their_linger_ends_not_with_the_diagnostics(ros_node, start_process,
+                                                                                         seq):
+    """The image readers are closed by their own check once ``image_linger`` has passed after the
+    first camera_info, not by the /diagnostics timer (here once an hour: with it alone they stayed
+    open up to a period longer, the segmentation publishing masks for them)."""
+    from sensor_msgs.msg import CameraInfo
+
+    from rostest_utils import spin_until
+
+    _start_node(start_process, seq, "image_linger:=0.3", "diagnostics_period:=3600.0")
+    pubs = _publishers(ros_node, "info")
+    topics = [graph.CAMERA_TOPICS["color_image"], graph.TOPICS["object_mask"], graph.TOPICS["hand_mask"]]
+    readers = lambda: [ros_node.count_subscribers(t) for t in topics]  # noqa: E731
+    assert spin_until(ros_node, lambda: readers() == [1, 1, 1], 60), readers()  # open from start-up
+    stamp = int(seq.frame_stamps_ns[0])
+    ros_node.create_timer(0.1, lambda: pubs["info"].publish(M.make_camera_info(seq.K, seq.width, seq.height, CameraInfo,
+                                                                               stamp_ns=stamp)))
+    assert spin_until(ros_node, lambda: readers() == [0, 0, 0], 60), readers()
+
+
 def test_an_early_global_request_waits_for_the_first_frame_and_a_rejected_answer_fails(ros_node, start_process, seq):
     """Issue 26, the cold start at graph start-up. The tracker's first request (no initial pose: a
     global estimate) comes before the node has camera_info or a frame: it waits for the first frame

@@ -96,3 +96,21 @@ def test_hand_base_track_holds_the_newest_value_and_counts_it():
     st = HandBaseTrack(static, "camera", "hand")
     assert not st.moving and st.covers(10 * S) and st.at(10 * S) is not None
     assert HandBaseTrack(TransformBuffer(), "camera", "hand").at(S) is None
+
+
+def test_hand_base_track_follows_the_frame_tree_as_it_changes():
+    """``moving`` is kept per frame-tree change (it is asked several times per frame): it must
+    still follow a tree that is connected later, and an edge that turns from static to /tf and back."""
+    b = TransformBuffer()
+    track = HandBaseTrack(b, "camera", "hand")
+    assert not track.moving                                    # no frames at all
+    b.set_transform(_pose(0, (0, 0, 1)), "camera", "world", 0, static=True)
+    assert not track.moving                                    # hand not connected yet
+    b.set_transform(_pose(0, (0.1, 0, 0)), "world", "hand", S)
+    assert track.moving                                        # connected through a /tf edge
+    b.set_transform(_pose(0, (0.2, 0, 0)), "world", "hand", 2 * S)
+    assert track.moving                                        # more samples: the same tree
+    b.set_transform(_pose(0, (0.2, 0, 0)), "world", "hand", 0, static=True)
+    assert not track.moving and b.is_static("camera", "hand")  # the edge became static
+    b.set_transform(_pose(0, (0.3, 0, 0)), "world", "hand", 3 * S)
+    assert track.moving and not b.is_static("camera", "hand")  # and /tf again

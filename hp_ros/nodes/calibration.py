@@ -55,6 +55,17 @@ class CameraToHand:
             return self.track.at(0)
         return self._value
 
+    @property
+    def static(self) -> Optional[np.ndarray]:
+        """The fixed / static transform (None on a moving base or before it is known): no /tf lookup."""
+        return self._value
+
+    @property
+    def known(self) -> bool:
+        """Whether a camera->hand transform is there (fixed, static, or a connected /tf chain), without
+        a lookup (asked for every waiting image)."""
+        return self._value is not None or (self.fixed is None and self.track.moving)
+
     def at(self, stamp_ns: int) -> Optional[np.ndarray]:
         """``T_cam_hand`` at an image's stamp: interpolated on a moving base, else :attr:`T_cam_hand`."""
         if self.fixed is None and self._value is None and self.track.moving:

@@ -18,6 +18,8 @@ from hp_ros.io import msgs, validate
 from hp_ros.nodes.buffers import JointStateBuffer
 from hp_ros.nodes.deferred import DeferredReader
 
+LINGER_CHECK = 0.1  # [s] period of the check that closes the idle image subscriptions (while they are open)
+
 
 def _stamp_or_zero(msg_or_bytes) -> int:
     """Header stamp [ns] of a message or its CDR bytes; 0 when it cannot be read."""
@@ -105,7 +107,19 @@ class RefinementInputs:
             self.image_readers = {kind: self._open_reader(topic) for kind, topic in self.image_topics.items()}
             self._opened_after_ns = self._newest_info_ns
             self.image_openings += 1
+        timer = getattr(self, "_linger_timer", None)
+        if timer is not None and timer.is_canceled():
+            timer.reset()
         return True
+
+    def _start_linger_timer(self, callback_group) -> None:
+        """The timer that closes the image subscriptions once their linger has passed: it runs only
+        while they are open (every LINGER_CHECK s), so they close within that of the linger's end
+        (the 1 s diagnostics timer kept them open up to a second longer: 30 frames of masks
+        published and four images per frame received for nothing)."""
+        self._linger_timer = None
+        if self.images_on_demand:
+            self._linger_timer = self.create_timer(LINGER_CHECK, self.close_idle_images, callback_group=callback_group)
 
     def close_idle_images(self) -> None:
         """Unsubscribe from the image streams (and forget the buffered frames) once ``image_linger``
@@ -127,6 +141,8 @@ class RefinementInputs:
                 rd.close(self)
             self.image_readers = {}
             self.frames.clear()
+            if self._linger_timer is not None:
+                self._linger_timer.cancel()
 
     # Buffering keeps the messages themselves: they are decoded only for the few frames a request
     # refines, not for every frame at 30 Hz (the node spends its idle time doing nothing).

@@ -100,6 +100,7 @@ class RefinementNode(RefinementInputs, RefinePoseService, GuardedNode):
         self.pub = publisher(self, bus, PoseWithCovarianceStamped, graph.TOPICS["refined_pose"], OUTPUT_QOS)
         self.diag_pub = self.create_publisher(DiagnosticArray, "/diagnostics", OUTPUT_QOS)
         self.create_timer(float(p["diagnostics_period"]), self.publish_diagnostics, callback_group=data)
+        self._start_linger_timer(data)
         self.create_service(RefinePose, graph.SERVICES["refine_pose"], self.on_refine, callback_group=service,
                             qos_profile=SERVICE_QOS)
         self.get_logger().info(f"refinement service on {graph.SERVICES['refine_pose']} "

@@ -76,7 +76,7 @@ _BASE_PARAMS = {
     "max_pose_age": Param(2.0, "a request without an initial pose starts from the tracked/refined pose when it is "
                                "at most this old [s] against the requested frame, else from a global estimate",
                           positive),
-    "image_linger": Param(1.0, "the colour, depth and mask subscriptions stay open this long [s] after the first "
+    "image_linger": Param(0.5, "the colour, depth and mask subscriptions stay open this long [s] after the first "
                                "camera_info and after each request, and are closed in between (an idle node receives no "
                                "images; a request then refines the first frame that arrives); negative = always "
                                "open (a request can refine any frame of the last buffer_size)"),

@@ -126,7 +126,7 @@ class SegmentationInputs:
         now = time.monotonic()
         waited = now - t_arrival > self.p["input_wait"]
         full = len(self.pending) == self.pending.maxlen
-        if not full and not waited and self.cam_hand.T_cam_hand is None:
+        if not full and not waited and not self.cam_hand.known:
             return False, None  # /tf_static may still come (start-up)
         # wait for the joint states to reach the image while they are flowing - and at start-up,
         # for the first input_wait after the first image, for the first ones (the stream's first

@@ -238,7 +238,7 @@ class TrackingNode(GuardedNode):
             self.tracker.add_joint_states(stamps, q, now)
         for kind, reader in self.obs_readers.items():
             self._take(kind, reader)
-        self.tracker.set_calibration(self.calib.T_cam_hand)
+        self.tracker.set_calibration(self.calib.static)  # a moving base: the tracker looks /tf up at each stamp
         publish = self.outputs.publish  # pose, TF, status, lab outputs, refinement requests
         for result in self.tracker.process(now):
             publish(result)

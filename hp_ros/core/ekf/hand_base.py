@@ -68,13 +68,16 @@ class HandBaseTrack:
         self.buffer, self.camera_frame, self.hand_frame = buffer, camera_frame, hand_frame
         self.held = 0
         self.refresh = refresh or (lambda: None)   # called before each lookup (e.g. take the waiting /tf)
+        self._moving = (-1, False)  # (buffer topology, moving): asked several times per frame, changes rarely
 
     @property
     def moving(self) -> bool:
         """The chain is connected and has a ``/tf`` edge."""
         self.refresh()
         b = self.buffer
-        return b.can_transform(self.camera_frame, self.hand_frame) and not b.is_static(self.camera_frame, self.hand_frame)
+        if self._moving[0] != b.topology:
+            self._moving = (b.topology, b.has_dynamic_edge(self.camera_frame, self.hand_frame))
+        return self._moving[1]
 
     def covers(self, stamp: int) -> bool:
         """A lookup at ``stamp`` interpolates (no waiting needed): static, or ``/tf`` reaches it."""

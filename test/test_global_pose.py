@@ -235,3 +235,22 @@ def test_distinct_keeps_the_first_of_each_cluster_like_a_pairwise_check():
     got = _distinct(poses, order)
     assert got == pairwise(poses, order)
     assert 25 * 2 < len(got) < len(poses)  # clusters merged, the far copies kept
+
+
+def test_a_warm_up_on_the_same_camera_leaves_the_next_cold_start_unchanged():
+    """The refinement node's start-up warm-up (a cold start on a made-up frame) builds caches only:
+    the following cold start of a real frame - on the very same camera, so that a per-camera state
+    of the depth fit would carry over - gives the pose it gives without the warm-up."""
+    from hp_ros.core.cold_start import warm_up_cold_start
+
+    seq, f, cam = _frame("cracker_box", 2)
+    obj, hand = ObjectModel.builtin("cracker_box"), HandModel.default()
+    runs = []
+    for warm in (False, True):
+        refiner, search = Refiner(obj, hand, RefineConfig()), GlobalPoseSearch(obj)
+        if warm:
+            warm_up_cold_start(refiner, search, seq.width, seq.height, K=seq.K)
+            assert refiner._sdf is not None and search._masker is not None  # built now, not in the request
+        res, _ = cold_start(refiner, search, f, cam)
+        runs.append(res.T_cam_obj.double().numpy())
+    np.testing.assert_allclose(runs[1], runs[0], atol=1e-6)

@@ -128,6 +128,14 @@ class RefinementNode(RefinementInputs, RefinePoseService, GuardedNode):
 
         self.global_search = GlobalPoseSearch(self.obj)
         warm_sdf_grid(self.obj, str(self.device.torch))  # the depth fit's grid: seconds, not in a request
+        # one cold start on a made-up frame: what the first request would build (~0.1 s of CPU) is built now
+        from hp_ros.core.cold_start import warm_up_cold_start
+
+        try:
+            warm_up_cold_start(self.refiner, self.global_search)
+        except Exception as e:  # noqa: BLE001 - a warm-up only saves time: the first request builds it then
+            self.get_logger().warning(f"warm-up cold start failed ({type(e).__name__}: {e}); the first request "
+                                      f"builds what it needs")
 
     def publish_diagnostics(self) -> None:
         # what the last request took from the readers: taking (copying) every frame just to count

@@ -76,10 +76,11 @@ _BASE_PARAMS = {
     "max_pose_age": Param(2.0, "a request without an initial pose starts from the tracked/refined pose when it is "
                                "at most this old [s] against the requested frame, else from a global estimate",
                           positive),
-    "image_linger": Param(0.5, "the colour, depth and mask subscriptions stay open this long [s] after the first "
+    "image_linger": Param(1.0, "the colour, depth and mask subscriptions stay open this long [s] after the first "
                                "camera_info and after each request, and are closed in between (an idle node receives no "
-                               "images; a request then refines the first frame that arrives); negative = always "
-                               "open (a request can refine any frame of the last buffer_size)"),
+                               "images; a request then refines the first frame that arrives); keep it above the "
+                               "tracker's retry after a failed answer (0.5 s), whose request then finds them open; "
+                               "negative = always open (a request can refine any frame of the last buffer_size)"),
     "open_wait": Param(1.0, "longest extra wait [s] of a request that opened the image subscriptions for its first "
                             "frames (discovery, the segmentation node starting its masks)", non_negative),
     "first_frame_wait": Param(5.0, "longest wait [s] of a request that finds no camera_info or no synchronised frame "

@@ -16,9 +16,9 @@ import torch
 if TYPE_CHECKING:  # global_pose re-exports this module's names: no import of it at run time
     from hp_ros.core.global_pose import GlobalPoseResult, GlobalPoseSearch
 
-__all__ = ["AnswerCheck", "DEFAULT_GLOBAL_HYPOTHESES", "warm_up_cold_start", "DEFAULT_GLOBAL_ITERATIONS", "DEFAULT_GLOBAL_LR_SCALE",
+__all__ = ["AnswerCheck", "DEFAULT_GLOBAL_HYPOTHESES", "DEFAULT_GLOBAL_ITERATIONS", "DEFAULT_GLOBAL_LR_SCALE",
            "DEFAULT_GLOBAL_PATIENCE", "DEFAULT_GLOBAL_REL_TOL", "global_refine_config", "cold_start",
-           "global_estimate"]
+           "global_estimate", "warm_up_cold_start"]
 
 
 # poses around the global estimate's best that the refinement's coarse search scores with its candidates
@@ -136,11 +136,10 @@ def warm_up_cold_start(refiner, search: "GlobalPoseSearch", width: int = 640, he
                        K: Optional[np.ndarray] = None, iterations: int = 2) -> None:
     """One cold start on a made-up frame - the object 0.5 m in front of a ``width`` x ``height``
     camera (intrinsics ``K`` ``(3, 3)``, default a RealSense-like field of view), the hand open
-    behind it - so that what a process builds on first use (the depth fit's
-    kernels and tables, mesh topologies, the SDF, torch's and numpy's first calls: ~0.1 s of CPU,
-    ``/tmp/b/firstdiff.py``-style profile of a first against a second call) is built at start-up,
-    not in the first request (a cold start's, the one a waiting tracker needs soonest). The result
-    is discarded."""
+    behind it - so that what a process builds on first use (the depth fit's kernels and tables, mesh
+    topologies, the SDF, torch's and numpy's first calls: a first cold start in a process took
+    ~0.04-0.1 s more CPU than the next, cProfile of both) is built at start-up, not in the first
+    request (a cold start's, the one a waiting tracker needs soonest). The result is discarded."""
     from hp_ros.core.camera import Camera
     from hp_ros.core.refine import FrameObservation
 

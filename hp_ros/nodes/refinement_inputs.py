@@ -135,7 +135,8 @@ class RefinementInputs:
         if time.monotonic() < self._images_until:
             return
         with self.lock:
-            if not self.image_readers:
+            # again under the lock: a request may have begun since (open_images moves the linger first)
+            if not self.image_readers or self.busy or time.monotonic() < self._images_until:
                 return
             for rd in self.image_readers.values():
                 rd.close(self)

@@ -9,6 +9,13 @@ Prints:
 3. as the LAST line, one JSON object with ``per_frame_s``, ``add_mm_init``, ``add_mm_render``,
    ``add_mm_full``, ``max_penetration_mm_full`` (+ extras).
 
+The ablation's rows give the refiner ground-truth masks, the true joint angles and the true
+camera->hand (the method's ceiling). Its row ``+ physics, full chain`` (keys ``*_chain``) gives it
+what the running graph does: object and hand masks from our segmentation (the node's defaults,
+no pose prior: the ``color|depth`` path a cold start or a lost track takes), the measured depth,
+the published joint states (noise and bias) at the frame and the published (miscalibrated)
+camera->hand.
+
 Timings: ``per_frame_s`` is the CPU time per frame of this single-threaded process (torch threads
 = 1), which equals the wall time on an idle core; the wall time is printed too (this 2-core
 machine is shared with other jobs, so wall times are inflated by contention).
@@ -38,6 +45,30 @@ def frame(seq, k):
     return FrameObservation(rgb=seq.rgb[k], object_mask=seq.object_mask[k], hand_mask=seq.hand_mask[k],
                             q=seq.q_frames_true[k], T_cam_hand=seq.T_cam_hand_true,
                             stamp_ns=int(seq.frame_stamps_ns[k]))
+
+
+def chain_frames(seq, obj, hand, ks):
+    """FrameObservations of frames ``ks`` as the running graph has them (see the module doc), and the
+    mean IoU of our object masks against the ground truth."""
+    from hp_ros.core.segmentation.segmenter import Segmenter
+    from hp_ros.nodes.segmentation_params import segmenter_config
+    from hp_ros.tools.offline import node_parameters
+
+    colors = [round(255.0 * float(c), 3) for rgb in seq.marker_colors for c in rgb]
+    p = node_parameters("segmentation_node", None, {"marker_colors": colors, "marker_radius": float(seq.marker_radius)})
+    seg = Segmenter(seq.K, seq.width, seq.height, hand, segmenter_config(p, p["marker_colors"]), object_model=obj)
+    T_ch = seq.cam_hand_frames(published=True)
+    out, ious = {}, []
+    for k in ks:
+        j = min(int(np.searchsorted(seq.joint_stamps_ns, seq.frame_stamps_ns[k])), len(seq.joint_stamps_ns) - 1)
+        q = seq.joint_positions[j]
+        depth = seq.depth_mm[k].astype(np.float32) / 1000.0
+        r = seg.segment(seq.rgb[k], depth, q, T_ch[k], markers=False)
+        gt = seq.object_mask[k] > 0
+        ious.append(float((r.object_mask & gt).sum()) / max(1, int((r.object_mask | gt).sum())))
+        out[k] = FrameObservation(rgb=seq.rgb[k], object_mask=r.object_mask, hand_mask=r.hand_mask, depth=depth, q=q,
+                                  T_cam_hand=T_ch[k], stamp_ns=int(seq.frame_stamps_ns[k]))
+    return out, float(np.mean(ious))
 
 
 def evaluate(seq, obj, hand, sdf, ks, T):
@@ -119,11 +150,25 @@ def main() -> int:
     cpu_full = (time.process_time() - c) / len(ks)
     rows["+ physics"] = evaluate(seq, obj, hand, sdf, ks, torch.cat(out)) + (np.mean(ious), cpu_full, dt_full)
 
+    # + physics, full chain: the same windows with the graph's inputs (our masks, depth, measured joints, published calibration)
+    chain, chain_iou = chain_frames(seq, obj, hand, ks)
+    t, c = time.perf_counter(), time.process_time()
+    out, ious = [], []
+    for w0 in range(0, len(ks), W):
+        r = ref.refine([chain[k] for k in ks[w0:w0 + W]], cam, T_init[w0:w0 + W])
+        out.append(r.T_cam_obj)
+        ious.extend(r.mask_iou.tolist())
+    dt_chain = (time.perf_counter() - t) / len(ks)
+    cpu_chain = (time.process_time() - c) / len(ks)
+    rows["+ physics, full chain"] = evaluate(seq, obj, hand, sdf, ks, torch.cat(out)) + (np.mean(ious), cpu_chain,
+                                                                                        dt_chain)
+    print(f"\nfull chain: our object masks' IoU against the ground truth {chain_iou:.3f} (segmentation, no pose prior)")
+
     print(f"\nAblation ({len(ks)} frames, cracker_box, initial error 2 cm / 15 deg; window {W} for + physics)")
-    print(f"{'method':<14}{'ADD mm':>9}{'2D err px':>11}{'max pen mm':>12}{'mean pen mm':>13}{'mask IoU':>10}"
+    print(f"{'method':<22}{'ADD mm':>9}{'2D err px':>11}{'max pen mm':>12}{'mean pen mm':>13}{'mask IoU':>10}"
           f"{'CPU s/frame':>13}{'wall s/frame':>14}")
     for name, (add, proj, pen, iou, cpu, dt) in rows.items():
-        print(f"{name:<14}{add.mean():>9.2f}{proj.mean():>11.2f}{pen.max():>12.2f}{pen.mean():>13.2f}"
+        print(f"{name:<22}{add.mean():>9.2f}{proj.mean():>11.2f}{pen.max():>12.2f}{pen.mean():>13.2f}"
               f"{iou:>10.3f}{cpu:>13.3f}{dt:>14.3f}")
 
     # basin of convergence: single frames, all terms, success = ADD <= 5 mm
@@ -161,6 +206,10 @@ def main() -> int:
         "per_frame_wall_s": round(dt_full, 4),
         "per_frame_wall_s_render": round(dt_render, 4),
         "gt_max_penetration_mm": round(float(gt_pen.max()), 3),
+        "add_mm_full_chain": round(float(rows["+ physics, full chain"][0].mean()), 3),
+        "max_penetration_mm_full_chain": round(float(rows["+ physics, full chain"][2].max()), 3),
+        "per_frame_s_chain": round(cpu_chain, 4),
+        "object_mask_iou_chain": round(chain_iou, 3),
         "frames": len(ks),
         "window": W,
         "basin_success_plain_vs_hypotheses": basin,

@@ -23,8 +23,9 @@ bench = importlib.util.module_from_spec(_spec)
 _spec.loader.exec_module(bench)
 
 TIPS = ["ah_link_04", "ah_link_14", "ah_link_24", "ah_link_34"]
-# ADD-S limits of the tracking test (mean, max over the frames)
-MEAN_LIMIT, MAX_LIMIT = 0.01, 0.03
+# ADD-S limits of the tracking test (mean, max over the frames): the tracker measured 0.34 / 0.49 cm;
+# its baselines on the same frames 0.96 / 1.08 cm (asserted to fail them: the old 1 / 3 cm passed them)
+MEAN_LIMIT, MAX_LIMIT = 0.006, 0.009
 
 
 def _write_bag(path, seq, obs):
@@ -155,7 +156,16 @@ def test_tracking_node_follows_ground_truth_and_recovers(tmp_path, ros_node, sta
     T_est = np.stack([M.pose_to_matrix(m) for _, m in poses])
     pts = ObjectModel.builtin("cracker_box").surface_points(500)
     e = metrics.add_s(seq.T_cam_obj[idx], T_est, pts)
+    print(f"tracker ADD-S mean / max {100 * e.mean():.3f} / {100 * e.max():.3f} cm")
     assert e.mean() < MEAN_LIMIT and e.max() < MAX_LIMIT, (e.mean(), e.max())
+    # the same limits on the same frames fail for the baselines (issue 29): the start pose held, and
+    # the object carried rigidly by the hand from it - a tracker whose observations did nothing fails
+    from hp_ros.core.baselines import sequence_baselines
+    from hp_ros.core.hand import HandModel
+
+    for name, T_b in sequence_baselines(seq, T_first, HandModel.default(), pts).items():
+        e_b = metrics.add_s(seq.T_cam_obj[idx], T_b[idx], pts)
+        assert e_b.mean() >= MEAN_LIMIT and e_b.max() >= MAX_LIMIT, (name, e_b.mean(), e_b.max())
     for _, m in poses:
         cov = M.covariance_from_msg(m)
         assert np.all(np.diag(cov) > 0) and np.all(np.linalg.eigvalsh(cov) > 0)

@@ -59,6 +59,7 @@ class RefinementInputs:
             self.image_topics["depth"] = graph.CAMERA_TOPICS["depth_image"]
         self._open_reader = lambda topic: reader(Image, topic, n, raw=True)  # noqa: E731
         self.image_readers = {}  # kind -> DeferredReader while the images are subscribed (open_images)
+        self._linger_timer = None  # closes them when their linger ends (_start_linger_timer, once the node has its groups)
         # in one process (a bus) images are handed over as objects, and a bus cannot unsubscribe: always open
         self.images_on_demand = bus is None and float(p["image_linger"]) >= 0
         self._images_until = time.monotonic() + max(0.0, float(p["image_linger"]))  # closed after (monotonic)
@@ -107,9 +108,8 @@ class RefinementInputs:
             self.image_readers = {kind: self._open_reader(topic) for kind, topic in self.image_topics.items()}
             self._opened_after_ns = self._newest_info_ns
             self.image_openings += 1
-        timer = getattr(self, "_linger_timer", None)
-        if timer is not None and timer.is_canceled():
-            timer.reset()
+        if self._linger_timer is not None and self._linger_timer.is_canceled():
+            self._linger_timer.reset()
         return True
 
     def _start_linger_timer(self, callback_group) -> None:
@@ -117,7 +117,6 @@ class RefinementInputs:
         while they are open (every LINGER_CHECK s), so they close within that of the linger's end
         (the 1 s diagnostics timer kept them open up to a second longer: 30 frames of masks
         published and four images per frame received for nothing)."""
-        self._linger_timer = None
         if self.images_on_demand:
             self._linger_timer = self.create_timer(LINGER_CHECK, self.close_idle_images, callback_group=callback_group)
 
@@ -132,10 +131,7 @@ class RefinementInputs:
             self._take_camera_info(self.info_reader.take())
             self._images_until = time.monotonic() + float(self.p["image_linger"])
             return
-        if time.monotonic() < self._images_until:
-            return
-        with self.lock:
-            # again under the lock: a request may have begun since (open_images moves the linger first)
+        with self.lock:  # checked under the lock: a request may begin meanwhile (open_images moves the linger first)
             if not self.image_readers or self.busy or time.monotonic() < self._images_until:
                 return
             for rd in self.image_readers.values():
